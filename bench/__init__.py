@@ -1,0 +1,1 @@
+"""Quell's benchmarks: ``python -m bench NAME``. Each prints a table, then one JSON line."""

@@ -1,0 +1,28 @@
+"""``python -m bench NAME [OPTIONS]`` runs one benchmark; ``python -m bench --list`` lists them."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "store": "Group commit vs one commit per write, on SQLite (NORMAL, FULL) and PostgreSQL",
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help", "--list"}:
+        print("usage: python -m bench NAME [OPTIONS]\n\nbenchmarks:")
+        for name, about in BENCHMARKS.items():
+            print(f"  {name:<10} {about}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHMARKS:
+        print(f"error: unknown benchmark {name!r}; try: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"bench.{name}")
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,37 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from quell import __version__
+from quell.api.middleware import RequestContextMiddleware
+from quell.api.problems import install_problem_handler
+from quell.api.routes import fallback, health, system, tokens
+from quell.runtime import Runtime
+
+DESCRIPTION = """\
+Quell's REST API. Every route except `/healthz` and `/readyz` needs
+`Authorization: Bearer <token>` (make one with `quell token create`). Errors are
+RFC 9457 problem+json with a stable `code`.
+"""
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    """An app serving ``runtime``. The caller owns the runtime and closes it."""
+    app = FastAPI(
+        title="Quell",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url=None,  # served by an authenticated route at /api/openapi.json
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    install_problem_handler(app)
+    app.include_router(health.router)
+    app.include_router(system.router)
+    app.include_router(tokens.router)
+    app.include_router(fallback.router)  # last: it matches every path
+    app.add_middleware(RequestContextMiddleware, clock=runtime.clock)
+    return app

@@ -1,0 +1,76 @@
+"""``quell serve`` and ``quell demo``: run the server."""
+
+from __future__ import annotations
+
+import contextlib
+
+import click
+
+from quell.cli.state import CliState, pass_state
+from quell.errors import NotFound
+
+DEMO_TOKEN_NAME = "demo-admin"
+
+host_option = click.option("--host", help="Address to bind (default: QUELL_API_HOST, 127.0.0.1).")
+port_option = click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="Port to bind; 0 picks a free one (default: QUELL_API_PORT, 8470).",
+)
+
+
+@click.command("serve")
+@host_option
+@port_option
+@pass_state
+def serve_command(state: CliState, host: str | None, port: int | None) -> None:
+    """Serve the API until interrupted."""
+    from quell.api.server import bind_socket, bound_url, serve
+
+    settings = state.settings
+    runtime = state.runtime()
+    sock = bind_socket(host or settings.api_host, settings.api_port if port is None else port)
+    click.echo(f"Quell API ({runtime.db.backend.value}) serving on {bound_url(sock)}", err=True)
+    serve(runtime, sock)
+
+
+@click.command("demo")
+@host_option
+@port_option
+@click.option("--serve/--no-serve", "start_server", default=True, help="Start the server after.")
+@pass_state
+def demo_command(state: CliState, host: str | None, port: int | None, start_server: bool) -> None:
+    """Set up the embedded database, make an admin token and start the server."""
+    from quell.api.server import bind_socket, bound_url, serve
+
+    settings = state.settings
+    runtime = state.runtime()
+    sock = bind_socket(host or settings.api_host, settings.api_port if port is None else port)
+    with contextlib.suppress(NotFound):  # first demo on this data dir
+        runtime.tokens.revoke(DEMO_TOKEN_NAME)
+    _, token = runtime.tokens.create(DEMO_TOKEN_NAME, "admin", created_by="quell demo")
+    url = bound_url(sock)
+    secret = token.reveal()
+    click.echo(
+        f"""
+Quell demo
+  data dir     {settings.data_dir}
+  database     {runtime.db.display_url}
+  API          {url}
+  admin token  {secret}
+               (shown once; the next `quell demo` revokes it and makes a new one)
+
+Try, in another terminal:
+  curl -s {url}/healthz
+  curl -s {url}/api/whoami          # 401 problem+json: no token
+  curl -s -H 'Authorization: Bearer {secret}' {url}/api/whoami
+  curl -s -H 'Authorization: Bearer {secret}' {url}/api/openapi.json
+  .venv/bin/quell token create --name analyst-1 --role analyst
+  .venv/bin/quell token list
+"""
+    )
+    if not start_server:
+        sock.close()
+        return
+    click.echo("Press Ctrl+C to stop.", err=True)
+    serve(runtime, sock)

@@ -1,0 +1,1 @@
+"""Who may do what: permissions, roles, API tokens (and later users, approvals, audit)."""

@@ -1,0 +1,224 @@
+"""Settings: ``QUELL_*`` environment variables over an optional TOML file over defaults.
+
+The TOML file is ``$QUELL_CONFIG_FILE`` when set (it must then exist), else ``quell.toml`` in
+the data directory when present. Its keys are the field names below (``database_url = "…"``);
+an unknown key is an error that names it, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from quell.errors import ConfigurationError
+from quell.sdk.secret import SecretValue
+
+ENV_PREFIX = "QUELL_"
+CONFIG_FILE_ENV = "QUELL_CONFIG_FILE"
+CONFIG_FILE_NAME = "quell.toml"
+DATA_DIR_NAME = ".quell"
+
+_config_file_override: ContextVar[Path | None] = ContextVar("quell_config_file", default=None)
+
+
+class LogFormat(StrEnum):
+    """How log lines are rendered."""
+
+    HUMAN = "human"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    """The least severe level that is logged."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class SqliteSynchronous(StrEnum):
+    """SQLite's ``synchronous`` pragma in WAL mode.
+
+    ``normal`` survives a crash of the process (the default); ``full`` also survives a power
+    loss, at the cost of an fsync per commit, which group commit amortizes.
+    """
+
+    NORMAL = "normal"
+    FULL = "full"
+
+
+def find_checkout(start: Path) -> Path | None:
+    """The root of a Quell source checkout containing ``start``, if there is one."""
+    for folder in (start, *start.parents):
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and (folder / "quell" / "__init__.py").is_file():
+            try:
+                project = tomllib.loads(pyproject.read_text("utf-8")).get("project", {})
+            except (OSError, tomllib.TOMLDecodeError):
+                continue
+            if project.get("name") == "quell":
+                return folder
+    return None
+
+
+def default_data_dir() -> Path:
+    """``./.quell`` at the root of a checkout when run from one, else the per-user data dir."""
+    checkout = find_checkout(Path.cwd())
+    if checkout is not None:
+        return checkout / DATA_DIR_NAME
+    return platformdirs.user_data_path("quell", appauthor=False)
+
+
+class Settings(BaseSettings):
+    """Everything Quell can be told from outside. Each field is ``QUELL_<FIELD>`` in the env."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, validate_default=True
+    )
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the embedded database, the secret key and blobs live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default is a SQLite file in the data dir. "
+        "PostgreSQL: postgresql://user:password@host/db",
+    )
+    secret_key: SecretValue | None = Field(
+        default=None,
+        description="Key that encrypts secrets at rest and signs links; "
+        "generated into the data dir (mode 0600) when absent.",
+    )
+    log_format: LogFormat = Field(default=LogFormat.HUMAN, description="human or json")
+    log_level: LogLevel = Field(default=LogLevel.INFO, description="debug, info, warning, error")
+    api_host: str = Field(default="127.0.0.1", description="Address `quell serve` binds to.")
+    api_port: int = Field(default=8470, ge=0, le=65535, description="Port `quell serve` binds.")
+    sqlite_synchronous: SqliteSynchronous = Field(
+        default=SqliteSynchronous.NORMAL, description="normal (crash-safe) or full (power-safe)"
+    )
+    database_pool_size: int = Field(default=10, ge=1, le=1000, description="Connections kept.")
+    auto_migrate: bool = Field(
+        default=True,
+        description="Upgrade the schema on start. Turn off in a cluster and run "
+        "`quell db upgrade` once per release instead.",
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @field_validator("database_url")
+    @classmethod
+    def _non_empty_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """``database_url``, or the embedded SQLite file in the data dir."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'quell.db'}"
+
+    @property
+    def config_file(self) -> Path | None:
+        """The TOML file these settings were read from, if any."""
+        path = _config_path()
+        return path if path is not None and path.is_file() else None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments win over the environment, which wins over the TOML file."""
+        return init_settings, env_settings, _TomlSource(settings_cls, _config_path())
+
+
+def _config_path() -> Path | None:
+    override = _config_file_override.get()
+    if override is not None:
+        return override
+    explicit = os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    data_dir = os.environ.get(f"{ENV_PREFIX}DATA_DIR")
+    folder = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    return folder / CONFIG_FILE_NAME
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file; refuses unknown keys by name."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+        self.explicit = _config_file_override.get() is not None or bool(
+            os.environ.get(CONFIG_FILE_ENV)
+        )
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: values come from :meth:`__call__` all at once."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        if not self.path.is_file():
+            if self.explicit:
+                raise ConfigurationError(
+                    f"configuration file {self.path} does not exist", file=str(self.path)
+                )
+            return {}
+        try:
+            data = tomllib.loads(self.path.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(
+                f"cannot read configuration file {self.path}: {exc}", file=str(self.path)
+            ) from exc
+        known = set(self.settings_cls.model_fields)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting {unknown[0]!r} in {self.path}; known: {', '.join(sorted(known))}",
+                file=str(self.path),
+                field=unknown[0],
+            )
+        return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings, turning validation errors into one ConfigurationError naming the field."""
+    token = _config_file_override.set(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        env_name = f"{ENV_PREFIX}{field.upper()}"
+        raise ConfigurationError(
+            f"invalid setting {field} ({env_name}): {first['msg']}",
+            field=field,
+            env=env_name,
+        ) from None
+    finally:
+        _config_file_override.reset(token)

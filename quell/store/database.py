@@ -1,0 +1,183 @@
+"""The database handle: one SQLAlchemy engine, set up for SQLite (WAL) or PostgreSQL.
+
+Transactions are explicit and short. :meth:`Database.read` opens a read transaction;
+:meth:`Database.write` opens a write transaction, which on SQLite is ``BEGIN IMMEDIATE`` so the
+write lock is taken up front: a deferred transaction that reads and then tries to write can
+fail with ``SQLITE_BUSY`` instead of waiting, an upgrade deadlock that WAL does not prevent.
+Many small writes from many callers go through :class:`quell.store.group_commit.GroupCommitter`
+instead, which shares one commit among them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from quell.errors import ConfigurationError, StorageUnavailable
+from quell.settings import SqliteSynchronous
+
+_WRITE_OPTION = "quell_write"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Backend(StrEnum):
+    """The database products Quell runs on."""
+
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+
+
+def parse_database_url(url: str) -> tuple[URL, Backend]:
+    """Parse and normalize a database URL; pick the driver Quell uses for its backend."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(
+            "QUELL_DATABASE_URL is not a database URL; expected sqlite:///PATH or "
+            "postgresql://USER@HOST/DB",
+            env="QUELL_DATABASE_URL",
+        ) from None
+    backend_name = parsed.get_backend_name()
+    if backend_name == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ConfigurationError(
+                "an in-memory SQLite database cannot be shared between connections; "
+                "give QUELL_DATABASE_URL a file path",
+                env="QUELL_DATABASE_URL",
+            )
+        return parsed.set(drivername="sqlite+pysqlite"), Backend.SQLITE
+    if backend_name in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg"), Backend.POSTGRESQL
+    raise ConfigurationError(
+        f"unsupported database {backend_name!r} in QUELL_DATABASE_URL; use sqlite or postgresql",
+        env="QUELL_DATABASE_URL",
+    )
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparseable database URL)"
+
+
+class Database:
+    """An engine plus the transaction discipline Quell relies on."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.NORMAL,
+        pool_size: int = 10,
+    ) -> None:
+        self.url, self.backend = parse_database_url(url)
+        self.sqlite_synchronous = sqlite_synchronous
+        self.engine = self._create_engine(pool_size)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password hidden, for logs and messages."""
+        return self.url.render_as_string(hide_password=True)
+
+    def _create_engine(self, pool_size: int) -> Engine:
+        if self.backend is Backend.SQLITE:
+            path = Path(self.url.database or "")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            )
+            event.listen(engine, "connect", self._on_sqlite_connect)
+            event.listen(engine, "begin", _on_sqlite_begin)
+            return engine
+        return create_engine(
+            self.url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 5, "application_name": "quell"},
+        )
+
+    def _on_sqlite_connect(self, dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN (pysqlite's own transaction handling
+        # would start transactions lazily and skip DDL).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={self.sqlite_synchronous.value.upper()}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA temp_store=MEMORY")
+        finally:
+            cursor.close()
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A pooled connection with no transaction opened yet."""
+        try:
+            conn = self.engine.connect()
+        except (OperationalError, DBAPIError) as exc:
+            raise StorageUnavailable(
+                f"cannot reach the database at {self.display_url}: {_reason(exc)}",
+                backend=self.backend.value,
+            ) from exc
+        with conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A short read transaction."""
+        with self.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; commits on success, rolls back on error."""
+        with self.connect() as conn:
+            conn.execution_options(**{_WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    def ping(self) -> None:
+        """Raise :class:`StorageUnavailable` unless the database answers a query."""
+        try:
+            with self.read() as conn:
+                conn.execute(text("SELECT 1"))
+        except (OperationalError, DBAPIError) as exc:
+            raise StorageUnavailable(
+                f"the database at {self.display_url} does not answer: {_reason(exc)}",
+                backend=self.backend.value,
+            ) from exc
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({self.display_url!r})"
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _reason(exc: DBAPIError) -> str:
+    """The driver's own message, first line only (drivers add hints and context below)."""
+    original = exc.orig if exc.orig is not None else exc
+    return (
+        str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+    )

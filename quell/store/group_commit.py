@@ -1,0 +1,255 @@
+"""Group commit: the small writes of many callers share one transaction and one commit.
+
+A single writer thread per process owns a connection. Callers hand it work and get a future;
+the writer drains everything queued (up to ``max_batch``), runs it in one write transaction,
+commits, and only then resolves the futures. A write is therefore acknowledged only once it is
+durable, yet a thousand concurrent callers cost one commit (one fsync with ``synchronous=FULL``)
+instead of a thousand. Consecutive writes of the same statement become one ``executemany``.
+
+If anything in a batch fails, the batch is rolled back and each write is retried alone, so one
+bad write fails only its own caller. Work must therefore touch nothing but the connection it is
+given: it may run twice (once in the failed batch, once alone), never half.
+
+Sync callers wait on the returned :class:`concurrent.futures.Future`. Async callers await
+:meth:`GroupCommitter.run` or :meth:`GroupCommitter.execute_async`, which hold no thread: they
+get plain asyncio futures, and the writer settles all of a batch's futures of one event loop
+in a single ``call_soon_threadsafe``, so a batch of N writes wakes the loop once, not N times.
+A write, once submitted, is carried out even if its awaiting task is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import structlog
+from sqlalchemy import Connection, Executable
+
+from quell.store.database import Database
+
+T = TypeVar("T")
+Work = Callable[[Connection], T]
+
+log = structlog.get_logger(__name__)
+
+
+Waiter = Future[Any] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+
+
+@dataclass(slots=True)
+class _Work:
+    waiter: Waiter
+    work: Callable[[Connection], Any]
+
+
+@dataclass(slots=True)
+class _Statement:
+    waiter: Waiter
+    statement: Executable
+    params: Mapping[str, Any]
+
+
+_Item = _Work | _Statement
+
+
+@dataclass(slots=True)
+class GroupCommitStats:
+    """Counters, for benchmarks and diagnostics."""
+
+    writes: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+    isolated_retries: int = 0
+    failed_writes: int = 0
+
+
+class GroupCommitter:
+    """One writer thread that batches many callers' writes into shared commits."""
+
+    def __init__(self, db: Database, *, max_batch: int = 1024, name: str = "quell-writer") -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.db = db
+        self.max_batch = max_batch
+        self.stats = GroupCommitStats()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start the writer thread."""
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Commit everything already queued, then stop the writer thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- submitting --------------------------------------------------------------------------
+
+    def submit(self, work: Work[T]) -> Future[T]:
+        """Queue ``work(connection)``; the future resolves to its result once committed."""
+        future: Future[T] = Future()
+        self._put(_Work(future, work))
+        return future
+
+    def execute(self, statement: Executable, params: Mapping[str, Any]) -> Future[None]:
+        """Queue one statement; runs of the same statement object are sent as executemany."""
+        future: Future[None] = Future()
+        self._put(_Statement(future, statement, params))
+        return future
+
+    async def run(self, work: Work[T]) -> T:
+        """``await`` the committed result of ``work``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._put(_Work((loop, future), work))
+        return await future
+
+    async def execute_async(self, statement: Executable, params: Mapping[str, Any]) -> None:
+        """``await`` one committed statement."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._put(_Statement((loop, future), statement, params))
+        await future
+
+    def _put(self, item: _Item) -> None:
+        if self._closed:
+            raise RuntimeError("the group committer is closed")
+        if self._thread.ident is None:
+            raise RuntimeError("the group committer was not started")
+        self._queue.put(item)
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:  # close() was called and everything before it is done
+                break
+            batch: list[_Item] = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            live = [
+                item
+                for item in batch
+                if not isinstance(item.waiter, Future) or item.waiter.set_running_or_notify_cancel()
+            ]
+            if live:
+                self._commit(live)
+
+    def _commit(self, batch: list[_Item]) -> None:
+        try:
+            with self.db.write() as conn:
+                results = _run_batch(conn, batch)
+        except Exception as exc:  # noqa: BLE001 - whatever one write raises goes to its caller
+            if len(batch) == 1:
+                self.stats.failed_writes += 1
+                _settle([(batch[0].waiter, None, exc)])
+                return
+            # Something in the batch failed: nothing of it was committed. Retry each write
+            # alone so that only the culprit's caller sees the error.
+            self.stats.isolated_retries += 1
+            log.debug("group_commit_isolating", batch=len(batch), error=type(exc).__name__)
+            for item in batch:
+                self._commit([item])
+            return
+        except BaseException as exc:
+            _settle([(item.waiter, None, exc) for item in batch])
+            raise
+        self.stats.writes += len(batch)
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        _settle([(item.waiter, result, None) for item, result in zip(batch, results, strict=True)])
+
+
+Outcome = tuple[Waiter, Any, BaseException | None]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """Resolve waiters: sync futures here, async ones with one callback per event loop."""
+    by_loop: dict[
+        asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    ] = {}
+    for waiter, result, error in outcomes:
+        if isinstance(waiter, Future):
+            if error is None:
+                waiter.set_result(result)
+            else:
+                waiter.set_exception(error)
+        else:
+            loop, future = waiter
+            by_loop.setdefault(loop, []).append((future, result, error))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_in_loop, settled)
+        except RuntimeError:  # the loop was closed: nobody is waiting any more
+            log.debug("group_commit_loop_closed", waiters=len(settled))
+
+
+def _settle_in_loop(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in settled:
+        if future.done():  # the awaiting task was cancelled; the write still happened
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+def _run_batch(conn: Connection, batch: Sequence[_Item]) -> list[Any]:
+    """Run a batch in order; consecutive items of one statement go as one executemany."""
+    results: list[Any] = []
+    index = 0
+    while index < len(batch):
+        item = batch[index]
+        if isinstance(item, _Work):
+            results.append(item.work(conn))
+            index += 1
+            continue
+        params = [dict(item.params)]
+        end = index + 1
+        while end < len(batch):
+            following = batch[end]
+            if not isinstance(following, _Statement) or following.statement is not item.statement:
+                break
+            params.append(dict(following.params))
+            end += 1
+        conn.execute(item.statement, params if len(params) > 1 else params[0])
+        results.extend([None] * (end - index))
+        index = end
+    return results

@@ -1,0 +1,112 @@
+"""Every route, every role: a route without authorization fails this suite.
+
+The matrix is derived from the app, not written down: each route declares the permission it
+needs through ``Authorize``; the test finds it, then calls the route over real HTTP with no
+token (401), with each role's token (403 exactly when the role lacks the permission).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+import httpx
+import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+
+from quell.api.auth import PUBLIC_PATHS, Authorize
+from quell.governance.permissions import Permission, Role, permissions_of
+from tests.fixtures.servers import LiveServer
+
+
+def _permissions(dependant: Dependant) -> set[Permission]:
+    found = set()
+    for dependency in dependant.dependencies:
+        if isinstance(dependency.call, Authorize):
+            found.add(dependency.call.permission)
+        found |= _permissions(dependency)
+    return found
+
+
+def api_routes(routes: Iterable[object]) -> Iterator[APIRoute]:
+    """Every APIRoute, looking inside included routers (FastAPI >= 0.163 keeps them nested)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+            continue
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from api_routes(inner.routes)
+
+
+def _routes(server: LiveServer) -> list[tuple[str, str, Permission | None]]:
+    """(method, path, permission) for every route; permission None for public ones."""
+    table = []
+    for route in api_routes(server.app.routes):
+        permissions = _permissions(route.dependant)
+        if route.path in PUBLIC_PATHS:
+            assert not permissions, f"public route {route.path} must not ask for a permission"
+            table.extend((method, route.path, None) for method in sorted(route.methods))
+            continue
+        assert len(permissions) == 1, (
+            f"{sorted(route.methods)} {route.path} must declare exactly one "
+            f"Depends(Authorize(...)); found {permissions or 'none'}"
+        )
+        (permission,) = permissions
+        table.extend((method, route.path, permission) for method in sorted(route.methods))
+    return table
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "matrix-probe", path)
+
+
+def _call(client: httpx.Client, method: str, path: str) -> httpx.Response:
+    body = {} if method in {"POST", "PUT", "PATCH"} else None
+    return client.request(method, _concrete(path), json=body)
+
+
+def test_every_route_declares_exactly_one_permission_or_is_public(live_server: LiveServer) -> None:
+    table = _routes(live_server)
+    public = {path for _, path, permission in table if permission is None}
+    assert public == set(PUBLIC_PATHS)
+    assert len(table) > len(PUBLIC_PATHS)
+
+
+def test_every_protected_route_refuses_a_caller_without_token(live_server: LiveServer) -> None:
+    with live_server.client() as client:
+        for method, path, permission in _routes(live_server):
+            if permission is None:
+                continue
+            response = _call(client, method, path)
+            assert response.status_code == 401, (method, path, response.text)
+            if method != "HEAD":
+                assert response.headers["content-type"] == "application/problem+json"
+                assert response.json()["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("role", list(Role), ids=[role.value for role in Role])
+def test_every_route_answers_each_role_by_its_permissions(
+    live_server: LiveServer, role_tokens: dict[Role, str], role: Role
+) -> None:
+    granted = permissions_of(role)
+    with live_server.client(role_tokens[role]) as client:
+        for method, path, permission in _routes(live_server):
+            response = _call(client, method, path)
+            if permission is None:
+                assert response.status_code in {200, 503}, (method, path)
+            elif permission in granted:
+                assert response.status_code not in {401, 403}, (role, method, path, response.text)
+            else:
+                assert response.status_code == 403, (role, method, path, response.text)
+                if method != "HEAD":
+                    assert response.json()["permission"] == permission.value
+
+
+def test_public_routes_answer_without_token(live_server: LiveServer) -> None:
+    with live_server.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "ready"

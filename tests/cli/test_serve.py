@@ -1,0 +1,59 @@
+"""``quell serve`` and ``quell demo`` as a user runs them."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from quell.api.server import bind_socket
+from tests.cli.processes import QuellProcess, run_quell
+
+URL_LINE = r"serving on (http://127\.0\.0\.1:\d+)"
+
+
+@pytest.fixture
+def env(database_url: str) -> dict[str, str]:
+    return {"QUELL_DATABASE_URL": database_url}
+
+
+def test_serve_answers_health_and_guards_openapi(env: dict[str, str]) -> None:
+    token = run_quell("token", "create", "--name", "ops", "--role", "admin", env=env).stdout.strip()
+    with QuellProcess("serve", "--port", "0", env=env) as server:
+        url = server.wait_for(URL_LINE).group(1)
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        anonymous = httpx.get(f"{url}/api/openapi.json")
+        assert anonymous.status_code == 401
+        assert anonymous.headers["content-type"] == "application/problem+json"
+        authorized = httpx.get(
+            f"{url}/api/openapi.json", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert authorized.status_code == 200
+        assert authorized.json()["openapi"].startswith("3.")
+    assert server.process.returncode == 0
+
+
+def test_serve_on_a_taken_port_is_a_one_line_error(env: dict[str, str]) -> None:
+    taken = bind_socket("127.0.0.1", 0)
+    port = taken.getsockname()[1]
+    try:
+        result = run_quell("serve", "--port", str(port), env=env)
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: port {port} on 127.0.0.1 is already in use; choose another with --port"
+    )
+
+
+def test_demo_sets_up_serves_and_replaces_its_token(env: dict[str, str]) -> None:
+    with QuellProcess("demo", "--port", "0", env=env) as demo:
+        url = demo.wait_for(r"API\s+(http://\S+)").group(1)
+        token = demo.wait_for(r"admin token\s+(qk_\S+)").group(1)
+        demo.wait_for("Press Ctrl")
+        me = httpx.get(f"{url}/api/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert me.json() == {**me.json(), "name": "demo-admin", "role": "admin"}
+    again = run_quell("demo", "--no-serve", "--port", "0", env=env)
+    assert again.returncode == 0
+    tokens = run_quell("token", "list", "--all", "--json", env=env).stdout
+    assert tokens.count('"demo-admin"') == 2
+    assert tokens.count('"revoked"') == 1

@@ -1,0 +1,95 @@
+"""Migrations: idempotent upgrade, a downgrade for every step, and code matching the schema."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from quell.errors import MigrationRequired
+from quell.store import migrate
+from quell.store.database import Database
+from quell.store.schema import metadata
+
+
+def _schema_snapshot(db: Database) -> dict[str, object]:
+    """Tables, columns and indexes as the database reports them, plus the revision."""
+    with db.read() as conn:
+        inspector = inspect(conn)
+        snapshot: dict[str, object] = {
+            table: (
+                [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)],
+                sorted(
+                    (i["name"] or "", tuple(i["column_names"]), bool(i["unique"]))
+                    for i in inspector.get_indexes(table)
+                ),
+            )
+            for table in sorted(inspector.get_table_names())
+        }
+        snapshot["revision"] = MigrationContext.configure(conn).get_current_revision()
+    return snapshot
+
+
+@pytest.fixture
+def blank(blank_database_url: str) -> Database:
+    db = Database(blank_database_url)
+    yield db
+    db.dispose()
+
+
+def test_upgrade_twice_changes_nothing_the_second_time(blank: Database) -> None:
+    assert migrate.state(blank).status is migrate.SchemaStatus.EMPTY
+    before, after = migrate.upgrade(blank)
+    assert (before, after) == (None, migrate.head_revision())
+    first = _schema_snapshot(blank)
+    assert "api_tokens" in first
+
+    again = migrate.upgrade(blank)
+    assert again == (after, after)
+    assert _schema_snapshot(blank) == first
+    assert migrate.state(blank).status is migrate.SchemaStatus.CURRENT
+
+
+def test_every_migration_downgrades_and_upgrades_again(blank: Database) -> None:
+    revisions = migrate.history()
+    migrate.upgrade(blank)
+    for revision in reversed(revisions):
+        target = revision.down or "base"
+        _, now = migrate.downgrade(blank, target)
+        assert now == revision.down
+    emptied = _schema_snapshot(blank)
+    assert set(emptied) == {"alembic_version", "revision"}
+    assert emptied["revision"] is None
+    for revision in revisions:
+        _, now = migrate.upgrade(blank, revision.id)
+        assert now == revision.id
+
+
+def test_models_and_migrations_agree(blank: Database) -> None:
+    migrate.upgrade(blank)
+    with blank.read() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert differences == []
+
+
+def test_a_blank_database_is_refused_without_auto_migrate(blank: Database) -> None:
+    with pytest.raises(MigrationRequired, match="run `quell db upgrade`"):
+        migrate.ensure_schema(blank, auto_migrate=False)
+    migrate.ensure_schema(blank, auto_migrate=True)
+    assert migrate.state(blank).status is migrate.SchemaStatus.CURRENT
+
+
+def test_a_schema_from_a_newer_quell_is_refused(blank: Database) -> None:
+    migrate.upgrade(blank)
+    with blank.write() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    assert migrate.state(blank).status is migrate.SchemaStatus.AHEAD
+    with pytest.raises(MigrationRequired, match="newer than this Quell"):
+        migrate.upgrade(blank)
+
+
+def test_downgrade_to_an_unknown_revision_names_it(blank: Database) -> None:
+    migrate.upgrade(blank)
+    with pytest.raises(Exception, match="no-such-revision"):
+        migrate.downgrade(blank, "no-such-revision")

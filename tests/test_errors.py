@@ -1,0 +1,38 @@
+"""The error tree."""
+
+from __future__ import annotations
+
+from quell.errors import ErrorCode, InvalidInput, QuellError
+from quell.sdk.secret import SecretValue
+
+
+def _subclasses(cls: type[QuellError]) -> list[type[QuellError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_subclasses(sub))
+    return found
+
+
+def test_each_error_class_has_its_own_stable_code() -> None:
+    classes = [QuellError, *_subclasses(QuellError)]
+    codes = [cls.code for cls in classes]
+    assert len(set(codes)) == len(codes)
+    assert set(codes) == set(ErrorCode)
+
+
+def test_codes_are_lowercase_snake_strings() -> None:
+    for code in ErrorCode:
+        assert code.value == code.value.lower()
+        assert " " not in code.value
+
+
+def test_error_keeps_message_and_structured_details_with_secrets_redacted() -> None:
+    error = InvalidInput("bad port", field="api_port", value=70000, key=SecretValue("k-123"))
+    assert str(error) == "bad port"
+    assert error.to_dict() == {
+        "code": "invalid_input",
+        "message": "bad port",
+        "details": {"field": "api_port", "value": 70000, "key": "**********"},
+    }
+    assert "k-123" not in repr(error)

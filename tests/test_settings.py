@@ -1,0 +1,119 @@
+"""Settings: environment over TOML over defaults, with errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quell.errors import ConfigurationError
+from quell.settings import LogFormat, SqliteSynchronous, default_data_dir, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = load_settings()
+    assert settings.data_dir == tmp_path / "data"
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'data' / 'quell.db'}"
+    assert settings.api_host == "127.0.0.1"
+    assert settings.api_port == 8470
+    assert settings.sqlite_synchronous is SqliteSynchronous.NORMAL
+    assert settings.secret_key is None
+
+
+def test_environment_wins_over_the_toml_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "quell.toml"
+    config.write_text('api_port = 9000\nlog_format = "json"\nsqlite_synchronous = "full"\n')
+    monkeypatch.setenv("QUELL_CONFIG_FILE", str(config))
+    monkeypatch.setenv("QUELL_API_PORT", "9100")
+    settings = load_settings()
+    assert settings.api_port == 9100
+    assert settings.log_format is LogFormat.JSON
+    assert settings.sqlite_synchronous is SqliteSynchronous.FULL
+    assert settings.config_file == config
+
+
+def test_toml_in_the_data_dir_is_read_without_being_named(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "quell.toml").write_text('api_host = "::1"\n')
+    assert load_settings().api_host == "::1"
+
+
+def test_explicit_config_file_argument(tmp_path: Path) -> None:
+    config = tmp_path / "other.toml"
+    config.write_text("database_pool_size = 3\n")
+    assert load_settings(config).database_pool_size == 3
+
+
+def test_unknown_toml_key_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "quell.toml"
+    config.write_text("api_prot = 9000\n")
+    monkeypatch.setenv("QUELL_CONFIG_FILE", str(config))
+    with pytest.raises(ConfigurationError, match="unknown setting 'api_prot'"):
+        load_settings()
+
+
+def test_broken_toml_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "quell.toml"
+    config.write_text("api_port = \n")
+    monkeypatch.setenv("QUELL_CONFIG_FILE", str(config))
+    with pytest.raises(ConfigurationError, match=str(config)):
+        load_settings()
+
+
+def test_missing_explicit_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUELL_CONFIG_FILE", "/nonexistent/quell.toml")
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "env"),
+    [
+        ("QUELL_API_PORT", "70000", "QUELL_API_PORT"),
+        ("QUELL_API_PORT", "eighty", "QUELL_API_PORT"),
+        ("QUELL_SQLITE_SYNCHRONOUS", "off", "QUELL_SQLITE_SYNCHRONOUS"),
+        ("QUELL_LOG_FORMAT", "xml", "QUELL_LOG_FORMAT"),
+    ],
+)
+def test_bad_values_name_the_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, env: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert env in str(caught.value)
+    assert caught.value.details["env"] == env
+
+
+def test_secret_key_from_the_environment_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUELL_SECRET_KEY", "k" * 40)
+    settings = load_settings()
+    assert settings.secret_key is not None
+    assert settings.secret_key.reveal() == "k" * 40
+    assert "k" * 40 not in repr(settings)
+    assert "k" * 40 not in settings.model_dump_json()
+
+
+def test_data_dir_defaults_to_dot_quell_in_a_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(REPO_ROOT / "quell")
+    assert default_data_dir() == REPO_ROOT / ".quell"
+    monkeypatch.chdir(tmp_path)
+    outside = default_data_dir()
+    assert outside != tmp_path / ".quell"
+    assert "quell" in outside.parts[-1].lower()
+
+
+def test_relative_data_dir_becomes_absolute(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUELL_DATA_DIR", "relative/dir")
+    assert load_settings().data_dir == tmp_path / "relative" / "dir"
+    assert load_settings().data_dir.is_absolute()
