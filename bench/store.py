@@ -92,7 +92,9 @@ def _group(db: Database, count: int) -> tuple[float, float]:
 
     async def writer(committer: GroupCommitter, index: int) -> None:
         for step in range(per_writer):
-            await committer.execute_async(statement, {"step": index * per_writer + step, "ctx": PAYLOAD})
+            await committer.execute_async(
+                statement, {"step": index * per_writer + step, "ctx": PAYLOAD}
+            )
 
     async def run(committer: GroupCommitter) -> None:
         await asyncio.gather(*(writer(committer, i) for i in range(CONCURRENCY)))
@@ -131,7 +133,9 @@ def _measure(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench store", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench store", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--writes", type=int, default=20_000, help="writes per group-commit run")
     parser.add_argument("--workdir", type=Path, default=Path(".bench/store"), help="SQLite files")
     args = parser.parse_args(argv)
@@ -144,12 +148,18 @@ def main(argv: list[str]) -> int:
     results = []
     for sync in SqliteSynchronous:
         # An fsync per commit makes one-commit-per-write slow: measure it on fewer writes.
-        per_commit = args.writes if sync is SqliteSynchronous.NORMAL else max(args.writes // 10, 100)
+        per_commit = (
+            args.writes if sync is SqliteSynchronous.NORMAL else max(args.writes // 10, 100)
+        )
         results.append(
             _measure(
                 f"sqlite_{sync.value}",
-                lambda n, s=sync: _sqlite_floor(workdir / f"floor_{s.value}.db", s.value.upper(), n),
-                lambda s=sync: Database(f"sqlite:///{workdir / f'quell_{s.value}.db'}", sqlite_synchronous=s),
+                lambda n, s=sync: _sqlite_floor(
+                    workdir / f"floor_{s.value}.db", s.value.upper(), n
+                ),
+                lambda s=sync: Database(
+                    f"sqlite:///{workdir / f'quell_{s.value}.db'}", sqlite_synchronous=s
+                ),
                 (per_commit, args.writes),
             )
         )
@@ -182,7 +192,14 @@ def main(argv: list[str]) -> int:
         f"Durable small writes per second ({args.writes:,} writes; group: {CONCURRENCY} writers)",
         ["backend", "floor/s", "per-write/s", "group/s", "mean batch", "group/floor"],
         [
-            [r["label"], r["floor"], r["per_write"], r["group"], r["mean_batch"], f"{r['group'] / r['floor']:.1f}x"]
+            [
+                r["label"],
+                r["floor"],
+                r["per_write"],
+                r["group"],
+                r["mean_batch"],
+                f"{r['group'] / r['floor']:.1f}x",
+            ]
             for r in results
         ],
     )
