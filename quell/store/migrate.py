@@ -143,15 +143,23 @@ def downgrade(db: Database, revision: str) -> tuple[str | None, str | None]:
 
 def ensure_schema(db: Database, *, auto_migrate: bool) -> SchemaState:
     """Bring the schema to head (``auto_migrate``) or refuse to run against another revision."""
-    if auto_migrate:
-        upgrade(db)
     schema = state(db)
-    if schema.status is not SchemaStatus.CURRENT:
+    if schema.status is SchemaStatus.CURRENT:
+        return schema
+    if auto_migrate and schema.status is not SchemaStatus.AHEAD:
+        _, after = _run(db, "upgrade", "head")
+        return SchemaState(current=after, head=schema.head, status=SchemaStatus.CURRENT)
+    if schema.status is SchemaStatus.AHEAD:
         raise MigrationRequired(
-            f"the database schema is {schema.status.value} "
-            f"(at {schema.current or 'nothing'}, this Quell needs {schema.head}); "
-            "run `quell db upgrade`",
+            f"the database schema ({schema.current}) is newer than this Quell ({schema.head}); "
+            "upgrade Quell",
             current=schema.current,
             head=schema.head,
         )
-    return schema
+    raise MigrationRequired(
+        f"the database schema is {schema.status.value} "
+        f"(at {schema.current or 'nothing'}, this Quell needs {schema.head}); "
+        "run `quell db upgrade`",
+        current=schema.current,
+        head=schema.head,
+    )

@@ -1,0 +1,45 @@
+"""Liveness and readiness against real databases, reachable or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quell.api.app import create_app
+from quell.clock import ManualClock
+from quell.runtime import Runtime
+from quell.sdk.secret import SecretValue
+from quell.settings import load_settings
+from quell.store import migrate
+from quell.store.database import Database
+from tests.fixtures.servers import LiveServer, start_server
+
+
+def test_readyz_is_503_when_the_database_does_not_answer(tmp_path: Path) -> None:
+    dead = Database("postgresql://quell:pw-canary@127.0.0.1:9/quell")
+    runtime = Runtime(
+        settings=load_settings(data_dir=tmp_path),
+        db=dead,
+        secret_key=SecretValue("k" * 40),
+        clock=ManualClock(),
+    )
+    live = start_server(create_app(runtime))
+    try:
+        with live.client() as client:
+            assert client.get("/healthz").status_code == 200
+            ready = client.get("/readyz")
+    finally:
+        live.stop()
+    assert ready.status_code == 503
+    assert ready.json()["code"] == "storage_unavailable"
+    assert "pw-canary" not in ready.text
+
+
+def test_readyz_is_503_when_the_schema_is_behind(live_server: LiveServer, runtime: Runtime) -> None:
+    with live_server.client() as client:
+        assert client.get("/readyz").status_code == 200
+        migrate.downgrade(runtime.db, "base")
+        stale = client.get("/readyz")
+    assert stale.status_code == 503
+    assert stale.json()["code"] == "migration_required"
+    assert stale.json()["head"] == migrate.head_revision()
+    migrate.upgrade(runtime.db)
