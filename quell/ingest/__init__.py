@@ -1,0 +1,1 @@
+"""Ingestion: sources, parsers, normalization to the alert model, observables, dead letters."""
