@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -98,6 +99,8 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                json_serializer=_json_dumps,
+                json_deserializer=orjson.loads,
             )
             event.listen(engine, "connect", self._on_sqlite_connect)
             event.listen(engine, "begin", _on_sqlite_begin)
@@ -108,6 +111,8 @@ class Database:
             max_overflow=pool_size,
             pool_pre_ping=True,
             connect_args={"connect_timeout": 5, "application_name": "quell"},
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
         )
 
     def _on_sqlite_connect(self, dbapi_connection: sqlite3.Connection, _record: Any) -> None:
@@ -168,6 +173,12 @@ class Database:
 
     def __repr__(self) -> str:
         return f"Database({self.display_url!r})"
+
+
+def _json_dumps(value: Any) -> str:
+    # orjson: several times faster than json.dumps on the ingest hot path; it serializes
+    # dataclasses, datetimes and enums natively.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _on_sqlite_begin(conn: Connection) -> None:
