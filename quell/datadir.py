@@ -89,5 +89,11 @@ def _read_key(path: Path) -> SecretValue | None:
             mode=oct(stat.S_IMODE(mode)),
             hint="chmod 600",
         )
-    text = path.read_text("ascii").strip()
+    try:
+        text = path.read_text("ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not ASCII text"
+        raise ConfigurationError(
+            f"cannot read the secret key file {path}: {reason}", path=str(path)
+        ) from None
     return SecretValue(text) if text else None

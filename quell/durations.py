@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from quell.errors import InvalidInput
 
-_PART = re.compile(r"(\d+)\s*(ms|s|m|h|d|w)")
-_WHOLE = re.compile(r"^\s*(?:\d+\s*(?:ms|s|m|h|d|w)\s*)+$")
+_PART = re.compile(r"(\d{1,9})\s*(ms|s|m|h|d|w)")
+_WHOLE = re.compile(r"^\s*(?:\d{1,9}\s*(?:ms|s|m|h|d|w)\s*){1,8}$")
 _UNITS = {
     "ms": timedelta(milliseconds=1),
     "s": timedelta(seconds=1),
@@ -28,7 +28,12 @@ def parse_duration(text: str, *, field: str = "duration") -> timedelta:
             field=field,
             value=text,
         )
-    total = sum((int(amount) * _UNITS[unit] for amount, unit in _PART.findall(text)), timedelta(0))
+    try:
+        total = sum(
+            (int(amount) * _UNITS[unit] for amount, unit in _PART.findall(text)), timedelta(0)
+        )
+    except OverflowError:  # beyond what a timedelta holds: certainly too long
+        total = MAX_DURATION + timedelta(days=1)
     if total > MAX_DURATION:
         raise InvalidInput(f"{field}: {text!r} is longer than ten years", field=field, value=text)
     return total

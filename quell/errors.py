@@ -13,7 +13,9 @@ as problem+json fields and the CLI as one clear line, without parsing text.
     ├── PermissionDenied            forbidden          a valid credential lacking a permission
     ├── ConfigurationError          config_invalid     settings or a config file are wrong
     ├── StorageUnavailable          storage_unavailable the database cannot be reached
-    └── MigrationRequired           migration_required the database schema is not at this version
+    ├── MigrationRequired           migration_required the database schema is not at this version
+    ├── Overloaded                  overloaded         too much queued; retry after ``retry_after``
+    └── TooLarge                    too_large          a body or record over its size limit
 
 Secrets never reach an error: details are passed through :func:`quell.sdk.secret.redact`
 when rendered, so a :class:`~quell.sdk.secret.SecretValue` shows as ``**********``.
@@ -40,6 +42,8 @@ class ErrorCode(StrEnum):
     CONFIG_INVALID = "config_invalid"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     MIGRATION_REQUIRED = "migration_required"
+    OVERLOADED = "overloaded"
+    TOO_LARGE = "too_large"
 
 
 class QuellError(Exception):
@@ -114,3 +118,19 @@ class MigrationRequired(QuellError):
     """The database schema is behind (or ahead of) the revision this Quell needs."""
 
     code = ErrorCode.MIGRATION_REQUIRED
+
+
+class Overloaded(QuellError):
+    """More work is queued than Quell accepts; the caller should retry after ``retry_after``."""
+
+    code = ErrorCode.OVERLOADED
+
+    def __init__(self, message: str, /, *, retry_after: int = 1, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
+class TooLarge(QuellError):
+    """A request body or a record is larger than its limit."""
+
+    code = ErrorCode.TOO_LARGE

@@ -4,7 +4,8 @@ structlog renders both Quell's own events and stdlib records (uvicorn, alembic, 
 Two processors keep secrets out: every :class:`~quell.sdk.secret.SecretValue` in an event is
 replaced by the redaction marker, and anything shaped like a Quell API token is masked even if
 it arrived as a plain string (say, inside a URL or a peer's error message). Tracebacks are
-rendered without local variables, which could hold revealed secrets.
+rendered as plain text without local variables (which could hold revealed secrets), and
+scrubbed like everything else.
 """
 
 from __future__ import annotations
@@ -75,12 +76,10 @@ def configure_logging(
     renderer: Processor
     if log_format is LogFormat.JSON:
         renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
-        final: list[Processor] = [structlog.processors.format_exc_info, redact_secrets, renderer]
     else:
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=_is_tty(stream), exception_formatter=structlog.dev.plain_traceback
-        )
-        final = [renderer]
+        renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(stream))
+    # Tracebacks become text first, so that the scrubbing also covers exception messages.
+    final: list[Processor] = [structlog.processors.format_exc_info, redact_secrets, renderer]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -133,7 +133,13 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         """``database_url``, or the embedded SQLite file in the data dir."""
-        return self.database_url or f"sqlite:///{self.data_dir / 'quell.db'}"
+        if self.database_url:
+            return self.database_url
+        # Built, not formatted: a data dir may contain '?' or '#', which a URL would misread.
+        from sqlalchemy.engine import URL
+
+        embedded = URL.create("sqlite", database=str(self.data_dir / "quell.db"))
+        return embedded.render_as_string(hide_password=False)
 
     @property
     def config_file(self) -> Path | None:

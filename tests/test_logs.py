@@ -66,3 +66,16 @@ def test_exceptions_render_without_local_variables() -> None:
         structlog.get_logger("quell.test").exception("failed")
     assert "boom" in stream.getvalue()
     assert password not in stream.getvalue()
+
+
+def test_tokens_in_exception_messages_are_masked_in_both_formats() -> None:
+    token = generate_token().reveal()
+    for log_format in LogFormat:
+        stream = io.StringIO()
+        configure_logging(log_format, LogLevel.INFO, stream=stream)
+        try:
+            raise RuntimeError(f"peer rejected Bearer {token}")
+        except RuntimeError:
+            structlog.get_logger("quell.test").exception("call_failed")
+        assert "peer rejected" in stream.getvalue()
+        assert token not in stream.getvalue()

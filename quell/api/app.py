@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from quell import __version__
+from quell.api.guard import EdgeGuardMiddleware
 from quell.api.middleware import RequestContextMiddleware
 from quell.api.problems import install_problem_handler
 from quell.api.routes import fallback, health, system, tokens
@@ -33,5 +34,6 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(system.router)
     app.include_router(tokens.router)
     app.include_router(fallback.router)  # last: it matches every path
+    app.add_middleware(EdgeGuardMiddleware)  # inner: runs after the request id is set
     app.add_middleware(RequestContextMiddleware, clock=runtime.clock)
     return app

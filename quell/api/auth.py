@@ -61,10 +61,12 @@ class Authorize:
 
     async def __call__(self, principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if not principal.can(self.permission):
+            role = principal.role.value if principal.role else None
             raise PermissionDenied(
-                f"role {principal.role.value!r} lacks the permission {self.permission.value!r}",
+                f"{f'role {role!r}' if role else principal.name} lacks the permission "
+                f"{self.permission.value!r}",
                 permission=self.permission.value,
-                role=principal.role.value,
+                role=role,
             )
         return principal
 

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from quell import codec
-from quell.errors import ErrorCode, InvalidInput, NotFound, QuellError
+from quell.errors import ErrorCode, InvalidInput, NotFound, Overloaded, QuellError, TooLarge
 from quell.sdk.secret import redact
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -38,6 +38,8 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.CONFIG_INVALID: 500,
     ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.MIGRATION_REQUIRED: 503,
+    ErrorCode.OVERLOADED: 503,
+    ErrorCode.TOO_LARGE: 413,
 }
 
 log = structlog.get_logger(__name__)
@@ -63,6 +65,8 @@ def _as_quell_error(exc: Exception) -> tuple[QuellError, int]:
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
         if status == 404:
             return NotFound("no such resource"), 404
+        if status == 413:
+            return TooLarge(str(exc.detail) if exc.detail else phrase), 413
         if status < 500:
             return InvalidInput(str(exc.detail) if exc.detail else phrase), status
         return QuellError(phrase), status
@@ -72,8 +76,13 @@ def _as_quell_error(exc: Exception) -> tuple[QuellError, int]:
 def problem_response(exc: Exception, request_id: str | None) -> Response:
     """The problem+json answer for ``exc``."""
     error, status = _as_quell_error(exc)
-    if status >= 500 and not isinstance(exc, QuellError):
-        log.error("unhandled_error", request_id=request_id, exc_info=exc)
+    if status >= 500:
+        if isinstance(exc, QuellError):  # expected (a database outage): no traceback needed
+            log.error(
+                "request_failed", request_id=request_id, code=error.code.value, reason=exc.message
+            )
+        else:
+            log.error("unhandled_error", request_id=request_id, exc_info=exc)
     body: dict[str, Any] = {
         "type": f"urn:quell:problem:{error.code.value}",
         "title": HTTPStatus(status).phrase,
@@ -85,9 +94,16 @@ def problem_response(exc: Exception, request_id: str | None) -> Response:
         body["request_id"] = request_id
     for key, value in redact(error.details).items():
         body.setdefault(key, value)
-    headers = {"WWW-Authenticate": 'Bearer realm="quell"'} if status == 401 else None
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="quell"'
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = str(error.retry_after)
     return Response(
-        codec.dumps(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+        codec.dumps(body),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers or None,
     )
 
 

@@ -11,7 +11,6 @@ import socket
 
 import uvicorn
 
-from quell.api.app import create_app
 from quell.errors import ConfigurationError
 from quell.runtime import Runtime
 
@@ -54,6 +53,8 @@ def bound_url(sock: socket.socket) -> str:
 
 def serve(runtime: Runtime, sock: socket.socket) -> None:
     """Serve the API on ``sock`` until SIGINT or SIGTERM."""
+    from quell.api.app import create_app  # the whole API, only when serving
+
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         create_app(runtime),

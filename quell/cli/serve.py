@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+from pathlib import Path
 
 import click
 
@@ -51,6 +53,7 @@ def demo_command(state: CliState, host: str | None, port: int | None, start_serv
     _, token = runtime.tokens.create(DEMO_TOKEN_NAME, "admin", created_by="quell demo")
     url = bound_url(sock)
     secret = token.reveal()
+    me = sys.argv[0] if Path(sys.argv[0]).name == "quell" else "quell"
     click.echo(
         f"""
 Quell demo
@@ -65,8 +68,9 @@ Try, in another terminal:
   curl -s {url}/api/whoami          # 401 problem+json: no token
   curl -s -H 'Authorization: Bearer {secret}' {url}/api/whoami
   curl -s -H 'Authorization: Bearer {secret}' {url}/api/openapi.json
-  .venv/bin/quell token create --name analyst-1 --role analyst
-  .venv/bin/quell token list
+  {me} token create --name analyst-1 --role analyst
+  {me} ingest --format suricata eve.json
+  {me} token list
 """
     )
     if not start_server:

@@ -19,6 +19,8 @@ class Permission(StrEnum):
     TOKENS_MANAGE = "tokens:manage"
     ALERTS_READ = "alerts:read"
     ALERTS_INGEST = "alerts:ingest"
+    SOURCES_MANAGE = "sources:manage"
+    SUPPRESSIONS_MANAGE = "suppressions:manage"
     INCIDENTS_READ = "incidents:read"
     INCIDENTS_WRITE = "incidents:write"
     PLAYBOOKS_READ = "playbooks:read"
@@ -52,11 +54,13 @@ _READ_ALL = frozenset(p for p in Permission if p.value.endswith(":read"))
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     # Everything, including tokens, users and connector secrets.
     Role.ADMIN: frozenset(Permission),
-    # Writes and tests playbooks; cannot publish them (review is someone else's job).
+    # Writes and tests playbooks and tunes detections; cannot publish playbooks (review is
+    # someone else's job).
     Role.AUTHOR: frozenset(
         {
             P.SYSTEM_READ,
             P.ALERTS_READ,
+            P.SUPPRESSIONS_MANAGE,
             P.INCIDENTS_READ,
             P.PLAYBOOKS_READ,
             P.PLAYBOOKS_WRITE,

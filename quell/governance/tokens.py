@@ -92,11 +92,15 @@ class ApiToken:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling, and what they may do."""
+    """Who is calling, and what they may do.
+
+    A token's principal has its role's permissions; a signed intake request's principal
+    (``source:<name>``) has no role and may only ingest into that source.
+    """
 
     token_id: str
     name: str
-    role: Role
+    role: Role | None
     permissions: frozenset[Permission]
 
     def can(self, permission: Permission) -> bool:
@@ -173,7 +177,8 @@ class TokenService:
                 )
         except IntegrityError:
             raise Conflict(
-                f"an active token named {name!r} already exists; revoke it or choose another name",
+                f"an unrevoked token named {name!r} exists (expired ones keep their name until "
+                "revoked); revoke it or choose another name",
                 field="name",
                 value=name,
             ) from None

@@ -10,6 +10,7 @@ instead, which shares one commit among them.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,10 +64,21 @@ def parse_database_url(url: str) -> tuple[URL, Backend]:
     )
 
 
+_SENSITIVE_QUERY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+
+
+def _masked(url: URL) -> str:
+    query = {
+        name: ("***" if _SENSITIVE_QUERY.search(name) else value)
+        for name, value in url.query.items()
+    }
+    return url.set(query=query).render_as_string(hide_password=True)
+
+
 def hide_password(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and messages."""
+    """``url`` with its password (and password-like query values) masked, for display."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return _masked(make_url(url))
     except ArgumentError:
         return "(unparseable database URL)"
 
@@ -80,25 +92,38 @@ class Database:
         *,
         sqlite_synchronous: SqliteSynchronous = SqliteSynchronous.NORMAL,
         pool_size: int = 10,
+        busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
     ) -> None:
         self.url, self.backend = parse_database_url(url)
         self.sqlite_synchronous = sqlite_synchronous
+        self.busy_timeout_ms = busy_timeout_ms
         self.engine = self._create_engine(pool_size)
 
     @property
     def display_url(self) -> str:
-        """The URL with any password hidden, for logs and messages."""
-        return self.url.render_as_string(hide_password=True)
+        """The URL with any password hidden, for the operator's eyes (CLI, logs).
+
+        Never put it in an error a remote caller can see: host and database names are
+        reconnaissance too.
+        """
+        return _masked(self.url)
 
     def _create_engine(self, pool_size: int) -> Engine:
         if self.backend is Backend.SQLITE:
             path = Path(self.url.database or "")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot create the folder of the SQLite database {path}: {exc.strerror}",
+                    env="QUELL_DATABASE_URL",
+                ) from None
             engine = create_engine(
                 self.url,
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                hide_parameters=True,
+                connect_args={"check_same_thread": False, "timeout": self.busy_timeout_ms / 1000},
                 json_serializer=_json_dumps,
                 json_deserializer=orjson.loads,
             )
@@ -109,6 +134,7 @@ class Database:
             self.url,
             pool_size=pool_size,
             max_overflow=pool_size,
+            hide_parameters=True,  # bound values (secrets, payloads) never reach error text
             pool_pre_ping=True,
             connect_args={"connect_timeout": 5, "application_name": "quell"},
             json_serializer=_json_dumps,
@@ -124,48 +150,62 @@ class Database:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={self.sqlite_synchronous.value.upper()}")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             cursor.execute("PRAGMA temp_store=MEMORY")
         finally:
             cursor.close()
+
+    def _unavailable(self, exc: DBAPIError) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"the {self.backend.value} database is unavailable: {_reason(exc)}",
+            backend=self.backend.value,
+        )
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
         """A pooled connection with no transaction opened yet."""
         try:
             conn = self.engine.connect()
-        except (OperationalError, DBAPIError) as exc:
-            raise StorageUnavailable(
-                f"cannot reach the database at {self.display_url}: {_reason(exc)}",
-                backend=self.backend.value,
-            ) from exc
+        except DBAPIError as exc:
+            raise self._unavailable(exc) from exc
         with conn:
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A short read transaction."""
-        with self.connect() as conn, conn.begin():
+        with self._transaction(write=False) as conn:
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction; commits on success, rolls back on error."""
-        with self.connect() as conn:
-            conn.execution_options(**{_WRITE_OPTION: True})
-            with conn.begin():
-                yield conn
+        """A write transaction; commits on success, rolls back on error.
+
+        Operational failures (the server went away, SQLite stayed locked past the busy
+        timeout) surface as :class:`StorageUnavailable`; integrity and programming errors
+        pass through unchanged, since they are about the statement, not the database.
+        """
+        with self._transaction(write=True) as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Connection]:
+        try:
+            with self.connect() as conn:
+                if write:
+                    conn.execution_options(**{_WRITE_OPTION: True})
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise self._unavailable(exc) from exc
 
     def ping(self) -> None:
         """Raise :class:`StorageUnavailable` unless the database answers a query."""
         try:
             with self.read() as conn:
                 conn.execute(text("SELECT 1"))
-        except (OperationalError, DBAPIError) as exc:
-            raise StorageUnavailable(
-                f"the database at {self.display_url} does not answer: {_reason(exc)}",
-                backend=self.backend.value,
-            ) from exc
+        except DBAPIError as exc:
+            raise self._unavailable(exc) from exc
 
     def dispose(self) -> None:
         """Close every pooled connection."""

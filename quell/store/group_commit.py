@@ -6,9 +6,12 @@ commits, and only then resolves the futures. A write is therefore acknowledged o
 durable, yet a thousand concurrent callers cost one commit (one fsync with ``synchronous=FULL``)
 instead of a thousand. Consecutive writes of the same statement become one ``executemany``.
 
-If anything in a batch fails, the batch is rolled back and each write is retried alone, so one
-bad write fails only its own caller. Work must therefore touch nothing but the connection it is
-given: it may run twice (once in the failed batch, once alone), never half.
+If a write in a batch fails (a constraint, a bad value, an exception from a work callable), the
+batch is rolled back and each write is retried alone, so one bad write fails only its own
+caller. Work must therefore touch nothing but the connection it is given: it may run twice
+(once in the failed batch, once alone), never half. If the database itself fails (unreachable,
+locked past the busy timeout), retrying write by write would only multiply the wait: the whole
+batch fails at once with :class:`~quell.errors.StorageUnavailable`.
 
 Sync callers wait on the returned :class:`concurrent.futures.Future`. Async callers await
 :meth:`GroupCommitter.run` or :meth:`GroupCommitter.execute_async`, which hold no thread: they
@@ -31,6 +34,7 @@ from typing import Any, Self, TypeVar
 import structlog
 from sqlalchemy import Connection, Executable
 
+from quell.errors import StorageUnavailable
 from quell.store.database import Database
 
 T = TypeVar("T")
@@ -96,7 +100,8 @@ class GroupCommitter:
             if self._closed:
                 return
             self._closed = True
-        self._queue.put(None)
+            # Under the lock: no write can be queued behind the stop marker.
+            self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -140,15 +145,39 @@ class GroupCommitter:
         await future
 
     def _put(self, item: _Item) -> None:
-        if self._closed:
-            raise RuntimeError("the group committer is closed")
-        if self._thread.ident is None:
-            raise RuntimeError("the group committer was not started")
-        self._queue.put(item)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the group committer is closed")
+            if self._thread.ident is None:
+                raise RuntimeError("the group committer was not started")
+            if not self._thread.is_alive():
+                raise RuntimeError("the group committer's writer thread has stopped")
+            self._queue.put(item)
 
     # -- the writer thread -------------------------------------------------------------------
 
     def _loop(self) -> None:
+        try:
+            self._drain_batches()
+        except BaseException as exc:
+            log.critical("group_commit_writer_died", error=type(exc).__name__, exc_info=exc)
+        finally:
+            # However the writer ends, nobody may wait forever on a write it will not do.
+            with self._lock:
+                self._closed = True
+            leftovers: list[Outcome] = []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    leftovers.append(
+                        (item.waiter, None, RuntimeError("the group committer stopped"))
+                    )
+            _settle(leftovers)
+
+    def _drain_batches(self) -> None:
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -176,6 +205,11 @@ class GroupCommitter:
         try:
             with self.db.write() as conn:
                 results = _run_batch(conn, batch)
+        except StorageUnavailable as exc:
+            # The database failed, not a write: one answer for all, no retries.
+            self.stats.failed_writes += len(batch)
+            _settle([(item.waiter, None, exc) for item in batch])
+            return
         except Exception as exc:  # noqa: BLE001 - whatever one write raises goes to its caller
             if len(batch) == 1:
                 self.stats.failed_writes += 1
@@ -242,10 +276,17 @@ def _run_batch(conn: Connection, batch: Sequence[_Item]) -> list[Any]:
             index += 1
             continue
         params = [dict(item.params)]
+        keys = params[0].keys()
         end = index + 1
         while end < len(batch):
             following = batch[end]
-            if not isinstance(following, _Statement) or following.statement is not item.statement:
+            # An executemany is compiled from its first parameter set: only writes of the same
+            # statement *and* the same keys may share one, or later keys would be dropped.
+            if (
+                not isinstance(following, _Statement)
+                or following.statement is not item.statement
+                or following.params.keys() != keys
+            ):
                 break
             params.append(dict(following.params))
             end += 1

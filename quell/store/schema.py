@@ -200,3 +200,12 @@ ingest_checkpoints = Table(
     Column("cursor", _json(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+# Signatures already accepted by the HTTP intake, kept for the replay window.
+ingest_nonces = Table(
+    "ingest_nonces",
+    metadata,
+    Column("signature", String(128), primary_key=True),
+    Column("source", String(64), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)

@@ -79,7 +79,7 @@ def test_duplicate_and_bad_expiry_are_one_line_errors(invoke: Invoke, env: dict[
     assert (
         duplicate.stderr.strip()
         .splitlines()[-1]
-        .startswith("error: an active token named 'dup' already exists")
+        .startswith("error: an unrevoked token named 'dup' exists")
     )
     bad = invoke("token", "create", "--name", "x", "--role", "admin", "--expires-in", "1y", env=env)
     assert bad.exit_code == 1

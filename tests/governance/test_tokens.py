@@ -51,7 +51,7 @@ def test_revoked_token_is_refused_and_its_name_can_be_reused(runtime: Runtime) -
 
 def test_two_active_tokens_cannot_share_a_name(runtime: Runtime) -> None:
     runtime.tokens.create("dup", "admin")
-    with pytest.raises(Conflict, match="already exists"):
+    with pytest.raises(Conflict, match="unrevoked token named 'dup' exists"):
         runtime.tokens.create("dup", "admin")
 
 

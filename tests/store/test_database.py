@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy.exc import StatementError
 
 from quell.errors import ConfigurationError, StorageUnavailable
 from quell.settings import SqliteSynchronous
@@ -64,15 +65,17 @@ def test_datetimes_come_back_aware_in_utc(scratch_db: Database) -> None:
 
 
 def test_naive_datetimes_are_refused(scratch_db: Database) -> None:
-    with pytest.raises(Exception, match="naive datetime"), scratch_db.write() as conn:
+    with pytest.raises(StatementError, match="naive datetime"), scratch_db.write() as conn:
         conn.execute(insert(events).values(id=1, name="naive", at=datetime(2026, 1, 1)))
 
 
-def test_display_url_hides_the_password() -> None:
-    db = Database("postgresql://quell:hunter2-secret@127.0.0.1:1/quell")
-    assert "hunter2-secret" not in db.display_url
-    assert "hunter2-secret" not in repr(db)
-    assert "hunter2" not in hide_password("postgresql://u:hunter2@h/db")
+def test_display_url_hides_passwords_in_userinfo_and_query() -> None:
+    db = Database("postgresql://quell:hunter2-secret@127.0.0.1:1/quell?sslpassword=q-canary")
+    for shown in (db.display_url, repr(db)):
+        assert "hunter2-secret" not in shown
+        assert "q-canary" not in shown
+    assert "hunter2" not in hide_password("postgresql://u:hunter2@h/db?password=hunter2")
+    assert "sslmode=require" in hide_password("postgresql://u@h/db?sslmode=require")
 
 
 @pytest.mark.parametrize(
@@ -103,12 +106,19 @@ def test_bad_urls_are_refused_by_name(url: str, message: str) -> None:
         Database(url)
 
 
-def test_unreachable_postgres_is_storage_unavailable_without_password() -> None:
-    db = Database("postgresql://quell:s3cret-pw@127.0.0.1:9/quell")
+def test_unreachable_postgres_is_storage_unavailable_without_the_url() -> None:
+    db = Database("postgresql://quell:s3cret-pw@127.0.0.1:9/quell?password=q-canary")
     with pytest.raises(StorageUnavailable) as caught:
         db.ping()
     assert "s3cret-pw" not in str(caught.value)
+    assert "q-canary" not in str(caught.value)
     assert caught.value.code == "storage_unavailable"
+
+
+def test_a_sqlite_path_under_a_file_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigurationError, match="cannot create the folder"):
+        Database(f"sqlite:///{tmp_path / 'file' / 'sub' / 'q.db'}")
 
 
 @pytest.mark.parametrize("mode", list(SqliteSynchronous))

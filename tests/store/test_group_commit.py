@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from quell.errors import StorageUnavailable
 from quell.store.database import Database
 from quell.store.group_commit import GroupCommitter
 
@@ -179,3 +182,125 @@ def test_a_failing_async_write_raises_in_its_awaiting_task(db: Database) -> None
     with GroupCommitter(db) as committer:
         asyncio.run(main(committer))
     assert _count(db, ledger) == 2
+
+
+def test_writes_of_one_statement_with_different_keys_keep_every_column(db: Database) -> None:
+    statement = insert(journal)
+    with GroupCommitter(db) as committer:
+        gate = threading.Event()
+        blocker = committer.submit(lambda conn: gate.wait(10))
+        first = committer.execute(statement, {"id": 1, "note": "first"})
+        # Same statement, another key set: it must not ride the first one's executemany.
+        second = committer.execute(insert(journal).values(note="from values"), {"id": 2})
+        third = committer.execute(statement, {"id": 3, "note": "third"})
+        gate.set()
+        for future in (blocker, first, second, third):
+            future.result(10)
+    with db.read() as conn:
+        rows = dict(conn.execute(select(journal.c.id, journal.c.note)).all())
+    assert rows == {1: "first", 2: "from values", 3: "third"}
+
+
+def test_same_statement_with_a_missing_key_is_not_batched_with_full_rows(db: Database) -> None:
+    optional = Table(
+        "scratch_optional",
+        scratch,
+        Column("id", Integer, primary_key=True),
+        Column("note", String(64), nullable=True),
+        extend_existing=True,
+    )
+    optional.create(db.engine)
+    try:
+        statement = insert(optional)
+        with GroupCommitter(db) as committer:
+            gate = threading.Event()
+            blocker = committer.submit(lambda conn: gate.wait(10))
+            sparse = committer.execute(statement, {"id": 1})
+            full = committer.execute(statement, {"id": 2, "note": "must be kept"})
+            gate.set()
+            for future in (blocker, sparse, full):
+                future.result(10)
+        with db.read() as conn:
+            rows = dict(conn.execute(select(optional.c.id, optional.c.note)).all())
+        assert rows == {1: None, 2: "must be kept"}
+    finally:
+        optional.drop(db.engine)
+        scratch.remove(optional)
+
+
+def test_racing_submitters_and_close_leave_no_future_unsettled(db: Database) -> None:
+    statement = insert(journal)
+    committer = GroupCommitter(db).start()
+    accepted: list[Future[None]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(5)
+
+    def submitter(base: int) -> None:
+        start.wait()
+        for n in range(400):
+            try:
+                future = committer.execute(statement, {"id": base + n, "note": "r"})
+            except RuntimeError:
+                return
+            with lock:
+                accepted.append(future)
+
+    threads = [threading.Thread(target=submitter, args=(i * 1000,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    committer.close()
+    for thread in threads:
+        thread.join()
+    done, not_done = wait(accepted, timeout=30)
+    assert not not_done
+    assert _count(db, journal) == sum(1 for f in done if f.exception() is None)
+
+
+class _Fatal(BaseException):
+    """Stands for what kills a thread: not an Exception."""
+
+
+def test_a_dead_writer_fails_queued_writes_and_refuses_new_ones(db: Database) -> None:
+    committer = GroupCommitter(db).start()
+    gate = threading.Event()
+
+    def fatal(conn: Connection) -> None:
+        gate.wait(10)
+        raise _Fatal
+
+    killer = committer.submit(fatal)
+    queued = committer.execute(insert(journal), {"id": 1, "note": "queued behind"})
+    gate.set()
+    with pytest.raises(_Fatal):
+        killer.result(10)
+    with pytest.raises((RuntimeError, _Fatal)):
+        queued.result(10)
+    committer._thread.join(10)
+    with pytest.raises(RuntimeError, match=r"closed|stopped"):
+        committer.execute(insert(journal), {"id": 2, "note": "late"})
+
+
+def test_a_locked_database_fails_the_batch_at_once_without_per_write_retries(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'locked.db'}", busy_timeout_ms=200)
+    scratch.create_all(db.engine)
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with GroupCommitter(db) as committer:
+            gate = threading.Event()
+            blocker = committer.submit(lambda conn: gate.wait(10))
+            writes = [committer.execute(insert(journal), {"id": n, "note": "x"}) for n in range(20)]
+            gate.set()
+            with pytest.raises(StorageUnavailable):
+                blocker.result(30)
+            for future in writes:
+                with pytest.raises(StorageUnavailable, match="locked"):
+                    future.result(30)
+        assert committer.stats.isolated_retries == 0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        db.dispose()

@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from quell.errors import MigrationRequired
+from quell.errors import InvalidInput, MigrationRequired
 from quell.store import migrate
 from quell.store.database import Database
 from quell.store.schema import metadata
@@ -91,5 +91,5 @@ def test_a_schema_from_a_newer_quell_is_refused(blank: Database) -> None:
 
 def test_downgrade_to_an_unknown_revision_names_it(blank: Database) -> None:
     migrate.upgrade(blank)
-    with pytest.raises(Exception, match="no-such-revision"):
+    with pytest.raises(InvalidInput, match="no-such-revision"):
         migrate.downgrade(blank, "no-such-revision")

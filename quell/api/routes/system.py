@@ -28,7 +28,7 @@ class WhoAmIOut(BaseModel):
     """The caller, as the server sees it."""
 
     name: str
-    role: str
+    role: str | None
     permissions: list[str]
 
 
@@ -57,7 +57,7 @@ async def whoami(principal: CanReadSystem) -> WhoAmIOut:
     """Name, role and permissions of the token used for this request."""
     return WhoAmIOut(
         name=principal.name,
-        role=principal.role.value,
+        role=principal.role.value if principal.role else None,
         permissions=sorted(permission.value for permission in principal.permissions),
     )
 

@@ -1,5 +1,5 @@
 """Ingestion and correlation: sources, alerts and their observables, incidents, suppression
-rules, dead letters and checkpoints.
+rules, dead letters, checkpoints and the signatures the HTTP intake has accepted.
 
 Revision ID: 0002_ingest
 Revises: 0001_api_tokens
@@ -172,9 +172,19 @@ def upgrade() -> None:
         _time("updated_at"),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_ingest_checkpoints")),
     )
+    op.create_table(
+        "ingest_nonces",
+        sa.Column("signature", sa.String(128), nullable=False),
+        sa.Column("source", sa.String(64), nullable=False),
+        _time("expires_at"),
+        sa.PrimaryKeyConstraint("signature", name=op.f("pk_ingest_nonces")),
+    )
+    op.create_index(op.f("ix_ingest_nonces_expires_at"), "ingest_nonces", ["expires_at"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_ingest_nonces_expires_at"), table_name="ingest_nonces")
+    op.drop_table("ingest_nonces")
     op.drop_table("ingest_checkpoints")
     op.drop_index("ix_dead_letters_source_status", table_name="dead_letters")
     op.drop_table("dead_letters")

@@ -1,0 +1,56 @@
+"""The edge guard: refuse anonymous and oversized requests before anything reads the body.
+
+FastAPI parses and validates a body before it resolves the dependencies that authenticate,
+so without this a caller with no token could make the server read and parse any body, and
+would get a 422 instead of a 401. This pure ASGI middleware answers first: a request to a
+non-public path without ``Authorization: Bearer …`` (or, for the HTTP intake, a signature
+header) gets 401; a declared body over the limit gets 413. Whether a token is *valid* is still
+decided by the route's dependency; this only checks that one is there.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from quell.api.auth import PUBLIC_PATHS
+from quell.api.problems import problem_response
+from quell.errors import AuthenticationRequired, TooLarge
+
+INGEST_PREFIX = "/api/ingest/"
+MAX_BODY = 1024 * 1024  # everything but the intake takes small JSON bodies
+MAX_INGEST_BODY = 16 * 1024 * 1024
+
+
+class EdgeGuardMiddleware:
+    """401 without credentials and 413 over the body limit, before routing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        path: str = scope.get("path", "")
+        intake = path.startswith(INGEST_PREFIX)
+        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+        signed = intake and b"x-quell-signature" in headers
+        error: Exception | None = None
+        if not signed and (scheme.lower() != b"bearer" or not credentials.strip()):
+            error = AuthenticationRequired(
+                "this endpoint needs an 'Authorization: Bearer <token>' header"
+            )
+        else:
+            declared = headers.get(b"content-length", b"")
+            limit = MAX_INGEST_BODY if intake else MAX_BODY
+            if declared.isdigit() and int(declared) > limit:
+                error = TooLarge(
+                    f"request body of {int(declared)} bytes exceeds the {limit}-byte limit"
+                )
+        if error is None:
+            await self.app(scope, receive, send)
+            return
+        state = scope.get("state") or {}
+        response = problem_response(error, state.get("request_id"))
+        await response(scope, receive, send)
