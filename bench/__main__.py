@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "store": "Group commit vs one commit per write, on SQLite (NORMAL, FULL) and PostgreSQL",
+    "ingest": "Synthetic alerts through the file and HTTP intake paths, dedup and correlation",
 }
 
 

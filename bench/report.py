@@ -39,5 +39,5 @@ def peak_rss_mb() -> float:
 
 def emit(figures: dict[str, Any]) -> None:
     """The last line of every benchmark: its figures as one JSON object."""
-    figures = {**figures, "python": platform.python_version(), "peak_rss_mb": peak_rss_mb()}
+    figures = {"python": platform.python_version(), "peak_rss_mb": peak_rss_mb(), **figures}
     print(json.dumps(figures, sort_keys=True), flush=True)

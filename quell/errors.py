@@ -15,7 +15,8 @@ as problem+json fields and the CLI as one clear line, without parsing text.
     ├── StorageUnavailable          storage_unavailable the database cannot be reached
     ├── MigrationRequired           migration_required the database schema is not at this version
     ├── Overloaded                  overloaded         too much queued; retry after ``retry_after``
-    └── TooLarge                    too_large          a body or record over its size limit
+    ├── TooLarge                    too_large          a body or record over its size limit
+    └── UpstreamUnavailable         upstream_unavailable a peer (SIEM, mailbox, vendor API) failed
 
 Secrets never reach an error: details are passed through :func:`quell.sdk.secret.redact`
 when rendered, so a :class:`~quell.sdk.secret.SecretValue` shows as ``**********``.
@@ -44,6 +45,7 @@ class ErrorCode(StrEnum):
     MIGRATION_REQUIRED = "migration_required"
     OVERLOADED = "overloaded"
     TOO_LARGE = "too_large"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 
 
 class QuellError(Exception):
@@ -134,3 +136,9 @@ class TooLarge(QuellError):
     """A request body or a record is larger than its limit."""
 
     code = ErrorCode.TOO_LARGE
+
+
+class UpstreamUnavailable(QuellError):
+    """A peer Quell talks to (a SIEM, a mailbox, a vendor API) is down, slow or throttling."""
+
+    code = ErrorCode.UPSTREAM_UNAVAILABLE

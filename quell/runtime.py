@@ -2,7 +2,8 @@
 
 It is built explicitly from settings and passed down; nothing here is global. Opening it makes
 sure the data directory and secret key exist, connects the database and brings its schema to
-this version (or refuses to run against another one).
+this version (or refuses to run against another one). Services are built on first use, and
+their modules imported then too: a command that only manages tokens never loads the pipeline.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from quell.clock import SYSTEM_CLOCK, Clock
 from quell.datadir import ensure_data_dir, load_or_create_secret_key
@@ -19,6 +20,16 @@ from quell.sdk.secret import SecretValue
 from quell.settings import Settings
 from quell.store import migrate
 from quell.store.database import Database
+
+if TYPE_CHECKING:
+    from quell.cases.incidents import IncidentService
+    from quell.correlate.suppression import SuppressionService
+    from quell.governance.secrets import SecretBox
+    from quell.ingest.alerts import AlertService
+    from quell.ingest.checkpoints import DbCheckpointStore
+    from quell.ingest.deadletters import DeadLetterService
+    from quell.ingest.pipeline import IngestPipeline
+    from quell.ingest.sources import SourceService
 
 
 @dataclass
@@ -54,6 +65,62 @@ class Runtime:
     def tokens(self) -> TokenService:
         """API tokens."""
         return TokenService(self.db, self.clock)
+
+    @cached_property
+    def secret_box(self) -> SecretBox:
+        """Seals secrets at rest under the secret key."""
+        from quell.governance.secrets import SecretBox
+
+        return SecretBox(self.secret_key)
+
+    @cached_property
+    def sources(self) -> SourceService:
+        """Configured alert sources."""
+        from quell.ingest.sources import SourceService
+
+        return SourceService(self.db, self.clock, self.secret_box)
+
+    @cached_property
+    def pipeline(self) -> IngestPipeline:
+        """Records to alerts and incidents, synchronously."""
+        from quell.ingest.pipeline import IngestPipeline
+
+        return IngestPipeline(self.db, self.clock, self.sources)
+
+    @cached_property
+    def alerts(self) -> AlertService:
+        """Stored alerts."""
+        from quell.ingest.alerts import AlertService
+
+        return AlertService(self.db)
+
+    @cached_property
+    def incidents(self) -> IncidentService:
+        """Incidents."""
+        from quell.cases.incidents import IncidentService
+
+        return IncidentService(self.db)
+
+    @cached_property
+    def dead_letters(self) -> DeadLetterService:
+        """Records that could not become alerts."""
+        from quell.ingest.deadletters import DeadLetterService
+
+        return DeadLetterService(self.db)
+
+    @cached_property
+    def suppressions(self) -> SuppressionService:
+        """Suppression rules."""
+        from quell.correlate.suppression import SuppressionService
+
+        return SuppressionService(self.db, self.clock)
+
+    @cached_property
+    def checkpoints(self) -> DbCheckpointStore:
+        """Cursors of pulling sources."""
+        from quell.ingest.checkpoints import DbCheckpointStore
+
+        return DbCheckpointStore(self.db, self.clock)
 
     def close(self) -> None:
         """Release the database connections."""

@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.requirements",
     "tests.fixtures.databases",
     "tests.fixtures.servers",
+    "tests.ingest.dovecot",
 ]
 
 # Variables that steer the test run itself, not the Quell under test.

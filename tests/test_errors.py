@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from quell.errors import ErrorCode, InvalidInput, QuellError
+from quell.errors import ErrorCode, InvalidInput, QuellError, UpstreamUnavailable
+from quell.ingest.imap import ImapUnavailable
+from quell.ingest.siem import SiemError
 from quell.sdk.secret import SecretValue
 
 
@@ -14,11 +16,22 @@ def _subclasses(cls: type[QuellError]) -> list[type[QuellError]]:
     return found
 
 
-def test_each_error_class_has_its_own_stable_code() -> None:
-    classes = [QuellError, *_subclasses(QuellError)]
+def test_each_error_class_of_the_tree_has_its_own_stable_code() -> None:
+    # The tree in quell.errors; subclasses elsewhere refine a branch and share its code.
+    classes = [
+        cls for cls in [QuellError, *_subclasses(QuellError)] if cls.__module__ == "quell.errors"
+    ]
     codes = [cls.code for cls in classes]
     assert len(set(codes)) == len(codes)
     assert set(codes) == set(ErrorCode)
+
+
+def test_peers_failing_are_upstream_errors_and_every_class_has_an_enum_code() -> None:
+    assert issubclass(SiemError, UpstreamUnavailable)
+    assert issubclass(ImapUnavailable, UpstreamUnavailable)
+    assert SiemError("x").code is ErrorCode.UPSTREAM_UNAVAILABLE
+    for cls in _subclasses(QuellError):
+        assert isinstance(cls.code, ErrorCode), cls
 
 
 def test_codes_are_lowercase_snake_strings() -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from quell import __version__
 from quell.api.guard import EdgeGuardMiddleware
 from quell.api.middleware import RequestContextMiddleware
 from quell.api.problems import install_problem_handler
-from quell.api.routes import fallback, health, system, tokens
+from quell.api.routes import alerts, fallback, health, ingest, sources, system, tokens
+from quell.ingest.runner import SourceRunner
+from quell.ingest.service import IngestService
 from quell.runtime import Runtime
 
 DESCRIPTION = """\
@@ -18,9 +23,27 @@ RFC 9457 problem+json with a stable `code`.
 """
 
 
-def create_app(runtime: Runtime) -> FastAPI:
-    """An app serving ``runtime``. The caller owns the runtime and closes it."""
+def create_app(runtime: Runtime, *, run_sources: bool = False) -> FastAPI:
+    """An app serving ``runtime``. The caller owns the runtime and closes it.
+
+    With ``run_sources`` the app also runs the long-running sources (syslog listeners, IMAP
+    pollers, SIEM pulls) for as long as it serves, as ``quell serve`` does.
+    """
+    ingest_service = IngestService(runtime.pipeline)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runner = SourceRunner(runtime, ingest_service)
+        app.state.sources = runner
+        if run_sources:
+            await runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Quell",
         version=__version__,
         description=DESCRIPTION,
@@ -29,10 +52,14 @@ def create_app(runtime: Runtime) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = runtime
+    app.state.ingest = ingest_service
     install_problem_handler(app)
     app.include_router(health.router)
     app.include_router(system.router)
     app.include_router(tokens.router)
+    app.include_router(ingest.router)
+    app.include_router(alerts.router)
+    app.include_router(sources.router)
     app.include_router(fallback.router)  # last: it matches every path
     app.add_middleware(EdgeGuardMiddleware)  # inner: runs after the request id is set
     app.add_middleware(RequestContextMiddleware, clock=runtime.clock)

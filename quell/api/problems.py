@@ -40,6 +40,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.MIGRATION_REQUIRED: 503,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UPSTREAM_UNAVAILABLE: 502,
 }
 
 log = structlog.get_logger(__name__)

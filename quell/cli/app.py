@@ -12,7 +12,7 @@ from typing import IO, Any
 import click
 
 from quell import __version__
-from quell.cli import config, db, serve, token
+from quell.cli import alerts, config, db, ingest, serve, sources, token
 from quell.cli.state import CliState
 from quell.errors import QuellError
 from quell.logs import configure_logging
@@ -91,5 +91,10 @@ def version_command() -> None:
 cli.add_command(db.group)
 cli.add_command(token.group)
 cli.add_command(config.group)
+cli.add_command(ingest.group)
+cli.add_command(sources.source_group)
+cli.add_command(sources.suppression_group)
+cli.add_command(alerts.alert_group)
+cli.add_command(alerts.incident_group)
 cli.add_command(serve.serve_command)
 cli.add_command(serve.demo_command)

@@ -152,6 +152,9 @@ class Database:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             cursor.execute("PRAGMA temp_store=MEMORY")
+            # 64 MiB of page cache per connection (the default is 2 MiB): index lookups of
+            # dedup and correlation stay in memory as the alert tables grow.
+            cursor.execute("PRAGMA cache_size=-65536")
         finally:
             cursor.close()
 

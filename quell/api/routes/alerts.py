@@ -1,0 +1,93 @@
+"""Alerts and incidents over HTTP."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
+
+from quell.api.auth import Authorize, RuntimeDep
+from quell.governance.permissions import Permission
+from quell.governance.tokens import Principal
+from quell.ingest.alerts import render_alert
+from quell.ingest.ocsf import to_ocsf
+
+router = APIRouter(prefix="/api", tags=["alerts and incidents"])
+
+CanReadAlerts = Annotated[Principal, Depends(Authorize(Permission.ALERTS_READ))]
+CanReadIncidents = Annotated[Principal, Depends(Authorize(Permission.INCIDENTS_READ))]
+
+
+class AlertFormat(StrEnum):
+    """How an alert is rendered."""
+
+    QUELL = "quell"
+    OCSF = "ocsf"
+
+
+@router.get("/alerts", summary="List alerts")
+async def list_alerts(
+    runtime: RuntimeDep,
+    _: CanReadAlerts,
+    source: str | None = None,
+    incident: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Alerts, newest received first."""
+    found = await run_in_threadpool(
+        runtime.alerts.list_all, source=source, incident_id=incident, limit=limit, offset=offset
+    )
+    return [render_alert(alert) for alert in found]
+
+
+@router.get("/alerts/{alert_id}", summary="Show an alert")
+async def get_alert(
+    alert_id: str, runtime: RuntimeDep, _: CanReadAlerts, format: AlertFormat = AlertFormat.QUELL
+) -> dict[str, Any]:
+    """One alert; ``format=ocsf`` renders it as an OCSF Detection Finding (class 2004)."""
+    alert = await run_in_threadpool(runtime.alerts.get, alert_id)
+    if format is AlertFormat.OCSF:
+        return to_ocsf(alert)
+    return render_alert(alert, with_raw=True)
+
+
+@router.get("/incidents", summary="List incidents")
+async def list_incidents(
+    runtime: RuntimeDep,
+    _: CanReadIncidents,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Incidents, most recently active first; ``status=open`` for the open ones."""
+    found = await run_in_threadpool(
+        runtime.incidents.list_all, status=status, limit=limit, offset=offset
+    )
+    return [incident.as_dict() for incident in found]
+
+
+@router.get("/incidents/{incident_id}", summary="Show an incident")
+async def get_incident(
+    incident_id: str, runtime: RuntimeDep, _: CanReadIncidents
+) -> dict[str, Any]:
+    """An incident with its alerts, the keys it correlates on, and its timeline."""
+
+    def load() -> dict[str, Any]:
+        incident = runtime.incidents.get(incident_id)
+        return {
+            **incident.as_dict(),
+            "keys": [{"type": t, "value": v} for t, v in runtime.incidents.keys(incident_id)],
+            "alerts": [
+                render_alert(a)
+                for a in runtime.alerts.list_all(incident_id=incident_id, limit=1000)
+            ],
+            "timeline": [
+                {"id": e.id, "kind": e.kind, "at": e.at, "actor": e.actor, "data": e.data}
+                for e in runtime.incidents.timeline(incident_id)
+            ],
+        }
+
+    return await run_in_threadpool(load)

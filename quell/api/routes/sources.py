@@ -1,0 +1,157 @@
+"""Sources and suppression rules over HTTP."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, status
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from quell.api.auth import Authorize, RuntimeDep
+from quell.correlate.suppression import SuppressionAction, SuppressionRule
+from quell.durations import parse_duration
+from quell.governance.permissions import Permission
+from quell.governance.tokens import Principal
+from quell.ingest.sources import SourceKind
+from quell.sdk.secret import SecretValue
+
+router = APIRouter(prefix="/api", tags=["sources"])
+
+CanReadAlerts = Annotated[Principal, Depends(Authorize(Permission.ALERTS_READ))]
+CanManageSources = Annotated[Principal, Depends(Authorize(Permission.SOURCES_MANAGE))]
+CanManageSuppressions = Annotated[Principal, Depends(Authorize(Permission.SUPPRESSIONS_MANAGE))]
+Name = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:-]{0,127}$")]
+
+
+class SourceIn(BaseModel):
+    """A source to create."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    kind: SourceKind
+    format: str
+    parser_options: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    secret: SecretValue | None = Field(
+        default=None, description="HMAC key, mailbox password or API key; stored encrypted."
+    )
+
+
+class SourceChange(BaseModel):
+    """What to change on a source; absent fields stay as they are."""
+
+    parser_options: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = Field(default=None, description="Merged into the current.")
+    enabled: bool | None = None
+
+
+class SecretIn(BaseModel):
+    """A new secret for a source (null clears it)."""
+
+    secret: SecretValue | None
+
+
+@router.get("/sources", summary="List sources")
+async def list_sources(runtime: RuntimeDep, _: CanReadAlerts) -> list[dict[str, Any]]:
+    """Every source with its counters (never its secret)."""
+    return [source.as_dict() for source in await run_in_threadpool(runtime.sources.list_all)]
+
+
+@router.get("/sources/{name}", summary="Show a source")
+async def get_source(name: Name, runtime: RuntimeDep, _: CanReadAlerts) -> dict[str, Any]:
+    """One source."""
+    return (await run_in_threadpool(runtime.sources.get, name)).as_dict()
+
+
+@router.post("/sources", status_code=status.HTTP_201_CREATED, summary="Create a source")
+async def create_source(body: SourceIn, runtime: RuntimeDep, _: CanManageSources) -> dict[str, Any]:
+    """Add a source; its format and options are checked by building its parser."""
+    source = await run_in_threadpool(
+        lambda: runtime.sources.create(
+            body.name,
+            body.kind.value,
+            body.format,
+            parser_options=body.parser_options,
+            settings=body.settings,
+            secret=body.secret,
+        )
+    )
+    return source.as_dict()
+
+
+@router.patch("/sources/{name}", summary="Change a source")
+async def update_source(
+    name: Name, body: SourceChange, runtime: RuntimeDep, _: CanManageSources
+) -> dict[str, Any]:
+    """Change parser options (e.g. a field mapping), settings or the enabled flag."""
+    source = await run_in_threadpool(
+        lambda: runtime.sources.update(
+            name, parser_options=body.parser_options, settings=body.settings, enabled=body.enabled
+        )
+    )
+    return source.as_dict()
+
+
+@router.put("/sources/{name}/secret", summary="Set or clear a source's secret")
+async def set_source_secret(
+    name: Name, body: SecretIn, runtime: RuntimeDep, _: CanManageSources
+) -> dict[str, Any]:
+    """Replace the source's secret; it is sealed at rest and never returned."""
+    await run_in_threadpool(runtime.sources.set_secret, name, body.secret)
+    return (await run_in_threadpool(runtime.sources.get, name)).as_dict()
+
+
+@router.delete("/sources/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a source")
+async def remove_source(name: Name, runtime: RuntimeDep, _: CanManageSources) -> None:
+    """Delete the source's configuration; its alerts stay."""
+    await run_in_threadpool(runtime.sources.remove, name)
+
+
+class SuppressionIn(BaseModel):
+    """A suppression rule to create."""
+
+    name: str
+    match: dict[str, Any]
+    action: SuppressionAction = SuppressionAction.DROP
+    expires_in: str | None = Field(default=None, description="e.g. 7d; never when absent")
+
+
+def _rule(rule: SuppressionRule) -> dict[str, Any]:
+    return {
+        "id": rule.id,
+        "name": rule.name,
+        "match": rule.match,
+        "action": rule.action.value,
+        "builtin": rule.builtin,
+        "enabled": rule.enabled,
+        "hits": rule.hits,
+        "last_hit_at": rule.last_hit_at,
+        "created_at": rule.created_at,
+        "expires_at": rule.expires_at,
+    }
+
+
+@router.get("/suppressions", summary="List suppression rules and their hits")
+async def list_suppressions(runtime: RuntimeDep, _: CanReadAlerts) -> list[dict[str, Any]]:
+    """Every rule with how many alerts it suppressed; built-in ones included."""
+    return [_rule(rule) for rule in await run_in_threadpool(runtime.suppressions.list_all)]
+
+
+@router.post("/suppressions", status_code=status.HTTP_201_CREATED, summary="Add a rule")
+async def add_suppression(
+    body: SuppressionIn, runtime: RuntimeDep, _: CanManageSuppressions
+) -> dict[str, Any]:
+    """Create a rule; ``match`` is validated first."""
+    expires_in = parse_duration(body.expires_in, field="expires_in") if body.expires_in else None
+    rule = await run_in_threadpool(
+        lambda: runtime.suppressions.add(body.name, body.match, body.action, expires_in=expires_in)
+    )
+    return _rule(rule)
+
+
+@router.delete(
+    "/suppressions/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a rule"
+)
+async def remove_suppression(name: Name, runtime: RuntimeDep, _: CanManageSuppressions) -> None:
+    """Delete a user rule."""
+    await run_in_threadpool(runtime.suppressions.remove, name)

@@ -1,0 +1,1 @@
+"""Cases: incidents, their lifecycle (NIST SP 800-61), timeline and (later) tasks and evidence."""

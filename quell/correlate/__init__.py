@@ -1,0 +1,1 @@
+"""Correlation: fingerprints and deduplication, suppression rules, grouping into incidents."""

@@ -1,0 +1,166 @@
+"""Stored alerts: the document kept per alert, and reading alerts back.
+
+An alert is stored in three places that together are the whole :class:`Alert`: columns for
+identity and what changes after insertion (id, source, fingerprint, times, count, status,
+incident), the ``data`` column for the content a parser produced (title, rule, endpoints,
+file, e-mail, extra, ...; empty values left out), and ``alert_observables`` for the
+observables, which correlation and enrichment look up. ``raw`` keeps the record's bytes.
+Nothing is stored twice: at tens of thousands of alerts a second every byte is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from quell.errors import NotFound
+from quell.ingest.model import (
+    Alert,
+    AlertStatus,
+    EmailInfo,
+    Endpoint,
+    FileInfo,
+    Observable,
+    ObservableType,
+    Severity,
+)
+from quell.store.database import Database
+from quell.store.schema import alert_observables, alerts
+
+# Fields with a column of their own, or a table (observables), are not repeated in ``data``.
+_COLUMN_FIELDS = frozenset(
+    {
+        "id", "source", "format", "fingerprint", "count", "first_seen", "last_seen",
+        "received_at", "status", "incident_id", "observables", "raw",
+    }
+)  # fmt: skip
+_DOCUMENT_FIELDS = tuple(f.name for f in fields(Alert) if f.name not in _COLUMN_FIELDS)
+
+
+def alert_document(alert: Alert) -> dict[str, Any]:
+    """What the ``data`` column stores for ``alert`` (nested dataclasses are left to orjson)."""
+    document = {}
+    for name in _DOCUMENT_FIELDS:
+        value = getattr(alert, name)
+        if value is not None and value != [] and value != {}:
+            document[name] = value
+    return document
+
+
+def render_alert(alert: Alert, *, with_raw: bool = False) -> dict[str, Any]:
+    """The whole alert as plain data for the API and the CLI (raw as text when asked)."""
+    rendered = {name: getattr(alert, f.name) for f in fields(Alert) if (name := f.name) != "raw"}
+    if with_raw:
+        try:
+            rendered["raw"] = alert.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            rendered["raw"] = None
+    return rendered
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def _endpoint(value: Any) -> Endpoint | None:
+    return Endpoint(**value) if isinstance(value, dict) else None
+
+
+def _file(value: Any) -> FileInfo | None:
+    return FileInfo(**value) if isinstance(value, dict) else None
+
+
+def _email(value: Any) -> EmailInfo | None:
+    if not isinstance(value, dict):
+        return None
+    data = dict(value)
+    data["date"] = _time(data.get("date"))
+    data["attachments"] = [FileInfo(**item) for item in data.get("attachments") or []]
+    return EmailInfo(**data)
+
+
+def alert_from_document(data: dict[str, Any]) -> Alert:
+    """An Alert with the content fields of a stored document (identity fields unset)."""
+    values = {name: value for name, value in data.items() if name in _DOCUMENT_FIELDS}
+    values["time"] = _time(values["time"])
+    values["severity"] = Severity(values.get("severity", 0))
+    values["src"] = _endpoint(values.get("src"))
+    values["dst"] = _endpoint(values.get("dst"))
+    values["host"] = _endpoint(values.get("host"))
+    values["file"] = _file(values.get("file"))
+    values["email"] = _email(values.get("email"))
+    return Alert(**values)
+
+
+def _from_row(row: Any, observables: list[Observable]) -> Alert:
+    alert = alert_from_document(dict(row.data))
+    alert.id = row.id
+    alert.source = row.source
+    alert.format = row.format
+    alert.fingerprint = row.fingerprint
+    alert.count = row._mapping["count"]  # Row.count is tuple.count
+    alert.first_seen = row.first_seen
+    alert.last_seen = row.last_seen
+    alert.received_at = row.received_at
+    alert.status = AlertStatus(row.status)
+    alert.incident_id = row.incident_id
+    alert.observables = observables
+    alert.raw = bytes(row.raw)
+    return alert
+
+
+def _observables(conn: Any, alert_ids: list[str]) -> dict[str, list[Observable]]:
+    found: dict[str, list[Observable]] = {alert_id: [] for alert_id in alert_ids}
+    for start in range(0, len(alert_ids), 500):
+        rows = conn.execute(
+            select(alert_observables).where(
+                alert_observables.c.alert_id.in_(alert_ids[start : start + 500])
+            )
+        )
+        for row in rows:
+            found[row.alert_id].append(
+                Observable(ObservableType(row.type), row.value, role=row.role, private=row.private)
+            )
+    return found
+
+
+class AlertService:
+    """Read stored alerts."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, alert_id: str) -> Alert:
+        """One alert, raw bytes included."""
+        with self.db.read() as conn:
+            row = conn.execute(select(*alerts.c).where(alerts.c.id == alert_id)).first()
+            if row is None:
+                raise NotFound(f"no alert {alert_id!r}", field="id")
+            return _from_row(row, _observables(conn, [alert_id])[alert_id])
+
+    def list_all(
+        self,
+        *,
+        source: str | None = None,
+        incident_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Alert]:
+        """Alerts, newest received first (ids are time-ordered at receipt)."""
+        query = select(*alerts.c).order_by(alerts.c.id.desc())
+        if source is not None:
+            query = query.where(alerts.c.source == source)
+        if incident_id is not None:
+            query = query.where(alerts.c.incident_id == incident_id)
+        with self.db.read() as conn:
+            rows = conn.execute(query.limit(min(max(limit, 1), 1000)).offset(max(offset, 0))).all()
+            observables = _observables(conn, [row.id for row in rows])
+            return [_from_row(row, observables[row.id]) for row in rows]
+
+    def count(self) -> int:
+        """How many alerts are stored."""
+        with self.db.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(alerts)).scalar_one())

@@ -1,0 +1,106 @@
+"""Cutting input into records: one JSON document, a JSON array, NDJSON, or lines of text.
+
+Each record keeps its verbatim bytes (what the alert's ``raw`` holds), except the elements of
+a JSON array, which have no bytes of their own: they are re-serialized (compact, same
+values). A body that cannot be cut is one record, so that it is dead-lettered whole with the
+parse error rather than in confusing pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import orjson
+
+from quell.errors import InvalidInput
+from quell.ingest.parsers.base import RecordKind
+
+MAX_WHOLE_DOCUMENT = 256 * 1024 * 1024  # a JSON array or single document read at once
+
+
+def split_body(body: bytes, kind: RecordKind) -> list[bytes]:
+    """The records in ``body``, for a parser that reads ``kind``."""
+    if kind is RecordKind.BYTES:
+        return [body] if body.strip() else []
+    if kind is RecordKind.TEXT:
+        return _lines(body)
+    stripped = body.strip()
+    if not stripped:
+        return []
+    if stripped[:1] == b"[":
+        try:
+            value = orjson.loads(stripped)
+        except orjson.JSONDecodeError:
+            return [stripped]
+        if isinstance(value, list):
+            return [orjson.dumps(item) for item in value]
+        return [stripped]
+    lines = _lines(body)  # from the body itself: a line's bytes stay exactly as sent
+    if len(lines) == 1:
+        return [stripped]
+    try:  # a pretty-printed single document spans lines but is one record
+        orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        return [stripped]
+    try:  # NDJSON when its first line is a document on its own
+        orjson.loads(lines[0])
+    except orjson.JSONDecodeError:
+        return [stripped]
+    return lines
+
+
+def _lines(body: bytes) -> list[bytes]:
+    return [line.rstrip(b"\r") for line in body.split(b"\n") if line.strip()]
+
+
+def iter_file_records(
+    stream: BinaryIO, kind: RecordKind, *, batch: int = 2000
+) -> Iterator[list[bytes]]:
+    """Batches of records from a file or stdin, streamed when the input is line-based.
+
+    NDJSON (EVE logs, Zeek JSON logs) and text are read line by line, so a file of any size
+    uses bounded memory; a JSON array, a single document and an e-mail are read whole (up to
+    MAX_WHOLE_DOCUMENT bytes).
+    """
+    if kind is RecordKind.BYTES:
+        yield split_body(_read_whole(stream), kind)
+        return
+    first = stream.readline()
+    while first and not first.strip():
+        first = stream.readline()
+    if not first:
+        return
+    line_based = kind is RecordKind.TEXT
+    if not line_based and first.lstrip()[:1] == b"{":
+        try:
+            orjson.loads(first)
+            line_based = True
+        except orjson.JSONDecodeError:
+            line_based = False
+    if not line_based:
+        yield split_body(first + _read_whole(stream, already=len(first)), kind)
+        return
+    pending = [first.rstrip(b"\r\n")]
+    for line in stream:
+        line = line.rstrip(b"\r\n")
+        if line.strip():
+            pending.append(line)
+            if len(pending) >= batch:
+                yield pending
+                pending = []
+    if pending:
+        yield pending
+
+
+def _read_whole(stream: BinaryIO, *, already: int = 0) -> bytes:
+    data = stream.read(MAX_WHOLE_DOCUMENT - already + 1)
+    if len(data) + already > MAX_WHOLE_DOCUMENT:
+        raise InvalidInput(
+            f"a single JSON document or array over {MAX_WHOLE_DOCUMENT // (1024 * 1024)} MiB; "
+            "split it, or send NDJSON (one document per line)",
+            field="input",
+        )
+    return data

@@ -1,0 +1,177 @@
+"""Long-running sources: syslog listeners, IMAP pollers and SIEM pullers, run by ``quell serve``.
+
+Each enabled source of those kinds becomes one task in the server process, feeding the same
+intake as the HTTP route. A source whose configuration is broken is logged and left stopped;
+it never stops the server or the other sources. A source's ``settings.connection`` holds its
+kind's configuration (ports, mailbox, cluster); its secret (a mailbox password, an API key)
+is opened from the sealed column only when the source starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from quell.errors import InvalidInput, QuellError
+from quell.ingest.intake import IntakeSink
+from quell.ingest.sources import Source, SourceKind
+from quell.sdk.secret import SecretValue
+
+if TYPE_CHECKING:
+    from quell.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+RUN_KINDS = (SourceKind.SYSLOG, SourceKind.IMAP, SourceKind.ELASTIC)
+
+
+def _invalid(kind: SourceKind, exc: ValidationError) -> InvalidInput:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "connection"
+    return InvalidInput(
+        f"settings.connection.{where}: {error['msg']} (for a {kind.value} source)",
+        field=f"settings.connection.{where}",
+    )
+
+
+def connection_config(
+    kind: SourceKind, data: Mapping[str, Any], secret: SecretValue | None = None
+) -> Any:
+    """The kind's configuration model from ``settings.connection`` (and the secret, if any).
+
+    InvalidInput names the field at fault. Kinds without a connection (http, file) give None.
+    """
+    try:
+        if kind is SourceKind.SYSLOG:
+            from quell.ingest.syslog import SyslogListenerConfig
+
+            return SyslogListenerConfig.model_validate(data)
+        if kind is SourceKind.ELASTIC:
+            from quell.ingest.elastic import ElasticConfig
+
+            values = dict(data)
+            if secret is not None:
+                values["api_key" if values.get("auth") == "api_key" else "password"] = secret
+            return ElasticConfig.model_validate(values)
+        if kind is SourceKind.IMAP:
+            from quell.ingest.imap import ImapConfig
+
+            values = dict(data)
+            if secret is not None:
+                values["password"] = secret
+            elif "password" not in values:
+                values["password"] = SecretValue("(set with quell source set-secret)")
+            return ImapConfig.model_validate(values)
+    except ValidationError as exc:
+        raise _invalid(kind, exc) from None
+    return None
+
+
+@dataclass
+class _Running:
+    source: str
+    kind: SourceKind
+    task: asyncio.Task[None]
+    stop: Callable[[], Awaitable[None]]
+    detail: Any = None
+
+
+@dataclass
+class SourceRunner:
+    """Starts and stops the long-running sources of one process."""
+
+    runtime: Runtime
+    sink: IntakeSink
+    running: dict[str, _Running] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        """Start every enabled source that runs in the background."""
+        for source in await run_in_threadpool(self.runtime.sources.list_all):
+            if source.enabled and source.kind in RUN_KINDS:
+                await self.start_source(source)
+
+    async def start_source(self, source: Source) -> None:
+        """Start one source; a failure is logged and remembered, never raised."""
+        try:
+            secret = await run_in_threadpool(self.runtime.sources.secret, source.name)
+            config = connection_config(source.kind, source.settings.connection, secret)
+            self.running[source.name] = await self._launch(source, config)
+            self.failed.pop(source.name, None)
+            log.info("source_started", source=source.name, kind=source.kind.value)
+        except QuellError as exc:
+            self.failed[source.name] = exc.message
+            log.error("source_not_started", source=source.name, reason=exc.message)
+
+    async def _launch(self, source: Source, config: Any) -> _Running:
+        if source.kind is SourceKind.SYSLOG:
+            from quell.ingest.syslog import SyslogListener
+
+            listener = SyslogListener(source.name, config, self.sink, clock=self.runtime.clock)
+            await listener.start()
+            done = asyncio.Event()
+
+            async def serve() -> None:
+                await done.wait()
+
+            async def stop_listener() -> None:
+                await listener.stop()
+                done.set()
+
+            task = asyncio.create_task(serve(), name=f"syslog:{source.name}")
+            return _Running(source.name, source.kind, task, stop_listener, listener)
+        if source.kind is SourceKind.ELASTIC:
+            from quell.ingest.elastic import ElasticPuller
+
+            puller = ElasticPuller(
+                source.name, config, self.sink, self.runtime.checkpoints, clock=self.runtime.clock
+            )
+            return self._loop(source, puller.run, puller.aclose, puller)
+        from quell.ingest.imap import ImapPoller
+
+        poller = ImapPoller(
+            source.name, config, self.sink, self.runtime.checkpoints, clock=self.runtime.clock
+        )
+        return self._loop(source, poller.run, None, poller)
+
+    def _loop(
+        self,
+        source: Source,
+        run: Callable[[asyncio.Event], Awaitable[None]],
+        close: Callable[[], Awaitable[None]] | None,
+        detail: Any,
+    ) -> _Running:
+        stop_event = asyncio.Event()
+
+        async def guarded() -> None:
+            try:
+                await run(stop_event)
+            except QuellError as exc:  # fatal for this source (bad credentials): say so, stop it
+                self.failed[source.name] = exc.message
+                log.error("source_stopped", source=source.name, reason=exc.message)
+            finally:
+                if close is not None:
+                    await close()
+
+        async def stop() -> None:
+            stop_event.set()
+
+        task = asyncio.create_task(guarded(), name=f"{source.kind.value}:{source.name}")
+        return _Running(source.name, source.kind, task, stop, detail)
+
+    async def stop(self) -> None:
+        """Stop every running source, letting each flush what it holds."""
+        for running in list(self.running.values()):
+            await running.stop()
+        tasks = [running.task for running in self.running.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=60)
+            for task in pending:
+                task.cancel()
+        self.running.clear()

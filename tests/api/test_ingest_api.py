@@ -1,0 +1,310 @@
+"""The HTTP intake over real HTTP, on both backends."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import orjson
+import pytest
+from sqlalchemy import create_engine, text
+
+from quell.clock import ManualClock
+from quell.governance.permissions import Role
+from quell.ingest.pipeline import _INGEST_LOCK
+from quell.ingest.signing import sign
+from quell.runtime import Runtime
+from quell.sdk.secret import SecretValue
+from quell.store.database import Backend
+from tests.fixtures.servers import LiveServer
+
+MAPPING = {"fields": {"title": "title", "time": "ts", "host.hostname": "host", "src.ip": "src"}}
+SECRET = SecretValue("whsec-test-0123456789abcdef")
+SCHEMA = Path(__file__).parents[1] / "ingest" / "ocsf_detection_finding.schema.json"
+
+
+def _event(n: int, host: str = "web-01") -> dict[str, Any]:
+    return {"title": f"event {n}", "ts": f"2026-03-01T12:{n % 60:02d}:00Z", "host": host}
+
+
+@pytest.fixture
+def hook(runtime: Runtime) -> str:
+    runtime.sources.create("hook", "http", "json", parser_options=MAPPING, secret=SECRET)
+    return "hook"
+
+
+def _signed(
+    client: httpx.Client, clock: ManualClock, body: bytes, *, at: int | None = None
+) -> httpx.Response:
+    timestamp = at if at is not None else int(clock.now().timestamp())
+    return client.post(
+        "/api/ingest/hook",
+        content=body,
+        headers={
+            "X-Quell-Timestamp": str(timestamp),
+            "X-Quell-Signature": sign(SECRET, timestamp, body),
+            "content-type": "application/json",
+        },
+    )
+
+
+def test_one_document_an_array_and_ndjson_are_all_accepted(
+    live_server: LiveServer, role_tokens: dict[Role, str], hook: str
+) -> None:
+    with live_server.client(role_tokens[Role.ANALYST]) as client:
+        one = client.post("/api/ingest/hook", json=_event(1))
+        array = client.post("/api/ingest/hook", json=[_event(2), _event(3, "db-01")])
+        ndjson = client.post(
+            "/api/ingest/hook",
+            content=b"\n".join(orjson.dumps(_event(n, f"h{n}")) for n in range(4, 9)),
+            headers={"content-type": "application/x-ndjson"},
+        )
+    assert one.status_code == 200, one.text
+    assert one.json() == {
+        "source": "hook",
+        "received": 1,
+        "stored": 1,
+        "deduplicated": 0,
+        "suppressed": 0,
+        "dead_lettered": 0,
+    }
+    assert array.json()["stored"] == 2
+    assert ndjson.json()["received"] == 5
+
+
+def test_bad_records_are_dead_lettered_and_visible(
+    live_server: LiveServer, role_tokens: dict[Role, str], hook: str
+) -> None:
+    body = b'{"title": "ok", "ts": "2026-03-01T12:00:00Z"}\n{"title": "truncated", "ts": \n'
+    with live_server.client(role_tokens[Role.ANALYST]) as client:
+        result = client.post("/api/ingest/hook", content=body).json()
+        assert (result["stored"], result["dead_lettered"]) == (1, 1)
+        errors = client.get("/api/ingest/errors", params={"source": "hook"}).json()
+    assert len(errors) == 1
+    assert errors[0]["reason"].startswith("invalid JSON")
+    assert errors[0]["raw"] == '{"title": "truncated", "ts": '
+
+
+def test_a_signed_request_is_accepted_once(
+    live_server: LiveServer, clock: ManualClock, hook: str
+) -> None:
+    body = orjson.dumps(_event(1))
+    with live_server.client() as client:
+        first = _signed(client, clock, body)
+        assert first.status_code == 200, first.text
+        assert first.json()["stored"] == 1
+        replayed = _signed(client, clock, body)
+    assert replayed.status_code == 401
+    assert "already used" in replayed.json()["detail"]
+
+
+def test_a_bad_or_stale_signature_is_refused(
+    live_server: LiveServer, clock: ManualClock, hook: str
+) -> None:
+    body = orjson.dumps(_event(1))
+    now = int(clock.now().timestamp())
+    with live_server.client() as client:
+        forged = client.post(
+            "/api/ingest/hook",
+            content=body,
+            headers={"X-Quell-Timestamp": str(now), "X-Quell-Signature": "sha256=" + "0" * 64},
+        )
+        stale = _signed(client, clock, body, at=now - 600)
+        tampered = client.post(
+            "/api/ingest/hook",
+            content=body + b" ",
+            headers={"X-Quell-Timestamp": str(now), "X-Quell-Signature": sign(SECRET, now, body)},
+        )
+    assert forged.status_code == 401
+    assert "does not match" in forged.json()["detail"]
+    assert stale.status_code == 401
+    assert "away from the server's clock" in stale.json()["detail"]
+    assert tampered.status_code == 401
+
+
+def test_a_signature_only_opens_its_own_source(
+    live_server: LiveServer, runtime: Runtime, clock: ManualClock, hook: str
+) -> None:
+    runtime.sources.create("other", "http", "json", parser_options=MAPPING)
+    body = orjson.dumps(_event(1))
+    now = int(clock.now().timestamp())
+    with live_server.client() as client:
+        response = client.post(
+            "/api/ingest/other",
+            content=body,
+            headers={"X-Quell-Timestamp": str(now), "X-Quell-Signature": sign(SECRET, now, body)},
+        )
+    assert response.status_code == 401
+
+
+def test_a_20_mb_body_is_refused_with_413(
+    live_server: LiveServer, role_tokens: dict[Role, str], hook: str
+) -> None:
+    body = b"[" + b",".join([orjson.dumps(_event(1))] * 1) + b"]" + b" " * (20 * 1024 * 1024)
+    with live_server.client(role_tokens[Role.ANALYST]) as client:
+        declared = client.post("/api/ingest/hook", content=body)
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while reading
+            for _ in range(21):
+                yield b" " * (1024 * 1024)
+
+        streamed = client.post("/api/ingest/hook", content=chunks())
+    assert declared.status_code == 413
+    assert declared.json()["code"] == "too_large"
+    assert streamed.status_code == 413
+
+
+def test_a_token_without_ingest_permission_gets_403(
+    live_server: LiveServer, role_tokens: dict[Role, str], hook: str
+) -> None:
+    with live_server.client(role_tokens[Role.AUDITOR]) as client:
+        assert client.post("/api/ingest/hook", json=_event(1)).status_code == 403
+
+
+def test_unknown_source_is_404_and_a_non_http_source_is_refused(
+    live_server: LiveServer, runtime: Runtime, role_tokens: dict[Role, str]
+) -> None:
+    runtime.sources.create("files", "file", "suricata")
+    with live_server.client(role_tokens[Role.ADMIN]) as client:
+        assert client.post("/api/ingest/nope", json={}).status_code == 404
+        wrong = client.post("/api/ingest/files", json={})
+    assert wrong.status_code == 422
+    assert "file source" in wrong.json()["detail"]
+
+
+def test_an_overloaded_intake_answers_503_with_retry_after(
+    live_server: LiveServer, runtime: Runtime, role_tokens: dict[Role, str], hook: str
+) -> None:
+    """While a batch waits for the write lock, a second batch beyond the backlog is refused."""
+    service = live_server.app.state.ingest
+    service.max_pending = 3
+    with live_server.client(role_tokens[Role.ANALYST]) as warmup:  # records the token's last use
+        assert warmup.get("/api/whoami").status_code == 200
+    release = _hold_the_ingest_lock(runtime)
+    results: dict[str, httpx.Response] = {}
+
+    def first() -> None:
+        with live_server.client(role_tokens[Role.ANALYST]) as client:
+            results["first"] = client.post("/api/ingest/hook", json=[_event(1), _event(2)])
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    try:
+        for _ in range(500):  # bounded: until the first batch is in the service
+            if service.pending:
+                break
+            threading.Event().wait(0.01)
+        assert service.pending == 2
+        with live_server.client(role_tokens[Role.ANALYST]) as client:
+            refused = client.post("/api/ingest/hook", json=[_event(3), _event(4)])
+    finally:
+        release()
+        worker.join(30)
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["code"] == "overloaded"
+    assert results["first"].status_code == 200
+    assert results["first"].json()["stored"] == 2
+
+
+def _hold_the_ingest_lock(runtime: Runtime) -> Any:
+    """Take what an ingest transaction needs, from another connection; return the release."""
+    if runtime.db.backend is Backend.SQLITE:
+        holder = sqlite3.connect(runtime.db.url.database or "", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+
+        def release_sqlite() -> None:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+        return release_sqlite
+    engine = create_engine(runtime.db.url)
+    conn = engine.connect()
+    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _INGEST_LOCK})
+
+    def release_pg() -> None:
+        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _INGEST_LOCK})
+        conn.close()
+        engine.dispose()
+
+    return release_pg
+
+
+def test_alerts_render_as_valid_ocsf(
+    live_server: LiveServer, role_tokens: dict[Role, str], hook: str
+) -> None:
+    schema = json.loads(SCHEMA.read_text())
+    with live_server.client(role_tokens[Role.ANALYST]) as client:
+        client.post("/api/ingest/hook", json={**_event(1), "src": "203.0.113.9"})
+        (alert,) = client.get("/api/alerts").json()
+        ocsf = client.get(f"/api/alerts/{alert['id']}", params={"format": "ocsf"}).json()
+        plain = client.get(f"/api/alerts/{alert['id']}").json()
+    jsonschema.validate(ocsf, schema)
+    assert ocsf["class_uid"] == 2004
+    assert ocsf["type_uid"] == 200401
+    assert ocsf["metadata"]["uid"] == alert["id"]
+    assert {"type_id": 2, "value": "203.0.113.9"}.items() <= next(
+        o for o in ocsf["observables"] if o["value"] == "203.0.113.9"
+    ).items()
+    assert plain["raw"].startswith('{"title":"event 1"')
+
+
+def test_incidents_list_and_show_with_alerts_and_timeline(
+    live_server: LiveServer, role_tokens: dict[Role, str], hook: str
+) -> None:
+    with live_server.client(role_tokens[Role.ANALYST]) as client:
+        client.post("/api/ingest/hook", json=[_event(1), {**_event(2), "title": "other"}])
+        (incident,) = client.get("/api/incidents", params={"status": "open"}).json()
+        shown = client.get(f"/api/incidents/{incident['id']}").json()
+    assert incident["alert_count"] == 2
+    assert {a["title"] for a in shown["alerts"]} == {"event 1", "other"}
+    assert {"type": "host", "value": "web-01"} in shown["keys"]
+    assert shown["timeline"][0]["kind"] == "created"
+
+
+def test_dead_letters_replay_over_the_api(
+    live_server: LiveServer, runtime: Runtime, role_tokens: dict[Role, str]
+) -> None:
+    runtime.sources.create(
+        "fixme", "http", "json", parser_options={"fields": {"title": "name", "time": "ts"}}
+    )
+    with live_server.client(role_tokens[Role.ADMIN]) as client:
+        assert client.post("/api/ingest/fixme", json=_event(1)).json()["dead_lettered"] == 1
+        patched = client.patch("/api/sources/fixme", json={"parser_options": MAPPING})
+        assert patched.status_code == 200, patched.text
+        replay = client.post("/api/ingest/errors/replay", json={"source": "fixme"})
+        assert replay.json() == {
+            "replayed": 1,
+            "still_failing": 0,
+            "stored": 1,
+            "deduplicated": 0,
+            "suppressed": 0,
+        }
+        assert client.get("/api/ingest/errors", params={"source": "fixme"}).json() == []
+
+
+def test_source_secrets_are_never_returned(
+    live_server: LiveServer, role_tokens: dict[Role, str], hook: str
+) -> None:
+    with live_server.client(role_tokens[Role.ADMIN]) as client:
+        listed = client.get("/api/sources").text
+        created = client.post(
+            "/api/sources",
+            json={
+                "name": "new-hook",
+                "kind": "http",
+                "format": "json",
+                "parser_options": MAPPING,
+                "secret": "another-canary-secret",
+            },
+        )
+    assert SECRET.reveal() not in listed
+    assert created.status_code == 201
+    assert "another-canary-secret" not in created.text
+    assert created.json()["has_secret"] is True

@@ -1,0 +1,341 @@
+"""The ingest pipeline on both backends: corpus files, accounting, dedup, correlation, suppression,
+dead letters and replay."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from quell.cases.incidents import IncidentStatus, Resolution
+from quell.ingest.intake import IntakeResult
+from quell.ingest.records import split_body
+from quell.runtime import Runtime
+from quell.store.schema import alert_observables, alerts, dead_letters
+from tests.fixtures.requirements import corpus_path
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _count(runtime: Runtime, table: Any) -> int:
+    with runtime.db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def _observables(runtime: Runtime, source: str) -> set[tuple[str, str, str | None]]:
+    with runtime.db.read() as conn:
+        rows = conn.execute(
+            select(alert_observables.c.type, alert_observables.c.value, alert_observables.c.role)
+            .join(alerts, alerts.c.id == alert_observables.c.alert_id)
+            .where(alerts.c.source == source)
+        )
+        return {(row.type, row.value, row.role) for row in rows}
+
+
+def _ingest_file(runtime: Runtime, format_name: str, *parts: str) -> IntakeResult:
+    source = runtime.sources.ensure(f"corpus-{format_name}", "file", format_name)
+    body = corpus_path().joinpath(*parts).read_bytes()
+    kind = runtime.pipeline._parser(source)[0].record_kind
+    return runtime.pipeline.ingest_source(source, split_body(body, kind))
+
+
+def _event(
+    minute: int,
+    *,
+    rule: str = "brute force",
+    host: str | None = "web-01",
+    user: str | None = None,
+    src: str | None = "203.0.113.7",
+    title: str | None = None,
+) -> bytes:
+    record: dict[str, Any] = {
+        "title": title or f"{rule} on {host}",
+        "ts": (T0 + timedelta(minutes=minute)).isoformat(),
+        "rule": rule,
+    }
+    if host:
+        record["host"] = host
+    if user:
+        record["user"] = user
+    if src:
+        record["src"] = src
+    return orjson.dumps(record)
+
+
+MAPPING = {
+    "fields": {
+        "title": "title",
+        "time": "ts",
+        "rule_name": "rule",
+        "host.hostname": "host",
+        "user": "user",
+        "src.ip": "src",
+    }
+}
+
+
+@pytest.fixture
+def generic(runtime: Runtime) -> str:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    return "edr"
+
+
+# -- the corpus ------------------------------------------------------------------------------
+
+
+@pytest.mark.requires("corpus")
+def test_every_corpus_alert_file_ingests_with_its_observables(runtime: Runtime) -> None:
+    eve = _ingest_file(runtime, "suricata", "alerts", "suricata", "test-eve-small.log")
+    assert eve == IntakeResult(received=12, stored=1, suppressed=11)
+    assert {
+        ("ipv4", "192.168.86.85", "src"),
+        ("ipv4", "192.168.156.70", "dst"),
+        ("hostname", "l2.io", "dst"),
+    } <= _observables(runtime, "corpus-suricata")
+
+    assert _ingest_file(runtime, "zeek", "alerts", "zeek", "test-notice.log").stored == 4
+    assert {
+        ("ipv4", "172.16.238.1", "src"),
+        ("ipv4", "89.160.20.156", "src"),
+        ("ipv4", "10.156.0.2", "src"),
+    } <= _observables(runtime, "corpus-zeek")
+
+    wazuh = _ingest_file(runtime, "wazuh", "alerts", "wazuh", "thecyberproject_wazuh_alert.json")
+    assert wazuh.stored == 1
+    assert {
+        ("hostname", "deployment", "host"),
+        ("ipv4", "192.168.130.29", "host"),
+        ("file_name", "file16", "file"),
+        ("sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "file"),
+        ("md5", "d41d8cd98f00b204e9800998ecf8427e", "file"),
+    } <= _observables(runtime, "corpus-wazuh")
+
+    assert (
+        _ingest_file(runtime, "splunk", "alerts", "splunk", "response_two_events.json").stored == 2
+    )
+    assert (
+        _ingest_file(runtime, "splunk", "alerts", "splunk", "test_notable_event.json").stored == 1
+    )
+    assert {("ipv4", "192.168.3.12", "dst"), ("hostname", "acme-workstation-012", "dst")} <= (
+        _observables(runtime, "corpus-splunk")
+    )
+
+    ocsf = _ingest_file(runtime, "ocsf", "ocsf", "malware_infection_detected_sample.json")
+    assert ocsf.stored == 4
+    assert ("ipv4", "190.109.227.80", "host") in _observables(runtime, "corpus-ocsf")
+    assert ("domain", "open.kickasstracker.com", None) in _observables(runtime, "corpus-ocsf")
+
+    stored = sum(s.counters.stored for s in runtime.sources.list_all())
+    assert _count(runtime, alerts) == stored == 13
+
+
+@pytest.mark.requires("corpus")
+def test_a_stored_alert_keeps_its_raw_bytes_verbatim(runtime: Runtime) -> None:
+    _ingest_file(runtime, "suricata", "alerts", "suricata", "test-eve-small.log")
+    (alert,) = runtime.alerts.list_all(source="corpus-suricata")
+    line = next(
+        line
+        for line in (corpus_path() / "alerts/suricata/test-eve-small.log").read_bytes().splitlines()
+        if b'"event_type":"alert"' in line
+    )
+    assert alert.raw == line
+    assert alert.rule_uid == "2024833"
+    assert alert.src is not None
+    assert alert.src.ip == "192.168.86.85"
+
+
+# -- accounting ------------------------------------------------------------------------------
+
+
+def test_every_record_is_counted_once_and_nothing_is_lost(runtime: Runtime, generic: str) -> None:
+    runtime.suppressions.add("drop-scanner", {"src.ip": "198.51.100.0/24"}, "drop")
+    runtime.suppressions.add("close-lab", {"host": "lab-*"}, "close")
+    records = [
+        _event(0),
+        _event(1),  # a repeat of the first within the window
+        _event(2, host="db-02", src="192.0.2.10"),
+        _event(3, src="198.51.100.9", host="x"),  # dropped
+        _event(4, host="lab-3", src="192.0.2.99"),  # closed as benign, stored
+        b'{"title": "truncated", "ts": "2026-03-01T12:00:00Z"',  # truncated JSON
+        b'{"title": {"nested": "object"}, "ts": "2026-03-01T12:00:00Z"}',  # wrong type
+        b'{"title": "bad \xff\xfe utf-8", "ts": "2026-03-01T12:00:00Z"}',  # invalid UTF-8
+        b'{"title": "no time at all"}',  # missing mapped field
+        b'"a bare string"',  # not an object
+        orjson.dumps({"title": "x" * 70_000, "ts": T0.isoformat()}),  # over the record limit
+    ]
+    result = runtime.pipeline.ingest(generic, records)
+    assert result.received == len(records)
+    assert result.received == (
+        result.stored + result.deduplicated + result.suppressed + result.dead_lettered
+    )
+    assert result == IntakeResult(
+        received=11, stored=2, deduplicated=1, suppressed=2, dead_lettered=6
+    )
+    assert _count(runtime, alerts) == result.stored + 1  # + the alert closed as benign
+    assert _count(runtime, dead_letters) == result.dead_lettered
+    source = runtime.sources.get(generic)
+    assert source.counters == result
+    rules = {rule.name: rule.hits for rule in runtime.suppressions.list_all()}
+    assert rules == {"drop-scanner": 1, "close-lab": 1}
+
+    reasons = sorted(letter.reason for letter in runtime.dead_letters.list_all(source=generic))
+    assert any(reason.startswith("invalid JSON") for reason in reasons)
+    assert any("exceeds the source's limit of 65536 bytes" in reason for reason in reasons)
+    assert any("title" in reason for reason in reasons)
+    assert all(letter.raw for letter in runtime.dead_letters.list_all(source=generic))
+
+
+def test_a_closed_as_benign_alert_is_stored_suppressed_and_joins_no_incident(
+    runtime: Runtime, generic: str
+) -> None:
+    runtime.suppressions.add("close-lab", {"host": "lab-*"}, "close")
+    runtime.pipeline.ingest(generic, [_event(0, host="lab-1")])
+    (alert,) = runtime.alerts.list_all()
+    assert alert.status.value == "suppressed"
+    assert alert.incident_id is None
+    assert alert.extra["suppressed_by"] == "close-lab"
+    assert runtime.incidents.list_all() == []
+
+
+# -- deduplication ---------------------------------------------------------------------------
+
+
+def test_a_repeat_within_the_window_raises_count_and_last_seen_only(
+    runtime: Runtime, generic: str
+) -> None:
+    runtime.pipeline.ingest(generic, [_event(0)])
+    result = runtime.pipeline.ingest(generic, [_event(10), _event(50)])
+    assert result.deduplicated == 2
+    (alert,) = runtime.alerts.list_all()
+    assert alert.count == 3
+    assert alert.first_seen == T0
+    assert alert.last_seen == T0 + timedelta(minutes=50)
+    incident = runtime.incidents.get(alert.incident_id or "")
+    assert incident.last_seen == T0 + timedelta(minutes=50)
+
+
+def test_a_repeat_outside_the_window_is_a_new_alert(runtime: Runtime, generic: str) -> None:
+    runtime.pipeline.ingest(generic, [_event(0)])
+    assert runtime.pipeline.ingest(generic, [_event(61)]).stored == 1
+    assert _count(runtime, alerts) == 2
+
+
+def test_the_fingerprint_is_configurable(runtime: Runtime) -> None:
+    runtime.sources.create(
+        "by-rule", "http", "json", parser_options=MAPPING, settings={"fingerprint": ["rule"]}
+    )
+    result = runtime.pipeline.ingest(
+        "by-rule", [_event(0, host="a", src="192.0.2.1"), _event(1, host="b", src="192.0.2.2")]
+    )
+    assert (result.stored, result.deduplicated) == (1, 1)
+
+
+# -- correlation -----------------------------------------------------------------------------
+
+
+def test_alerts_sharing_a_key_observable_join_one_incident(runtime: Runtime, generic: str) -> None:
+    runtime.pipeline.ingest(generic, [_event(0, rule="login failure", host="web-01")])
+    runtime.pipeline.ingest(generic, [_event(5, rule="malware", host="web-01", src=None)])
+    runtime.pipeline.ingest(generic, [_event(6, rule="other", host="db-09", src="192.0.2.44")])
+    incidents = runtime.incidents.list_all()
+    assert len(incidents) == 2
+    web = next(i for i in incidents if i.alert_count == 2)
+    assert ("host", "web-01") in runtime.incidents.keys(web.id)
+    assert {a.incident_id for a in runtime.alerts.list_all() if a.title.endswith("web-01")} == {
+        web.id
+    }
+
+
+def test_alerts_further_apart_than_the_window_open_separate_incidents(
+    runtime: Runtime, generic: str
+) -> None:
+    runtime.pipeline.ingest(generic, [_event(0, rule="a", host="web-01")])
+    runtime.pipeline.ingest(generic, [_event(121, rule="b", host="web-01")])
+    assert len(runtime.incidents.list_all()) == 2
+
+
+def test_an_alert_linking_two_incidents_merges_them_and_both_record_it(
+    runtime: Runtime, generic: str
+) -> None:
+    runtime.pipeline.ingest(generic, [_event(0, rule="a", host="web-01", src="192.0.2.1")])
+    runtime.pipeline.ingest(
+        generic, [_event(1, rule="b", host="db-02", src="192.0.2.2", user="eve")]
+    )
+    first, second = sorted(runtime.incidents.list_all(), key=lambda i: i.first_seen)
+    # Shares the host with the first incident and the user with the second.
+    runtime.pipeline.ingest(generic, [_event(2, rule="c", host="web-01", user="eve", src=None)])
+
+    survivor = runtime.incidents.get(first.id)
+    merged = runtime.incidents.get(second.id)
+    assert survivor.status is IncidentStatus.NEW
+    assert survivor.alert_count == 3
+    assert merged.status is IncidentStatus.CLOSED
+    assert merged.resolution is Resolution.DUPLICATE
+    assert merged.merged_into == survivor.id
+    assert {a.incident_id for a in runtime.alerts.list_all()} == {survivor.id}
+    assert ("user", "eve") in runtime.incidents.keys(survivor.id)
+    assert runtime.incidents.keys(merged.id) == []
+    kinds = {event.kind: event.data for event in runtime.incidents.timeline(survivor.id)}
+    assert kinds["merged"]["merged"] == merged.id
+    assert [e.kind for e in runtime.incidents.timeline(merged.id)][-1] == "merged_into"
+
+
+def test_alerts_of_one_batch_group_with_each_other(runtime: Runtime, generic: str) -> None:
+    runtime.pipeline.ingest(
+        generic,
+        [
+            _event(0, rule="a", host="h1", src=None, user="u1"),
+            _event(1, rule="b", host="h2", src=None, user="u1"),
+            _event(2, rule="c", host="h2", src=None, user="u2"),
+            _event(3, rule="d", host="h9", src=None, user="u9"),
+        ],
+    )
+    counts = sorted(i.alert_count for i in runtime.incidents.list_all(status="open"))
+    assert counts == [1, 3]
+
+
+def test_correlation_keys_are_configurable(runtime: Runtime) -> None:
+    runtime.sources.create(
+        "users-only", "http", "json", parser_options=MAPPING, settings={"correlate_on": ["user"]}
+    )
+    runtime.pipeline.ingest(
+        "users-only",
+        [_event(0, rule="a", host="same", user="u1"), _event(1, rule="b", host="same", user="u2")],
+    )
+    assert len(runtime.incidents.list_all()) == 2
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+def test_dead_letters_replay_after_the_mapping_is_fixed(runtime: Runtime) -> None:
+    runtime.sources.create(
+        "siem", "http", "json", parser_options={"fields": {"title": "name", "time": "ts"}}
+    )
+    result = runtime.pipeline.ingest("siem", [_event(0), _event(1, host="db")])
+    assert result.dead_lettered == 2
+    letters = runtime.dead_letters.list_all(source="siem")
+    assert "name" in letters[0].reason
+
+    runtime.sources.update("siem", parser_options=MAPPING)
+    replay = runtime.pipeline.replay(letters)
+    assert (replay.replayed, replay.still_failing, replay.outcome.stored) == (2, 0, 2)
+    assert runtime.dead_letters.list_all(source="siem") == []
+    assert _count(runtime, alerts) == 2
+
+
+def test_a_replay_that_fails_again_keeps_the_letter_with_the_new_reason(runtime: Runtime) -> None:
+    runtime.sources.create(
+        "siem", "http", "json", parser_options={"fields": {"title": "name", "time": "ts"}}
+    )
+    runtime.pipeline.ingest("siem", [_event(0)])
+    (letter,) = runtime.dead_letters.list_all(source="siem")
+    runtime.sources.update("siem", parser_options={"fields": {"title": "title", "time": "when"}})
+    replay = runtime.pipeline.replay([letter])
+    assert (replay.replayed, replay.still_failing) == (0, 1)
+    (again,) = runtime.dead_letters.list_all(source="siem")
+    assert again.attempts == 2
+    assert "when" in again.reason
