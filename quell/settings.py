@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         default=SqliteSynchronous.NORMAL, description="normal (crash-safe) or full (power-safe)"
     )
     database_pool_size: int = Field(default=10, ge=1, le=1000, description="Connections kept.")
+    ingest_workers: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description="Processes `quell serve` parses incoming alerts in, beside the one that "
+        "writes them; 0 parses in threads of the server process.",
+    )
     auto_migrate: bool = Field(
         default=True,
         description="Upgrade the schema on start. Turn off in a cluster and run "

@@ -14,7 +14,7 @@ def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bench", *args],
         cwd=cwd,
-        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -44,3 +44,21 @@ def test_unknown_benchmark_is_refused(tmp_path: Path) -> None:
     result = _bench("nope", cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown benchmark 'nope'" in result.stderr
+
+
+def test_ingest_benchmark_prints_a_table_then_its_figures(tmp_path: Path) -> None:
+    result = _bench("ingest", "--alerts", "1000", "--workdir", str(tmp_path / "w"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in (
+        "file_alerts_per_s",
+        "http_alerts_per_s",
+        "dedup_ratio",
+        "incidents",
+        "p95_assign_ms",
+        "peak_rss_mb",
+    ):
+        assert key in figures
+    assert figures["alerts"] == 1000
+    assert 0.15 < figures["dedup_ratio"] < 0.4
+    assert figures["incidents"] > 0

@@ -14,6 +14,7 @@ from quell.api.problems import install_problem_handler
 from quell.api.routes import alerts, fallback, health, ingest, sources, system, tokens
 from quell.ingest.runner import SourceRunner
 from quell.ingest.service import IngestService
+from quell.ingest.staging import StagingPool
 from quell.runtime import Runtime
 
 DESCRIPTION = """\
@@ -23,11 +24,12 @@ RFC 9457 problem+json with a stable `code`.
 """
 
 
-def create_app(runtime: Runtime, *, run_sources: bool = False) -> FastAPI:
+def create_app(runtime: Runtime, *, run_sources: bool = False, ingest_workers: int = 0) -> FastAPI:
     """An app serving ``runtime``. The caller owns the runtime and closes it.
 
     With ``run_sources`` the app also runs the long-running sources (syslog listeners, IMAP
-    pollers, SIEM pulls) for as long as it serves, as ``quell serve`` does.
+    pollers, SIEM pulls) for as long as it serves, and with ``ingest_workers`` it parses
+    incoming alerts in that many worker processes, as ``quell serve`` does.
     """
     ingest_service = IngestService(runtime.pipeline)
 
@@ -35,12 +37,17 @@ def create_app(runtime: Runtime, *, run_sources: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner = SourceRunner(runtime, ingest_service)
         app.state.sources = runner
+        pool = StagingPool(ingest_workers) if ingest_workers else None
+        ingest_service.pool = pool
         if run_sources:
             await runner.start()
         try:
             yield
         finally:
             await runner.stop()
+            ingest_service.pool = None
+            if pool is not None:
+                pool.close()
 
     app = FastAPI(
         lifespan=lifespan,

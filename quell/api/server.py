@@ -57,7 +57,7 @@ def serve(runtime: Runtime, sock: socket.socket) -> None:
 
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
-        create_app(runtime, run_sources=True),
+        create_app(runtime, run_sources=True, ingest_workers=runtime.settings.ingest_workers),
         host=host,
         port=port,
         log_config=None,  # Quell's logging is already set up

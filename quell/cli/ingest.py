@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 import click
 
@@ -22,6 +22,7 @@ from quell.errors import InvalidInput, NotFound
 from quell.ingest.parsers import FORMATS
 
 PROGRESS_THRESHOLD = 1024 * 1024  # files at least this large show a progress bar
+WORKER_THRESHOLD = 4 * 1024 * 1024  # files at least this large are staged in a worker process
 
 
 class IngestGroup(click.Group):
@@ -48,7 +49,7 @@ def group() -> None:
 class _Counting:
     """Wraps a binary stream and reports how many bytes were read, for the progress bar."""
 
-    def __init__(self, stream: BinaryIO, on_read: Any) -> None:
+    def __init__(self, stream: IO[bytes], on_read: Any) -> None:
         self.stream = stream
         self.on_read = on_read
 
@@ -89,6 +90,13 @@ class _Counting:
     default=None,
     help="Show a progress bar (default: on for large files on a terminal).",
 )
+@click.option(
+    "--workers",
+    default="auto",
+    show_default=True,
+    help="Processes that parse while this one writes: 0 to 8, or auto "
+    "(1 for files of 4 MiB or more).",
+)
 @pass_state
 def ingest_file(
     state: CliState,
@@ -97,31 +105,16 @@ def ingest_file(
     format_name: str | None,
     batch: int,
     progress: bool | None,
+    workers: str,
 ) -> None:
     """Ingest PATH ('-' for stdin); the last line printed is the JSON of counts."""
-    from quell.ingest.intake import IntakeResult
     from quell.ingest.parsers import parser_class
     from quell.ingest.records import iter_file_records
+    from quell.ingest.staging import StagingPool
 
     runtime = state.runtime()
-    if source_name is None and format_name is None:
-        raise InvalidInput("give --source NAME, or --format FORMAT", field="--format")
-    if source_name is None:
-        source = runtime.sources.ensure(f"file-{format_name}", "file", str(format_name))
-    else:
-        try:
-            source = runtime.sources.get(source_name)
-        except NotFound:
-            if format_name is None:
-                raise
-            source = runtime.sources.create(source_name, "file", format_name)
-        if format_name is not None and source.format != format_name:
-            raise InvalidInput(
-                f"source {source.name!r} reads {source.format}, not {format_name}",
-                field="--format",
-            )
+    source = _source(runtime, source_name, format_name)
     kind = parser_class(source.format).record_kind
-    total = IntakeResult()
     stream: IO[bytes]
     size: int | None = None
     if str(path) == "-":
@@ -137,16 +130,47 @@ def ingest_file(
         if progress is not None
         else bool(size and size >= PROGRESS_THRESHOLD and sys.stderr.isatty())
     )
-    with (
-        stream,
-        click.progressbar(
-            length=size or 0, label=f"ingesting {path.name}", file=sys.stderr, hidden=not show
-        ) as bar,
-    ):
-        counted = _Counting(stream, bar.update)
-        for records in iter_file_records(counted, kind, batch=batch):  # type: ignore[arg-type]
-            total = total + runtime.pipeline.ingest_source(source, records)
+    processes = _workers(workers, size)
+    pool = StagingPool(processes) if processes else None
+    try:
+        with (
+            stream,
+            click.progressbar(
+                length=size or 0, label=f"ingesting {path.name}", file=sys.stderr, hidden=not show
+            ) as bar,
+        ):
+            batches = iter_file_records(_Counting(stream, bar.update), kind, batch=batch)
+            total = runtime.pipeline.ingest_stream(source, batches, pool=pool)
+    finally:
+        if pool is not None:
+            pool.close()
     click.echo(codec.dumps_str(total.as_dict()))
+
+
+def _source(runtime: Any, source_name: str | None, format_name: str | None) -> Any:
+    if source_name is None and format_name is None:
+        raise InvalidInput("give --source NAME, or --format FORMAT", field="--format")
+    if source_name is None:
+        return runtime.sources.ensure(f"file-{format_name}", "file", str(format_name))
+    try:
+        source = runtime.sources.get(source_name)
+    except NotFound:
+        if format_name is None:
+            raise
+        source = runtime.sources.create(source_name, "file", format_name)
+    if format_name is not None and source.format != format_name:
+        raise InvalidInput(
+            f"source {source.name!r} reads {source.format}, not {format_name}", field="--format"
+        )
+    return source
+
+
+def _workers(value: str, size: int | None) -> int:
+    if value == "auto":
+        return 1 if size is not None and size >= WORKER_THRESHOLD else 0
+    if value.isdigit() and int(value) <= 8:
+        return int(value)
+    raise InvalidInput("--workers must be 0 to 8, or auto", field="--workers")
 
 
 @group.command("errors")

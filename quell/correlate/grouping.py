@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, select
 
@@ -118,11 +118,25 @@ class GroupingResult:
     merged: int
 
 
+class Groupable(Protocol):
+    """What grouping reads from an alert (an Alert, or a staged one) and sets on it."""
+
+    id: str
+    time: datetime
+    title: str
+    incident_id: str | None
+
+    @property
+    def severity(self) -> int:
+        """OCSF severity_id."""
+        ...
+
+
 @dataclass(frozen=True)
 class AlertKeys:
     """An alert to group, with its keys and window."""
 
-    alert: Alert
+    alert: Groupable
     keys: list[Key]
     window: timedelta
 

@@ -1,11 +1,10 @@
 """Stored alerts: the document kept per alert, and reading alerts back.
 
-An alert is stored in three places that together are the whole :class:`Alert`: columns for
-identity and what changes after insertion (id, source, fingerprint, times, count, status,
-incident), the ``data`` column for the content a parser produced (title, rule, endpoints,
-file, e-mail, extra, ...; empty values left out), and ``alert_observables`` for the
-observables, which correlation and enrichment look up. ``raw`` keeps the record's bytes.
-Nothing is stored twice: at tens of thousands of alerts a second every byte is written.
+An alert is stored as columns for identity and what changes after insertion (id, source,
+fingerprint, times, count, status, incident), the ``data`` column for its content (title,
+rule, endpoints, file, e-mail, observables, extra, ...; empty values left out, nothing a
+column holds), and ``raw`` for the record's bytes. ``alert_observables`` indexes the
+observables by value, for "which alerts saw this?".
 """
 
 from __future__ import annotations
@@ -28,13 +27,13 @@ from quell.ingest.model import (
     Severity,
 )
 from quell.store.database import Database
-from quell.store.schema import alert_observables, alerts
+from quell.store.schema import alerts
 
-# Fields with a column of their own, or a table (observables), are not repeated in ``data``.
+# Fields with a column of their own are not repeated in ``data``.
 _COLUMN_FIELDS = frozenset(
     {
         "id", "source", "format", "fingerprint", "count", "first_seen", "last_seen",
-        "received_at", "status", "incident_id", "observables", "raw",
+        "received_at", "status", "incident_id", "raw",
     }
 )  # fmt: skip
 _DOCUMENT_FIELDS = tuple(f.name for f in fields(Alert) if f.name not in _COLUMN_FIELDS)
@@ -92,10 +91,19 @@ def alert_from_document(data: dict[str, Any]) -> Alert:
     values["host"] = _endpoint(values.get("host"))
     values["file"] = _file(values.get("file"))
     values["email"] = _email(values.get("email"))
+    values["observables"] = [
+        Observable(
+            type=ObservableType(item["type"]),
+            value=item["value"],
+            role=item.get("role"),
+            private=item.get("private"),
+        )
+        for item in values.get("observables") or []
+    ]
     return Alert(**values)
 
 
-def _from_row(row: Any, observables: list[Observable]) -> Alert:
+def _from_row(row: Any) -> Alert:
     alert = alert_from_document(dict(row.data))
     alert.id = row.id
     alert.source = row.source
@@ -107,24 +115,8 @@ def _from_row(row: Any, observables: list[Observable]) -> Alert:
     alert.received_at = row.received_at
     alert.status = AlertStatus(row.status)
     alert.incident_id = row.incident_id
-    alert.observables = observables
     alert.raw = bytes(row.raw)
     return alert
-
-
-def _observables(conn: Any, alert_ids: list[str]) -> dict[str, list[Observable]]:
-    found: dict[str, list[Observable]] = {alert_id: [] for alert_id in alert_ids}
-    for start in range(0, len(alert_ids), 500):
-        rows = conn.execute(
-            select(alert_observables).where(
-                alert_observables.c.alert_id.in_(alert_ids[start : start + 500])
-            )
-        )
-        for row in rows:
-            found[row.alert_id].append(
-                Observable(ObservableType(row.type), row.value, role=row.role, private=row.private)
-            )
-    return found
 
 
 class AlertService:
@@ -137,9 +129,9 @@ class AlertService:
         """One alert, raw bytes included."""
         with self.db.read() as conn:
             row = conn.execute(select(*alerts.c).where(alerts.c.id == alert_id)).first()
-            if row is None:
-                raise NotFound(f"no alert {alert_id!r}", field="id")
-            return _from_row(row, _observables(conn, [alert_id])[alert_id])
+        if row is None:
+            raise NotFound(f"no alert {alert_id!r}", field="id")
+        return _from_row(row)
 
     def list_all(
         self,
@@ -156,9 +148,8 @@ class AlertService:
         if incident_id is not None:
             query = query.where(alerts.c.incident_id == incident_id)
         with self.db.read() as conn:
-            rows = conn.execute(query.limit(min(max(limit, 1), 1000)).offset(max(offset, 0))).all()
-            observables = _observables(conn, [row.id for row in rows])
-            return [_from_row(row, observables[row.id]) for row in rows]
+            rows = conn.execute(query.limit(min(max(limit, 1), 1000)).offset(max(offset, 0)))
+            return [_from_row(row) for row in rows]
 
     def count(self) -> int:
         """How many alerts are stored."""

@@ -2,70 +2,65 @@
 
 For one batch of one source's records:
 
-1. *prepare* (no database): check each record's size, decode it (JSON or UTF-8 text), parse it
-   with the source's parser, and finish each alert (id, source, times, observables,
-   fingerprint). Whatever fails here becomes a dead letter with the exact reason.
-2. *commit* (one write transaction, under the ingest lock on PostgreSQL): apply suppression
-   rules, deduplicate against the alerts already stored and within the batch, group the new
-   alerts into incidents, then write alerts, observables, dead letters, rule hits and the
-   source's counters together.
+1. *staging* (:mod:`quell.ingest.staging`, no database, in this process or a worker): size
+   checks, decoding, parsing, observables, fingerprints, suppression matching and the rows.
+   Whatever fails becomes a dead letter with the exact reason.
+2. *commit* (one write transaction, under the ingest lock on PostgreSQL): deduplicate against
+   the alerts already stored and within the batch, group the new alerts into incidents, then
+   write alerts, observables, dead letters, rule hits and the source's counters together.
 
 Every record ends up counted exactly once: ``received = stored + deduplicated + suppressed +
-dead_lettered``. A batch is acknowledged only after its transaction committed.
+dead_lettered``. A batch is acknowledged only after its transaction committed. A long input
+(``ingest_stream``) can be staged ahead in a worker process while the previous batch commits,
+which puts the second CPU core to work.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
-import structlog
 from sqlalchemy import Connection, bindparam, select, text, update
 
 from quell.clock import Clock
-from quell.correlate.dedup import Fingerprinter
-from quell.correlate.grouping import AlertKeys, Correlator, alert_keys
+from quell.correlate.grouping import AlertKeys, Correlator
 from quell.correlate.suppression import SuppressionAction, SuppressionService
 from quell.ids import new_id
-from quell.ingest.alerts import alert_document
 from quell.ingest.deadletters import DeadLetterStatus
 from quell.ingest.intake import IntakeResult
-from quell.ingest.model import Alert, AlertStatus
-from quell.ingest.observables import observables_of
-from quell.ingest.parsers import Parser, build_parser
-from quell.ingest.parsers.base import NotAnAlert, ParseError, RecordKind
+from quell.ingest.model import AlertStatus
 from quell.ingest.sources import Source, SourceService
+from quell.ingest.staging import (
+    ALERT_COLUMNS,
+    COUNT,
+    FIRST_SEEN,
+    INCIDENT,
+    LAST_SEEN,
+    OBSERVABLE_COLUMNS,
+    RuleSpec,
+    Staged,
+    StagedBatch,
+    Stager,
+    StagingPool,
+    StagingSpec,
+    nul_free,
+)
 from quell.store.bulk import bulk_insert, bulk_update
 from quell.store.database import Backend, Database
-from quell.store.schema import alert_observables, alerts, dead_letters, incidents
-
-log = structlog.get_logger(__name__)
+from quell.store.schema import alert_observables, alerts, dead_letters, incidents, suppression_rules
 
 # Serializes ingest transactions across processes on PostgreSQL (SQLite has one writer).
 _INGEST_LOCK = zlib.crc32(b"quell.ingest")
 _LOOKUP_CHUNK = 500
-
-
-@dataclass
-class _DeadLetter:
-    index: int  # position of the record in its batch
-    raw: bytes
-    reason: str
-    field: str | None = None
-
-
-@dataclass
-class _Prepared:
-    """A batch after parsing, before the transaction."""
-
-    alerts: list[Alert] = field(default_factory=list)
-    not_alerts: int = 0
-    dead: list[_DeadLetter] = field(default_factory=list)
+_DEAD_LETTER_COLUMNS = (
+    "id", "source", "format", "received_at", "reason", "field", "raw", "status", "attempts",
+    "replayed_at",
+)  # fmt: skip
 
 
 @dataclass
@@ -96,17 +91,14 @@ class IngestPipeline:
         self.db = db
         self.clock = clock
         self.sources = sources
-        self.suppressions = SuppressionService(db, clock)
         self.correlator = Correlator(db, clock)
+        self._stagers: dict[str, Stager] = {}
         self._insert_alerts = bulk_insert(db, alerts, ALERT_COLUMNS)
-        self._insert_observables = bulk_insert(
-            db, alert_observables, ("alert_id", "type", "value", "role", "private")
-        )
-        self._insert_dead = bulk_insert(db, dead_letters, DEAD_LETTER_COLUMNS)
+        self._insert_observables = bulk_insert(db, alert_observables, OBSERVABLE_COLUMNS)
+        self._insert_dead = bulk_insert(db, dead_letters, _DEAD_LETTER_COLUMNS)
         self._update_repeats = bulk_update(
             db, alerts, ("count", "first_seen", "last_seen"), key="id"
         )
-        self._parsers: dict[str, tuple[tuple[Any, ...], Parser, Fingerprinter]] = {}
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -123,11 +115,37 @@ class IngestPipeline:
         if not records:
             return IntakeResult()
         received_at = received_at or self.clock.now()
-        prepared = self._prepare(source, records, received_at)
-        with self.db.write() as conn:
-            result = self._commit(conn, source, prepared, received_at)
-            SourceService.count(conn, source.name, result, received_at)
-        return result
+        staged = self.stager(source).stage(records, received_at, self.rules())
+        return self.commit(source, staged, received_at)
+
+    def ingest_stream(
+        self,
+        source: Source,
+        batches: Iterable[list[bytes]],
+        *,
+        pool: StagingPool | None = None,
+        ahead: int = 2,
+    ) -> IntakeResult:
+        """Ingest batch after batch; with a pool, the next batches stage while one commits."""
+        total = IntakeResult()
+        if pool is None:
+            for records in batches:
+                total = total + self.ingest_source(source, records)
+            return total
+        spec = StagingSpec.of(source, self.db.backend)
+        pending: deque[tuple[Future[StagedBatch], datetime]] = deque()
+        for records in batches:
+            if not records:
+                continue
+            received_at = self.clock.now()
+            pending.append((pool.submit(spec, records, received_at, self.rules()), received_at))
+            while len(pending) > ahead:
+                future, when = pending.popleft()
+                total = total + self.commit(source, future.result(), when)
+        while pending:
+            future, when = pending.popleft()
+            total = total + self.commit(source, future.result(), when)
+        return total
 
     def replay(
         self, letters: Sequence[Any], *, received_at: datetime | None = None
@@ -141,19 +159,18 @@ class IngestPipeline:
             by_source.setdefault(letter.source, []).append(letter)
         for source_name, group in by_source.items():
             source = self.sources.get(source_name)
-            prepared = self._prepare(
-                source,
+            staged = self.stager(source).stage(
                 [letter.raw for letter in group],
-                now,
-                received=[letter.received_at for letter in group],
+                [letter.received_at for letter in group],
+                self.rules(),
             )
-            failed = {dead.index: dead.reason for dead in prepared.dead}
-            prepared.dead = []  # they stay where they are, with the new reason
+            failed = {dead.index: dead.reason for dead in staged.dead}
+            staged.dead = []  # they stay where they are, with the new reason
             with self.db.write() as conn:
-                result = self._commit(conn, source, prepared, now)
+                result = self._commit(conn, source, staged, now)
                 done = [letter.id for i, letter in enumerate(group) if i not in failed]
                 again = [
-                    {"lid": letter.id, "reason": failed[i]}
+                    {"lid": letter.id, "reason": nul_free(failed[i])}
                     for i, letter in enumerate(group)
                     if i in failed
                 ]
@@ -176,188 +193,138 @@ class IngestPipeline:
             outcome = outcome + result + IntakeResult(dead_lettered=len(again))
         return ReplayResult(replayed=replayed, still_failing=failing, outcome=outcome)
 
-    # -- preparing (no database) ---------------------------------------------------------------
+    # -- staging ----------------------------------------------------------------------------
 
-    def _parser(self, source: Source) -> tuple[Parser, Fingerprinter]:
-        # Keyed on the configuration itself: a changed mapping takes effect at once.
-        key = (source.format, source.parser_options, source.settings.fingerprint)
-        cached = self._parsers.get(source.name)
-        if cached is None or cached[0] != key:
-            parser = build_parser(source.format, source.parser_options)
-            fingerprinter = Fingerprinter(source.settings.fingerprint)
-            cached = (key, parser, fingerprinter)
-            self._parsers[source.name] = cached
-        return cached[1], cached[2]
+    def stager(self, source: Source) -> Stager:
+        """The stager for ``source``'s current configuration (rebuilt when it changes)."""
+        spec = StagingSpec.of(source, self.db.backend)
+        stager = self._stagers.get(source.name)
+        if stager is None or stager.spec != spec:
+            stager = self._stagers[source.name] = Stager(spec)
+        return stager
 
-    def _prepare(
-        self,
-        source: Source,
-        records: Sequence[bytes],
-        received_at: datetime,
-        *,
-        received: Sequence[datetime] | None = None,
-    ) -> _Prepared:
-        """Parse and finish each record; ``received`` gives per-record receipt times (replay)."""
-        parser, fingerprint = self._parser(source)
-        limit = source.settings.max_record_bytes
-        kind = parser.record_kind
-        prepared = _Prepared()
-        for index, raw in enumerate(records):
-            if len(raw) > limit:
-                prepared.dead.append(
-                    _DeadLetter(
-                        index,
-                        raw,
-                        f"record of {len(raw)} bytes exceeds the source's limit of {limit} "
-                        "bytes (settings.max_record_bytes)",
-                        "settings.max_record_bytes",
-                    )
+    def rules(self) -> list[RuleSpec]:
+        """The enabled, unexpired user suppression rules."""
+        now = self.clock.now()
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(
+                    suppression_rules.c.id,
+                    suppression_rules.c.name,
+                    suppression_rules.c.match,
+                    suppression_rules.c.action,
+                    suppression_rules.c.expires_at,
+                ).where(
+                    suppression_rules.c.enabled.is_(True), suppression_rules.c.builtin.is_(False)
                 )
-                continue
-            try:
-                record = _decode(raw, kind)
-                result = parser.parse(record)
-            except ParseError as exc:
-                prepared.dead.append(_DeadLetter(index, raw, exc.reason, exc.field))
-                continue
-            except Exception as exc:
-                log.error("parser_failed", source=source.name, format=source.format, exc_info=exc)
-                reason = f"{source.format} parser failed: {type(exc).__name__}: {exc}"
-                prepared.dead.append(_DeadLetter(index, raw, reason[:2000]))
-                continue
-            if isinstance(result, NotAnAlert):
-                prepared.not_alerts += 1
-                continue
-            when = received[index] if received is not None else received_at
-            self._finish(result, source, raw, when, fingerprint)
-            prepared.alerts.append(result)
-        return prepared
-
-    @staticmethod
-    def _finish(
-        alert: Alert, source: Source, raw: bytes, received_at: datetime, fingerprint: Fingerprinter
-    ) -> None:
-        alert.id = new_id("alr")
-        alert.source = source.name
-        alert.format = source.format
-        alert.raw = raw
-        alert.received_at = received_at
-        if alert.extra.get("time_source") == "receipt":
-            # The record had no time of its own and its source dates such records at receipt:
-            # the pipeline's receipt time is the one that holds, also when replayed later.
-            alert.time = received_at
-        alert.first_seen = alert.first_seen or alert.time
-        alert.last_seen = alert.last_seen or alert.time
-        alert.title = alert.title[:512]
-        alert.observables = observables_of(alert)
-        alert.fingerprint = fingerprint(alert)
+            )
+            return [
+                RuleSpec(row.id, row.name, dict(row.match), row.action)
+                for row in rows
+                if row.expires_at is None or row.expires_at > now
+            ]
 
     # -- committing (one transaction) -----------------------------------------------------------
 
+    def commit(self, source: Source, staged: StagedBatch, received_at: datetime) -> IntakeResult:
+        """Decide and write a staged batch in one transaction; counts it on the source."""
+        with self.db.write() as conn:
+            result = self._commit(conn, source, staged, received_at)
+            SourceService.count(conn, source.name, result, received_at)
+        return result
+
     def _commit(
-        self, conn: Connection, source: Source, prepared: _Prepared, now: datetime
+        self, conn: Connection, source: Source, batch: StagedBatch, now: datetime
     ) -> IntakeResult:
         if self.db.backend is Backend.POSTGRESQL:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INGEST_LOCK})
         hits: Counter[str] = Counter()
-        suppressed = 0
-        if prepared.not_alerts:
+        if batch.not_alerts:
             builtin = SuppressionService.builtin_ids(conn, {source.format}, now)
-            hits[builtin[source.format]] += prepared.not_alerts
-            suppressed += prepared.not_alerts
-
-        kept: list[Alert] = []
-        closed: list[Alert] = []
-        rules = self.suppressions.active(conn, now) if prepared.alerts else []
-        if not rules:
-            kept = prepared.alerts
-        for alert in prepared.alerts if rules else ():
-            rule = next((r for r in rules if r.matches(alert)), None)
-            if rule is None:
-                kept.append(alert)
+            hits[builtin[source.format]] += batch.not_alerts
+        kept: list[Staged] = []
+        closed: list[Staged] = []
+        for item in batch.staged:
+            if item.rule is None:
+                kept.append(item)
                 continue
-            hits[rule.id] += 1
-            suppressed += 1
-            if rule.action is SuppressionAction.CLOSE:
-                alert.status = AlertStatus.SUPPRESSED
-                alert.extra["suppressed_by"] = rule.name
-                closed.append(alert)
+            hits[item.rule] += 1
+            if item.action == SuppressionAction.CLOSE:
+                closed.append(item)
+        suppressed = batch.not_alerts + len(batch.staged) - len(kept)
 
         fresh, repeats = self._deduplicate(conn, source, kept)
-        self.correlator.assign(
-            conn,
-            [
-                AlertKeys(a, alert_keys(a, source.settings.correlate_on), source.correlation_window)
-                for a in fresh
-            ],
-        )
-        stored = fresh + closed
-        if stored:
-            self._insert_alerts.run(conn, [_alert_row(a) for a in stored])
-            self._insert_observables.run(
-                conn,
-                [
-                    (a.id, o.type.value, o.value[:512], o.role, o.private)
-                    for a in stored
-                    for o in a.observables
-                ],
-            )
+        window = source.correlation_window
+        self.correlator.assign(conn, [AlertKeys(item, item.keys, window) for item in fresh])
+        self._insert(conn, fresh + closed)
         self._record_repeats(conn, repeats, now)
-        if prepared.dead:
+        if batch.dead:
             pending = DeadLetterStatus.PENDING.value
             self._insert_dead.run(
                 conn,
                 [
-                    (new_id("dlq"), source.name, source.format, now, dead.reason, dead.field,
-                     dead.raw, pending, 1, None)
-                    for dead in prepared.dead
+                    (new_id("dlq"), source.name, source.format, now, nul_free(dead.reason),
+                     nul_free(dead.field) if dead.field else None, dead.raw, pending, 1, None)
+                    for dead in batch.dead
                 ],
             )  # fmt: skip
         SuppressionService.count_hits(conn, hits, now)
-        deduplicated = len(kept) - len(fresh)
         return IntakeResult(
-            received=len(prepared.alerts) + prepared.not_alerts + len(prepared.dead),
+            received=len(batch.staged) + batch.not_alerts + len(batch.dead),
             stored=len(fresh),
-            deduplicated=deduplicated,
+            deduplicated=len(kept) - len(fresh),
             suppressed=suppressed,
-            dead_lettered=len(prepared.dead),
+            dead_lettered=len(batch.dead),
         )
 
+    def _insert(self, conn: Connection, items: list[Staged]) -> None:
+        if not items:
+            return
+        to_time = self._insert_alerts.convert
+        rows = []
+        observables: list[tuple[Any, ...]] = []
+        for item in items:
+            row = item.row
+            row[FIRST_SEEN] = to_time("first_seen", item.first_seen)
+            row[LAST_SEEN] = to_time("last_seen", item.last_seen)
+            row[COUNT] = item.count
+            row[INCIDENT] = item.incident_id
+            rows.append(tuple(row))
+            observables.extend(item.observables)
+        self._insert_alerts.run_converted(conn, rows)
+        self._insert_observables.run_converted(conn, observables)
+
     def _deduplicate(
-        self, conn: Connection, source: Source, batch: list[Alert]
-    ) -> tuple[list[Alert], list[_Existing]]:
+        self, conn: Connection, source: Source, batch: list[Staged]
+    ) -> tuple[list[Staged], list[_Existing]]:
         """Split ``batch`` into new alerts and repeats (applied to the alert they repeat)."""
         if not batch:
             return [], []
         window = source.dedup_window
         existing = self._load_existing(conn, batch, window)
-        fresh: list[Alert] = []
-        latest: dict[str, Alert | _Existing] = {}
-        for alert in sorted(batch, key=lambda a: a.time):
-            time = alert.time
-            known = latest.get(alert.fingerprint) or existing.get(alert.fingerprint)
-            if known is not None:
-                first = known.first_seen or time
-                last = known.last_seen or time
-                if first - window <= time <= last + window:
-                    known.count += 1
-                    known.first_seen = min(first, time)
-                    known.last_seen = max(last, time)
-                    if isinstance(known, _Existing):
-                        known.added += 1
-                    latest[alert.fingerprint] = known
-                    continue
-            fresh.append(alert)
-            latest[alert.fingerprint] = alert
-        repeats = [item for item in existing.values() if item.added]
-        return fresh, repeats
+        fresh: list[Staged] = []
+        latest: dict[str, Staged | _Existing] = {}
+        for item in sorted(batch, key=lambda s: s.time):
+            time = item.time
+            known = latest.get(item.fingerprint) or existing.get(item.fingerprint)
+            if known is not None and known.first_seen - window <= time <= known.last_seen + window:
+                known.count += 1
+                known.first_seen = min(known.first_seen, time)
+                known.last_seen = max(known.last_seen, time)
+                if isinstance(known, _Existing):
+                    known.added += 1
+                latest[item.fingerprint] = known
+                continue
+            fresh.append(item)
+            latest[item.fingerprint] = item
+        return fresh, [item for item in existing.values() if item.added]
 
     @staticmethod
     def _load_existing(
-        conn: Connection, batch: list[Alert], window: timedelta
+        conn: Connection, batch: list[Staged], window: timedelta
     ) -> dict[str, _Existing]:
-        since = min(a.time for a in batch) - window
-        wanted = sorted({a.fingerprint for a in batch})
+        since = min(item.time for item in batch) - window
+        wanted = sorted({item.fingerprint for item in batch})
         found: dict[str, _Existing] = {}
         for start in range(0, len(wanted), _LOOKUP_CHUNK):
             rows = conn.execute(
@@ -396,50 +363,3 @@ class IngestPipeline:
                 .values(last_seen=bindparam("t"), updated_at=now),
                 [{"iid": r.incident_id, "t": r.last_seen} for r in touched],
             )
-
-
-def _decode(raw: bytes, kind: RecordKind) -> Any:
-    if kind is RecordKind.JSON:
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ParseError(f"invalid JSON: {exc}") from None
-    if kind is RecordKind.TEXT:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ParseError(f"invalid UTF-8 at byte {exc.start}: {exc.reason}") from None
-    return raw
-
-
-ALERT_COLUMNS = (
-    "id", "source", "format", "fingerprint", "time", "first_seen", "last_seen", "count",
-    "severity_id", "title", "rule_uid", "rule_name", "status", "incident_id", "received_at",
-    "data", "raw",
-)  # fmt: skip
-DEAD_LETTER_COLUMNS = (
-    "id", "source", "format", "received_at", "reason", "field", "raw", "status", "attempts",
-    "replayed_at",
-)  # fmt: skip
-
-
-def _alert_row(alert: Alert) -> tuple[Any, ...]:
-    return (
-        alert.id,
-        alert.source,
-        alert.format,
-        alert.fingerprint,
-        alert.time,
-        alert.first_seen,
-        alert.last_seen,
-        alert.count,
-        int(alert.severity),
-        alert.title,
-        alert.rule_uid[:256] if alert.rule_uid else None,
-        alert.rule_name[:512] if alert.rule_name else None,
-        alert.status.value,
-        alert.incident_id,
-        alert.received_at,
-        alert_document(alert),
-        alert.raw,
-    )

@@ -9,7 +9,7 @@ parse error rather than in confusing pieces.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Protocol
 
 import orjson
 
@@ -17,6 +17,22 @@ from quell.errors import InvalidInput
 from quell.ingest.parsers.base import RecordKind
 
 MAX_WHOLE_DOCUMENT = 256 * 1024 * 1024  # a JSON array or single document read at once
+
+
+class Readable(Protocol):
+    """What records are read from: a binary file, stdin, or a wrapper counting bytes."""
+
+    def readline(self, size: int = -1, /) -> bytes:
+        """One line, with its end."""
+        ...
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes (all when -1)."""
+        ...
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The remaining lines."""
+        ...
 
 
 def split_body(body: bytes, kind: RecordKind) -> list[bytes]:
@@ -57,7 +73,7 @@ def _lines(body: bytes) -> list[bytes]:
 
 
 def iter_file_records(
-    stream: BinaryIO, kind: RecordKind, *, batch: int = 2000
+    stream: Readable, kind: RecordKind, *, batch: int = 2000
 ) -> Iterator[list[bytes]]:
     """Batches of records from a file or stdin, streamed when the input is line-based.
 
@@ -95,7 +111,7 @@ def iter_file_records(
         yield pending
 
 
-def _read_whole(stream: BinaryIO, *, already: int = 0) -> bytes:
+def _read_whole(stream: Readable, *, already: int = 0) -> bytes:
     data = stream.read(MAX_WHOLE_DOCUMENT - already + 1)
     if len(data) + already > MAX_WHOLE_DOCUMENT:
         raise InvalidInput(

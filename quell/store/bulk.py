@@ -34,7 +34,8 @@ from quell.store.types import UTCDateTime
 Convert = Callable[[Any], Any]
 
 
-def _sqlite_time(value: datetime | None) -> str | None:
+def sqlite_time(value: datetime | None) -> str | None:
+    """A UTCDateTime value as SQLite stores it: naive UTC text with microseconds."""
     if value is None:
         return None
     if value.tzinfo is None:
@@ -85,7 +86,7 @@ class BulkStatement:
         for name in columns:
             column_type = table.c[name].type
             if isinstance(column_type, UTCDateTime):
-                converters.append(_sqlite_time if db.backend is Backend.SQLITE else _pg_time)
+                converters.append(sqlite_time if db.backend is Backend.SQLITE else _pg_time)
             elif isinstance(column_type, JSON) or isinstance(
                 getattr(column_type, "impl", None), JSON
             ):
@@ -98,6 +99,16 @@ class BulkStatement:
             (index, convert) for index, convert in enumerate(converters) if convert is not _same
         )
         self._reorder = None if self._order == tuple(range(len(columns))) else self._order
+        self._by_name = dict(zip(columns, converters, strict=True))
+
+    def convert(self, column: str, value: Any) -> Any:
+        """``value`` converted as this statement converts ``column``."""
+        return self._by_name[column](value)
+
+    def run_converted(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Execute rows whose values are already converted and in placeholder order."""
+        if rows:
+            conn.exec_driver_sql(self.sql, rows)
 
     def run(self, conn: Connection, rows: Iterable[Sequence[Any]]) -> None:
         """Execute for every row (values in the order the statement was built with)."""

@@ -153,19 +153,19 @@ alerts = Table(
 Index("ix_alerts_fingerprint_last_seen", alerts.c.fingerprint, alerts.c.last_seen)
 # No index on received_at: ids are time-ordered at receipt, so "newest first" is the id order.
 
-# WITHOUT ROWID on SQLite: a table keyed by its primary key is one B-tree instead of two, which
-# matters at tens of thousands of rows a second (PostgreSQL ignores the option).
+# Keyed (type, value, alert_id) and WITHOUT ROWID on SQLite: one B-tree per row, ordered the
+# way it is searched (which alerts saw this IP?). An alert's own observables are read from its
+# document, so no second index by alert is kept. PostgreSQL ignores the SQLite option.
 alert_observables = Table(
     "alert_observables",
     metadata,
-    Column("alert_id", String(32), ForeignKey("alerts.id"), primary_key=True),
     Column("type", String(24), primary_key=True),
     Column("value", String(512), primary_key=True),
+    Column("alert_id", String(32), ForeignKey("alerts.id"), primary_key=True),
     Column("role", String(16), nullable=True),
     Column("private", Boolean, nullable=True),  # IPs: not globally routable
     sqlite_with_rowid=False,
 )
-Index("ix_alert_observables_lookup", alert_observables.c.type, alert_observables.c.value)
 
 suppression_rules = Table(
     "suppression_rules",

@@ -38,7 +38,7 @@ def _observables(runtime: Runtime, source: str) -> set[tuple[str, str, str | Non
 def _ingest_file(runtime: Runtime, format_name: str, *parts: str) -> IntakeResult:
     source = runtime.sources.ensure(f"corpus-{format_name}", "file", format_name)
     body = corpus_path().joinpath(*parts).read_bytes()
-    kind = runtime.pipeline._parser(source)[0].record_kind
+    kind = runtime.pipeline.stager(source).parser.record_kind
     return runtime.pipeline.ingest_source(source, split_body(body, kind))
 
 
@@ -339,3 +339,14 @@ def test_a_replay_that_fails_again_keeps_the_letter_with_the_new_reason(runtime:
     (again,) = runtime.dead_letters.list_all(source="siem")
     assert again.attempts == 2
     assert "when" in again.reason
+
+
+def test_nul_characters_in_a_record_do_not_break_the_batch(runtime: Runtime, generic: str) -> None:
+    """PostgreSQL refuses NUL in text and JSON: it is replaced, and the batch still lands."""
+    evil = orjson.dumps(
+        {"title": "nul\x00inside", "ts": T0.isoformat(), "host": "h\x00x", "src": "192.0.2.1"}
+    )
+    result = runtime.pipeline.ingest(generic, [evil, _event(1)])
+    assert result.stored == 2
+    titles = {alert.title for alert in runtime.alerts.list_all()}
+    assert "nul\ufffdinside" in titles

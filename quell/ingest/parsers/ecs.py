@@ -76,7 +76,6 @@ from quell.ingest.parsers.coerce import (
     file_hash,
     first_integer,
     first_text,
-    get,
     hostname,
     ip,
     items,
@@ -87,6 +86,7 @@ from quell.ingest.parsers.coerce import (
     techniques,
     text_list,
 )
+from quell.ingest.parsers.coerce import get as nested_get
 
 # Event modules whose product is not named by observer.* in their documents.
 _MODULES = {"endpoint": ("Elastic Defend", "Elastic")}
@@ -197,6 +197,44 @@ def severity_of(doc: dict[str, Any]) -> Severity:
     return score_severity(value)
 
 
+_MAX_FLAT = 4096  # paths kept per document; a hostile one cannot make flattening unbounded
+
+
+class Flat(dict[str, Any]):
+    """A document made by :func:`flatten`: its keys are full dotted paths."""
+
+
+def flatten(doc: dict[str, Any]) -> Flat:
+    """Every dotted path of ``doc`` (objects included) mapped to its value, in one pass.
+
+    ECS spells a field nested (``{"event": {"kind": …}}``), dotted (``{"event.kind": …}``) or
+    both mixed; this gives one dict where each path is a single lookup, instead of walking
+    the document for each of the sixty-odd paths a parse asks for (most of them absent).
+    Shallower spellings win, as in :func:`~quell.ingest.parsers.coerce.get`: paths are
+    filled level by level and the first value seen for a path is kept. Arrays are values.
+    """
+    flat = Flat()
+    level: list[tuple[str, dict[str, Any]]] = [("", doc)]
+    while level and len(flat) < _MAX_FLAT:
+        deeper: list[tuple[str, dict[str, Any]]] = []
+        for prefix, node in level:
+            for key, value in node.items():
+                path = prefix + key
+                if path not in flat:
+                    flat[path] = value
+                if isinstance(value, dict):
+                    deeper.append((path + ".", value))
+        level = deeper
+    return flat
+
+
+def get(doc: dict[str, Any], path: str) -> Any:
+    """The value at ``path``: one lookup in a flattened document, a walk in any other."""
+    if isinstance(doc, Flat):
+        return doc.get(path)
+    return nested_get(doc, path)
+
+
 def _unwrap(record: dict[str, Any]) -> tuple[dict[str, Any], Any, bool]:
     """The alert document inside a search hit, the hit's ``_id``, and whether it is ``fields``."""
     source = record.get("_source")
@@ -226,7 +264,8 @@ class EcsParser(Parser):
         """The alert in one ECS document or search hit."""
         if not isinstance(record, dict):
             raise ParseError(f"ecs record must be a JSON object, not {type(record).__name__}")
-        doc, hit_id, arrays = _unwrap(record)
+        nested, hit_id, arrays = _unwrap(record)
+        doc = flatten(nested)
         kind = first_text(get(doc, "event.kind"), "event.kind")
         if kind in _NOT_ALERTS and not _is_detection(doc):
             return NotAnAlert(f"ecs event.kind {kind!r} is not an alert")

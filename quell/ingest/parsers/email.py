@@ -696,7 +696,7 @@ def _part_urls(part: Message, content_type: str, urls: _Urls, budget: _Budget) -
 
 
 def _file_info(part: Message, filename: str | None, content_type: str, budget: _Budget) -> FileInfo:
-    info = FileInfo(name=filename, mime_type=content_type)
+    info = FileInfo(name=filename, mime_type=clean_text(content_type))
     if part.get_content_maintype() == "message":
         return info  # an attached message keeps no byte-exact form to hash
     payload = part.get_payload(decode=True)

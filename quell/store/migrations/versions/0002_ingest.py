@@ -125,18 +125,17 @@ def upgrade() -> None:
     op.create_index(op.f("ix_alerts_incident_id"), "alerts", ["incident_id"])
     op.create_table(
         "alert_observables",
-        sa.Column("alert_id", sa.String(32), nullable=False),
         sa.Column("type", sa.String(24), nullable=False),
         sa.Column("value", sa.String(512), nullable=False),
+        sa.Column("alert_id", sa.String(32), nullable=False),
         sa.Column("role", sa.String(16), nullable=True),
         sa.Column("private", sa.Boolean(), nullable=True),
         sa.ForeignKeyConstraint(
             ["alert_id"], ["alerts.id"], name=op.f("fk_alert_observables_alert_id_alerts")
         ),
-        sa.PrimaryKeyConstraint("alert_id", "type", "value", name=op.f("pk_alert_observables")),
+        sa.PrimaryKeyConstraint("type", "value", "alert_id", name=op.f("pk_alert_observables")),
         sqlite_with_rowid=False,
     )
-    op.create_index("ix_alert_observables_lookup", "alert_observables", ["type", "value"])
     op.create_table(
         "suppression_rules",
         sa.Column("id", sa.String(32), nullable=False),
@@ -191,7 +190,6 @@ def downgrade() -> None:
     op.drop_index("ix_dead_letters_source_status", table_name="dead_letters")
     op.drop_table("dead_letters")
     op.drop_table("suppression_rules")
-    op.drop_index("ix_alert_observables_lookup", table_name="alert_observables")
     op.drop_table("alert_observables")
     op.drop_index(op.f("ix_alerts_incident_id"), table_name="alerts")
     op.drop_index("ix_alerts_fingerprint_last_seen", table_name="alerts")

@@ -1,0 +1,407 @@
+"""Staging: records to rows, with no database, in this process or a worker process.
+
+Everything about a batch that does not depend on what is already stored happens here: each
+record is size-checked, decoded, parsed, finished (id, observables, fingerprint), matched
+against the suppression rules, and turned into the rows its alert will be stored as. What
+comes out is a :class:`StagedBatch` of plain values: it pickles cheaply, so that a worker
+process can stage the next batch while the main process commits this one (pickling the
+``Alert`` objects themselves would cost more than parsing them). The transaction then only
+decides what depends on the database: repeats, incidents, counters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+
+from quell.correlate.dedup import Fingerprinter
+from quell.correlate.grouping import alert_keys
+from quell.correlate.suppression import SuppressionAction, compile_match
+from quell.ids import new_id
+from quell.ingest.alerts import alert_document
+from quell.ingest.model import Alert, AlertStatus
+from quell.ingest.observables import observables_of
+from quell.ingest.parsers import Parser, build_parser
+from quell.ingest.parsers.base import NotAnAlert, ParseError, RecordKind
+from quell.ingest.sources import Source
+from quell.store.bulk import sqlite_time
+from quell.store.database import Backend
+
+log = structlog.get_logger(__name__)
+
+# Positions in an alerts row (see ALERT_COLUMNS) that the transaction fills in.
+ALERT_COLUMNS = (
+    "id", "source", "format", "fingerprint", "time", "first_seen", "last_seen", "count",
+    "severity_id", "title", "rule_uid", "rule_name", "status", "incident_id", "received_at",
+    "data", "raw",
+)  # fmt: skip
+FIRST_SEEN, LAST_SEEN, COUNT, INCIDENT = 5, 6, 7, 13
+OBSERVABLE_COLUMNS = ("type", "value", "alert_id", "role", "private")
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A suppression rule as stored: what a stager needs to compile and apply it."""
+
+    id: str
+    name: str
+    match: dict[str, Any]
+    action: str
+
+
+@dataclass(frozen=True)
+class StagingSpec:
+    """What staging needs to know about a source (a small, picklable part of it)."""
+
+    source: str
+    format: str
+    parser_options: dict[str, Any]
+    fingerprint: tuple[str, ...]
+    correlate_on: tuple[str, ...]
+    max_record_bytes: int
+    backend: Backend
+
+    @classmethod
+    def of(cls, source: Source, backend: Backend) -> StagingSpec:
+        """The staging view of ``source`` on ``backend``."""
+        return cls(
+            source=source.name,
+            format=source.format,
+            parser_options=source.parser_options,
+            fingerprint=tuple(source.settings.fingerprint),
+            correlate_on=tuple(source.settings.correlate_on),
+            max_record_bytes=source.settings.max_record_bytes,
+            backend=backend,
+        )
+
+
+class Staged:
+    """One alert, staged: what the transaction needs to decide about it, and its rows."""
+
+    __slots__ = (
+        "action",
+        "count",
+        "fingerprint",
+        "first_seen",
+        "id",
+        "incident_id",
+        "keys",
+        "last_seen",
+        "observables",
+        "row",
+        "rule",
+        "severity",
+        "time",
+        "title",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        fingerprint: str,
+        time: datetime,
+        severity: int,
+        title: str,
+        keys: list[tuple[str, str]],
+        row: list[Any],
+        observables: list[tuple[Any, ...]],
+        rule: str | None = None,
+        action: str | None = None,
+    ) -> None:
+        self.id = id
+        self.fingerprint = fingerprint
+        self.time = time
+        self.severity = severity
+        self.title = title
+        self.keys = keys
+        self.row = row
+        self.observables = observables
+        self.rule = rule
+        self.action = action
+        self.count = 1
+        self.first_seen = time
+        self.last_seen = time
+        self.incident_id: str | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A plain tuple of arguments: much cheaper to pickle than the default for slots.
+        return (
+            Staged,
+            (
+                self.id,
+                self.fingerprint,
+                self.time,
+                self.severity,
+                self.title,
+                self.keys,
+                self.row,
+                self.observables,
+                self.rule,
+                self.action,
+            ),
+        )
+
+
+@dataclass
+class DeadRecord:
+    """A record that could not become an alert, and why."""
+
+    index: int  # its position in the batch
+    raw: bytes
+    reason: str
+    field: str | None = None
+
+
+@dataclass
+class StagedBatch:
+    """A batch after staging: alerts to decide about, non-alerts counted, dead records."""
+
+    staged: list[Staged] = field(default_factory=list)
+    not_alerts: int = 0
+    dead: list[DeadRecord] = field(default_factory=list)
+
+
+class Stager:
+    """Stages batches for one source configuration (parser and rules built once)."""
+
+    def __init__(self, spec: StagingSpec) -> None:
+        self.spec = spec
+        self.parser: Parser = build_parser(spec.format, spec.parser_options)
+        self.fingerprint = Fingerprinter(spec.fingerprint)
+        self._time = sqlite_time if spec.backend is Backend.SQLITE else _same_time
+        self._rules: tuple[tuple[RuleSpec, Any], ...] = ()
+        self._rule_specs: tuple[RuleSpec, ...] = ()
+
+    def _compiled_rules(self, rules: Sequence[RuleSpec]) -> tuple[tuple[RuleSpec, Any], ...]:
+        if tuple(rules) != self._rule_specs:
+            self._rule_specs = tuple(rules)
+            self._rules = tuple((rule, compile_match(rule.match)) for rule in rules)
+        return self._rules
+
+    def stage(
+        self,
+        records: Sequence[bytes],
+        received_at: datetime | Sequence[datetime],
+        rules: Sequence[RuleSpec] = (),
+    ) -> StagedBatch:
+        """Stage ``records`` (one receipt time, or one per record as on replay)."""
+        spec = self.spec
+        parser = self.parser
+        kind = parser.record_kind
+        limit = spec.max_record_bytes
+        compiled = self._compiled_rules(rules)
+        batch = StagedBatch()
+        for index, raw in enumerate(records):
+            when = received_at if isinstance(received_at, datetime) else received_at[index]
+            if len(raw) > limit:
+                batch.dead.append(
+                    DeadRecord(
+                        index,
+                        raw,
+                        f"record of {len(raw)} bytes exceeds the source's limit of {limit} "
+                        "bytes (settings.max_record_bytes)",
+                        "settings.max_record_bytes",
+                    )
+                )
+                continue
+            try:
+                result = parser.parse(decode(raw, kind))
+            except ParseError as exc:
+                batch.dead.append(DeadRecord(index, raw, exc.reason, exc.field))
+                continue
+            except Exception as exc:  # a parser bug must cost one record, not the batch
+                log.error("parser_failed", source=spec.source, format=spec.format, exc_info=exc)
+                reason = f"{spec.format} parser failed: {type(exc).__name__}: {exc}"
+                batch.dead.append(DeadRecord(index, raw, reason[:2000]))
+                continue
+            if isinstance(result, NotAnAlert):
+                batch.not_alerts += 1
+                continue
+            batch.staged.append(self._stage_alert(result, raw, when, compiled))
+        return batch
+
+    def _stage_alert(
+        self,
+        alert: Alert,
+        raw: bytes,
+        received_at: datetime,
+        rules: tuple[tuple[RuleSpec, Any], ...],
+    ) -> Staged:
+        spec = self.spec
+        alert.id = new_id("alr")
+        alert.source = spec.source
+        alert.format = spec.format
+        alert.received_at = received_at
+        if alert.extra.get("time_source") == "receipt":
+            # The record had no time of its own and its source dates such records at receipt:
+            # the pipeline's receipt time holds, also when replayed later.
+            alert.time = received_at
+        alert.title = nul_free(alert.title)[:512]
+        alert.observables = observables_of(alert)
+        alert.fingerprint = self.fingerprint(alert)
+        rule_id = action = None
+        for rule, matches in rules:
+            if matches(alert):
+                rule_id, action = rule.id, rule.action
+                if action == SuppressionAction.CLOSE:
+                    alert.status = AlertStatus.SUPPRESSED
+                    alert.extra["suppressed_by"] = rule.name
+                break
+        to_time = self._time
+        row: list[Any] = [
+            alert.id,
+            spec.source,
+            spec.format,
+            alert.fingerprint,
+            to_time(alert.time),
+            None,  # first_seen: decided by the transaction
+            None,  # last_seen
+            1,  # count
+            int(alert.severity),
+            alert.title,
+            nul_free(alert.rule_uid[:256]) if alert.rule_uid else None,
+            nul_free(alert.rule_name[:512]) if alert.rule_name else None,
+            alert.status.value,
+            None,  # incident_id
+            to_time(received_at),
+            _document(alert),
+            raw,
+        ]
+        observables = [
+            (o.type.value, nul_free(o.value[:512]), alert.id, o.role, o.private)
+            for o in alert.observables
+        ]
+        return Staged(
+            alert.id,
+            alert.fingerprint,
+            alert.time,
+            int(alert.severity),
+            alert.title,
+            [(kind, nul_free(value)) for kind, value in alert_keys(alert, spec.correlate_on)],
+            row,
+            observables,
+            rule_id,
+            action,
+        )
+
+
+def _same_time(value: datetime | None) -> datetime | None:
+    return value
+
+
+# PostgreSQL refuses NUL in text and in JSON: it becomes U+FFFD, as undecodable bytes do.
+_NUL = "\x00"
+_REPLACEMENT = "\ufffd"
+
+
+def nul_free(text: str) -> str:
+    """``text`` with NUL replaced by U+FFFD (PostgreSQL refuses NUL in text)."""
+    return text.replace(_NUL, _REPLACEMENT) if _NUL in text else text
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return nul_free(value)
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _without_nul(dataclasses.asdict(value))
+    return value
+
+
+def _document(alert: Alert) -> str:
+    """The ``data`` column's JSON, NUL-free (walked only in the rare case that it has one)."""
+    option = orjson.OPT_NON_STR_KEYS
+    document = alert_document(alert)
+    encoded = orjson.dumps(document, option=option).decode()
+    if "\\u0000" in encoded:
+        encoded = orjson.dumps(_without_nul(document), option=option).decode()
+    return encoded
+
+
+def decode(raw: bytes, kind: RecordKind) -> Any:
+    """A record's bytes as its parser reads them; ParseError for undecodable bytes."""
+    if kind is RecordKind.JSON:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ParseError(f"invalid JSON: {exc}") from None
+    if kind is RecordKind.TEXT:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"invalid UTF-8 at byte {exc.start}: {exc.reason}") from None
+    return raw
+
+
+# -- staging in worker processes ---------------------------------------------------------------
+
+_WORKER_STAGERS: dict[bytes, Stager] = {}
+
+
+def _stage_in_worker(
+    spec: StagingSpec, records: list[bytes], received_at: datetime, rules: tuple[RuleSpec, ...]
+) -> StagedBatch:
+    # The spec holds a dict (parser options): key the cache on its canonical JSON instead.
+    key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    stager = _WORKER_STAGERS.get(key)
+    if stager is None:
+        _WORKER_STAGERS.clear()  # one source at a time is the common case; keep memory flat
+        stager = _WORKER_STAGERS[key] = Stager(spec)
+    return stager.stage(records, received_at, rules)
+
+
+class StagingPool:
+    """Worker processes that stage batches while this process commits others.
+
+    Processes are spawned (not forked): a server process has threads, which a fork would
+    copy in an unknown state.
+    """
+
+    def __init__(self, processes: int = 1) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(max_workers=max(1, processes), mp_context=context)
+
+    def submit(
+        self,
+        spec: StagingSpec,
+        records: list[bytes],
+        received_at: datetime,
+        rules: Sequence[RuleSpec],
+    ) -> Future[StagedBatch]:
+        """Stage ``records`` in a worker; the future gives the StagedBatch."""
+        return self._pool.submit(_stage_in_worker, spec, records, received_at, tuple(rules))
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for resource accounting)."""
+        processes = getattr(self._pool, "_processes", None) or {}
+        return sorted(processes)
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = [
+    "ALERT_COLUMNS",
+    "OBSERVABLE_COLUMNS",
+    "DeadRecord",
+    "RuleSpec",
+    "Staged",
+    "StagedBatch",
+    "Stager",
+    "StagingPool",
+    "StagingSpec",
+    "decode",
+    "nul_free",
+]
