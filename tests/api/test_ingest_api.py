@@ -308,3 +308,17 @@ def test_source_secrets_are_never_returned(
     assert created.status_code == 201
     assert "another-canary-secret" not in created.text
     assert created.json()["has_secret"] is True
+
+
+def test_an_unknown_format_is_refused_naming_the_formats(
+    live_server: LiveServer, role_tokens: dict[Role, str]
+) -> None:
+    with live_server.client(role_tokens[Role.ADMIN]) as client:
+        response = client.post(
+            "/api/sources", json={"name": "odd", "kind": "http", "format": "nessus-xml"}
+        )
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["field"] == "format"
+    assert "unknown format 'nessus-xml'" in problem["detail"]
+    assert "suricata" in problem["detail"]

@@ -191,3 +191,12 @@ def test_ingest_needs_a_source_or_a_format(invoke: Invoke, env: dict[str, str]) 
     assert missing.stderr.strip() == (
         "error: cannot read /nonexistent/file.log: No such file or directory"
     )
+
+
+def test_an_unknown_format_is_a_usage_error_listing_the_formats(
+    invoke: Invoke, env: dict[str, str]
+) -> None:
+    result = invoke("ingest", "--format", "nessus-xml", "/dev/null", env=env)
+    assert result.exit_code == 2
+    assert "nessus-xml" in result.stderr
+    assert "suricata" in result.stderr
