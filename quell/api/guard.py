@@ -3,20 +3,23 @@
 FastAPI parses and validates a body before it resolves the dependencies that authenticate,
 so without this a caller with no token could make the server read and parse any body, and
 would get a 422 instead of a 401. This pure ASGI middleware answers first: a request to a
-non-public path without ``Authorization: Bearer …`` (or, for the HTTP intake, a signature
-header) gets 401; a declared body over the limit gets 413. Whether a token is *valid* is still
-decided by the route's dependency; this only checks that one is there.
+non-public path without ``Authorization: Bearer …`` (or, for ``POST /api/ingest/{source}``, a
+signature header) gets 401; a body over the limit gets 413, whether its length is declared or
+it streams in chunks (the bytes are counted as they arrive). Whether a token is *valid* is
+still decided by the route's dependency; this only checks that one is there.
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import re
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quell.api.auth import PUBLIC_PATHS
 from quell.api.problems import problem_response
 from quell.errors import AuthenticationRequired, TooLarge
 
-INGEST_PREFIX = "/api/ingest/"
+INTAKE = re.compile(r"^/api/ingest/[^/]+$")  # POST: the intake; the other ingest routes are not
 MAX_BODY = 1024 * 1024  # everything but the intake takes small JSON bodies
 MAX_INGEST_BODY = 16 * 1024 * 1024
 
@@ -33,7 +36,7 @@ class EdgeGuardMiddleware:
             return
         headers = dict(scope.get("headers", []))
         path: str = scope.get("path", "")
-        intake = path.startswith(INGEST_PREFIX)
+        intake = scope.get("method") == "POST" and INTAKE.match(path) is not None
         scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
         signed = intake and b"x-quell-signature" in headers
         error: Exception | None = None
@@ -49,8 +52,25 @@ class EdgeGuardMiddleware:
                     f"request body of {int(declared)} bytes exceeds the {limit}-byte limit"
                 )
         if error is None:
-            await self.app(scope, receive, send)
+            limit = MAX_INGEST_BODY if intake else MAX_BODY
+            await self.app(scope, _counting(receive, limit), send)
             return
         state = scope.get("state") or {}
         response = problem_response(error, state.get("request_id"))
         await response(scope, receive, send)
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises TooLarge once the body passes ``limit`` bytes (chunked too)."""
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise TooLarge(f"request body exceeds the {limit}-byte limit")
+        return message
+
+    return counted

@@ -25,11 +25,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, bindparam, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from quell.clock import Clock
 from quell.correlate.grouping import AlertKeys, Correlator
 from quell.correlate.suppression import SuppressionAction, SuppressionService
+from quell.errors import StorageUnavailable
 from quell.ids import new_id
 from quell.ingest.deadletters import DeadLetterStatus
 from quell.ingest.intake import IntakeResult
@@ -42,6 +45,7 @@ from quell.ingest.staging import (
     INCIDENT,
     LAST_SEEN,
     OBSERVABLE_COLUMNS,
+    DeadRecord,
     RuleSpec,
     Staged,
     StagedBatch,
@@ -53,6 +57,8 @@ from quell.ingest.staging import (
 from quell.store.bulk import bulk_insert, bulk_update
 from quell.store.database import Backend, Database
 from quell.store.schema import alert_observables, alerts, dead_letters, incidents, suppression_rules
+
+log = structlog.get_logger(__name__)
 
 # Serializes ingest transactions across processes on PostgreSQL (SQLite has one writer).
 _INGEST_LOCK = zlib.crc32(b"quell.ingest")
@@ -227,11 +233,52 @@ class IngestPipeline:
     # -- committing (one transaction) -----------------------------------------------------------
 
     def commit(self, source: Source, staged: StagedBatch, received_at: datetime) -> IntakeResult:
-        """Decide and write a staged batch in one transaction; counts it on the source."""
-        with self.db.write() as conn:
-            result = self._commit(conn, source, staged, received_at)
-            SourceService.count(conn, source.name, result, received_at)
-        return result
+        """Decide and write a staged batch in one transaction; counts it on the source.
+
+        If the database refuses something in the batch (a value it will not store), the batch
+        is split in halves and each half committed alone, down to the one alert at fault,
+        which is dead-lettered with the reason: one bad record never costs its neighbours. A
+        database that is unavailable fails the whole batch, to be retried.
+        """
+        try:
+            with self.db.write() as conn:
+                result = self._commit(conn, source, staged, received_at)
+                SourceService.count(conn, source.name, result, received_at)
+            return result
+        except StorageUnavailable:
+            raise
+        except (SQLAlchemyError, ValueError, TypeError, OverflowError) as exc:
+            return self._isolate(source, staged, received_at, exc)
+
+    def _isolate(
+        self, source: Source, batch: StagedBatch, received_at: datetime, error: Exception
+    ) -> IntakeResult:
+        items = batch.staged
+        if len(items) <= 1 and not batch.dead and not batch.not_alerts:
+            if not items:
+                raise error
+            (item,) = items
+            log.warning("alert_refused_by_database", source=source.name, error=type(error).__name__)
+            reason = f"could not be stored: {type(error).__name__}: {_first_line(error)}"
+            dead = StagedBatch(dead=[DeadRecord(0, item.row[-1], reason[:2000])])
+            return self.commit(source, dead, received_at)
+        if len(items) <= 1:
+            # Counted records (non-alerts, dead letters) go alone first: they cannot fail.
+            rest = StagedBatch(not_alerts=batch.not_alerts, dead=batch.dead)
+            return self.commit(source, rest, received_at) + self.commit(
+                source, StagedBatch(staged=items), received_at
+            )
+        middle = len(items) // 2
+        first = StagedBatch(staged=items[:middle], not_alerts=batch.not_alerts, dead=batch.dead)
+        second = StagedBatch(staged=items[middle:])
+        for item in items:  # the failed attempt may have set these: start from scratch
+            item.count, item.first_seen, item.last_seen, item.incident_id = (
+                1,
+                item.time,
+                item.time,
+                None,
+            )
+        return self.commit(source, first, received_at) + self.commit(source, second, received_at)
 
     def _commit(
         self, conn: Connection, source: Source, batch: StagedBatch, now: datetime
@@ -363,3 +410,8 @@ class IngestPipeline:
                 .values(last_seen=bindparam("t"), updated_at=now),
                 [{"iid": r.incident_id, "t": r.last_seen} for r in touched],
             )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -13,10 +13,11 @@ from typing import Protocol
 
 import orjson
 
-from quell.errors import InvalidInput
+from quell.errors import InvalidInput, TooLarge
 from quell.ingest.parsers.base import RecordKind
 
 MAX_WHOLE_DOCUMENT = 256 * 1024 * 1024  # a JSON array or single document read at once
+MAX_RECORDS = 50_000  # records in one HTTP body (a file is fed in batches instead)
 
 
 class Readable(Protocol):
@@ -35,8 +36,11 @@ class Readable(Protocol):
         ...
 
 
-def split_body(body: bytes, kind: RecordKind) -> list[bytes]:
-    """The records in ``body``, for a parser that reads ``kind``."""
+def split_body(
+    body: bytes, kind: RecordKind, *, max_records: int | None = MAX_RECORDS
+) -> list[bytes]:
+    """The records in ``body``, for a parser that reads ``kind``; TooLarge beyond
+    ``max_records`` (None for no limit, as for a file, which is fed in batches)."""
     if kind is RecordKind.BYTES:
         return [body] if body.strip() else []
     if kind is RecordKind.TEXT:
@@ -50,7 +54,10 @@ def split_body(body: bytes, kind: RecordKind) -> list[bytes]:
         except orjson.JSONDecodeError:
             return [stripped]
         if isinstance(value, list):
-            return [orjson.dumps(item) for item in value]
+            _check_count(len(value), max_records)
+            # Copies: the bytes orjson returns keep a ~4 KiB buffer each, which for a large
+            # array of small elements is gigabytes.
+            return [bytes(memoryview(orjson.dumps(item))) for item in value]
         return [stripped]
     lines = _lines(body)  # from the body itself: a line's bytes stay exactly as sent
     if len(lines) == 1:
@@ -61,11 +68,33 @@ def split_body(body: bytes, kind: RecordKind) -> list[bytes]:
         pass
     else:
         return [stripped]
-    try:  # NDJSON when its first line is a document on its own
-        orjson.loads(lines[0])
-    except orjson.JSONDecodeError:
+    if not _line_based(lines):
         return [stripped]
+    _check_count(len(lines), max_records)
     return lines
+
+
+_PROBE_LINES = 8
+
+
+def _line_based(lines: list[bytes]) -> bool:
+    """NDJSON when any of the first lines is a document on its own (one bad line is one dead
+    letter, not the whole body); a broken pretty-printed document has no such line."""
+    for line in lines[:_PROBE_LINES]:
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        return True
+    return False
+
+
+def _check_count(count: int, max_records: int | None) -> None:
+    if max_records is not None and count > max_records:
+        raise TooLarge(
+            f"{count} records in one body; at most {max_records} (send several requests)",
+            field="body",
+        )
 
 
 def _lines(body: bytes) -> list[bytes]:
@@ -84,22 +113,26 @@ def iter_file_records(
     if kind is RecordKind.BYTES:
         yield split_body(_read_whole(stream), kind)
         return
-    first = stream.readline()
-    while first and not first.strip():
-        first = stream.readline()
-    if not first:
+    head: list[bytes] = []
+    while len(head) < _PROBE_LINES:
+        line = stream.readline()
+        if not line:
+            break
+        if line.strip():
+            head.append(line)
+    if not head:
         return
-    line_based = kind is RecordKind.TEXT
-    if not line_based and first.lstrip()[:1] == b"{":
-        try:
-            orjson.loads(first)
-            line_based = True
-        except orjson.JSONDecodeError:
-            line_based = False
+    line_based = kind is RecordKind.TEXT or (
+        head[0].lstrip()[:1] == b"{" and _line_based([line.rstrip(b"\r\n") for line in head])
+    )
     if not line_based:
-        yield split_body(first + _read_whole(stream, already=len(first)), kind)
+        already = sum(len(line) for line in head)
+        records = split_body(b"".join(head) + _read_whole(stream, already=already), kind,
+                             max_records=None)  # fmt: skip
+        for start in range(0, len(records), batch):
+            yield records[start : start + batch]
         return
-    pending = [first.rstrip(b"\r\n")]
+    pending = [line.rstrip(b"\r\n") for line in head]
     for line in stream:
         line = line.rstrip(b"\r\n")
         if line.strip():

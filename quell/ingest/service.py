@@ -23,7 +23,7 @@ from quell.ingest.pipeline import IngestPipeline
 from quell.ingest.staging import StagingPool, StagingSpec
 from quell.store.database import Backend
 
-DEFAULT_MAX_PENDING = 50_000
+DEFAULT_MAX_PENDING = 100_000  # two full bodies (records.MAX_RECORDS) can wait
 
 
 class IngestService:
@@ -47,7 +47,7 @@ class IngestService:
         """Ingest ``records`` for ``source``; returns once they are durable."""
         if not records:
             return IntakeResult()
-        if self.pending and self.pending + len(records) > self.max_pending:
+        if self.pending + len(records) > self.max_pending:
             self.refused += len(records)
             raise Overloaded(
                 f"ingest backlog is full ({self.pending} records waiting); retry shortly",

@@ -57,8 +57,13 @@ class SignatureVerifier:
         timestamp: str | None,
         signature: str | None,
         body: bytes,
-    ) -> None:
-        """Accept the request or raise AuthenticationRequired saying why."""
+    ) -> str:
+        """Accept the request (returning its signature digest) or raise AuthenticationRequired.
+
+        The signature is recorded as used at once, so that a replay racing the first request
+        is refused; if the request then fails to be ingested, :meth:`forget` releases it, so
+        the sender's retry of the same request is accepted.
+        """
         if not timestamp or not signature:
             raise AuthenticationRequired(
                 "a signed request needs both X-Quell-Timestamp and X-Quell-Signature"
@@ -90,3 +95,9 @@ class SignatureVerifier:
             ).first()
         if fresh is None:
             raise AuthenticationRequired("this signature was already used (a replayed request)")
+        return digest
+
+    def forget(self, digest: str) -> None:
+        """Release a signature whose request was not ingested (it may be sent again)."""
+        with self.db.write() as conn:
+            conn.execute(delete(ingest_nonces).where(ingest_nonces.c.signature == digest))

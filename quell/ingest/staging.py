@@ -16,7 +16,7 @@ import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -225,7 +225,16 @@ class Stager:
             if isinstance(result, NotAnAlert):
                 batch.not_alerts += 1
                 continue
-            batch.staged.append(self._stage_alert(result, raw, when, compiled))
+            implausible = _implausible_time(result.time, when)
+            if implausible is not None:
+                batch.dead.append(DeadRecord(index, raw, implausible, "time"))
+                continue
+            try:
+                batch.staged.append(self._stage_alert(result, raw, when, compiled))
+            except Exception as exc:  # whatever goes wrong for one alert costs that alert only
+                log.error("staging_failed", source=spec.source, format=spec.format, exc_info=exc)
+                failure = f"could not be staged: {type(exc).__name__}: {exc}"
+                batch.dead.append(DeadRecord(index, raw, failure[:2000]))
         return batch
 
     def _stage_alert(
@@ -275,10 +284,15 @@ class Stager:
             _document(alert),
             raw,
         ]
-        observables = [
-            (o.type.value, nul_free(o.value[:512]), alert.id, o.role, o.private)
-            for o in alert.observables
-        ]
+        # Stored values are cut to 512 characters: two long values can become one, and the
+        # (type, value, alert) key allows it once.
+        observables: list[tuple[Any, ...]] = []
+        seen: set[tuple[str, str]] = set()
+        for o in alert.observables:
+            value = nul_free(o.value[:512])
+            if (o.type.value, value) not in seen:
+                seen.add((o.type.value, value))
+                observables.append((o.type.value, value, alert.id, o.role, o.private))
         return Staged(
             alert.id,
             alert.fingerprint,
@@ -295,6 +309,19 @@ class Stager:
 
 def _same_time(value: datetime | None) -> datetime | None:
     return value
+
+
+EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+FUTURE_SLACK = timedelta(days=366)
+
+
+def _implausible_time(time: datetime, received_at: datetime) -> str | None:
+    """Why ``time`` cannot be an event time, or None. Windows subtract and add hours to it."""
+    if time < EARLIEST:
+        return f"event time {time.isoformat()} is before 1970"
+    if time > received_at + FUTURE_SLACK:
+        return f"event time {time.isoformat()} is more than a year after it was received"
+    return None
 
 
 # PostgreSQL refuses NUL in text and in JSON: it becomes U+FFFD, as undecodable bytes do.

@@ -322,3 +322,49 @@ def test_an_unknown_format_is_refused_naming_the_formats(
     assert problem["field"] == "format"
     assert "unknown format 'nessus-xml'" in problem["detail"]
     assert "suricata" in problem["detail"]
+
+
+def test_a_signed_request_that_was_not_ingested_may_be_sent_again(
+    live_server: LiveServer, clock: ManualClock, hook: str
+) -> None:
+    """A refused body releases its signature: the retry is judged again, not called a replay."""
+    body = b"[" + b",".join([b"{}"] * 50_001) + b"]"  # one record over the per-request cap
+    with live_server.client() as client:
+        first = _signed(client, clock, body)
+        again = _signed(client, clock, body)
+    assert first.status_code == 413, first.text
+    assert "50000" in first.json()["detail"]
+    assert again.status_code == 413, again.text
+
+
+def test_a_signature_does_not_say_whether_a_source_exists(
+    live_server: LiveServer, runtime: Runtime, clock: ManualClock, hook: str
+) -> None:
+    runtime.sources.create("unsigned", "http", "json", parser_options=MAPPING)
+    body = orjson.dumps(_event(1))
+    now = int(clock.now().timestamp())
+    headers = {"X-Quell-Timestamp": str(now), "X-Quell-Signature": sign(SECRET, now, body)}
+    with live_server.client() as client:
+        unknown = client.post("/api/ingest/nope", content=body, headers=headers)
+        no_secret = client.post("/api/ingest/unsigned", content=body, headers=headers)
+    assert unknown.status_code == no_secret.status_code == 401
+    assert "does not match" in unknown.json()["detail"]
+    assert "does not match" in no_secret.json()["detail"]
+
+
+def test_a_signature_header_opens_only_the_intake(
+    live_server: LiveServer, role_tokens: dict[Role, str], clock: ManualClock, hook: str
+) -> None:
+    """Other routes under /api/ingest need a token and keep the small body limit."""
+    now = int(clock.now().timestamp())
+    headers = {"X-Quell-Timestamp": str(now), "X-Quell-Signature": "sha256=" + "0" * 64}
+    big = b"{" + b" " * (2 * 1024 * 1024) + b"}"
+    with live_server.client() as client:
+        replay = client.post("/api/ingest/errors/replay", json={}, headers=headers)
+        listing = client.get("/api/ingest/hook", headers=headers)
+    with live_server.client(role_tokens[Role.ADMIN]) as client:
+        large = client.post("/api/ingest/errors/replay", content=big)
+    assert replay.status_code == 401
+    assert "Bearer" in replay.json()["detail"]
+    assert listing.status_code == 401
+    assert large.status_code == 413  # the 16 MiB allowance is the intake's alone

@@ -350,3 +350,45 @@ def test_nul_characters_in_a_record_do_not_break_the_batch(runtime: Runtime, gen
     assert result.stored == 2
     titles = {alert.title for alert in runtime.alerts.list_all()}
     assert "nul\ufffdinside" in titles
+
+
+def test_a_record_with_an_impossible_time_is_dead_lettered_alone(
+    runtime: Runtime, generic: str
+) -> None:
+    ancient = orjson.dumps({"title": "t", "ts": "0001-01-01T00:00:00Z", "host": "a"})
+    future = orjson.dumps({"title": "t", "ts": "9999-12-31T23:59:59Z", "host": "b"})
+    result = runtime.pipeline.ingest(generic, [ancient, _event(1), future, _event(2, host="c")])
+    assert (result.stored, result.dead_lettered) == (2, 2)
+    reasons = sorted(letter.reason for letter in runtime.dead_letters.list_all(source=generic))
+    assert "before 1970" in reasons[0]
+    assert "more than a year after it was received" in reasons[1]
+
+
+def test_long_observables_that_collide_once_cut_are_stored_once(
+    runtime: Runtime, generic: str
+) -> None:
+    runtime.sources.update(
+        generic, parser_options={"fields": {**MAPPING["fields"], "description": "body"}}
+    )
+    base = "https://phish.example/" + "a" * 600
+    record = orjson.dumps(
+        {"title": "t", "ts": T0.isoformat(), "host": "h", "body": f"{base}1 and {base}2"}
+    )
+    assert runtime.pipeline.ingest(generic, [record, _event(1)]).stored == 2
+
+
+def test_a_value_the_database_refuses_costs_only_its_own_alert(
+    runtime: Runtime, generic: str
+) -> None:
+    """The pipeline splits a refused batch down to the culprit and dead-letters it alone."""
+    source = runtime.sources.get(generic)
+    staged = runtime.pipeline.stager(source).stage(
+        [_event(n, host=f"h{n}") for n in range(5)], T0, []
+    )
+    staged.staged[3].row[9] = 12345  # a title the schema cannot hold in a text column
+    staged.staged[3].row[15] = {"not": "json text"}  # nor a data column given a dict
+    result = runtime.pipeline.commit(source, staged, T0)
+    assert (result.received, result.stored, result.dead_lettered) == (5, 4, 1)
+    (letter,) = runtime.dead_letters.list_all(source=generic)
+    assert letter.reason.startswith("could not be stored:")
+    assert runtime.sources.get(generic).counters == result

@@ -73,13 +73,19 @@ class IngestAuthorize:
                 "or an X-Quell-Signature"
             )
         name = request.path_params.get("source", "")
-        source = await run_in_threadpool(runtime.sources.get, name)
-        secret = await run_in_threadpool(runtime.sources.secret, name)
+        try:
+            source = await run_in_threadpool(runtime.sources.get, name)
+            secret = await run_in_threadpool(runtime.sources.secret, name)
+        except NotFound:
+            secret = None
         if secret is None:
-            raise AuthenticationRequired(f"source {name!r} has no signing secret; use a token")
+            # The same answer whether the source is unknown or has no secret: an anonymous
+            # caller learns nothing about which sources exist.
+            raise AuthenticationRequired(f"the signature does not match source {name!r}")
         body = await read_body(request)
-        await run_in_threadpool(
-            SignatureVerifier(runtime.db, runtime.clock).verify,
+        verifier = SignatureVerifier(runtime.db, runtime.clock)
+        request.state.signature = await run_in_threadpool(
+            verifier.verify,
             source,
             secret,
             request.headers.get(TIMESTAMP_HEADER),
@@ -132,9 +138,15 @@ async def ingest(
             field="source",
         )
     body = await read_body(request)
-    records = split_body(body, parser_class(found.format).record_kind)
     service: IngestService = request.app.state.ingest
-    result = await service.submit(found.name, records)
+    try:
+        records = split_body(body, parser_class(found.format).record_kind)
+        result = await service.submit(found.name, records)
+    except Exception:
+        signature: str | None = getattr(request.state, "signature", None)
+        if signature is not None:  # not ingested: the sender may retry the same request
+            await run_in_threadpool(SignatureVerifier(runtime.db, runtime.clock).forget, signature)
+        raise
     return IngestOut(source=found.name, **result.as_dict())
 
 
