@@ -37,11 +37,12 @@ def create_app(runtime: Runtime, *, run_sources: bool = False, ingest_workers: i
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner = SourceRunner(runtime, ingest_service)
         app.state.sources = runner
-        pool = StagingPool(ingest_workers) if ingest_workers else None
-        ingest_service.pool = pool
-        if run_sources:
-            await runner.start()
+        pool: StagingPool | None = None
         try:
+            pool = StagingPool(ingest_workers) if ingest_workers else None
+            ingest_service.pool = pool
+            if run_sources:
+                await runner.start()
             yield
         finally:
             await runner.stop()

@@ -226,10 +226,11 @@ def replay(state: CliState, ids: tuple[str, ...], source: str | None) -> None:
         raise InvalidInput("give dead-letter ids, or --source NAME", field="ids")
     if ids:
         letters = [runtime.dead_letters.get(letter_id) for letter_id in ids]
+        pending = [letter for letter in letters if letter.status is DeadLetterStatus.PENDING]
+        result = runtime.pipeline.replay(pending)
     else:
-        letters = runtime.dead_letters.list_all(source=source, limit=10_000)
-    pending = [letter for letter in letters if letter.status is DeadLetterStatus.PENDING]
-    result = runtime.pipeline.replay(pending)
+        runtime.sources.get(source or "")  # names an unknown source
+        result = runtime.pipeline.replay_source(source or "")
     click.echo(
         codec.dumps_str(
             {

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, String, bindparam, case, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from quell.cases.incidents import OPEN_STATUSES, IncidentStatus, Resolution
 from quell.clock import Clock
@@ -27,7 +29,7 @@ from quell.errors import InvalidInput
 from quell.ids import new_id
 from quell.ingest.model import Alert, Severity
 from quell.store.bulk import bulk_delete, bulk_insert, bulk_update, bulk_upsert
-from quell.store.database import Database
+from quell.store.database import Backend, Database
 from quell.store.schema import alerts, incident_events, incident_keys, incidents
 
 Key = tuple[str, str]
@@ -116,6 +118,8 @@ class GroupingResult:
     created: int
     updated: int
     merged: int
+    # Each stored incident merged away by this batch, and the incident it now lives in.
+    merged_into: dict[str, str] = field(default_factory=dict)
 
 
 class Groupable(Protocol):
@@ -139,6 +143,7 @@ class AlertKeys:
     alert: Groupable
     keys: list[Key]
     window: timedelta
+    until: datetime | None = None  # its latest sighting, if repeats in the batch came later
 
 
 class Correlator:
@@ -151,7 +156,29 @@ class Correlator:
             incident_keys,
             ("incident_id", "type", "value", "last_seen"),
             keys=("incident_id", "type", "value"),
-            update=("last_seen",),
+            greatest=("last_seen",),
+        )
+        # A merged incident's keys move to the survivor: those this batch loaded and all the
+        # others, so that later alerts sharing any of them still find the case.
+        move = (sqlite_insert if db.backend is Backend.SQLITE else postgresql_insert)(
+            incident_keys
+        ).from_select(
+            ["incident_id", "type", "value", "last_seen"],
+            select(
+                bindparam("survivor", type_=String()),
+                incident_keys.c.type,
+                incident_keys.c.value,
+                incident_keys.c.last_seen,
+            ).where(incident_keys.c.incident_id == bindparam("loser")),
+        )
+        self._move_keys = move.on_conflict_do_update(
+            index_elements=["incident_id", "type", "value"],
+            set_={
+                "last_seen": case(
+                    (move.excluded.last_seen > incident_keys.c.last_seen, move.excluded.last_seen),
+                    else_=incident_keys.c.last_seen,
+                )
+            },
         )
         self._insert_incident = bulk_insert(db, incidents, INCIDENT_COLUMNS)
         self._update_incident = bulk_update(
@@ -168,6 +195,12 @@ class Correlator:
             db, incidents, ("status", "resolution", "merged_into", "updated_at"), key="id"
         )
         self._drop_keys = bulk_delete(db, incident_keys, key="incident_id")
+
+    def refresh_keys(
+        self, conn: Connection, seen: Iterable[tuple[str, str, str, datetime]]
+    ) -> None:
+        """Record (incident, type, value, time) sightings; a key's last_seen only moves forward."""
+        self._upsert_key.run(conn, list(seen))
 
     def assign(self, conn: Connection, batch: Sequence[AlertKeys]) -> GroupingResult:
         """Set ``incident_id`` on every alert of ``batch`` and write the incidents."""
@@ -223,13 +256,14 @@ class Correlator:
             group.touched = True
             group.alert_count += 1
             group.severity = max(group.severity, int(alert.severity))
+            latest = max(alert.time, item.until or alert.time)
             group.first_seen = min(group.first_seen, alert.time)
-            group.last_seen = max(group.last_seen, alert.time)
+            group.last_seen = max(group.last_seen, latest)
             for key in item.keys:
-                group.see(key, alert.time)
+                group.see(key, latest)
                 seen_in = index.setdefault(key, {})
-                if alert.time > seen_in.get(group.id, alert.time - window - window):
-                    seen_in[group.id] = alert.time
+                if latest > seen_in.get(group.id, latest - window - window):
+                    seen_in[group.id] = latest
             alert.incident_id = group.id
         for item in batch:
             if item.alert.incident_id is not None:
@@ -351,6 +385,10 @@ class Correlator:
             self._close_merged.run(
                 conn, [(closed, duplicate, survivor, now, loser) for loser, survivor, _ in final]
             )
+            conn.execute(
+                self._move_keys,
+                [{"survivor": survivor, "loser": loser} for loser, survivor, _ in final],
+            )
             self._drop_keys.run(conn, [(loser,) for loser, _, _ in final])
             merges = final
         for loser, survivor, alert_id in merges:
@@ -372,4 +410,9 @@ class Correlator:
         self._upsert_key.run(
             conn, [(g.id, key[0], key[1], g.keys[key]) for g in live for key in g.dirty]
         )
-        return GroupingResult(created=len(created), updated=len(changed), merged=len(merges))
+        return GroupingResult(
+            created=len(created),
+            updated=len(changed),
+            merged=len(merges),
+            merged_into={loser: survivor for loser, survivor, _ in merges},
+        )

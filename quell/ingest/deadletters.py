@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from quell.errors import NotFound
 from quell.store.database import Database
@@ -83,9 +83,21 @@ class DeadLetterService:
         source: str | None = None,
         status: DeadLetterStatus | None = DeadLetterStatus.PENDING,
         limit: int = 100,
+        after: tuple[datetime, str] | None = None,
+        until: datetime | None = None,
     ) -> list[DeadLetter]:
-        """Dead letters, oldest first."""
+        """Dead letters, oldest first; ``after`` a (received_at, id) cursor, up to ``until``."""
         query = select(*dead_letters.c).order_by(dead_letters.c.received_at, dead_letters.c.id)
+        if after is not None:
+            at, letter_id = after
+            query = query.where(
+                or_(
+                    dead_letters.c.received_at > at,
+                    and_(dead_letters.c.received_at == at, dead_letters.c.id > letter_id),
+                )
+            )
+        if until is not None:
+            query = query.where(dead_letters.c.received_at <= until)
         if source is not None:
             query = query.where(dead_letters.c.source == source)
         if status is not None:

@@ -55,6 +55,12 @@ has the key already is left untouched. With ``record: hit`` a record is
 ``{"_index", "_id", "_source"}``, the shape of a search hit, which the ``ecs`` parser unwraps
 (taking ``_id`` as the alert's uid when the document has no ``kibana.alert.uuid``);
 ``metadata_key`` is then not used.
+
+Outbound target: the URL is configuration, set only by a token allowed to manage sources (the
+``admin`` role), so it is trusted the way a connector's base URL is; it is not a value an alert
+or a playbook can steer. It may carry no credentials, a query or a fragment, and redirects are
+not followed (one could hand the key to another host). The SSRF guard that applies to HTTP
+made on behalf of playbook actions is a separate layer and does not restrict this URL.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,7 +34,7 @@ from quell.correlate.grouping import AlertKeys, Correlator
 from quell.correlate.suppression import SuppressionAction, SuppressionService
 from quell.errors import StorageUnavailable
 from quell.ids import new_id
-from quell.ingest.deadletters import DeadLetterStatus
+from quell.ingest.deadletters import DeadLetterService, DeadLetterStatus
 from quell.ingest.intake import IntakeResult
 from quell.ingest.model import AlertStatus
 from quell.ingest.sources import Source, SourceService
@@ -79,6 +79,7 @@ class _Existing:
     count: int
     incident_id: str | None
     added: int = 0
+    keys: dict[tuple[str, str], datetime] = field(default_factory=dict)  # seen by its repeats
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class IngestPipeline:
         self.clock = clock
         self.sources = sources
         self.correlator = Correlator(db, clock)
+        self.dead_letters = DeadLetterService(db)
         self._stagers: dict[str, Stager] = {}
         self._insert_alerts = bulk_insert(db, alerts, ALERT_COLUMNS)
         self._insert_observables = bulk_insert(db, alert_observables, OBSERVABLE_COLUMNS)
@@ -156,7 +158,14 @@ class IngestPipeline:
     def replay(
         self, letters: Sequence[Any], *, received_at: datetime | None = None
     ) -> ReplayResult:
-        """Run dead letters through the pipeline again with their source's current setup."""
+        """Run dead letters through the pipeline again with their source's current setup.
+
+        Each source's letters are claimed inside the transaction that stores them: a letter
+        another replay got to first (or that is no longer pending) is skipped, so two replays
+        racing each other never store a record twice. A letter that fails again stays pending
+        with the new reason. The source's counters move the replayed records from
+        ``dead_lettered`` to where they went (``received`` is unchanged: they were received once).
+        """
         now = received_at or self.clock.now()
         outcome = IntakeResult()
         replayed = failing = 0
@@ -165,14 +174,21 @@ class IngestPipeline:
             by_source.setdefault(letter.source, []).append(letter)
         for source_name, group in by_source.items():
             source = self.sources.get(source_name)
-            staged = self.stager(source).stage(
-                [letter.raw for letter in group],
-                [letter.received_at for letter in group],
-                self.rules(),
-            )
-            failed = {dead.index: dead.reason for dead in staged.dead}
-            staged.dead = []  # they stay where they are, with the new reason
+            stager = self.stager(source)
             with self.db.write() as conn:
+                if self.db.backend is Backend.POSTGRESQL:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INGEST_LOCK})
+                claimed = self._claim(conn, [letter.id for letter in group])
+                group = [letter for letter in group if letter.id in claimed]
+                if not group:
+                    continue
+                staged = stager.stage(
+                    [letter.raw for letter in group],
+                    [letter.received_at for letter in group],
+                    self.rules(),
+                )
+                failed = {dead.index: dead.reason for dead in staged.dead}
+                staged.dead = []  # they stay where they are, with the new reason
                 result = self._commit(conn, source, staged, now)
                 done = [letter.id for i, letter in enumerate(group) if i not in failed]
                 again = [
@@ -194,10 +210,51 @@ class IngestPipeline:
                         .values(reason=bindparam("reason"), attempts=dead_letters.c.attempts + 1),
                         again,
                     )
+                moved = IntakeResult(
+                    stored=result.stored,
+                    deduplicated=result.deduplicated,
+                    suppressed=result.suppressed,
+                    dead_lettered=-len(done),
+                )
+                SourceService.count(conn, source.name, moved, None)
             replayed += len(done)
             failing += len(again)
-            outcome = outcome + result + IntakeResult(dead_lettered=len(again))
+            outcome = outcome + result + IntakeResult(received=len(again), dead_lettered=len(again))
         return ReplayResult(replayed=replayed, still_failing=failing, outcome=outcome)
+
+    def replay_source(self, source: str, *, page: int = 2_000) -> ReplayResult:
+        """Replay every pending dead letter of ``source`` received until now, page by page."""
+        until = self.clock.now()
+        total = ReplayResult(0, 0, IntakeResult())
+        after: tuple[datetime, str] | None = None
+        while True:  # bounded: the cursor only moves forward, through letters received by now
+            letters = self.dead_letters.list_all(
+                source=source, limit=page, after=after, until=until
+            )
+            if not letters:
+                return total
+            result = self.replay(letters)
+            total = ReplayResult(
+                total.replayed + result.replayed,
+                total.still_failing + result.still_failing,
+                total.outcome + result.outcome,
+            )
+            after = (letters[-1].received_at, letters[-1].id)
+
+    @staticmethod
+    def _claim(conn: Connection, ids: list[str]) -> set[str]:
+        """Those of ``ids`` still pending, read under the ingest lock."""
+        claimed: set[str] = set()
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            claimed.update(
+                conn.execute(
+                    select(dead_letters.c.id).where(
+                        dead_letters.c.id.in_(ids[start : start + _LOOKUP_CHUNK]),
+                        dead_letters.c.status == DeadLetterStatus.PENDING.value,
+                    )
+                ).scalars()
+            )
+        return claimed
 
     # -- staging ----------------------------------------------------------------------------
 
@@ -302,9 +359,11 @@ class IngestPipeline:
 
         fresh, repeats = self._deduplicate(conn, source, kept)
         window = source.correlation_window
-        self.correlator.assign(conn, [AlertKeys(item, item.keys, window) for item in fresh])
+        grouping = self.correlator.assign(
+            conn, [AlertKeys(item, item.keys, window, item.last_seen) for item in fresh]
+        )
         self._insert(conn, fresh + closed)
-        self._record_repeats(conn, repeats, now)
+        self._record_repeats(conn, repeats, grouping.merged_into, now)
         if batch.dead:
             pending = DeadLetterStatus.PENDING.value
             self._insert_dead.run(
@@ -360,6 +419,9 @@ class IngestPipeline:
                 known.last_seen = max(known.last_seen, time)
                 if isinstance(known, _Existing):
                     known.added += 1
+                    for key in item.keys:  # keeps the alert's incident findable by its keys
+                        if key not in known.keys or time > known.keys[key]:
+                            known.keys[key] = time
                 latest[item.fingerprint] = known
                 continue
             fresh.append(item)
@@ -396,14 +458,30 @@ class IngestPipeline:
                     )
         return found
 
-    def _record_repeats(self, conn: Connection, repeats: list[_Existing], now: datetime) -> None:
+    def _record_repeats(
+        self,
+        conn: Connection,
+        repeats: list[_Existing],
+        merged_into: dict[str, str],
+        now: datetime,
+    ) -> None:
         if not repeats:
             return
         self._update_repeats.run(
             conn, [(r.count, r.first_seen, r.last_seen, r.id) for r in repeats]
         )
         touched = [r for r in repeats if r.incident_id]
+        for repeat in touched:  # this batch may have merged the incident into another
+            repeat.incident_id = merged_into.get(repeat.incident_id or "", repeat.incident_id)
         if touched:
+            self.correlator.refresh_keys(
+                conn,
+                (
+                    (r.incident_id or "", kind, value, seen)
+                    for r in touched
+                    for (kind, value), seen in r.keys.items()
+                ),
+            )
             conn.execute(
                 update(incidents)
                 .where(incidents.c.id == bindparam("iid"), incidents.c.last_seen < bindparam("t"))

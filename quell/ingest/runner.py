@@ -33,11 +33,8 @@ RUN_KINDS = (SourceKind.SYSLOG, SourceKind.IMAP, SourceKind.ELASTIC)
 
 def _invalid(kind: SourceKind, exc: ValidationError) -> InvalidInput:
     error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "connection"
-    return InvalidInput(
-        f"settings.connection.{where}: {error['msg']} (for a {kind.value} source)",
-        field=f"settings.connection.{where}",
-    )
+    where = ".".join(["settings.connection", *(str(part) for part in error["loc"])])
+    return InvalidInput(f"{where}: {error['msg']} (for a {kind.value} source)", field=where)
 
 
 def connection_config(
@@ -164,6 +161,20 @@ class SourceRunner:
 
         task = asyncio.create_task(guarded(), name=f"{source.kind.value}:{source.name}")
         return _Running(source.name, source.kind, task, stop, detail)
+
+    def status(self, name: str) -> dict[str, str]:
+        """Whether this process runs source ``name``: running, failed (with why) or stopped."""
+        if name in self.failed:
+            return {"state": "failed", "reason": self.failed[name]}
+        running = self.running.get(name)
+        if running is None:
+            return {"state": "stopped"}
+        if running.task.done():
+            error = None if running.task.cancelled() else running.task.exception()
+            if error is not None:  # logged by asyncio; the message may hold anything: not shown
+                return {"state": "failed", "reason": f"stopped by {type(error).__name__}"}
+            return {"state": "stopped"}
+        return {"state": "running"}
 
     async def stop(self) -> None:
         """Stop every running source, letting each flush what it holds."""

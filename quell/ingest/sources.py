@@ -169,11 +169,22 @@ def _with_format_defaults(format_name: str, settings: dict[str, Any] | None) -> 
     return values
 
 
+SECRET_KEYS = frozenset({"password", "api_key", "apikey", "secret", "token", "passphrase"})
+
+
 def _check_connection(
     kind: SourceKind, settings: SourceSettings, secret: SecretValue | None
 ) -> None:
     from quell.ingest.runner import RUN_KINDS, connection_config
 
+    for key in settings.connection:
+        if key.lower().replace("-", "_") in SECRET_KEYS:
+            # Settings are stored and shown in clear; a credential belongs in the sealed secret.
+            raise InvalidInput(
+                f"settings.connection.{key}: a credential is not a setting; "
+                "give it as the source's secret (quell source set-secret, or 'secret' in the API)",
+                field=f"settings.connection.{key}",
+            )
     if kind in RUN_KINDS:
         connection_config(kind, settings.connection, secret)
 
@@ -314,17 +325,18 @@ class SourceService:
         return self.box.open(row.secret, purpose=f"source:{name}")
 
     @staticmethod
-    def count(conn: Connection, name: str, result: IntakeResult, at: datetime) -> None:
-        """Add a batch's counts to the source, in the caller's transaction."""
-        conn.execute(
-            update(sources)
-            .where(sources.c.name == name)
-            .values(
-                received=sources.c.received + result.received,
-                stored=sources.c.stored + result.stored,
-                deduplicated=sources.c.deduplicated + result.deduplicated,
-                suppressed=sources.c.suppressed + result.suppressed,
-                dead_lettered=sources.c.dead_lettered + result.dead_lettered,
-                last_received_at=at,
-            )
-        )
+    def count(conn: Connection, name: str, result: IntakeResult, at: datetime | None) -> None:
+        """Add a batch's counts to the source, in the caller's transaction.
+
+        ``at`` is when the batch was received (None for a replay, which received nothing new).
+        """
+        values: dict[str, Any] = {
+            "received": sources.c.received + result.received,
+            "stored": sources.c.stored + result.stored,
+            "deduplicated": sources.c.deduplicated + result.deduplicated,
+            "suppressed": sources.c.suppressed + result.suppressed,
+            "dead_lettered": sources.c.dead_lettered + result.dead_lettered,
+        }
+        if at is not None:
+            values["last_received_at"] = at
+        conn.execute(update(sources).where(sources.c.name == name).values(**values))

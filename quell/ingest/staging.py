@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -376,28 +378,49 @@ def decode(raw: bytes, kind: RecordKind) -> Any:
 _WORKER_STAGERS: dict[bytes, Stager] = {}
 
 
+_WORKER_STAGER_LIMIT = 16  # sources whose parser a worker keeps built
+
+
 def _stage_in_worker(
     spec: StagingSpec, records: list[bytes], received_at: datetime, rules: tuple[RuleSpec, ...]
 ) -> StagedBatch:
     # The spec holds a dict (parser options): key the cache on its canonical JSON instead.
     key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    stager = _WORKER_STAGERS.get(key)
+    stager = _WORKER_STAGERS.pop(key, None)
     if stager is None:
-        _WORKER_STAGERS.clear()  # one source at a time is the common case; keep memory flat
-        stager = _WORKER_STAGERS[key] = Stager(spec)
+        stager = Stager(spec)
+        while len(_WORKER_STAGERS) >= _WORKER_STAGER_LIMIT:  # least recently used goes first
+            del _WORKER_STAGERS[next(iter(_WORKER_STAGERS))]
+    _WORKER_STAGERS[key] = stager  # (re)inserted last: the most recently used
     return stager.stage(records, received_at, rules)
+
+
+_Job = tuple[StagingSpec, list[bytes], datetime, tuple[RuleSpec, ...]]
 
 
 class StagingPool:
     """Worker processes that stage batches while this process commits others.
 
     Processes are spawned (not forked): a server process has threads, which a fork would
-    copy in an unknown state.
+    copy in an unknown state. A worker that dies (killed for memory, a crash in a native
+    library) breaks a ``ProcessPoolExecutor`` for good; this pool replaces it and stages the
+    batches that were in flight again, once. A batch whose second attempt also loses its
+    worker is not staged in this process (it might bring the server down with it): its
+    records become dead letters saying so, to replay once the cause is found.
     """
 
+    RETRIES = 1
+
     def __init__(self, processes: int = 1) -> None:
+        self._processes = max(1, processes)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pool = self._new()
+        self.replaced = 0  # how many times a broken pool was replaced
+
+    def _new(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(max_workers=max(1, processes), mp_context=context)
+        return ProcessPoolExecutor(max_workers=self._processes, mp_context=context)
 
     def submit(
         self,
@@ -407,7 +430,68 @@ class StagingPool:
         rules: Sequence[RuleSpec],
     ) -> Future[StagedBatch]:
         """Stage ``records`` in a worker; the future gives the StagedBatch."""
-        return self._pool.submit(_stage_in_worker, spec, records, received_at, tuple(rules))
+        outcome: Future[StagedBatch] = Future()
+        self._attempt(outcome, (spec, records, received_at, tuple(rules)), self.RETRIES)
+        return outcome
+
+    def _attempt(self, outcome: Future[StagedBatch], job: _Job, retries: int) -> None:
+        executor = self._pool
+        try:
+            try:
+                inner = executor.submit(_stage_in_worker, *job)
+            except BrokenProcessPool:  # a worker died while idle: replace the pool first
+                executor = self._replace(executor)
+                inner = executor.submit(_stage_in_worker, *job)
+        except (RuntimeError, OSError) as exc:  # closed, or a process could not start
+            outcome.set_exception(exc)
+            return
+        inner.add_done_callback(lambda done: self._settle(outcome, done, executor, job, retries))
+
+    def _settle(
+        self,
+        outcome: Future[StagedBatch],
+        done: Future[StagedBatch],
+        executor: ProcessPoolExecutor,
+        job: _Job,
+        retries: int,
+    ) -> None:
+        if done.cancelled():
+            outcome.cancel()
+            return
+        error = done.exception()
+        if error is None:
+            outcome.set_result(done.result())
+            return
+        if not isinstance(error, BrokenProcessPool) or self._closed:
+            outcome.set_exception(error)
+            return
+        log.warning("ingest.staging_worker_died", records=len(job[1]), retries_left=retries)
+        try:
+            self._replace(executor)
+        except (RuntimeError, OSError) as exc:
+            outcome.set_exception(exc)
+            return
+        if retries > 0:
+            self._attempt(outcome, job, retries - 1)
+            return
+        reason = (
+            "staging this batch stopped its worker process twice; kept as a dead letter "
+            "to replay once the cause is found"
+        )
+        outcome.set_result(
+            StagedBatch(dead=[DeadRecord(n, raw, reason) for n, raw in enumerate(job[1])])
+        )
+
+    def _replace(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        """A working pool in place of ``broken`` (once, however many batches notice)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the staging pool is closed")
+            if self._pool is broken:
+                self._pool = self._new()
+                self.replaced += 1
+                broken.shutdown(wait=False, cancel_futures=False)
+            return self._pool
 
     def pids(self) -> list[int]:
         """The worker processes' ids (for resource accounting)."""
@@ -416,6 +500,8 @@ class StagingPool:
 
     def close(self) -> None:
         """Stop the workers."""
+        with self._lock:
+            self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import JSON, Connection, Table, bindparam, insert
+from sqlalchemy import JSON, Connection, Table, bindparam, case, insert
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -150,12 +150,22 @@ def bulk_upsert(
     columns: Sequence[str],
     *,
     keys: Sequence[str],
-    update: Sequence[str],
+    update: Sequence[str] = (),
+    greatest: Sequence[str] = (),
 ) -> BulkStatement:
-    """``INSERT … ON CONFLICT (keys) DO UPDATE SET col = excluded.col`` (same on both backends)."""
+    """``INSERT … ON CONFLICT (keys) DO UPDATE SET col = excluded.col`` (same on both backends).
+
+    Columns in ``greatest`` keep the larger of the stored and the new value instead (a
+    last-seen time that an older sighting must not move back).
+    """
     base = (sqlite.insert if db.backend is Backend.SQLITE else postgresql.insert)(table)
+    values: dict[str, Any] = {name: base.excluded[name] for name in update}
+    for name in greatest:
+        values[name] = case(
+            (base.excluded[name] > table.c[name], base.excluded[name]), else_=table.c[name]
+        )
     statement = base.values({name: bindparam(name) for name in columns}).on_conflict_do_update(
-        index_elements=list(keys), set_={name: base.excluded[name] for name in update}
+        index_elements=list(keys), set_=values
     )
     return BulkStatement(db, table, [(name, name) for name in columns], statement)
 

@@ -305,6 +305,7 @@ def test_source_secrets_are_never_returned(
             },
         )
     assert SECRET.reveal() not in listed
+    assert "runner" not in json.loads(listed)[0]  # an HTTP source has nothing running
     assert created.status_code == 201
     assert "another-canary-secret" not in created.text
     assert created.json()["has_secret"] is True
@@ -368,3 +369,44 @@ def test_a_signature_header_opens_only_the_intake(
     assert "Bearer" in replay.json()["detail"]
     assert listing.status_code == 401
     assert large.status_code == 413  # the 16 MiB allowance is the intake's alone
+
+
+def test_a_credential_in_connection_settings_is_refused(
+    live_server: LiveServer, role_tokens: dict[Role, str], hook: str
+) -> None:
+    """Settings are shown in clear, so a password put there is refused, not stored."""
+    connection = {
+        "host": "127.0.0.1",
+        "username": "soc",
+        "password": "canary-imap-password",
+    }
+    with live_server.client(role_tokens[Role.ADMIN]) as client:
+        created = client.post(
+            "/api/sources",
+            json={
+                "name": "mailbox",
+                "kind": "imap",
+                "format": "email",
+                "settings": {"connection": connection},
+            },
+        )
+        updated = client.patch(
+            "/api/sources/hook", json={"settings": {"connection": {"api_key": "canary-key"}}}
+        )
+        listed = client.get("/api/sources").text
+    assert created.status_code == 422
+    assert created.json()["field"] == "settings.connection.password"
+    assert "canary-imap-password" not in created.text
+    assert updated.status_code == 422
+    assert updated.json()["field"] == "settings.connection.api_key"
+    assert "canary" not in listed
+    assert "mailbox" not in listed
+
+
+def test_a_background_source_says_whether_this_server_runs_it(
+    live_server: LiveServer, runtime: Runtime, role_tokens: dict[Role, str]
+) -> None:
+    runtime.sources.create("fw", "syslog", "syslog", settings={"connection": {"udp_port": 0}})
+    with live_server.client(role_tokens[Role.ANALYST]) as client:
+        shown = client.get("/api/sources/fw").json()
+    assert shown["runner"] == {"state": "stopped"}  # this test server does not run sources

@@ -154,7 +154,10 @@ def test_sources_are_configured_by_name_and_keep_secrets_out_of_output(
     shown = invoke("source", "show", "hook", env=env).stdout
     assert json.loads(shown)["has_secret"] is True
     assert "hmac-canary-7788" not in shown
-    unknown = invoke("source", "add", "x", "--kind", "http", "--format", "json", env=env)
+    unknown = invoke(
+        "source", "add", "x", "--kind", "http", "--format", "json",
+        "--options", '{"fields": {}}', env=env,
+    )  # fmt: skip
     assert unknown.exit_code == 1
     assert "option 'fields'" in unknown.stderr
     assert invoke("source", "remove", "hook", env=env).exit_code == 0
@@ -200,3 +203,36 @@ def test_an_unknown_format_is_a_usage_error_listing_the_formats(
     assert result.exit_code == 2
     assert "nessus-xml" in result.stderr
     assert "suricata" in result.stderr
+
+
+def test_plain_json_ingests_without_a_mapping(
+    invoke: Invoke, env: dict[str, str], tmp_path: Path
+) -> None:
+    """``--format json`` alone reads the common names; what it cannot read is kept, named."""
+    data = tmp_path / "alerts.ndjson"
+    data.write_bytes(
+        b"\n".join(
+            [
+                orjson.dumps(
+                    {"title": "Port scan", "@timestamp": "2026-03-01T12:00:00Z",
+                     "src_ip": "203.0.113.9", "host": "web-01", "severity": "high"}
+                ),
+                orjson.dumps({"message": "sudo failure", "timestamp": "2026-03-01T12:01:00Z",
+                              "user": {"name": "bob"}, "host": {"name": "db-01"}}),
+                orjson.dumps({"note": "neither title nor time"}),
+            ]
+        )
+    )  # fmt: skip
+    result = invoke("ingest", "--format", "json", str(data), env=env)
+    assert result.exit_code == 0, result.stderr
+    counts = _last_json(result.stdout)
+    assert (counts["stored"], counts["dead_lettered"]) == (2, 1)
+    alerts = json.loads(invoke("alert", "list", "--json", env=env).stdout)
+    by_title = {alert["title"]: alert for alert in alerts}
+    assert set(by_title) == {"Port scan", "sudo failure"}
+    assert by_title["Port scan"]["severity"] == 4  # OCSF severity_id: High
+    assert by_title["Port scan"]["host"]["hostname"] == "web-01"
+    assert by_title["sudo failure"]["host"]["hostname"] == "db-01"
+    assert by_title["sudo failure"]["user"] == "bob"
+    errors = invoke("ingest", "errors", "--json", env=env).stdout
+    assert "title" in errors

@@ -276,11 +276,43 @@ def test_an_alert_linking_two_incidents_merges_them_and_both_record_it(
     assert merged.resolution is Resolution.DUPLICATE
     assert merged.merged_into == survivor.id
     assert {a.incident_id for a in runtime.alerts.list_all()} == {survivor.id}
-    assert ("user", "eve") in runtime.incidents.keys(survivor.id)
+    # All the merged incident's keys moved, not only those the linking alert carried.
+    assert {("user", "eve"), ("host", "db-02"), ("src_ip", "192.0.2.2")} <= set(
+        runtime.incidents.keys(survivor.id)
+    )
     assert runtime.incidents.keys(merged.id) == []
     kinds = {event.kind: event.data for event in runtime.incidents.timeline(survivor.id)}
     assert kinds["merged"]["merged"] == merged.id
     assert [e.kind for e in runtime.incidents.timeline(merged.id)][-1] == "merged_into"
+    # So a later alert on the merged incident's other host still finds the case.
+    runtime.pipeline.ingest(generic, [_event(30, rule="d", host="db-02", src=None)])
+    assert {a.incident_id for a in runtime.alerts.list_all()} == {survivor.id}
+
+
+def test_repeats_keep_their_incident_findable(runtime: Runtime, generic: str) -> None:
+    """A key's last sighting is the latest repeat's, across batches and within one."""
+    runtime.pipeline.ingest(generic, [_event(0, rule="scan", host="web-01")])
+    assert runtime.pipeline.ingest(generic, [_event(50, rule="scan", host="web-01")]).deduplicated
+    runtime.pipeline.ingest(generic, [_event(100, rule="exfil", host="web-01", src=None)])
+    runtime.pipeline.ingest(
+        generic,
+        [
+            _event(200, rule="probe", host="fs-01", src=None),
+            _event(250, rule="probe", host="fs-01", src=None),
+        ],
+    )
+    runtime.pipeline.ingest(generic, [_event(300, rule="exfil", host="fs-01", src=None)])
+    by_host: dict[str, set[str | None]] = {}
+    for alert in runtime.alerts.list_all():
+        by_host.setdefault(alert.title.rsplit(" ", 1)[-1], set()).add(alert.incident_id)
+    assert all(len(ids) == 1 for ids in by_host.values()), by_host
+
+
+def test_a_late_alert_does_not_move_a_key_back_in_time(runtime: Runtime, generic: str) -> None:
+    runtime.pipeline.ingest(generic, [_event(50, rule="a", host="web-01", src=None)])
+    runtime.pipeline.ingest(generic, [_event(0, rule="b", host="web-01", src=None)])  # late
+    runtime.pipeline.ingest(generic, [_event(100, rule="c", host="web-01", src=None)])
+    assert len(runtime.incidents.list_all()) == 1
 
 
 def test_alerts_of_one_batch_group_with_each_other(runtime: Runtime, generic: str) -> None:
@@ -339,6 +371,39 @@ def test_a_replay_that_fails_again_keeps_the_letter_with_the_new_reason(runtime:
     (again,) = runtime.dead_letters.list_all(source="siem")
     assert again.attempts == 2
     assert "when" in again.reason
+
+
+def test_a_replay_moves_the_source_counters_and_never_stores_twice(runtime: Runtime) -> None:
+    runtime.sources.create(
+        "siem", "http", "json", parser_options={"fields": {"title": "name", "time": "ts"}}
+    )
+    runtime.pipeline.ingest("siem", [_event(0), _event(1, host="db")])
+    letters = runtime.dead_letters.list_all(source="siem")
+    runtime.sources.update("siem", parser_options=MAPPING)
+    first = runtime.pipeline.replay(letters)
+    stale = runtime.pipeline.replay(letters)  # the same list again: a racing second replay
+    assert (first.replayed, first.outcome.stored) == (2, 2)
+    assert (stale.replayed, stale.still_failing, stale.outcome.stored) == (0, 0, 0)
+    assert _count(runtime, alerts) == 2
+    counters = runtime.sources.get("siem").counters
+    assert (counters.received, counters.stored, counters.dead_lettered) == (2, 2, 0)
+
+
+def test_replaying_a_source_pages_through_all_its_letters(runtime: Runtime) -> None:
+    runtime.sources.create(
+        "siem", "http", "json", parser_options={"fields": {"title": "name", "time": "ts"}}
+    )
+    good = [_event(n, host=f"h{n}") for n in range(7)]
+    hopeless = [orjson.dumps({"title": f"no time {n}"}) for n in range(3)]
+    runtime.pipeline.ingest("siem", good + hopeless)
+    runtime.sources.update("siem", parser_options=MAPPING)
+    result = runtime.pipeline.replay_source("siem", page=2)
+    assert (result.replayed, result.still_failing) == (7, 3)
+    assert result.outcome.received == 10
+    assert result.outcome.dead_lettered == 3
+    assert len(runtime.dead_letters.list_all(source="siem")) == 3
+    counters = runtime.sources.get("siem").counters
+    assert (counters.received, counters.stored, counters.dead_lettered) == (10, 7, 3)
 
 
 def test_nul_characters_in_a_record_do_not_break_the_batch(runtime: Runtime, generic: str) -> None:

@@ -192,7 +192,7 @@ def test_a_source_with_bad_credentials_is_reported_and_others_still_run(
     )
     runtime.sources.create("fw", "syslog", "syslog", settings={"connection": {"udp_port": 0}})
 
-    async def scenario() -> dict[str, str]:
+    async def scenario() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
         runner = SourceRunner(runtime, IngestService(runtime.pipeline))
         await runner.start()
         try:
@@ -200,12 +200,15 @@ def test_a_source_with_bad_credentials_is_reported_and_others_still_run(
             async with asyncio.timeout(20):
                 await asyncio.wait({task})  # a fatal error ends the source's task
             assert "fw" in runner.running
-            return dict(runner.failed)
+            return dict(runner.failed), runner.status("bad-siem"), runner.status("fw")
         finally:
             await runner.stop()
 
-    failed = asyncio.run(scenario())
+    failed, bad, good = asyncio.run(scenario())
     assert "d3Jvbmc6a2V5" not in failed["bad-siem"]
+    assert bad["state"] == "failed"
+    assert bad["reason"] == failed["bad-siem"]
+    assert good == {"state": "running"}
 
 
 def _secret(value: str) -> Any:

@@ -191,12 +191,13 @@ async def replay_errors(body: ReplayIn, runtime: RuntimeDep, _: CanReplay) -> Re
     def run() -> ReplayOut:
         if body.ids:
             letters = [runtime.dead_letters.get(letter_id) for letter_id in body.ids]
+            pending = [letter for letter in letters if letter.status is DeadLetterStatus.PENDING]
+            if not pending:
+                raise NotFound("none of these dead letters is pending")
+            result = runtime.pipeline.replay(pending)
         else:
-            letters = runtime.dead_letters.list_all(source=body.source, limit=10_000)
-        pending = [letter for letter in letters if letter.status is DeadLetterStatus.PENDING]
-        if body.ids and not pending:
-            raise NotFound("none of these dead letters is pending")
-        result = runtime.pipeline.replay(pending)
+            runtime.sources.get(body.source or "")  # 404 for an unknown source
+            result = runtime.pipeline.replay_source(body.source or "")
         return ReplayOut(
             replayed=result.replayed,
             still_failing=result.still_failing,

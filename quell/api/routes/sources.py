@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, status
+from fastapi import APIRouter, Depends, Path, Request, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -13,7 +13,8 @@ from quell.correlate.suppression import SuppressionAction, SuppressionRule
 from quell.durations import parse_duration
 from quell.governance.permissions import Permission
 from quell.governance.tokens import Principal
-from quell.ingest.sources import SourceKind
+from quell.ingest.runner import RUN_KINDS, SourceRunner
+from quell.ingest.sources import Source, SourceKind
 from quell.sdk.secret import SecretValue
 
 router = APIRouter(prefix="/api", tags=["sources"])
@@ -51,16 +52,29 @@ class SecretIn(BaseModel):
     secret: SecretValue | None
 
 
+def _shown(source: Source, request: Request) -> dict[str, Any]:
+    data = source.as_dict()
+    runner: SourceRunner | None = getattr(request.app.state, "sources", None)
+    if source.kind in RUN_KINDS and runner is not None:
+        data["runner"] = runner.status(source.name)
+    return data
+
+
 @router.get("/sources", summary="List sources")
-async def list_sources(runtime: RuntimeDep, _: CanReadAlerts) -> list[dict[str, Any]]:
-    """Every source with its counters (never its secret)."""
-    return [source.as_dict() for source in await run_in_threadpool(runtime.sources.list_all)]
+async def list_sources(
+    request: Request, runtime: RuntimeDep, _: CanReadAlerts
+) -> list[dict[str, Any]]:
+    """Every source with its counters (never its secret), and whether this server runs it."""
+    found = await run_in_threadpool(runtime.sources.list_all)
+    return [_shown(source, request) for source in found]
 
 
 @router.get("/sources/{name}", summary="Show a source")
-async def get_source(name: Name, runtime: RuntimeDep, _: CanReadAlerts) -> dict[str, Any]:
+async def get_source(
+    name: Name, request: Request, runtime: RuntimeDep, _: CanReadAlerts
+) -> dict[str, Any]:
     """One source."""
-    return (await run_in_threadpool(runtime.sources.get, name)).as_dict()
+    return _shown(await run_in_threadpool(runtime.sources.get, name), request)
 
 
 @router.post("/sources", status_code=status.HTTP_201_CREATED, summary="Create a source")

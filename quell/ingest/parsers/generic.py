@@ -29,6 +29,11 @@ first element.
 
 Decisions:
 
+- Without ``fields``, :data:`DEFAULT_FIELDS` reads the names most JSON alerts use (``title``/
+  ``name``/``message``, ``@timestamp``/``timestamp``/``time``/``ts``, ``severity``/``level``,
+  ``src_ip``, ``hostname``, ``user`` and the like), so ``quell ingest --format json FILE``
+  works on a first try; a record it cannot read is dead-lettered saying which field is
+  missing, and a mapping fixes it for good.
 - ``fields.title`` is required. ``fields.time`` is required too, unless ``defaults.time`` is
   set: either a fixed timestamp, or ``"now"``, the wall-clock time of parsing, for sources
   that send no time at all (a replay from the dead-letter store then gets the replay time).
@@ -256,6 +261,27 @@ def _convert(target: str, value: Any, where: str) -> Any:
     return first_text(value, where)
 
 
+def _string(name: str) -> str:
+    """``name`` when it holds a string (an object under that name is someone else's shape)."""
+    return f"([{name}][?type(@) == 'string'] | [0])"
+
+
+# The mapping used when a source gives none: the names common JSON alerts use.
+DEFAULT_FIELDS: dict[str, str] = {
+    "title": "title || name || rule.name || alert.signature || message || msg || summary",
+    "time": '"@timestamp" || timestamp || time || ts || event.created || date',
+    "severity": "severity || level || priority",
+    "rule_name": "rule.name || rule_name || alert.signature",
+    "rule_uid": "rule.id || rule_id || alert.signature_id",
+    "description": "description",
+    "src.ip": "src_ip || source.ip || src.ip",
+    "dst.ip": "dst_ip || dest_ip || destination.ip || dst.ip",
+    "host.hostname": f"hostname || host.name || host.hostname || {_string('host')}",
+    "user": f"user.name || username || user_name || {_string('user')}",
+}
+DEFAULT_DEFAULTS: dict[str, Any] = {"severity": "unknown"}  # a level it cannot read
+
+
 class GenericJsonParser(Parser):
     """Maps any JSON record to an alert through a per-source JMESPath field mapping."""
 
@@ -271,13 +297,16 @@ class GenericJsonParser(Parser):
                 field=unknown[0],
             )
         fields = self.options.get("fields")
+        defaults = self.options.get("defaults", {})
+        if not isinstance(defaults, Mapping):
+            raise ParseError("option 'defaults' must be an object", field="defaults")
+        if fields is None:
+            fields = DEFAULT_FIELDS
+            defaults = {**DEFAULT_DEFAULTS, **defaults}
         if not isinstance(fields, Mapping) or not fields:
             raise ParseError(
                 "option 'fields' must map alert fields to JMESPath expressions", field="fields"
             )
-        defaults = self.options.get("defaults", {})
-        if not isinstance(defaults, Mapping):
-            raise ParseError("option 'defaults' must be an object", field="defaults")
         self._defaults: dict[str, Any] = {}
         for target, value in defaults.items():
             _check_target(target, "defaults")

@@ -201,7 +201,7 @@ def test_direct_walk_agrees_with_jmespath(expression: str) -> None:
         ({"fields": {"time": "a"}}, "options.fields.title", "'title'"),
         ({"fields": {"title": 5, "time": "t"}}, "options.fields.title", "non-empty"),
         ({"fields": "title"}, "options.fields", "'fields'"),
-        ({}, "options.fields", "'fields'"),
+        ({"fields": {}}, "options.fields", "'fields'"),
         ({"fields": {"title": "a", "time": "b"}, "mapping": {}}, "options.mapping", "mapping"),
         (
             {"fields": {"title": "a", "time": "b"}, "severity_map": {"x": 9}},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quell.errors import ErrorCode, InvalidInput
+from quell.ingest.model import Alert, Severity
 from quell.ingest.parsers import PARSERS, build_parser
 from quell.ingest.parsers.base import RecordKind
 
@@ -29,9 +30,13 @@ def test_generic_json_builds_with_a_mapping() -> None:
     assert parser.record_kind is RecordKind.JSON
 
 
-def test_generic_json_needs_a_mapping() -> None:
+def test_generic_json_without_a_mapping_reads_the_common_names() -> None:
+    parser = build_parser("json")
+    alert = parser.parse({"name": "beacon", "ts": "2026-03-01T12:00:00Z", "level": "critical"})
+    assert isinstance(alert, Alert)
+    assert (alert.title, alert.severity) == ("beacon", Severity.CRITICAL)
     with pytest.raises(InvalidInput) as caught:
-        build_parser("json")
+        build_parser("json", {"fields": {}})  # a mapping that maps nothing is refused
     assert caught.value.code is ErrorCode.INVALID_INPUT
     assert caught.value.details["field"] == "options.fields"
 
