@@ -79,7 +79,9 @@ class _Existing:
     count: int
     incident_id: str | None
     added: int = 0
-    keys: dict[tuple[str, str], datetime] = field(default_factory=dict)  # seen by its repeats
+    # Keys its repeats saw after its stored last_seen. Those up to that time need no write:
+    # an alert's keys were recorded at its last_seen when it was stored, and at each repeat.
+    keys: dict[tuple[str, str], datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -414,14 +416,14 @@ class IngestPipeline:
             time = item.time
             known = latest.get(item.fingerprint) or existing.get(item.fingerprint)
             if known is not None and known.first_seen - window <= time <= known.last_seen + window:
+                if isinstance(known, _Existing):
+                    known.added += 1
+                    if time > known.last_seen:  # keeps its incident findable by these keys
+                        for key in item.keys:
+                            known.keys[key] = time
                 known.count += 1
                 known.first_seen = min(known.first_seen, time)
                 known.last_seen = max(known.last_seen, time)
-                if isinstance(known, _Existing):
-                    known.added += 1
-                    for key in item.keys:  # keeps the alert's incident findable by its keys
-                        if key not in known.keys or time > known.keys[key]:
-                            known.keys[key] = time
                 latest[item.fingerprint] = known
                 continue
             fresh.append(item)
@@ -473,15 +475,14 @@ class IngestPipeline:
         touched = [r for r in repeats if r.incident_id]
         for repeat in touched:  # this batch may have merged the incident into another
             repeat.incident_id = merged_into.get(repeat.incident_id or "", repeat.incident_id)
+        latest: dict[tuple[str, str, str], datetime] = {}  # one write per incident key
+        for repeat in touched:
+            for (kind, value), seen in repeat.keys.items():
+                at = (repeat.incident_id or "", kind, value)
+                if at not in latest or seen > latest[at]:
+                    latest[at] = seen
+        self.correlator.refresh_keys(conn, ((*key, seen) for key, seen in latest.items()))
         if touched:
-            self.correlator.refresh_keys(
-                conn,
-                (
-                    (r.incident_id or "", kind, value, seen)
-                    for r in touched
-                    for (kind, value), seen in r.keys.items()
-                ),
-            )
             conn.execute(
                 update(incidents)
                 .where(incidents.c.id == bindparam("iid"), incidents.c.last_seen < bindparam("t"))
