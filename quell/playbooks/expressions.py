@@ -1,0 +1,652 @@
+"""The playbook expression language: Jinja2 expressions in a locked-down sandbox.
+
+Playbooks compute values with ``{{ … }}`` templates (``with:`` inputs, ``out:`` write-backs)
+and decide with bare expressions (``if``, ``while``, ``switch``, trigger conditions)::
+
+    steps.lookup.output.verdict == 'malicious' and alert.severity_id >= severity('high')
+    {{ incident.observables | of_type('ipv4') | map(attribute='value') | list }}
+    Blocked {{ steps.block.output.count }} addresses until {{ (now() + duration('24h')) | iso }}
+
+A template that is exactly one ``{{ expression }}`` gives the expression's value with its type
+(a list stays a list); text around or between expressions makes a string.
+
+What keeps it safe (nothing here calls Python's ``eval`` on user text):
+
+- Jinja2's :class:`~jinja2.sandbox.ImmutableSandboxedEnvironment` compiles the expression; no
+  dunder or internal attribute is reachable and no container can be mutated.
+- Only expressions: a template may not contain ``{% … %}`` statements, so it has no loops or
+  assignments. The names an expression sees are the run's data and the functions below; the
+  default Jinja globals (``range``, ``lipsum``, ``cycler`` …) are removed.
+- Methods may be called only from a short allow-list (``startswith``, ``split``, ``get`` …);
+  the filters that size their output from an argument (``center``, ``format``, ``indent`` …)
+  are not offered, and ``*`` and ``**`` are checked before they run, so no expression builds a
+  huge string or number.
+- Every evaluation has a deadline (checked at each filter and function call) and its result a
+  size limit; source text is limited too. Errors are :class:`ExpressionError` naming where.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import ipaddress
+import math
+import operator
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
+
+import orjson
+from jinja2 import (
+    ChainableUndefined,
+    TemplateSyntaxError,
+    Undefined,
+    UndefinedError,
+    nodes,
+)
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from quell.durations import parse_duration
+from quell.errors import InvalidInput
+from quell.ingest.model import Severity
+from quell.ingest.observables import defang as _defang
+from quell.ingest.observables import refang as _refang
+
+MAX_SOURCE = 8 * 1024  # characters in one expression or template
+MAX_OUTPUT = 1024 * 1024  # bytes of JSON (or characters) an evaluation may produce
+MAX_ITEMS = 100_000  # elements a repeated list may have
+DEADLINE = 0.25  # seconds one evaluation may take
+
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "quell_expr_deadline", default=0.0
+)
+
+
+class ExpressionError(InvalidInput):
+    """An expression that does not compile, or failed while evaluating; ``field`` says where."""
+
+
+# -- the environment ---------------------------------------------------------------------------
+
+# Methods an expression may call, by the type that has them. Everything else callable is off.
+_SAFE_METHODS: dict[type, frozenset[str]] = {
+    str: frozenset(
+        {
+            "startswith", "endswith", "lower", "upper", "strip", "lstrip", "rstrip", "split",
+            "rsplit", "splitlines", "replace", "find", "rfind", "count", "isdigit", "isalpha",
+            "isalnum", "title", "capitalize", "casefold", "partition", "rpartition",
+            "removeprefix", "removesuffix",
+        }
+    ),
+    dict: frozenset({"get", "keys", "values", "items"}),
+    list: frozenset({"index", "count"}),
+    tuple: frozenset({"index", "count"}),
+    datetime: frozenset({"isoformat", "timestamp", "weekday", "isoweekday", "date"}),
+    date: frozenset({"isoformat", "weekday", "isoweekday"}),
+    timedelta: frozenset({"total_seconds"}),
+}  # fmt: skip
+
+# Jinja's own filters that are bounded by their input: kept. Left out: those sized by an
+# argument (center, indent, wordwrap, format, truncate's leeway is fine but unneeded), the
+# HTML ones (escape, safe, urlize, xmlattr, striptags), random, pprint and attr.
+_KEPT_FILTERS = frozenset(
+    {
+        "abs", "batch", "capitalize", "count", "d", "default", "dictsort", "first", "float",
+        "groupby", "int", "items", "join", "last", "length", "list", "lower", "map", "max",
+        "min", "reject", "rejectattr", "replace", "reverse", "round", "select", "selectattr",
+        "slice", "sort", "string", "sum", "title", "trim", "unique", "upper", "urlencode",
+        "wordcount",
+    }
+)  # fmt: skip
+
+
+def _check_deadline() -> None:
+    deadline = _deadline.get()
+    if deadline and time.monotonic() > deadline:
+        raise ExpressionError(f"expression took longer than {DEADLINE:g}s")
+
+
+def _guarded(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with the evaluation deadline checked before it runs."""
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _check_deadline()
+        return function(*args, **kwargs)
+
+    return guarded
+
+
+def _sized(value: Any) -> int:
+    return len(value) if isinstance(value, str | list | tuple) else 0
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, narrowed further: method allow-list, checked repetition and powers."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if not super().is_safe_attribute(obj, attr, value):
+            return False
+        if not callable(value):
+            return True
+        for kind, names in _SAFE_METHODS.items():
+            if isinstance(obj, kind):
+                return attr in names
+        return False
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Jinja hands out a sandboxed str.format, which still pads to any width it is told.
+        if isinstance(obj, str) and attribute in ("format", "format_map"):
+            return self.unsafe_undefined(obj, attribute)
+        if isinstance(obj, Undefined):  # a.b.c on a missing a: missing too
+            return obj
+        return super().getattr(obj, attribute)
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__} is unsafe")
+
+    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        _check_deadline()
+        if operator_name == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if isinstance(times, int) and _sized(sequence) * max(times, 0) > MAX_OUTPUT:
+                    raise ExpressionError("a repetition would exceed the size limit")
+            return operator.mul(left, right)
+        if (
+            isinstance(left, int)
+            and isinstance(right, int)
+            and right > 0
+            and abs(left) > 1
+            and right * math.log2(abs(left)) > 4096
+        ):
+            raise ExpressionError("a power would exceed 4096 bits")
+        return operator.pow(left, right)
+
+
+class _Undefined(ChainableUndefined):
+    """A missing name or key: ``a.b.c`` on a missing ``a`` is missing too, and reads as None."""
+
+    __slots__ = ()
+
+
+def _build_environment() -> _Sandbox:
+    env = _Sandbox(undefined=_Undefined, autoescape=False, cache_size=0)
+    kept: dict[str, Callable[..., Any]] = {name: env.filters[name] for name in _KEPT_FILTERS}
+    env.filters = {name: _guarded(function) for name, function in kept.items()}
+    env.filters.update({name: _guarded(f) for name, f in FILTERS.items()})
+    tests = cast(dict[str, Callable[..., Any]], env.tests)
+    env.tests = {name: _guarded(test) for name, test in tests.items()}
+    env.tests.update({name: _guarded(test) for name, test in TESTS.items()})
+    env.globals = {name: _guarded(f) for name, f in FUNCTIONS.items()}
+    return env
+
+
+# -- security and time helpers offered to expressions -----------------------------------------
+
+_OBSERVABLE_ALIASES = {
+    "ipv4-addr": "ipv4",
+    "ipv6-addr": "ipv6",
+    "ip": "ipv4,ipv6",
+    "domain-name": "domain",
+    "email-addr": "email",
+    "file:md5": "md5",
+    "file:sha1": "sha1",
+    "file:sha256": "sha256",
+    "file:sha-256": "sha256",
+    "file:name": "file_name",
+    "hash": "md5,sha1,sha256",
+    "user-account": "user",
+}
+
+
+def _observable_types(kinds: Iterable[str]) -> set[str]:
+    wanted: set[str] = set()
+    for kind in kinds:
+        name = str(kind).strip().lower()
+        wanted.update(_OBSERVABLE_ALIASES.get(name, name).split(","))
+    return wanted
+
+
+def of_type(observables: Any, *kinds: str) -> list[Any]:
+    """The observables (``{"type", "value", …}``) of the given types (STIX names work too)."""
+    wanted = _observable_types(kinds)
+    return [
+        item
+        for item in _items(observables)
+        if isinstance(item, Mapping) and str(item.get("type", "")).lower() in wanted
+    ]
+
+
+def _items(value: Any) -> list[Any]:
+    if value is None or isinstance(value, Undefined):
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+def refang(value: Any) -> Any:
+    """``hxxp://evil[.]com`` -> ``http://evil.com`` (a list: each element)."""
+    if isinstance(value, list | tuple):
+        return [refang(item) for item in value]
+    return _refang(str(value)) if value is not None else None
+
+
+def defang(value: Any) -> Any:
+    """``http://evil.com`` -> ``hxxp://evil[.]com`` (a list: each element)."""
+    if isinstance(value, list | tuple):
+        return [defang(item) for item in value]
+    return _defang(str(value)) if value is not None else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(cidr.strip(), strict=False)
+    except ValueError:
+        raise ExpressionError(f"{cidr!r} is not a CIDR network") from None
+
+
+def _address(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if isinstance(value, Mapping):
+        value = value.get("value")
+    try:
+        return ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        return None
+
+
+def in_cidr(value: Any, *cidrs: str) -> bool:
+    """Whether the address (or observable) lies in any of the networks."""
+    address = _address(value)
+    if address is None:
+        return False
+    return any(
+        address.version == network.version and address in network
+        for network in map(_network, _flatten_text(cidrs))
+    )
+
+
+def _flatten_text(values: Iterable[Any]) -> list[str]:
+    flat: list[str] = []
+    for value in values:
+        if isinstance(value, list | tuple):
+            flat.extend(str(item) for item in value)
+        else:
+            flat.append(str(value))
+    return flat
+
+
+def is_private(value: Any) -> bool:
+    """Whether the address is not globally routable (RFC 1918, loopback, link-local …)."""
+    address = _address(value)
+    return address is not None and not address.is_global
+
+
+def is_ip(value: Any) -> bool:
+    """Whether the value is an IPv4 or IPv6 address."""
+    return _address(value) is not None
+
+
+def ip_version(value: Any) -> int | None:
+    """4 or 6, or None for something that is not an address."""
+    address = _address(value)
+    return None if address is None else address.version
+
+
+def to_datetime(value: Any) -> datetime | None:
+    """An aware datetime from ISO 8601 text, epoch seconds, or a datetime (naive means UTC)."""
+    if value is None or isinstance(value, Undefined):
+        return None
+    if isinstance(value, datetime):
+        found = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        found = datetime.fromtimestamp(value, UTC)
+    else:
+        text = str(value).strip()
+        try:
+            found = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        except ValueError:
+            raise ExpressionError(f"{text[:64]!r} is not an ISO 8601 time") from None
+    return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
+
+
+def duration(value: Any) -> timedelta:
+    """``duration('24h')``: a span to add to or subtract from a time."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    try:
+        return parse_duration(str(value))
+    except InvalidInput as exc:
+        raise ExpressionError(exc.message) from None
+
+
+def iso(value: Any) -> str | None:
+    """ISO 8601 text (UTC, ``Z``) for a time; a span as seconds."""
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}s"
+    found = to_datetime(value)
+    if found is None:
+        return None
+    return found.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def timestamp(value: Any) -> float | None:
+    """Seconds since the epoch."""
+    found = to_datetime(value)
+    return None if found is None else found.timestamp()
+
+
+def severity(label: Any) -> int:
+    """The OCSF severity_id of a label (``'high'`` -> 4) or of a number."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        return label
+    name = str(label).strip().lower()
+    aliases = {"info": "informational", "crit": "critical", "med": "medium"}
+    name = aliases.get(name, name)
+    for member in Severity:
+        if member.label.lower() == name:
+            return int(member)
+    raise ExpressionError(f"{label!r} is not a severity; use informational to fatal")
+
+
+def to_json(value: Any) -> str:
+    """The value as compact JSON text."""
+    return orjson.dumps(_plain(value), default=str).decode()
+
+
+def from_json(text: Any) -> Any:
+    """Parse JSON text."""
+    try:
+        return orjson.loads(str(text))
+    except orjson.JSONDecodeError as exc:
+        raise ExpressionError(f"from_json: not JSON ({exc})") from None
+
+
+def _now() -> datetime:
+    return _clock_now.get()()
+
+
+_clock_now: contextvars.ContextVar[Callable[[], datetime]] = contextvars.ContextVar(
+    "quell_expr_now", default=lambda: datetime.now(UTC)
+)
+
+
+def ago(value: Any) -> datetime:
+    """``ago('1h')``: now minus the span."""
+    return _now() - duration(value)
+
+
+def age(value: Any) -> float | None:
+    """Seconds from the time to now."""
+    found = to_datetime(value)
+    return None if found is None else (_now() - found).total_seconds()
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "of_type": of_type,
+    "refang": refang,
+    "defang": defang,
+    "in_cidr": in_cidr,
+    "ip_version": ip_version,
+    "to_datetime": to_datetime,
+    "duration": duration,
+    "iso": iso,
+    "timestamp": timestamp,
+    "age": age,
+    "severity": severity,
+    "to_json": to_json,
+    "from_json": from_json,
+}
+TESTS: dict[str, Callable[..., bool]] = {
+    "in_cidr": in_cidr,
+    "private_ip": is_private,
+    "ip": is_ip,
+}
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "now": _now,
+    "duration": duration,
+    "ago": ago,
+    "severity": severity,
+    "to_datetime": to_datetime,
+}
+
+# The names an expression may use besides the run's data.
+BUILTIN_NAMES = frozenset(FUNCTIONS) | {"true", "false", "none", "True", "False", "None"}
+
+_ENV = _build_environment()
+
+
+# -- compiled expressions and templates --------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """The value with Jinja's Undefined turned into None, recursively through containers."""
+    if isinstance(value, Undefined):
+        return None
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _check_size(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        size = len(value)
+    elif isinstance(value, dict | list):
+        size = len(orjson.dumps(value, default=str))
+    else:
+        return value
+    if size > MAX_OUTPUT:
+        raise ExpressionError(f"{where}: the result is larger than {MAX_OUTPUT} bytes", field=where)
+    return value
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A compiled expression: :meth:`evaluate` it against a scope of names."""
+
+    source: str
+    where: str
+    names: frozenset[str]  # the top-level names it reads
+    steps: frozenset[str]  # the step ids it reads through ``steps.<id>``
+    _function: Callable[..., Any]
+
+    def evaluate(
+        self, scope: Mapping[str, Any], *, now: Callable[[], datetime] | None = None
+    ) -> Any:
+        """The expression's value in ``scope``; ExpressionError on failure."""
+        token = _deadline.set(time.monotonic() + DEADLINE)
+        clock = _clock_now.set(now) if now is not None else None
+        try:
+            value = _plain(self._function(**scope))
+        except ExpressionError as exc:
+            raise ExpressionError(f"{self.where}: {exc.message}", field=self.where) from None
+        except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
+            raise ExpressionError(
+                f"{self.where}: {type(exc).__name__}: {str(exc)[:200]}", field=self.where
+            ) from None
+        except (LookupError, AttributeError) as exc:
+            raise ExpressionError(
+                f"{self.where}: {type(exc).__name__}: {str(exc)[:200]}", field=self.where
+            ) from None
+        finally:
+            _deadline.reset(token)
+            if clock is not None:
+                _clock_now.reset(clock)
+        return _check_size(value, self.where)
+
+    def truthy(
+        self, scope: Mapping[str, Any], *, now: Callable[[], datetime] | None = None
+    ) -> bool:
+        """The expression's value as a condition."""
+        return bool(self.evaluate(scope, now=now))
+
+
+def _references(tree: nodes.Node) -> tuple[frozenset[str], frozenset[str]]:
+    names = {node.name for node in tree.find_all(nodes.Name) if node.ctx == "load"}
+    steps: set[str] = set()
+    for node in tree.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.name == "steps":
+            steps.add(node.attr)
+    for item in tree.find_all(nodes.Getitem):
+        if (
+            isinstance(item.node, nodes.Name)
+            and item.node.name == "steps"
+            and isinstance(item.arg, nodes.Const)
+            and isinstance(item.arg.value, str)
+        ):
+            steps.add(item.arg.value)
+    return frozenset(names - BUILTIN_NAMES), frozenset(steps)
+
+
+def _syntax(where: str, exc: TemplateSyntaxError) -> ExpressionError:
+    return ExpressionError(f"{where}: {exc.message or 'syntax error'}", field=where)
+
+
+@functools.lru_cache(maxsize=8192)
+def compile_expression(source: str, where: str = "expression") -> Expression:
+    """Compile a bare expression (``a.b > 3 and c``); ``{{ … }}`` around it is accepted too."""
+    text = source.strip()
+    if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
+        text = text[2:-2].strip()
+    if not text:
+        raise ExpressionError(f"{where}: the expression is empty", field=where)
+    if len(text) > MAX_SOURCE:
+        raise ExpressionError(f"{where}: longer than {MAX_SOURCE} characters", field=where)
+    try:
+        parser_tree = _ENV.parse("{{ " + text + " }}")
+        function = _ENV.compile_expression(text, undefined_to_none=False)
+    except TemplateSyntaxError as exc:
+        raise _syntax(where, exc) from None
+    names, steps = _references(parser_tree)
+    return Expression(source, where, names, steps, function)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A value that may hold ``{{ … }}``: :meth:`render` gives the value in a scope."""
+
+    source: str
+    where: str
+    names: frozenset[str]
+    steps: frozenset[str]
+    _expression: Expression | None  # a single ``{{ expr }}``: its value keeps its type
+    _template: Any  # mixed text: a Jinja template rendering a string
+
+    def render(self, scope: Mapping[str, Any], *, now: Callable[[], datetime] | None = None) -> Any:
+        """The value in ``scope``: the expression's own value, or the rendered text."""
+        if self._expression is not None:
+            return self._expression.evaluate(scope, now=now)
+        token = _deadline.set(time.monotonic() + DEADLINE)
+        clock = _clock_now.set(now) if now is not None else None
+        try:
+            text = self._template.render(**scope)
+        except ExpressionError as exc:
+            raise ExpressionError(f"{self.where}: {exc.message}", field=self.where) from None
+        except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
+            raise ExpressionError(
+                f"{self.where}: {type(exc).__name__}: {str(exc)[:200]}", field=self.where
+            ) from None
+        finally:
+            _deadline.reset(token)
+            if clock is not None:
+                _clock_now.reset(clock)
+        return _check_size(text, self.where)
+
+
+def is_template(value: Any) -> bool:
+    """Whether ``value`` is text holding an expression to fill in."""
+    return isinstance(value, str) and "{{" in value
+
+
+@functools.lru_cache(maxsize=8192)
+def compile_template(source: str, where: str = "value") -> Template:
+    """Compile text with ``{{ … }}`` parts; statements (``{% … %}``) are refused."""
+    if len(source) > MAX_SOURCE:
+        raise ExpressionError(f"{where}: longer than {MAX_SOURCE} characters", field=where)
+    try:
+        tree = _ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        raise _syntax(where, exc) from None
+    body = tree.body
+    if any(not isinstance(node, nodes.Output) for node in body):
+        raise ExpressionError(
+            f"{where}: only {{{{ expressions }}}} are allowed, not {{% statements %}}", field=where
+        )
+    names, steps = _references(tree)
+    stripped = source.strip()
+    if stripped.startswith("{{") and stripped.endswith("}}") and stripped.count("{{") == 1:
+        expression = compile_expression(stripped[2:-2], where)
+        return Template(source, where, names, steps, expression, None)
+    try:
+        template = _ENV.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise _syntax(where, exc) from None
+    return Template(source, where, names, steps, None, template)
+
+
+def compile_value(value: Any, where: str) -> Any:
+    """``value`` with every templated string inside it compiled (lists and mappings walked)."""
+    if is_template(value):
+        return compile_template(value, where)
+    if isinstance(value, Mapping):
+        return {key: compile_value(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        return [compile_value(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    return value
+
+
+def render_value(
+    value: Any, scope: Mapping[str, Any], *, now: Callable[[], datetime] | None = None
+) -> Any:
+    """A compiled value (see :func:`compile_value`) filled in from ``scope``."""
+    if isinstance(value, Template):
+        return value.render(scope, now=now)
+    if isinstance(value, dict):
+        return {key: render_value(item, scope, now=now) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render_value(item, scope, now=now) for item in value]
+    return value
+
+
+def value_references(value: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """The names and step ids a compiled value reads."""
+    if isinstance(value, Template | Expression):
+        return value.names, value.steps
+    names: set[str] = set()
+    steps: set[str] = set()
+    children: Iterable[Any] = ()
+    if isinstance(value, dict):
+        children = value.values()
+    elif isinstance(value, list):
+        children = value
+    for child in children:
+        more_names, more_steps = value_references(child)
+        names |= more_names
+        steps |= more_steps
+    return frozenset(names), frozenset(steps)
+
+
+__all__ = [
+    "BUILTIN_NAMES",
+    "DEADLINE",
+    "MAX_OUTPUT",
+    "Expression",
+    "ExpressionError",
+    "Template",
+    "compile_expression",
+    "compile_template",
+    "compile_value",
+    "is_template",
+    "render_value",
+    "value_references",
+]

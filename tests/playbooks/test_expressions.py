@@ -1,0 +1,134 @@
+"""The sandboxed expression language: what it computes, and what it refuses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from quell.playbooks.expressions import (
+    ExpressionError,
+    compile_expression,
+    compile_template,
+    compile_value,
+    render_value,
+)
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SCOPE: dict[str, Any] = {
+    "alert": {
+        "severity_id": 4,
+        "src": {"ip": "93.184.216.34"},
+        "observables": [
+            {"type": "ipv4", "value": "10.1.2.3"},
+            {"type": "ipv4", "value": "93.184.216.34"},
+            {"type": "sha256", "value": "a" * 64},
+            {"type": "domain", "value": "evil.example"},
+        ],
+        "time": "2026-03-01T11:00:00Z",
+    },
+    "steps": {"lookup": {"output": {"verdict": "malicious", "score": 87}, "status": "succeeded"}},
+}
+
+
+def _eval(source: str) -> Any:
+    return compile_expression(source).evaluate(SCOPE, now=lambda: NOW)
+
+
+def _render(source: str) -> Any:
+    return compile_template(source).render(SCOPE, now=lambda: NOW)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (
+            "steps.lookup.output.verdict == 'malicious' and alert.severity_id >= severity('high')",
+            True,
+        ),
+        ("alert.severity_id >= severity('critical')", False),
+        ("alert.src.ip is in_cidr('93.184.216.0/24')", True),
+        ("alert.src.ip is in_cidr('10.0.0.0/8', '192.168.0.0/16')", False),
+        ("'10.9.9.9' is private_ip", True),
+        ("alert.observables | of_type('file:sha256') | length", 1),
+        (
+            "alert.observables | of_type('ip') | rejectattr('value', 'private_ip')"
+            " | map(attribute='value') | list",
+            ["93.184.216.34"],
+        ),
+        ("'hxxps://evil[.]example/x' | refang", "https://evil.example/x"),
+        ("'https://evil.example/x' | defang", "hxxps://evil[.]example/x"),
+        ("(alert.time | to_datetime + duration('24h')) | iso", "2026-03-02T11:00:00Z"),
+        ("alert.time | age", 3600.0),
+        ("ago('1h') | iso", "2026-03-01T11:00:00Z"),
+        ("(now() + duration('30m')) | iso", "2026-03-01T12:30:00Z"),
+        ("alert.missing.deeper", None),
+        ("alert.missing.deeper is defined", False),
+        ("'{\"a\": [1, 2]}' | from_json", {"a": [1, 2]}),
+        ("{'b': 1, 'a': [true, none]} | to_json", '{"b":1,"a":[true,null]}'),
+        ("'ALERT'.lower().startswith('al')", True),
+    ],
+)
+def test_expressions_compute_what_security_work_needs(source: str, expected: Any) -> None:
+    assert _eval(source) == expected
+
+
+def test_a_template_of_one_expression_keeps_its_type_and_text_makes_a_string() -> None:
+    assert _render("{{ alert.observables | of_type('ipv4') | map(attribute='value') | list }}") == [
+        "10.1.2.3",
+        "93.184.216.34",
+    ]
+    assert _render("  {{ alert.severity_id }} ") == 4
+    assert _render("score {{ steps.lookup.output.score }}/100") == "score 87/100"
+    value = compile_value({"ips": ["{{ alert.src.ip }}", "fixed"], "n": 3}, "with")
+    assert render_value(value, SCOPE) == {"ips": ["93.184.216.34", "fixed"], "n": 3}
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("''.__class__.__mro__", "unsafe"),
+        ("alert.get.__self__", "unsafe"),
+        ("alert.observables.append(1)", "unsafe"),
+        ("'x'.center(100000000)", "unsafe"),
+        ("'{:>999999999}'.format(1)", "unsafe"),
+        ("'a' * 100000000", "size limit"),
+        ("[1, 2] * 10000000", "size limit"),
+        ("9 ** 99999999", "4096 bits"),
+        ("range(10)", "undefined"),
+        ("lipsum(100)", "undefined"),
+        ("cycler(1, 2)", "undefined"),
+        ("'x' | center(1000)", "No filter named 'center'"),
+        ("'%0999999999d' | format(1)", "No filter named 'format'"),
+        ("alert.src.ip is in_cidr('not a network')", "not a CIDR"),
+        ("severity('apocalyptic')", "not a severity"),
+        ("1 / 0", "ZeroDivisionError"),
+    ],
+)
+def test_the_sandbox_refuses_what_could_escape_or_blow_up(source: str, words: str) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        _eval(source)
+    assert words in caught.value.message
+
+
+def test_a_result_over_the_size_limit_is_refused() -> None:
+    scope = {"big": "x" * 600_000}
+    with pytest.raises(ExpressionError, match="larger than"):
+        compile_template("{{ big }}{{ big }}").render(scope)
+
+
+def test_statements_and_bad_syntax_are_refused_when_compiled() -> None:
+    with pytest.raises(ExpressionError, match="not \\{% statements %\\}"):
+        compile_template("{% for x in alert.observables %}{{ x }}{% endfor %}")
+    with pytest.raises(ExpressionError) as caught:
+        compile_expression("a ==", "if")
+    assert caught.value.details["field"] == "if"
+
+
+def test_an_expression_lists_the_names_and_steps_it_reads() -> None:
+    compiled = compile_expression("steps.lookup.output.x == verdict and steps['other'].status")
+    assert compiled.names == {"steps", "verdict"}
+    assert compiled.steps == {"lookup", "other"}
+    template = compile_template("{{ now() | iso }} {{ item.host }}")
+    assert template.names == {"item"}
