@@ -24,6 +24,7 @@ from quell.store.database import Database
 if TYPE_CHECKING:
     from quell.cases.incidents import IncidentService
     from quell.correlate.suppression import SuppressionService
+    from quell.engine.store import PlaybookStore
     from quell.governance.secrets import SecretBox
     from quell.ingest.alerts import AlertService
     from quell.ingest.checkpoints import DbCheckpointStore
@@ -121,6 +122,13 @@ class Runtime:
         from quell.ingest.checkpoints import DbCheckpointStore
 
         return DbCheckpointStore(self.db, self.clock)
+
+    @cached_property
+    def playbooks(self) -> PlaybookStore:
+        """Stored playbook versions."""
+        from quell.engine.store import PlaybookStore
+
+        return PlaybookStore(self.db, self.clock)
 
     def close(self) -> None:
         """Release the database connections."""

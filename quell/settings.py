@@ -12,13 +12,14 @@ import tomllib
 from contextvars import ContextVar
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import platformdirs
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -124,6 +125,35 @@ class Settings(BaseSettings):
         description="Upgrade the schema on start. Turn off in a cluster and run "
         "`quell db upgrade` once per release instead.",
     )
+    plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Modules whose connectors to load besides the installed ones (comma list).",
+    )
+    outbound_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Private networks or hosts actions may reach (comma list: 10.0.0.0/8, "
+        "edr.corp.example); public addresses are always allowed.",
+    )
+    engine_concurrency: int = Field(
+        default=256, ge=1, le=100_000, description="Runs one engine process executes at once."
+    )
+    engine_lease_seconds: float = Field(
+        default=30.0,
+        ge=0.5,
+        le=3600,
+        description="How long a run stays with a worker that stopped renewing (a dead one).",
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8470",
+        description="How others reach this server (callback links are built on it).",
+    )
+
+    @field_validator("plugins", "outbound_allow", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("data_dir")
     @classmethod

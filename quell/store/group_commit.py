@@ -175,7 +175,7 @@ class GroupCommitter:
                     leftovers.append(
                         (item.waiter, None, RuntimeError("the group committer stopped"))
                     )
-            _settle(leftovers)
+            settle(leftovers)
 
     def _drain_batches(self) -> None:
         stopping = False
@@ -208,12 +208,12 @@ class GroupCommitter:
         except StorageUnavailable as exc:
             # The database failed, not a write: one answer for all, no retries.
             self.stats.failed_writes += len(batch)
-            _settle([(item.waiter, None, exc) for item in batch])
+            settle([(item.waiter, None, exc) for item in batch])
             return
         except Exception as exc:  # noqa: BLE001 - whatever one write raises goes to its caller
             if len(batch) == 1:
                 self.stats.failed_writes += 1
-                _settle([(batch[0].waiter, None, exc)])
+                settle([(batch[0].waiter, None, exc)])
                 return
             # Something in the batch failed: nothing of it was committed. Retry each write
             # alone so that only the culprit's caller sees the error.
@@ -223,18 +223,18 @@ class GroupCommitter:
                 self._commit([item])
             return
         except BaseException as exc:
-            _settle([(item.waiter, None, exc) for item in batch])
+            settle([(item.waiter, None, exc) for item in batch])
             raise
         self.stats.writes += len(batch)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        _settle([(item.waiter, result, None) for item, result in zip(batch, results, strict=True)])
+        settle([(item.waiter, result, None) for item, result in zip(batch, results, strict=True)])
 
 
 Outcome = tuple[Waiter, Any, BaseException | None]
 
 
-def _settle(outcomes: list[Outcome]) -> None:
+def settle(outcomes: list[Outcome]) -> None:
     """Resolve waiters: sync futures here, async ones with one callback per event loop."""
     by_loop: dict[
         asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -213,4 +214,149 @@ ingest_nonces = Table(
     Column("signature", String(128), primary_key=True),
     Column("source", String(64), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
+
+
+# -- playbooks and the engine --------------------------------------------------------------------
+
+# Every compiled playbook a run ever pinned: the IR as JSON, and the text it came from.
+playbook_versions = Table(
+    "playbook_versions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("playbook_id", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),  # sha256 of the IR JSON
+    Column("ir", Text, nullable=False),
+    Column("source", Text, nullable=True),
+    Column("source_format", String(16), nullable=False),
+    Column("active", Boolean, nullable=False, default=False),  # its triggers are live
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(64), nullable=True),
+)
+Index("ix_playbook_versions_playbook_id_version", playbook_versions.c.playbook_id,
+      playbook_versions.c.version)  # fmt: skip
+Index(
+    "uq_playbook_versions_active",
+    playbook_versions.c.playbook_id,
+    unique=True,
+    sqlite_where=playbook_versions.c.active.is_(True),
+    postgresql_where=playbook_versions.c.active.is_(True),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("playbook_version_id", String(32), ForeignKey("playbook_versions.id"), nullable=False),
+    Column("playbook_id", String(128), nullable=False),
+    Column("status", String(16), nullable=False),  # see quell.engine.states.RunStatus
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("inputs", _json(), nullable=False),
+    Column("variables", _json(), nullable=True),  # when it ended
+    Column("error", _json(), nullable=True),
+    Column("trigger", String(32), nullable=False),  # manual, alert.created, schedule, playbook...
+    Column("trigger_ref", String(64), nullable=True),  # the alert, incident, or parent run
+    Column("dedupe_key", String(160), nullable=True, unique=True),
+    Column("parent_run_id", String(32), nullable=True, index=True),
+    Column("parent_key", String(512), nullable=True),  # the parent's step that started it
+    Column("root_run_id", String(32), nullable=False),
+    Column("created_by", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("deadline", UTCDateTime(), nullable=True),
+    Column("wake_at", UTCDateTime(), nullable=True),  # waiting: a timer or the deadline
+    Column("control", String(16), nullable=True),  # cancel or pause, asked while running
+    # The lease: who runs it, until when, and the epoch that fences a worker that lost it.
+    Column("owner", String(64), nullable=True),
+    Column("lease_epoch", Integer, nullable=False, default=0),
+    Column("lease_expires", UTCDateTime(), nullable=True),
+)
+Index("ix_runs_status_wake_at", runs.c.status, runs.c.wake_at)
+Index("ix_runs_status_lease_expires", runs.c.status, runs.c.lease_expires)
+Index("ix_runs_playbook_id_created_at", runs.c.playbook_id, runs.c.created_at)
+
+# The journal: one row per attempt of each step (a step inside a loop or a for_each has one
+# per iteration; ``key`` says which: ``poll#2/bump``, ``isolate[3]``).
+run_steps = Table(
+    "run_steps",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("run_id", String(32), ForeignKey("runs.id"), nullable=False),
+    Column("key", String(512), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("step_id", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(24), nullable=False),  # see quell.engine.states.StepStatus
+    Column("action", String(128), nullable=True),
+    Column("idempotency_key", String(160), nullable=True),
+    Column("inputs", _json(), nullable=True),
+    Column("output", _json(), nullable=True),
+    Column("error", _json(), nullable=True),
+    Column("assigned", _json(), nullable=True),  # playbook variables the step set
+    Column("simulated", Boolean, nullable=False, default=False),  # dry-run: not called
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("due_at", UTCDateTime(), nullable=True),  # a timer, a delay or a retry backoff
+)
+Index("uq_run_steps_run_id_key_attempt", run_steps.c.run_id, run_steps.c.key,
+      run_steps.c.attempt, unique=True)  # fmt: skip
+
+# What waiting runs wait for: a person's decision, a task, a callback, a timer, a child run.
+waits = Table(
+    "waits",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("run_id", String(32), ForeignKey("runs.id"), nullable=False, index=True),
+    Column("step_key", String(512), nullable=False),
+    Column("kind", String(16), nullable=False),  # approval, task, event, reconcile
+    Column("status", String(16), nullable=False),  # pending, approved, rejected, done, ...
+    Column("prompt", Text, nullable=True),
+    Column("approvers", _json(), nullable=True),  # roles that may decide
+    Column("token_hash", String(64), nullable=True, unique=True),  # event callbacks
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("on_expiry", String(16), nullable=True),
+    Column("requested_by", String(64), nullable=True),
+    Column("decision", _json(), nullable=True),
+    Column("decided_by", String(64), nullable=True),
+    Column("decided_at", UTCDateTime(), nullable=True),
+    Column("comment", Text, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+Index("ix_waits_status_expires_at", waits.c.status, waits.c.expires_at)
+
+# The outbox: events written in the transaction that caused them (an alert stored, an
+# incident created), turned into runs by the dispatcher, idempotently.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", String(32), primary_key=True),  # time-ordered
+    Column("kind", String(32), nullable=False),
+    Column("subject_id", String(32), nullable=False),
+    Column("payload", _json(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("processed_at", UTCDateTime(), nullable=True),
+)
+Index("ix_outbox_processed_at_id", outbox.c.processed_at, outbox.c.id)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("playbook_id", String(128), primary_key=True),
+    Column("trigger", Integer, primary_key=True),  # its index among the playbook's triggers
+    Column("cron", String(128), nullable=False),
+    Column("next_at", UTCDateTime(), nullable=False),
+    Column("last_at", UTCDateTime(), nullable=True),
+)
+
+# Token buckets that limit an action's rate across every worker (PostgreSQL).
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key", String(160), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )

@@ -1,0 +1,150 @@
+"""The action registry: every connector found, every action it declares, looked up by key.
+
+Connectors are found through the ``quell.connectors`` entry-point group (built-ins register
+there too, in Quell's own ``pyproject.toml``) and through the modules named in the
+``QUELL_PLUGINS`` setting, whose :class:`~quell.sdk.Connector` subclasses are taken as they
+are defined. Two connectors of one name are refused: an action key must mean one thing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from types import ModuleType
+
+import structlog
+from pydantic import BaseModel
+
+from quell.errors import ConfigurationError, NotFound
+from quell.playbooks.catalog import ActionSpec
+from quell.sdk.actions import ActionMeta, Connector, RiskLevel, action_meta, signature_models
+
+log = structlog.get_logger(__name__)
+ENTRY_POINT_GROUP = "quell.connectors"
+
+
+@dataclass(frozen=True)
+class ActionDef:
+    """One action: its key, its connector, its method and models, and what it declares."""
+
+    key: str
+    connector: type[Connector]
+    method: str
+    meta: ActionMeta
+    input_model: type[BaseModel] | None
+    output_model: type[BaseModel] | None
+
+    @property
+    def is_read(self) -> bool:
+        """Whether it only reads (safe in dry-run, never a containment)."""
+        return self.meta.risk is RiskLevel.READ
+
+    def spec(self) -> ActionSpec:
+        """The action as playbook validation sees it."""
+        return ActionSpec(
+            key=self.key,
+            connector=self.connector.name,
+            risk=self.meta.risk.value,
+            input_model=self.input_model,
+            secrets=tuple(self.connector.secrets),
+            description=self.meta.title
+            or (inspect.getdoc(getattr(self.connector, self.method)) or ""),
+            idempotent=self.meta.idempotent,
+        )
+
+
+class Registry:
+    """Connectors by name and actions by key."""
+
+    def __init__(self) -> None:
+        self.connectors: dict[str, type[Connector]] = {}
+        self.actions: dict[str, ActionDef] = {}
+
+    @classmethod
+    def discover(cls, plugins: Sequence[str] = ()) -> Registry:
+        """Every connector of the entry-point group and of the plugin modules."""
+        registry = cls()
+        for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            try:
+                loaded = entry.load()
+            except Exception as exc:  # noqa: BLE001  (a broken plugin must not stop Quell)
+                log.error("connector_not_loaded", entry_point=entry.name, error=repr(exc))
+                continue
+            registry.add(loaded)
+        for module_name in plugins:
+            registry.add_module(_import(module_name))
+        return registry
+
+    def add_module(self, module: ModuleType) -> None:
+        """Add the connectors a module defines."""
+        for value in vars(module).values():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, Connector)
+                and value is not Connector
+                and value.__module__ == module.__name__
+                and "name" in vars(value)
+            ):
+                self.add(value)
+
+    def add(self, connector: type[Connector]) -> None:
+        """Add a connector class and its actions."""
+        if not (inspect.isclass(connector) and issubclass(connector, Connector)):
+            raise ConfigurationError(f"{connector!r} is not a Connector class")
+        name = getattr(connector, "name", "")
+        known = self.connectors.get(name)
+        if known is connector:
+            return
+        if known is not None:
+            raise ConfigurationError(
+                f"two connectors are named {name!r}: {known.__module__}.{known.__qualname__} "
+                f"and {connector.__module__}.{connector.__qualname__}"
+            )
+        found: dict[str, ActionDef] = {}
+        for attribute, function in inspect.getmembers(connector, inspect.iscoroutinefunction):
+            meta = action_meta(function)
+            if meta is None:
+                continue
+            key = f"{name}.{meta.name}"
+            input_model, output_model = signature_models(function)
+            found[key] = ActionDef(key, connector, attribute, meta, input_model, output_model)
+        for definition in found.values():
+            for hook in (definition.meta.reconcile,):
+                if hook is not None and not callable(getattr(connector, hook, None)):
+                    raise ConfigurationError(
+                        f"{definition.key}: reconcile hook {hook!r} is not a method of {name}"
+                    )
+        self.connectors[name] = connector
+        self.actions.update(found)
+
+    def get(self, key: str) -> ActionDef:
+        """The action ``key``; NotFound names it."""
+        found = self.actions.get(key)
+        if found is None:
+            raise NotFound(f"no action {key!r}", field="action", value=key)
+        return found
+
+    # ActionCatalog, for playbook validation.
+    def spec(self, key: str) -> ActionSpec | None:
+        """The action as validation sees it, or None."""
+        found = self.actions.get(key)
+        return None if found is None else found.spec()
+
+    def keys(self) -> Iterable[str]:
+        """Every action key."""
+        return self.actions.keys()
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"QUELL_PLUGINS names {name!r}, which cannot be imported: {exc}", setting="plugins"
+        ) from None
+
+
+__all__ = ["ENTRY_POINT_GROUP", "ActionDef", "Registry"]

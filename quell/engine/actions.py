@@ -1,0 +1,257 @@
+"""Calling connector actions: instances, inputs, secrets, limits, timeouts and reconcile.
+
+The engine hands :class:`ActionRunner` an action key, the filled-in inputs and the call's
+identity; the runner validates the inputs against the action's model (a bad input fails the
+step with the field named, it never reaches the peer), holds the action's concurrency and rate
+limits, calls the method with an :class:`~quell.sdk.ActionContext`, and returns the output as
+plain JSON data. Anything an action raises that is not an :class:`~quell.sdk.ActionError`
+becomes one (not retryable) with only the exception's type in the message: a connector's bug
+fails its step, never the worker.
+
+Secrets come from the environment, ``QUELL_CONNECTOR_<CONNECTOR>_<SECRET>`` (for example
+``QUELL_CONNECTOR_VIRUSTOTAL_API_KEY``), as :class:`~quell.sdk.SecretValue`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from quell.connectors.registry import ActionDef, Registry
+from quell.sdk import ActionContext, ActionError, Connector, Landed, Reconciliation, SecretValue
+from quell.sdk.errors import PermanentError, TransientError
+from quell.sdk.http import OutboundPolicy, guard
+
+log = structlog.get_logger(__name__)
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+
+
+def _env_name(connector: str, secret: str) -> str:
+    return f"QUELL_CONNECTOR_{connector}_{secret}".upper().replace(".", "_").replace("-", "_")
+
+
+class EnvSecrets:
+    """Connector secrets from environment variables (SecretCatalog for validation too)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = os.environ if environ is None else environ
+
+    def provides(self, connector: str, secret: str) -> bool:
+        """Whether the secret is configured."""
+        return bool(self.environ.get(_env_name(connector, secret)))
+
+    def for_connector(self, connector: type[Connector]) -> dict[str, SecretValue]:
+        """The connector's configured secrets."""
+        found = {}
+        for name in connector.secrets:
+            value = self.environ.get(_env_name(connector.name, name))
+            if value:
+                found[name] = SecretValue(value)
+        return found
+
+
+class _Bucket:
+    """A token bucket: ``rate`` calls per second, bursts up to ``capacity``."""
+
+    def __init__(self, rate: float, capacity: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = capacity
+        self.updated = time.monotonic()
+
+    def take(self) -> float:
+        """Take a token; the seconds to wait first (0 when one was there)."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+def parse_rate(text: str) -> float:
+    """``"10/s"``, ``"100/m"``, ``"1000/h"`` as calls per second."""
+    match = _RATE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a rate; use e.g. 10/s, 100/m or 1000/h")
+    per = {"s": 1.0, "m": 60.0, "h": 3600.0}[match[2]]
+    return float(match[1]) / per
+
+
+class ActionRunner:
+    """Calls actions for the engine; one connector instance per connector, one HTTP pool."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        secrets: EnvSecrets | None = None,
+        outbound: OutboundPolicy | None = None,
+    ) -> None:
+        self.registry = registry
+        self.secrets = secrets or EnvSecrets()
+        self.outbound = outbound or OutboundPolicy()
+        self._instances: dict[str, Connector] = {}
+        self._http: httpx.AsyncClient | None = None
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._buckets: dict[str, _Bucket] = {}
+
+    def action(self, key: str) -> ActionDef:
+        """The action ``key`` (NotFound when unknown)."""
+        return self.registry.get(key)
+
+    def _instance(self, definition: ActionDef) -> Connector:
+        name = definition.connector.name
+        found = self._instances.get(name)
+        if found is None:
+            config_model = definition.connector.Config
+            config = config_model() if config_model is not None else None
+            found = self._instances[name] = definition.connector(config)
+        return found
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = guard(self.outbound)
+        return self._http
+
+    def context(
+        self,
+        definition: ActionDef,
+        *,
+        run_id: str,
+        step_key: str,
+        attempt: int,
+        idempotency_key: str,
+        dry_run: bool,
+    ) -> ActionContext:
+        """The context an attempt is called with."""
+        return ActionContext(
+            run_id=run_id,
+            step_id=step_key,
+            attempt=attempt,
+            idempotency_key=idempotency_key,
+            dry_run=dry_run,
+            secrets=self.secrets.for_connector(definition.connector),
+            http=self._client(),
+            log=log.bind(action=definition.key, run=run_id, step=step_key),
+        )
+
+    def validate(self, definition: ActionDef, inputs: Mapping[str, Any]) -> BaseModel | None:
+        """The inputs as the action's model; PermanentError naming the field when wrong."""
+        if definition.input_model is None:
+            return None
+        try:
+            return definition.input_model.model_validate(dict(inputs))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"]) or "input"
+            raise PermanentError(
+                f"{definition.key}: input {where}: {error['msg']}", code="invalid_input"
+            ) from None
+
+    async def call(
+        self,
+        definition: ActionDef,
+        params: BaseModel | None,
+        ctx: ActionContext,
+        *,
+        limit: float | None = None,
+    ) -> dict[str, Any]:
+        """Call the action (at most ``limit`` seconds); its output as data, or an ActionError."""
+        method = getattr(self._instance(definition), definition.method)
+        async with self._limited(definition):
+            try:
+                async with asyncio.timeout(limit):
+                    result = await method(ctx, params)
+            except TimeoutError:
+                raise TransientError(
+                    f"{definition.key}: no answer within {limit:g}s", code="timeout"
+                ) from None
+            except ActionError:
+                raise
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a connector's bug fails its step only
+                log.error("action_crashed", action=definition.key, error=type(exc).__name__)
+                raise ActionError(
+                    f"{definition.key} raised {type(exc).__name__}", code="connector_error"
+                ) from None
+        return _plain(result)
+
+    async def reconcile(
+        self, definition: ActionDef, params: BaseModel | None, ctx: ActionContext
+    ) -> Reconciliation:
+        """Ask the connector whether an earlier attempt landed (UNKNOWN without a hook)."""
+        hook = definition.meta.reconcile
+        if hook is None:
+            return Reconciliation(Landed.UNKNOWN, detail=f"{definition.key} has no reconcile hook")
+        method = getattr(self._instance(definition), hook)
+        try:
+            answer = await method(ctx, params)
+        except ActionError as exc:
+            return Reconciliation(Landed.UNKNOWN, detail=f"reconcile failed: {exc.message}")
+        except Exception as exc:  # noqa: BLE001 - an unknown answer, not a crash
+            return Reconciliation(Landed.UNKNOWN, detail=f"reconcile raised {type(exc).__name__}")
+        if not isinstance(answer, Reconciliation):
+            return Reconciliation(Landed.UNKNOWN, detail="reconcile returned no Reconciliation")
+        return answer
+
+    def _limited(self, definition: ActionDef) -> _Limit:
+        meta = definition.meta
+        slot = None
+        if meta.concurrency:
+            slot = self._slots.setdefault(definition.key, asyncio.Semaphore(meta.concurrency))
+        bucket = None
+        if meta.rate:
+            rate = parse_rate(meta.rate)
+            bucket = self._buckets.setdefault(definition.key, _Bucket(rate, max(1.0, rate)))
+        return _Limit(slot, bucket)
+
+    async def aclose(self) -> None:
+        """Close the connector instances and the HTTP pool."""
+        for instance in self._instances.values():
+            await instance.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+
+
+class _Limit:
+    """Holds a concurrency slot and waits for a rate token around one call."""
+
+    def __init__(self, slot: asyncio.Semaphore | None, bucket: _Bucket | None) -> None:
+        self.slot = slot
+        self.bucket = bucket
+
+    async def __aenter__(self) -> None:
+        if self.slot is not None:
+            await self.slot.acquire()
+        if self.bucket is not None:
+            wait = self.bucket.take()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.slot is not None:
+            self.slot.release()
+
+
+def _plain(result: Any) -> dict[str, Any]:
+    if result is None:
+        return {}
+    if isinstance(result, BaseModel):
+        data = result.model_dump(mode="json", by_alias=True)
+    elif isinstance(result, Mapping):
+        data = dict(result)
+    else:
+        data = {"value": result}
+    return data
+
+
+__all__ = ["ActionRunner", "EnvSecrets", "parse_rate"]

@@ -1,0 +1,404 @@
+"""The engine of one process: it claims runs, executes them, renews their leases, and wakes
+waiting runs whose time has come.
+
+``quell serve`` runs one inside the API process (embedded mode); ``quell worker`` runs one on
+its own (cluster mode, many processes on one PostgreSQL). A run started in this process is
+created already held by it (status ``running``, this owner, a fresh lease) and starts at once,
+with no claim query; the database remains the truth if the process dies. Other runs are
+claimed in short transactions (``FOR UPDATE SKIP LOCKED`` on PostgreSQL): those ``ready``,
+and those ``running`` whose lease expired because their worker died. Every lease is renewed in
+one statement per interval; the renewal also reads cancel and pause requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import socket
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from quell.clock import Clock
+from quell.connectors.registry import Registry
+from quell.engine.actions import ActionRunner, EnvSecrets
+from quell.engine.execution import Execution, Outcome, RunInfo
+from quell.engine.journal import RUN_COLUMNS, JournalWriter, LeaseLost, Op, OpKind
+from quell.engine.states import RunStatus
+from quell.engine.store import Claimed, PlaybookStore, RunStore
+from quell.ids import new_id
+from quell.sdk.http import OutboundPolicy
+from quell.store.database import Database
+
+if TYPE_CHECKING:
+    from quell.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+def worker_name() -> str:
+    """This process's owner name for leases: host, pid and a random tail."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{new_id('wkr')[-6:]}"
+
+
+class Engine:
+    """Runs of this process: started here or claimed, executed, journaled, released."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        secret_key: bytes,
+        registry: Registry | None = None,
+        actions: ActionRunner | None = None,
+        playbooks: PlaybookStore | None = None,
+        owner: str | None = None,
+        concurrency: int = 256,
+        lease: timedelta = timedelta(seconds=30),
+        poll: float = 0.5,
+        tick: float = 1.0,
+        roots: Sequence[str] | None = None,
+        outbound: OutboundPolicy | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.owner = owner or worker_name()
+        self.concurrency = concurrency
+        self.lease = lease
+        self.poll = poll
+        self.tick = tick
+        self.roots = list(roots) if roots is not None else None
+        self.journal = JournalWriter(db)
+        self.runs = RunStore(db, clock)
+        self.playbooks = playbooks or PlaybookStore(db, clock)
+        self.actions = actions or ActionRunner(
+            registry or Registry.discover(), secrets=EnvSecrets(), outbound=outbound
+        )
+        self.callback_secret = hmac.new(secret_key, b"quell:callbacks", hashlib.sha256).digest()
+        self.active: dict[str, Execution] = {}
+        self.finished: dict[str, asyncio.Future[RunStatus]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wakeup: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    @classmethod
+    def for_runtime(cls, runtime: Runtime, **options: Any) -> Engine:
+        """An engine on the runtime's database, clock, key and settings."""
+        settings = runtime.settings
+        registry = options.pop("registry", None) or Registry.discover(settings.plugins)
+        options.setdefault("outbound", OutboundPolicy.parse(settings.outbound_allow))
+        options.setdefault("lease", timedelta(seconds=settings.engine_lease_seconds))
+        options.setdefault("concurrency", settings.engine_concurrency)
+        return cls(
+            runtime.db,
+            runtime.clock,
+            secret_key=runtime.secret_key.reveal().encode(),
+            registry=registry,
+            playbooks=runtime.playbooks,
+            **options,
+        )
+
+    # -- starting runs ----------------------------------------------------------------------------
+
+    def run_row(
+        self,
+        run_id: str,
+        version_id: str,
+        playbook_id: str,
+        inputs: dict[str, Any],
+        *,
+        dry_run: bool = False,
+        trigger: str = "manual",
+        trigger_ref: str | None = None,
+        parent_run_id: str | None = None,
+        parent_key: str | None = None,
+        root_run_id: str | None = None,
+        dedupe_key: str | None = None,
+        created_by: str | None = None,
+        status: RunStatus = RunStatus.READY,
+        owner: str | None = None,
+        epoch: int = 0,
+        deadline: datetime | None = None,
+    ) -> tuple[Any, ...]:
+        """A ``runs`` row in RUN_COLUMNS order."""
+        now = self.clock.now()
+        if deadline is None:
+            timeout = self.playbooks.ir(version_id).timeout
+            deadline = now + timedelta(seconds=timeout) if timeout else None
+        values = {
+            "id": run_id,
+            "playbook_version_id": version_id,
+            "playbook_id": playbook_id,
+            "status": status.value,
+            "dry_run": dry_run,
+            "inputs": inputs,
+            "variables": None,
+            "error": None,
+            "trigger": trigger,
+            "trigger_ref": trigger_ref,
+            "dedupe_key": dedupe_key,
+            "parent_run_id": parent_run_id,
+            "parent_key": parent_key,
+            "root_run_id": root_run_id or run_id,
+            "created_by": created_by,
+            "created_at": now,
+            "updated_at": now,
+            "started_at": now if owner else None,
+            "finished_at": None,
+            "deadline": deadline,
+            "wake_at": None,
+            "control": None,
+            "owner": owner,
+            "lease_epoch": epoch,
+            "lease_expires": now + self.lease if owner else None,
+        }
+        return tuple(values[name] for name in RUN_COLUMNS)
+
+    async def start(
+        self,
+        version_id: str,
+        inputs: dict[str, Any],
+        *,
+        dry_run: bool = False,
+        trigger: str = "manual",
+        trigger_ref: str | None = None,
+        created_by: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Create a run held by this engine and start it as soon as it is durable."""
+        run_id = run_id or new_id("run")
+        playbook = self.playbooks.ir(version_id)
+        row = self.run_row(
+            run_id,
+            version_id,
+            playbook.id,
+            inputs,
+            dry_run=dry_run,
+            trigger=trigger,
+            trigger_ref=trigger_ref,
+            created_by=created_by,
+            status=RunStatus.RUNNING,
+            owner=self.owner,
+            epoch=1,
+        )
+        await self.journal.write(Op(OpKind.INSERT_RUN, run_id, None, row))
+        info = RunInfo(
+            id=run_id,
+            epoch=1,
+            playbook_version_id=version_id,
+            playbook_id=playbook.id,
+            inputs=inputs,
+            dry_run=dry_run,
+            root_run_id=run_id,
+            parent_run_id=None,
+            parent_key=None,
+            created_at=row[RUN_COLUMNS.index("created_at")],
+            deadline=row[RUN_COLUMNS.index("deadline")],
+        )
+        self._spawn(self._execute_fresh(info))
+        return run_id
+
+    def watch(self, run_id: str) -> asyncio.Future[RunStatus]:
+        """A future that resolves when this engine sees the run end."""
+        loop = asyncio.get_running_loop()
+        future = self.finished.get(run_id)
+        if future is None:
+            future = self.finished[run_id] = loop.create_future()
+        return future
+
+    # -- the loops ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for claimable runs now (thread-safe)."""
+        loop, event = self._loop, self._wakeup
+        if loop is None or event is None:
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                event.set()
+                return
+        except RuntimeError:
+            pass
+        loop.call_soon_threadsafe(event.set)
+
+    async def __aenter__(self) -> Engine:
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self.journal.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Claim, run and renew until ``stop`` is set, then shut down."""
+        if self._loop is None:
+            await self.__aenter__()
+        loops = [
+            asyncio.create_task(self._claim_loop(stop), name="engine-claim"),
+            asyncio.create_task(self._renew_loop(stop), name="engine-renew"),
+            asyncio.create_task(self._tick_loop(stop), name="engine-tick"),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Stop executing: what is in flight is cancelled and its runs handed back."""
+        self._stopping = True
+        tasks = list(self._tasks)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.to_thread(self._hand_back)
+        await asyncio.to_thread(self.journal.close)
+        await self.actions.aclose()
+
+    def _hand_back(self) -> None:
+        """Runs this engine still holds go back to ready, so another worker takes them now."""
+        from sqlalchemy import update
+
+        from quell.store.schema import runs
+
+        try:
+            with self.db.write() as conn:
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.owner == self.owner, runs.c.status == RunStatus.RUNNING.value)
+                    .values(status=RunStatus.READY.value, owner=None, lease_expires=None)
+                )
+        except Exception as exc:  # noqa: BLE001 - the leases expire anyway
+            log.warning("hand_back_failed", error=type(exc).__name__)
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        assert self._wakeup is not None
+        while not stop.is_set():
+            self._wakeup.clear()
+            free = self.concurrency - len(self._tasks)
+            claimed: list[Claimed] = []
+            if free > 0:
+                try:
+                    claimed = await asyncio.to_thread(
+                        self.runs.claim, self.owner, min(free, 256), self.lease, roots=self.roots
+                    )
+                except Exception as exc:  # noqa: BLE001 - the database may be back next time
+                    log.warning("claim_failed", error=type(exc).__name__)
+            for item in claimed:
+                if item.id not in self.active:
+                    self._spawn(self._execute_claimed(item))
+            if claimed and len(claimed) >= min(free, 256):
+                continue  # there may be more
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self.poll)
+
+    async def _renew_loop(self, stop: asyncio.Event) -> None:
+        interval = max(0.2, self.lease.total_seconds() / 3)
+        while not stop.is_set():
+            await asyncio.sleep(interval)
+            if not self.active:
+                continue
+            try:
+                held = await asyncio.to_thread(self.runs.renew, self.owner, self.lease)
+            except Exception as exc:  # noqa: BLE001 - try again next interval
+                log.warning("renew_failed", error=type(exc).__name__)
+                continue
+            for run_id, execution in list(self.active.items()):
+                control = held.get(run_id, "lost")
+                if control is not None and control != "lost":
+                    execution.control = control
+
+    async def _tick_loop(self, stop: asyncio.Event) -> None:
+        from quell.engine.waits import WaitService
+
+        waits = WaitService(self.db, self.clock)
+        while not stop.is_set():
+            try:
+                woken = await asyncio.to_thread(self.runs.wake_due)
+                expired = await asyncio.to_thread(waits.expire_due)
+                if woken or expired:
+                    self.wake()
+                await self.on_tick()
+            except Exception as exc:  # noqa: BLE001 - the next tick tries again
+                log.warning("tick_failed", error=type(exc).__name__)
+            await asyncio.sleep(self.tick)
+
+    async def on_tick(self) -> None:
+        """Hook for the trigger dispatcher (set by the process that runs triggers)."""
+
+    # -- executing ----------------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute_claimed(self, claimed: Claimed) -> None:
+        try:
+            row, journal = await asyncio.to_thread(self.runs.load, claimed.id)
+        except Exception as exc:  # noqa: BLE001 - its lease expires and it is claimed again
+            log.error("run_load_failed", run=claimed.id, error=type(exc).__name__)
+            return
+        info = RunInfo.from_row(row, claimed.epoch)
+        await self._execute(info, journal, control=row.control)
+
+    async def _execute_fresh(self, info: RunInfo) -> None:
+        await self._execute(info, [], control=None)
+
+    async def _execute(self, info: RunInfo, journal: list[Any], *, control: str | None) -> None:
+        try:
+            playbook = self.playbooks.ir(info.playbook_version_id)
+        except Exception as exc:  # noqa: BLE001 - a run whose playbook is gone fails
+            log.error("run_playbook_missing", run=info.id, error=type(exc).__name__)
+            return
+        execution = Execution(self, info, playbook, journal)
+        execution.control = control
+        self.active[info.id] = execution
+        status = RunStatus.FAILED
+        try:
+            outcome = await self._bounded(execution, info)
+            await execution.release(outcome)
+            status = outcome.status
+        except LeaseLost:
+            log.warning("run_lease_lost", run=info.id)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("run_crashed", run=info.id, error=type(exc).__name__, exc_info=exc)
+            return
+        finally:
+            self.active.pop(info.id, None)
+        future = self.finished.get(info.id)
+        if future is not None and not future.done() and status.finished:
+            future.set_result(status)
+        if status.finished:
+            log.info("run_finished", run=info.id, status=status.value)
+
+    async def _bounded(self, execution: Execution, info: RunInfo) -> Outcome:
+        if info.deadline is None:
+            return await execution.execute()
+        remaining = (info.deadline - self.clock.now()).total_seconds()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                return await execution.execute()
+        except TimeoutError:
+            return Outcome(
+                RunStatus.FAILED,
+                execution.variables,
+                {"code": "run_timeout", "message": "the run reached its timeout"},
+            )
+
+
+__all__ = ["Engine", "worker_name"]

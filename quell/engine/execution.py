@@ -1,0 +1,998 @@
+"""Running one playbook run: the IR interpreted step by step, every step journaled.
+
+An :class:`Execution` is built from the run's row, its pinned IR and its journal. It walks the
+IR from the start; at each step it first looks in the journal:
+
+- a finished attempt is *replayed*: its recorded output, error and variable assignments are
+  applied and nothing is called again (so a run resumed by another worker after a crash goes
+  through its finished steps in microseconds and continues where it stopped);
+- a write whose attempt was committed as ``started`` but never finished may or may not have
+  reached the peer: the connector's ``reconcile`` hook decides (landed: take its answer;
+  not landed: a new attempt; unknown: a person decides, through a ``reconcile`` wait);
+- a wait that is still pending suspends the branch.
+
+Anything new is journaled before the run moves on: a write's attempt is committed as
+``started`` (with its idempotency key) *before* the call and closed after it; a read is
+committed with its result; a decision (``if``, ``switch``, ``while``, ``for_each`` items,
+``set``) is recorded so a replay takes the same path. Step keys name the path to a step
+(``poll#2/bump``: the ``bump`` of the third ``poll`` iteration; ``isolate[4]``: the fifth item;
+``fan|1/left``: branch 1 of ``fan``), so each execution of a step has its own record.
+
+When every branch that can go on has gone as far as it can and some wait, the run is
+suspended: it becomes rows only, with ``wake_at`` set for the earliest timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import random
+from base64 import urlsafe_b64encode
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from sqlalchemy import Connection, update
+
+from quell.engine.journal import Op, OpKind, release_params
+from quell.engine.states import RunStatus, StepStatus, WaitStatus
+from quell.ids import new_id
+from quell.playbooks.expressions import (
+    ExpressionError,
+    compile_expression,
+    compile_value,
+    render_value,
+)
+from quell.playbooks.ir import ExpiryOutcome, Playbook, Step, StepKind, WaitKind
+from quell.sdk import ActionError, Landed
+from quell.store.schema import run_steps, runs, waits
+
+if TYPE_CHECKING:
+    from quell.engine.engine import Engine
+
+log = structlog.get_logger(__name__)
+
+IN_PROCESS_WAIT = 2.0  # seconds: shorter backoffs and timers sleep in the worker, not as rows
+
+
+# A failed attempt with a due time is one whose retry was scheduled: not the step's end.
+_RETRIED = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT})
+
+
+class StepFailed(Exception):
+    """A step failed; ``error`` is what the journal recorded."""
+
+    def __init__(self, key: str, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message", "step failed"))
+        self.key = key
+        self.error = error
+
+
+class Suspended(Exception):
+    """A branch cannot go on until something outside the run happens."""
+
+    def __init__(self, wake_at: datetime | None = None) -> None:
+        super().__init__("suspended")
+        self.wake_at = wake_at
+
+
+class Interrupted(Exception):
+    """The run was asked to stop (cancel) or to pause."""
+
+    def __init__(self, control: str) -> None:
+        super().__init__(control)
+        self.control = control
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What an execution needs to know about its run."""
+
+    id: str
+    epoch: int
+    playbook_version_id: str
+    playbook_id: str
+    inputs: dict[str, Any]
+    dry_run: bool
+    root_run_id: str
+    parent_run_id: str | None
+    parent_key: str | None
+    created_at: datetime
+    deadline: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any, epoch: int) -> RunInfo:
+        """From a ``runs`` row."""
+        return cls(
+            id=row.id,
+            epoch=epoch,
+            playbook_version_id=row.playbook_version_id,
+            playbook_id=row.playbook_id,
+            inputs=dict(row.inputs or {}),
+            dry_run=bool(row.dry_run),
+            root_run_id=row.root_run_id,
+            parent_run_id=row.parent_run_id,
+            parent_key=row.parent_key,
+            created_at=row.created_at,
+            deadline=row.deadline,
+        )
+
+
+@dataclass
+class Record:
+    """The latest attempt of one step key, from the journal."""
+
+    id: str
+    attempt: int
+    status: StepStatus
+    output: Any = None
+    error: dict[str, Any] | None = None
+    assigned: dict[str, Any] | None = None
+    due_at: datetime | None = None
+    inputs: Any = None
+    idempotency_key: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Record:
+        """From a ``run_steps`` row."""
+        return cls(
+            id=row.id,
+            attempt=row.attempt,
+            status=StepStatus(row.status),
+            output=row.output,
+            error=row.error,
+            assigned=row.assigned,
+            due_at=row.due_at,
+            inputs=row.inputs,
+            idempotency_key=row.idempotency_key,
+        )
+
+
+@dataclass
+class Frame:
+    """Where a branch runs: its key prefix, the steps it sees, and its loop names."""
+
+    prefix: str
+    steps: dict[str, dict[str, Any]]
+    names: dict[str, Any] = field(default_factory=dict)
+
+    def child(self, prefix: str, **names: Any) -> Frame:
+        """A nested frame: it sees what this one sees, and adds its own."""
+        return Frame(prefix, dict(self.steps), {**self.names, **names})
+
+
+@dataclass
+class Outcome:
+    """How an execution ended."""
+
+    status: RunStatus
+    variables: dict[str, Any]
+    error: dict[str, Any] | None = None
+    wake_at: datetime | None = None
+
+
+def _error(exc: BaseException, **extra: Any) -> dict[str, Any]:
+    if isinstance(exc, ActionError):
+        data: dict[str, Any] = {
+            "code": exc.code,
+            "message": exc.message,
+            "retryable": exc.retryable,
+        }
+        if exc.retry_after is not None:
+            data["retry_after"] = exc.retry_after
+    elif isinstance(exc, ExpressionError):
+        data = {"code": "expression", "message": exc.message, "retryable": False}
+    else:
+        data = {"code": "internal", "message": type(exc).__name__, "retryable": False}
+    data.update(extra)
+    return data
+
+
+def callback_token(secret: bytes, run_id: str, key: str) -> str:
+    """The one-time token of an event wait: derived, so it is never stored in clear."""
+    digest = hmac.new(secret, f"callback:{run_id}:{key}".encode(), hashlib.sha256).digest()
+    return urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def token_hash(token: str) -> str:
+    """How a callback token is looked up."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Execution:
+    """One run, from its journal to its next suspension or its end."""
+
+    def __init__(
+        self, engine: Engine, run: RunInfo, playbook: Playbook, journal: list[Any]
+    ) -> None:
+        self.engine = engine
+        self.run = run
+        self.playbook = playbook
+        self.records: dict[str, Record] = {}
+        for row in journal:  # oldest first: the last attempt of each key wins
+            record = Record.from_row(row)
+            known = self.records.get(row.key)
+            if known is None or record.attempt >= known.attempt:
+                self.records[row.key] = record
+        self.variables: dict[str, Any] = {}
+        for name, variable in playbook.variables.items():
+            if variable.external:
+                self.variables[name] = run.inputs.get(name, variable.value)
+            else:
+                self.variables[name] = variable.value
+        self.control: str | None = None  # "cancel" or "pause", set by the worker
+        self.wakes: list[datetime] = []
+        self.run_view = {
+            "id": run.id,
+            "playbook": run.playbook_id,
+            "dry_run": run.dry_run,
+            "started": run.created_at,
+        }
+
+    # -- journal helpers --------------------------------------------------------------------------
+
+    @property
+    def journal(self) -> Any:
+        return self.engine.journal
+
+    def now(self) -> datetime:
+        return self.engine.clock.now()
+
+    def _op(self, kind: OpKind, values: Any) -> Op:
+        return Op(kind, self.run.id, self.run.epoch, values)
+
+    def _row(
+        self,
+        key: str,
+        step: Step,
+        attempt: int,
+        status: StepStatus,
+        *,
+        inputs: Any = None,
+        output: Any = None,
+        error: Any = None,
+        assigned: Any = None,
+        idempotency_key: str | None = None,
+        simulated: bool = False,
+        finished: bool = True,
+        due_at: datetime | None = None,
+    ) -> tuple[str, tuple[Any, ...]]:
+        row_id = new_id("stp")
+        now = self.now()
+        values = (
+            row_id, self.run.id, key, attempt, step.id, step.kind.value, status.value,
+            step.action, idempotency_key, inputs, output, error, assigned, simulated, now,
+            now if finished else None, due_at,
+        )  # fmt: skip
+        self.records[key] = Record(
+            row_id, attempt, status, output, error, assigned, due_at, inputs, idempotency_key
+        )
+        return row_id, values
+
+    async def record(self, key: str, step: Step, status: StepStatus, **fields: Any) -> str:
+        """Insert a finished record and wait for its commit."""
+        attempt = fields.pop("attempt", 1)
+        row_id, values = self._row(key, step, attempt, status, **fields)
+        await self.journal.write(self._op(OpKind.INSERT_STEP, values))
+        return row_id
+
+    def note(self, key: str, step: Step, status: StepStatus, **fields: Any) -> None:
+        """Insert a record without waiting (a decision a replay would recompute)."""
+        attempt = fields.pop("attempt", 1)
+        _row_id, values = self._row(key, step, attempt, status, **fields)
+        self.journal.queue(self._op(OpKind.INSERT_STEP, values))
+
+    async def close(
+        self,
+        record: Record,
+        status: StepStatus,
+        *,
+        output: Any = None,
+        error: Any = None,
+        assigned: Any = None,
+        due_at: datetime | None = None,
+    ) -> None:
+        """Finish an attempt recorded earlier (started or waiting) and wait for the commit."""
+        record.status = status
+        record.output = output
+        record.error = error
+        record.assigned = assigned
+        record.due_at = due_at
+        await self.journal.write(
+            self._op(
+                OpKind.UPDATE_STEP,
+                (status.value, output, error, assigned, self.now(), due_at, record.id),
+            )
+        )
+
+    # -- scope --------------------------------------------------------------------------------
+
+    def scope(self, frame: Frame, step: Step | None = None, **extra: Any) -> dict[str, Any]:
+        """The names an expression sees."""
+        names: dict[str, Any] = dict(self.run.inputs)
+        names.update(self.variables)
+        names.update(frame.names)
+        names["steps"] = frame.steps
+        names["inputs"] = self.run.inputs
+        names["vars"] = self.variables
+        names["run"] = self.run_view
+        if step is not None and step.variables:
+            local = dict(names)
+            for name, value in step.variables.items():
+                names[name] = render_value(
+                    compile_value(value, f"vars.{name}"), local, now=self.now
+                )
+        names.update(extra)
+        return names
+
+    def render(self, value: Any, where: str, scope: Mapping[str, Any]) -> Any:
+        return render_value(compile_value(value, where), scope, now=self.now)
+
+    def assign(self, values: Mapping[str, Any] | None) -> None:
+        if values:
+            self.variables.update(values)
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def execute(self) -> Outcome:
+        """Run until the end or a suspension."""
+        frame = Frame("", {})
+        try:
+            await self.branch(self.playbook.start, frame)
+        except Suspended as suspended:
+            return Outcome(RunStatus.WAITING, self.variables, None, self._wake(suspended))
+        except StepFailed as failure:
+            await self.handle_exception(frame, failure)
+            return Outcome(RunStatus.FAILED, self.variables, failure.error)
+        except Interrupted as stop:
+            if stop.control == "pause":
+                return Outcome(RunStatus.PAUSED, self.variables)
+            return Outcome(
+                RunStatus.CANCELED, self.variables, {"code": "canceled", "message": "canceled"}
+            )
+        return Outcome(RunStatus.SUCCEEDED, self.variables)
+
+    def _wake(self, suspended: Suspended) -> datetime | None:
+        times = [t for t in [suspended.wake_at, *self.wakes, self.run.deadline] if t is not None]
+        return min(times) if times else None
+
+    async def handle_exception(self, frame: Frame, failure: StepFailed) -> None:
+        handler = self.playbook.on_exception
+        if handler is None:
+            return
+        handler_frame = frame.child("!exception/", error=failure.error)
+        try:
+            await self.branch(handler, handler_frame)
+        except (StepFailed, Suspended) as exc:
+            log.warning("exception_handler_failed", run=self.run.id, error=type(exc).__name__)
+
+    def checkpoint(self) -> None:
+        """Stop here if the run was asked to."""
+        if self.control in ("cancel", "pause"):
+            raise Interrupted(self.control)
+
+    async def branch(self, start: str | None, frame: Frame) -> Any:
+        """Run a branch from ``start`` to its end; the last step's output."""
+        current = start
+        last: Any = None
+        while current:
+            step = self.playbook.steps[current]
+            self.checkpoint()
+            try:
+                last = await self.step(step, frame)
+            except StepFailed:
+                following = step.on_failure or step.on_completion
+                if following is None:
+                    raise
+                current = following
+                continue
+            if step.kind is StepKind.END:
+                break
+            current = step.on_success or step.on_completion
+        return last
+
+    async def step(self, step: Step, frame: Frame) -> Any:
+        key = frame.prefix + step.id
+        if step.delay:
+            await self.timer(f"{key}~delay", step, step.delay, frame)
+        kind = step.kind
+        if kind is StepKind.ACTION:
+            output = await self.action(step, key, frame)
+        elif kind is StepKind.SET:
+            output = await self.set(step, key, frame)
+        elif kind in (StepKind.IF, StepKind.SWITCH):
+            output = await self.choose(step, key, frame)
+        elif kind is StepKind.WHILE:
+            output = await self.loop(step, key, frame)
+        elif kind is StepKind.PARALLEL:
+            output = await self.parallel(step, key, frame)
+        elif kind is StepKind.FOR_EACH:
+            output = await self.for_each(step, key, frame)
+        elif kind is StepKind.WAIT:
+            output = await self.wait(step, key, frame)
+        elif kind is StepKind.PLAYBOOK:
+            output = await self.child(step, key, frame)
+        elif kind is StepKind.FAIL:
+            output = await self.fail(step, key, frame)
+        else:
+            output = None
+        frame.steps[step.id] = {"status": "succeeded", "output": output}
+        return output
+
+    def replayed(self, step: Step, frame: Frame, record: Record) -> Any:
+        """Apply a finished record; raise StepFailed for a failed one."""
+        self.assign(record.assigned)
+        if record.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
+            frame.steps[step.id] = {"status": record.status.value, "output": record.output}
+            return record.output
+        error = record.error or {"code": "failed", "message": "failed"}
+        frame.steps[step.id] = {"status": record.status.value, "output": None, "error": error}
+        raise StepFailed(frame.prefix + step.id, error)
+
+    def failed(self, step: Step, frame: Frame, key: str, error: dict[str, Any]) -> StepFailed:
+        frame.steps[step.id] = {"status": "failed", "output": None, "error": error}
+        return StepFailed(key, error)
+
+    def out(self, step: Step, frame: Frame, output: Any) -> dict[str, Any] | None:
+        """The variables ``out`` assigns from ``output``."""
+        if not step.out:
+            return None
+        scope = self.scope(frame, step, output=output)
+        return {name: self.render(value, f"out.{name}", scope) for name, value in step.out.items()}
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def idempotency_key(self, key: str, attempt: int) -> str:
+        text = f"{self.run.id}:{key}:{attempt}"
+        if len(text) <= 150:
+            return text
+        return f"{self.run.id}:{hashlib.sha256(text.encode()).hexdigest()[:40]}:{attempt}"
+
+    async def action(self, step: Step, key: str, frame: Frame) -> Any:
+        record = self.records.get(key)
+        attempt = 0
+        if record is not None:
+            attempt = record.attempt
+            retrying = record.due_at is not None and record.status in _RETRIED
+            if record.status.terminal and not retrying:
+                return self.replayed(step, frame, record)
+            if retrying and record.due_at is not None:  # a retry was due when the run stopped
+                remaining = (record.due_at - self.now()).total_seconds()
+                if remaining > 0:
+                    await self.pause_for(remaining)
+            elif record.status is StepStatus.STARTED:
+                landed = await self.reconcile(step, key, frame, record)
+                if landed is not None:
+                    return landed
+            elif record.status is StepStatus.WAITING_RECONCILE:
+                raise Suspended()
+        try:
+            definition = self.engine.actions.action(step.action or "")
+        except Exception as exc:  # noqa: BLE001 - an unknown action fails its step
+            error = {"code": "unknown_action", "message": str(exc), "retryable": False}
+            await self.record(key, step, StepStatus.FAILED, error=error, attempt=attempt + 1)
+            raise self.failed(step, frame, key, error) from None
+        while True:
+            attempt += 1
+            try:
+                scope = self.scope(frame, step)
+                inputs = self.render(step.inputs, "with", scope)
+                params = self.engine.actions.validate(definition, inputs)
+            except (ActionError, ExpressionError) as exc:
+                error = _error(exc)
+                await self.record(key, step, StepStatus.FAILED, error=error, attempt=attempt)
+                raise self.failed(step, frame, key, error) from None
+            ikey = self.idempotency_key(key, attempt)
+            if self.run.dry_run and not definition.is_read:
+                output = {"simulated": True, "action": definition.key}
+                assigned = self.out(step, frame, output)
+                self.assign(assigned)
+                await self.record(
+                    key, step, StepStatus.SUCCEEDED, inputs=inputs, output=output,
+                    assigned=assigned, idempotency_key=ikey, simulated=True, attempt=attempt,
+                )  # fmt: skip
+                return output
+            ctx = self.engine.actions.context(
+                definition,
+                run_id=self.run.id,
+                step_key=key,
+                attempt=attempt,
+                idempotency_key=ikey,
+                dry_run=self.run.dry_run,
+            )
+            started: Record | None = None
+            if not definition.is_read:  # committed before the call: a crash can be reconciled
+                await self.record(
+                    key, step, StepStatus.STARTED, inputs=inputs, idempotency_key=ikey,
+                    attempt=attempt, finished=False,
+                )  # fmt: skip
+                started = self.records[key]
+            try:
+                output = await self.engine.actions.call(definition, params, ctx, limit=step.timeout)
+                assigned = self.out(step, frame, output)
+            except (ActionError, ExpressionError) as exc:
+                error = _error(exc)
+                status = (
+                    StepStatus.TIMED_OUT if error.get("code") == "timeout" else StepStatus.FAILED
+                )
+                retry = self.backoff(step, attempt, exc)
+                due = self.now() + timedelta(seconds=retry) if retry is not None else None
+                if started is not None:
+                    await self.close(started, status, error=error, due_at=due)
+                else:
+                    await self.record(
+                        key, step, status, inputs=inputs, error=error, idempotency_key=ikey,
+                        attempt=attempt, due_at=due,
+                    )  # fmt: skip
+                if retry is None:
+                    raise self.failed(step, frame, key, error) from None
+                await self.pause_for(retry)
+                continue
+            self.assign(assigned)
+            if started is not None:
+                await self.close(started, StepStatus.SUCCEEDED, output=output, assigned=assigned)
+            else:
+                await self.record(
+                    key, step, StepStatus.SUCCEEDED, inputs=inputs, output=output,
+                    assigned=assigned, idempotency_key=ikey, attempt=attempt,
+                )  # fmt: skip
+            return output
+
+    def backoff(self, step: Step, attempt: int, exc: BaseException) -> float | None:
+        """Seconds before the next attempt, or None when the failure is final."""
+        retryable = getattr(exc, "retryable", False)
+        if not retryable or attempt >= step.retry.max_attempts:
+            return None
+        policy = step.retry
+        ceiling = min(policy.maximum, policy.initial * policy.multiplier ** (attempt - 1))
+        delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, float(retry_after))
+        return delay
+
+    async def pause_for(self, seconds: float) -> None:
+        """Wait before a retry: in the worker when short, else as a durable timer."""
+        if seconds <= IN_PROCESS_WAIT:
+            await asyncio.sleep(seconds)
+            return
+        raise Suspended(self.now() + timedelta(seconds=seconds))
+
+    async def reconcile(self, step: Step, key: str, frame: Frame, record: Record) -> Any:
+        """A write that started and never finished: find out whether it landed."""
+        definition = self.engine.actions.action(step.action or "")
+        params = None
+        if record.inputs is not None:
+            try:
+                params = self.engine.actions.validate(definition, record.inputs)
+            except ActionError:
+                params = None
+        ctx = self.engine.actions.context(
+            definition,
+            run_id=self.run.id,
+            step_key=key,
+            attempt=record.attempt,
+            idempotency_key=record.idempotency_key or self.idempotency_key(key, record.attempt),
+            dry_run=False,
+        )
+        answer = await self.engine.actions.reconcile(definition, params, ctx)
+        log.info("reconciled", run=self.run.id, step=key, state=answer.state.value)
+        if answer.state is Landed.LANDED:
+            output = answer.output or {}
+            assigned = self.out(step, frame, output)
+            self.assign(assigned)
+            await self.close(
+                record,
+                StepStatus.SUCCEEDED,
+                output={**output, "reconciled": True},
+                assigned=assigned,
+            )
+            frame.steps[step.id] = {"status": "succeeded", "output": output}
+            return output
+        if answer.state is Landed.NOT_LANDED:
+            error = {"code": "not_landed", "message": answer.detail or "did not land"}
+            await self.close(record, StepStatus.SUPERSEDED, error=error)
+            return None
+        # Unknown: a person decides; never a blind repeat.
+        prompt = (
+            f"Did {definition.key} (attempt {record.attempt}, key {record.idempotency_key}) "
+            f"reach the peer? {answer.detail}".strip()
+        )
+        await self.open_wait(
+            record, key, "reconcile", StepStatus.WAITING_RECONCILE, prompt, None, None, ()
+        )
+        raise Suspended()
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    async def set(self, step: Step, key: str, frame: Frame) -> Any:
+        record = self.records.get(key)
+        if record is not None and record.status.terminal:
+            return self.replayed(step, frame, record)
+        try:
+            values = self.render(step.assign, "set", self.scope(frame, step))
+        except ExpressionError as exc:
+            error = _error(exc)
+            await self.record(key, step, StepStatus.FAILED, error=error)
+            raise self.failed(step, frame, key, error) from None
+        self.assign(values)
+        self.note(key, step, StepStatus.SUCCEEDED, output=values, assigned=values)
+        return values
+
+    async def decide(self, step: Step, key: str, frame: Frame, compute: Callable[[], Any]) -> Any:
+        """A recorded decision: the journal's on replay, else computed and noted."""
+        record = self.records.get(key)
+        if record is not None and record.status.terminal:
+            if record.status is StepStatus.FAILED:
+                self.replayed(step, frame, record)
+            return record.output
+        try:
+            value = compute()
+        except ExpressionError as exc:
+            error = _error(exc)
+            await self.record(key, step, StepStatus.FAILED, error=error)
+            raise self.failed(step, frame, key, error) from None
+        self.note(key, step, StepStatus.SUCCEEDED, output=value)
+        return value
+
+    async def choose(self, step: Step, key: str, frame: Frame) -> Any:
+        scope = self.scope(frame, step)
+        if step.kind is StepKind.IF:
+            condition = compile_expression(step.condition or "false", "if")
+            taken = await self.decide(
+                step,
+                key,
+                frame,
+                lambda: {"branch": "then" if condition.truthy(scope, now=self.now) else "else"},
+            )
+            start = step.on_true if taken["branch"] == "then" else step.on_false
+        else:
+            selector = compile_expression(step.switch or "none", "switch")
+
+            def pick() -> dict[str, Any]:
+                value = selector.evaluate(scope, now=self.now)
+                text = value if isinstance(value, str) else orjson.dumps(value).decode()
+                case = text if text in step.cases else None
+                return {"value": value, "case": case}
+
+            taken = await self.decide(step, key, frame, pick)
+            start = step.cases.get(taken["case"]) if taken["case"] is not None else step.default
+        if start is None:
+            return taken
+        inner = frame.child(f"{key}/")
+        result = await self.branch(start, inner)
+        frame.steps.update(inner.steps)
+        return result
+
+    async def loop(self, step: Step, key: str, frame: Frame) -> Any:
+        condition = compile_expression(step.condition or "false", "while")
+        bound = step.max_iterations or 1
+        result: Any = None
+        iteration = 0
+        while True:
+            scope = self.scope(frame, step)
+
+            def holds(scope: dict[str, Any] = scope) -> dict[str, Any]:
+                return {"continue": condition.truthy(scope, now=self.now)}
+
+            again = await self.decide(step, f"{key}#{iteration}", frame, holds)
+            if not again["continue"]:
+                return result
+            if iteration >= bound:
+                error = {
+                    "code": "loop_bound",
+                    "message": f"while {step.id!r} reached max_iterations ({bound})",
+                    "retryable": False,
+                }
+                await self.record(f"{key}#bound", step, StepStatus.FAILED, error=error)
+                raise self.failed(step, frame, key, error)
+            inner = frame.child(f"{key}#{iteration}/", index=iteration)
+            result = await self.branch(step.on_true, inner)
+            frame.steps.update(inner.steps)
+            iteration += 1
+            self.checkpoint()
+
+    async def gather(self, jobs: Sequence[Callable[[], Awaitable[Any]]], limit: int) -> list[Any]:
+        """Run branches concurrently (at most ``limit`` at once) until each ends or waits."""
+        semaphore = asyncio.Semaphore(max(1, limit))
+
+        async def one(job: Callable[[], Awaitable[Any]]) -> Any:
+            async with semaphore:
+                return await job()
+
+        results = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, StepFailed)), None)
+        interrupted = next((r for r in results if isinstance(r, Interrupted)), None)
+        suspended = [r for r in results if isinstance(r, Suspended)]
+        other = next(
+            (
+                r
+                for r in results
+                if isinstance(r, BaseException)
+                and not isinstance(r, StepFailed | Suspended | Interrupted)
+            ),
+            None,
+        )
+        if other is not None:
+            raise other
+        if interrupted is not None:
+            raise interrupted
+        if failure is not None:
+            raise failure
+        if suspended:
+            self.wakes.extend(s.wake_at for s in suspended if s.wake_at is not None)
+            raise Suspended(min((s.wake_at for s in suspended if s.wake_at), default=None))
+        return list(results)
+
+    async def parallel(self, step: Step, key: str, frame: Frame) -> Any:
+        frames = [frame.child(f"{key}|{index}/") for index in range(len(step.branches))]
+        jobs = [
+            functools.partial(self.branch, start, inner)
+            for start, inner in zip(step.branches, frames, strict=True)
+        ]
+        try:
+            return await self.gather(jobs, len(jobs))
+        finally:
+            for inner in frames:
+                frame.steps.update(inner.steps)
+
+    async def for_each(self, step: Step, key: str, frame: Frame) -> Any:
+        def items() -> list[Any]:
+            value = self.render(step.items, "for_each", self.scope(frame, step))
+            if value is None:
+                return []
+            if not isinstance(value, list):
+                raise ExpressionError(f"for_each: expected a list, got {type(value).__name__}")
+            return value
+
+        listed = await self.decide(step, f"{key}[]", frame, items)
+        frames = [
+            frame.child(f"{key}[{index}]/", **{step.item_name: item, "index": index})
+            for index, item in enumerate(listed)
+        ]
+        jobs = [functools.partial(self.branch, step.body, inner) for inner in frames]
+        try:
+            return await self.gather(jobs, step.concurrency)
+        finally:
+            for inner in frames:
+                frame.steps.update({k: v for k, v in inner.steps.items() if k != step.body})
+
+    async def fail(self, step: Step, key: str, frame: Frame) -> Any:
+        record = self.records.get(key)
+        if record is not None and record.status.terminal:
+            return self.replayed(step, frame, record)
+        try:
+            message = self.render(step.message or "failed", "fail", self.scope(frame, step))
+        except ExpressionError as exc:
+            message = exc.message
+        error = {"code": "fail_step", "message": str(message), "retryable": False}
+        await self.record(key, step, StepStatus.FAILED, error=error)
+        raise self.failed(step, frame, key, error)
+
+    # -- waits --------------------------------------------------------------------------------
+
+    async def timer(
+        self, key: str, step: Step, seconds: float | None, frame: Frame, until: Any = None
+    ) -> None:
+        record = self.records.get(key)
+        if record is not None and record.status.terminal:
+            return
+        now = self.now()
+        if record is None:
+            due = until if until is not None else now + timedelta(seconds=seconds or 0)
+            if due - now <= timedelta(seconds=IN_PROCESS_WAIT):
+                await asyncio.sleep(max(0.0, (due - now).total_seconds()))
+                self.note(key, step, StepStatus.SUCCEEDED, output={"due": due.isoformat()})
+                return
+            await self.record(key, step, StepStatus.WAITING_TIMER, due_at=due, finished=False)
+            raise Suspended(due)
+        if record.due_at is not None and record.due_at > now:
+            raise Suspended(record.due_at)
+        await self.close(
+            record,
+            StepStatus.SUCCEEDED,
+            output={"due": record.due_at.isoformat() if record.due_at else None},
+        )
+
+    async def wait(self, step: Step, key: str, frame: Frame) -> Any:
+        spec = step.wait
+        assert spec is not None
+        record = self.records.get(key)
+        if record is not None and record.status.terminal:
+            return self.replayed(step, frame, record)
+        if spec.kind is WaitKind.TIMER:
+            until = None
+            if spec.until is not None:
+                from quell.playbooks.expressions import to_datetime
+
+                try:
+                    until = to_datetime(self.render(spec.until, "until", self.scope(frame, step)))
+                except ExpressionError as exc:
+                    error = _error(exc)
+                    await self.record(key, step, StepStatus.FAILED, error=error)
+                    raise self.failed(step, frame, key, error) from None
+            await self.timer(key, step, spec.duration, frame, until)
+            record = self.records.get(key)
+            return record.output if record else None
+        if record is not None:
+            raise Suspended()  # still pending
+        try:
+            prompt = (
+                self.render(spec.prompt, "prompt", self.scope(frame, step)) if spec.prompt else None
+            )
+        except ExpressionError as exc:
+            prompt = f"(prompt failed: {exc.message})"
+        status = {
+            WaitKind.APPROVAL: StepStatus.WAITING_APPROVAL,
+            WaitKind.TASK: StepStatus.WAITING_TASK,
+            WaitKind.EVENT: StepStatus.WAITING_EVENT,
+        }[spec.kind]
+        expires = self.now() + timedelta(seconds=spec.expires_in) if spec.expires_in else None
+        _row_id, values = self._row(key, step, 1, status, finished=False)
+        record = self.records[key]
+        await self.open_wait(
+            record, key, spec.kind.value, status, prompt, expires, spec.on_expiry, spec.approvers,
+            insert=values,
+        )  # fmt: skip
+        raise Suspended()
+
+    async def open_wait(
+        self,
+        record: Record,
+        key: str,
+        kind: str,
+        status: StepStatus,
+        prompt: str | None,
+        expires: datetime | None,
+        on_expiry: ExpiryOutcome | None,
+        approvers: tuple[str, ...],
+        *,
+        insert: tuple[Any, ...] | None = None,
+    ) -> None:
+        """Record the step as waiting and the wait itself, in one commit."""
+        wait_id = new_id("wai")
+        token = (
+            callback_token(self.engine.callback_secret, self.run.id, key)
+            if kind == "event"
+            else None
+        )
+        now = self.now()
+        run_id = self.run.id
+        insert_step = self.journal.insert_step
+        record.status = status
+
+        def work(conn: Connection) -> None:
+            if insert is not None:
+                insert_step.run(conn, [insert])
+            else:
+                conn.execute(
+                    update(run_steps)
+                    .where(run_steps.c.id == record.id)
+                    .values(status=status.value, finished_at=None)
+                )
+            conn.execute(
+                waits.insert().values(
+                    id=wait_id,
+                    run_id=run_id,
+                    step_key=key,
+                    kind=kind,
+                    status=WaitStatus.PENDING.value,
+                    prompt=prompt,
+                    approvers=list(approvers) or None,
+                    token_hash=token_hash(token) if token else None,
+                    expires_at=expires,
+                    on_expiry=on_expiry.value if on_expiry else None,
+                    requested_by=f"playbook:{self.run.playbook_id}",
+                    created_at=now,
+                )
+            )
+
+        await self.journal.write(self._op(OpKind.WORK, work))
+
+    async def child(self, step: Step, key: str, frame: Frame) -> Any:
+        record = self.records.get(key)
+        if record is not None:
+            if record.status.terminal:
+                return self.replayed(step, frame, record)
+            raise Suspended()
+        try:
+            version = self.engine.playbooks.resolve(step.playbook or "", step.version)
+            inputs = self.render(step.inputs, "with", self.scope(frame, step))
+        except Exception as exc:  # noqa: BLE001 - an unknown playbook fails the step
+            message = getattr(exc, "message", type(exc).__name__)
+            error = {"code": "sub_playbook", "message": message, "retryable": False}
+            await self.record(key, step, StepStatus.FAILED, error=error)
+            raise self.failed(step, frame, key, error) from None
+        child_id = new_id("run")
+        _row_id, values = self._row(
+            key, step, 1, StepStatus.WAITING_CHILD, inputs=inputs, output={"run_id": child_id},
+            finished=False,
+        )  # fmt: skip
+        child_row = self.engine.run_row(
+            child_id,
+            version.id,
+            version.playbook_id,
+            inputs,
+            dry_run=self.run.dry_run,
+            trigger="playbook",
+            trigger_ref=self.run.id,
+            parent_run_id=self.run.id,
+            parent_key=key,
+            root_run_id=self.run.root_run_id,
+            dedupe_key=f"child:{self.run.id}:{key}",
+        )
+        await self.journal.write_all(
+            [
+                Op(OpKind.INSERT_RUN, child_id, None, child_row),
+                self._op(OpKind.INSERT_STEP, values),
+            ]
+        )
+        self.engine.wake()
+        raise Suspended()
+
+    # -- the end ------------------------------------------------------------------------------
+
+    async def release(self, outcome: Outcome) -> None:
+        """Write how the run ended (or why it waits), fenced by the lease."""
+        now = self.now()
+        finished = now if outcome.status.finished else None
+        params = release_params(
+            self.run.id,
+            status=outcome.status.value,
+            variables=outcome.variables,
+            error=outcome.error,
+            finished_at=finished,
+            wake_at=outcome.wake_at,
+            updated_at=now,
+        )
+        if not outcome.status.finished or self.run.parent_run_id is None:
+            await self.journal.write(self._op(OpKind.RELEASE_RUN, params))
+            return
+        parent_id, parent_key = self.run.parent_run_id, self.run.parent_key
+        succeeded = outcome.status is RunStatus.SUCCEEDED
+        child_output = {
+            "run_id": self.run.id,
+            "status": outcome.status.value,
+            "variables": outcome.variables,
+        }
+        release = self.journal.release_run
+
+        def work(conn: Connection) -> None:
+            conn.execute(release, [params])
+            conn.execute(
+                update(run_steps)
+                .where(run_steps.c.run_id == parent_id, run_steps.c.key == parent_key)
+                .where(run_steps.c.status == StepStatus.WAITING_CHILD.value)
+                .values(
+                    status=(StepStatus.SUCCEEDED if succeeded else StepStatus.FAILED).value,
+                    output=child_output,
+                    error=None if succeeded else (outcome.error or {"code": "child_failed"}),
+                    finished_at=now,
+                )
+            )
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == parent_id, runs.c.status == RunStatus.WAITING.value)
+                .values(status=RunStatus.READY.value, wake_at=None, updated_at=now)
+            )
+
+        await self.journal.write(self._op(OpKind.WORK, work))
+        self.engine.wake()
+
+
+__all__ = [
+    "Execution",
+    "Frame",
+    "Interrupted",
+    "Outcome",
+    "RunInfo",
+    "StepFailed",
+    "Suspended",
+    "callback_token",
+    "token_hash",
+]

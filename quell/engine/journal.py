@@ -1,0 +1,313 @@
+"""The journal writer: every run's step records, group-committed, and fenced by the lease.
+
+Runs hand it operations (a run to create, a step attempt to record or close, a run to release,
+or a callable for anything else) and, for those that must be durable before the run goes on,
+await them. One writer thread takes everything queued, and in one transaction:
+
+1. checks the fence: each operation carries the lease epoch its run was claimed with; the
+   runs' current epochs are read (``FOR UPDATE`` on PostgreSQL, so no claim can slip in
+   before the commit; SQLite's single writer gives the same). An operation of a run whose
+   lease was taken over fails with :class:`LeaseLost` and writes nothing;
+2. writes the rest with one ``executemany`` per statement, in an order that keeps foreign keys
+   happy (runs, then work, then step inserts, step updates, run updates);
+3. commits, and only then resolves the waiters (one wake-up per event loop per batch).
+
+If a batch fails because of one operation, each is retried alone so only its caller sees the
+error (the same rule as :mod:`quell.store.group_commit`). Operations without a waiter are
+"queued": they become durable with the next commit, in order, and a crash before that loses
+them; the engine only queues what replaying would recompute (a branch decision).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, bindparam, select, update
+
+from quell.errors import QuellError, StorageUnavailable
+from quell.store.bulk import bulk_insert, bulk_update
+from quell.store.database import Backend, Database
+from quell.store.group_commit import Outcome, Waiter, settle
+from quell.store.schema import run_steps, runs
+
+log = structlog.get_logger(__name__)
+
+RUN_COLUMNS = (
+    "id", "playbook_version_id", "playbook_id", "status", "dry_run", "inputs", "variables",
+    "error", "trigger", "trigger_ref", "dedupe_key", "parent_run_id", "parent_key",
+    "root_run_id", "created_by", "created_at", "updated_at", "started_at", "finished_at",
+    "deadline", "wake_at", "control", "owner", "lease_epoch", "lease_expires",
+)  # fmt: skip
+STEP_COLUMNS = (
+    "id", "run_id", "key", "attempt", "step_id", "kind", "status", "action", "idempotency_key",
+    "inputs", "output", "error", "assigned", "simulated", "started_at", "finished_at", "due_at",
+)  # fmt: skip
+STEP_UPDATE = ("status", "output", "error", "assigned", "finished_at", "due_at")
+RUN_RELEASE = ("status", "variables", "error", "finished_at", "wake_at", "updated_at")
+
+
+class LeaseLost(QuellError):
+    """The run's lease was taken over by another worker; this worker must drop the run."""
+
+
+class OpKind(IntEnum):
+    """Operations, in the order a batch applies them."""
+
+    INSERT_RUN = 0
+    WORK = 1
+    INSERT_STEP = 2
+    UPDATE_STEP = 3
+    RELEASE_RUN = 4
+
+
+@dataclass(slots=True)
+class Op:
+    """One journal operation of one run."""
+
+    kind: OpKind
+    run_id: str
+    epoch: int | None  # the lease epoch to check; None: not fenced
+    values: Any  # a row tuple, or a callable(conn) for WORK
+    waiter: Waiter | None = None
+
+
+class JournalWriter:
+    """One writer thread that batches the journal operations of many runs."""
+
+    def __init__(self, db: Database, *, max_batch: int = 2048, name: str = "quell-journal") -> None:
+        self.db = db
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.insert_run = bulk_insert(db, runs, RUN_COLUMNS)
+        self.insert_step = bulk_insert(db, run_steps, STEP_COLUMNS)
+        self.update_step = bulk_update(db, run_steps, STEP_UPDATE, key="id")
+        self.release_run = (
+            update(runs)
+            .where(runs.c.id == bindparam("rid"))
+            .values(
+                status=bindparam("s_status"),
+                variables=bindparam("s_variables"),
+                error=bindparam("s_error"),
+                finished_at=bindparam("s_finished_at"),
+                wake_at=bindparam("s_wake_at"),
+                updated_at=bindparam("s_updated_at"),
+                owner=None,
+                lease_expires=None,
+            )
+        )
+        self.batches = 0
+        self.operations = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> JournalWriter:
+        """Start the writer thread."""
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Write everything queued, then stop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- submitting -----------------------------------------------------------------------------
+
+    def queue(self, op: Op) -> None:
+        """Queue ``op`` without waiting for it."""
+        with self._lock:
+            if self._closed or not self._thread.is_alive():
+                raise RuntimeError("the journal writer is not running")
+            self._queue.put(op)
+
+    async def write(self, op: Op) -> Any:
+        """Queue ``op`` and wait until it is committed (its WORK result, else None)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        op.waiter = (loop, future)
+        self.queue(op)
+        return await future
+
+    async def write_all(self, ops: Sequence[Op]) -> None:
+        """Queue several operations and wait until the last is committed (one commit)."""
+        if not ops:
+            return
+        for op in ops[:-1]:
+            self.queue(op)
+        await self.write(ops[-1])
+
+    # -- the writer thread ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < self.max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True
+                        break
+                    batch.append(item)
+                self._commit(batch)
+        except BaseException as exc:
+            log.critical("journal_writer_died", error=type(exc).__name__, exc_info=exc)
+        finally:
+            with self._lock:
+                self._closed = True
+            leftovers: list[Outcome] = []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None and item.waiter is not None:
+                    leftovers.append((item.waiter, None, RuntimeError("the journal stopped")))
+            settle(leftovers)
+
+    def _commit(self, batch: list[Op]) -> None:
+        try:
+            with self.db.write() as conn:
+                results, fenced = self._apply(conn, batch)
+        except StorageUnavailable as exc:
+            settle([(op.waiter, None, exc) for op in batch if op.waiter is not None])
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever one operation raises goes to its caller
+            if len(batch) == 1:
+                if batch[0].waiter is not None:
+                    settle([(batch[0].waiter, None, exc)])
+                else:
+                    log.error("journal_write_failed", run=batch[0].run_id, error=repr(exc))
+                return
+            for op in batch:  # nothing was committed: each alone, so only the culprit fails
+                self._commit([op])
+            return
+        self.batches += 1
+        self.operations += len(batch)
+        outcomes: list[Outcome] = []
+        for op, result in zip(batch, results, strict=True):
+            if op.waiter is None:
+                continue
+            if op.run_id in fenced and op.epoch is not None:
+                outcomes.append((op.waiter, None, LeaseLost(f"run {op.run_id} has a new owner")))
+            else:
+                outcomes.append((op.waiter, result, None))
+        settle(outcomes)
+
+    def _apply(self, conn: Connection, batch: list[Op]) -> tuple[list[Any], set[str]]:
+        fenced = self._fence(conn, batch)
+        results: list[Any] = [None] * len(batch)
+        order = sorted(range(len(batch)), key=lambda i: batch[i].kind)
+        run_rows: list[Any] = []
+        step_rows: list[Any] = []
+        step_updates: list[Any] = []
+        releases: list[dict[str, Any]] = []
+
+        def flush_rows() -> None:
+            self.insert_run.run(conn, run_rows)
+            run_rows.clear()
+
+        for index in order:
+            op = batch[index]
+            if op.epoch is not None and op.run_id in fenced:
+                continue
+            if op.kind is OpKind.INSERT_RUN:
+                run_rows.append(op.values)
+            elif op.kind is OpKind.WORK:
+                flush_rows()
+                results[index] = op.values(conn)
+            elif op.kind is OpKind.INSERT_STEP:
+                step_rows.append(op.values)
+            elif op.kind is OpKind.UPDATE_STEP:
+                step_updates.append(op.values)
+            else:
+                releases.append(op.values)
+        flush_rows()
+        self.insert_step.run(conn, step_rows)
+        self.update_step.run(conn, step_updates)
+        if releases:
+            conn.execute(self.release_run, releases)
+        return results, fenced
+
+    def _fence(self, conn: Connection, batch: list[Op]) -> set[str]:
+        """The runs of this batch whose lease epoch is not the one their operations carry."""
+        wanted: dict[str, set[int]] = {}
+        for op in batch:
+            if op.epoch is not None:
+                wanted.setdefault(op.run_id, set()).add(op.epoch)
+        if not wanted:
+            return set()
+        ids = sorted(wanted)
+        current: dict[str, int] = {}
+        for start in range(0, len(ids), 500):
+            query = select(runs.c.id, runs.c.lease_epoch).where(
+                runs.c.id.in_(ids[start : start + 500])
+            )
+            if self.db.backend is Backend.POSTGRESQL:
+                query = query.with_for_update()
+            current.update({row.id: row.lease_epoch for row in conn.execute(query)})
+        return {
+            run_id
+            for run_id, epochs in wanted.items()
+            if run_id in current and epochs != {current[run_id]}
+        } | {run_id for run_id in wanted if run_id not in current and _needs_row(batch, run_id)}
+
+
+def _needs_row(batch: list[Op], run_id: str) -> bool:
+    """A run that is not there yet is fine when this batch creates it."""
+    return not any(op.kind is OpKind.INSERT_RUN and op.run_id == run_id for op in batch)
+
+
+def release_params(
+    run_id: str,
+    *,
+    status: str,
+    variables: Any,
+    error: Any,
+    finished_at: Any,
+    wake_at: Any,
+    updated_at: Any,
+) -> dict[str, Any]:
+    """The parameters of a RELEASE_RUN operation."""
+    return {
+        "rid": run_id,
+        "s_status": status,
+        "s_variables": variables,
+        "s_error": error,
+        "s_finished_at": finished_at,
+        "s_wake_at": wake_at,
+        "s_updated_at": updated_at,
+    }
+
+
+Work = Callable[[Connection], Any]
+
+__all__ = [
+    "RUN_COLUMNS",
+    "STEP_COLUMNS",
+    "JournalWriter",
+    "LeaseLost",
+    "Op",
+    "OpKind",
+    "release_params",
+]

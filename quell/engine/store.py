@@ -1,0 +1,317 @@
+"""Reading and claiming runs, and keeping the playbook versions runs pin."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, or_, select, update
+
+from quell.clock import Clock
+from quell.engine.states import RunStatus
+from quell.errors import NotFound
+from quell.ids import new_id
+from quell.playbooks.ir import Playbook
+from quell.store.database import Backend, Database
+from quell.store.schema import playbook_versions, run_steps, runs, schedules
+
+
+@dataclass(frozen=True)
+class PlaybookVersion:
+    """A stored playbook version."""
+
+    id: str
+    playbook_id: str
+    version: int
+    name: str
+    digest: str
+    active: bool
+    created_at: datetime
+    created_by: str | None
+    source_format: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for the API and the CLI."""
+        return {
+            "id": self.id,
+            "playbook_id": self.playbook_id,
+            "version": self.version,
+            "name": self.name,
+            "digest": self.digest,
+            "active": self.active,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "format": self.source_format,
+        }
+
+
+def _version(row: Any) -> PlaybookVersion:
+    return PlaybookVersion(
+        row.id,
+        row.playbook_id,
+        row.version,
+        row.name,
+        row.digest,
+        row.active,
+        row.created_at,
+        row.created_by,
+        row.source_format,
+    )
+
+
+class PlaybookStore:
+    """Stored playbook versions: what runs pin, and which ones are active (triggers live)."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._irs: dict[str, Playbook] = {}
+
+    def register(
+        self,
+        playbook: Playbook,
+        *,
+        source: str | None = None,
+        created_by: str | None = None,
+        activate: bool = False,
+    ) -> PlaybookVersion:
+        """Store ``playbook`` (once per content) and, with ``activate``, make its triggers live."""
+        ir = playbook.to_json()
+        digest = hashlib.sha256(ir).hexdigest()
+        now = self.clock.now()
+        with self.db.write() as conn:
+            row = conn.execute(
+                select(playbook_versions).where(playbook_versions.c.digest == digest)
+            ).first()
+            if row is None:
+                version_id = new_id("pbv")
+                conn.execute(
+                    playbook_versions.insert().values(
+                        id=version_id,
+                        playbook_id=playbook.id,
+                        version=playbook.version,
+                        name=playbook.name,
+                        digest=digest,
+                        ir=ir.decode(),
+                        source=source,
+                        source_format=playbook.source_format,
+                        active=False,
+                        created_at=now,
+                        created_by=created_by,
+                    )
+                )
+            else:
+                version_id = row.id
+            if activate:
+                self._activate(conn, playbook, version_id, now)
+            row = conn.execute(
+                select(playbook_versions).where(playbook_versions.c.id == version_id)
+            ).one()
+        self._irs[version_id] = playbook
+        return _version(row)
+
+    def _activate(
+        self, conn: Connection, playbook: Playbook, version_id: str, now: datetime
+    ) -> None:
+        from quell.engine.triggers import next_fire  # triggers imports this module
+
+        conn.execute(
+            update(playbook_versions)
+            .where(playbook_versions.c.playbook_id == playbook.id, playbook_versions.c.active)
+            .values(active=False)
+        )
+        conn.execute(
+            update(playbook_versions)
+            .where(playbook_versions.c.id == version_id)
+            .values(active=True)
+        )
+        conn.execute(schedules.delete().where(schedules.c.playbook_id == playbook.id))
+        for index, trigger in enumerate(playbook.triggers):
+            if trigger.on == "schedule" and trigger.cron:
+                conn.execute(
+                    schedules.insert().values(
+                        playbook_id=playbook.id,
+                        trigger=index,
+                        cron=trigger.cron,
+                        next_at=next_fire(trigger.cron, now),
+                        last_at=None,
+                    )
+                )
+
+    def deactivate(self, playbook_id: str) -> None:
+        """Stop a playbook's triggers (its runs go on)."""
+        with self.db.write() as conn:
+            done = conn.execute(
+                update(playbook_versions)
+                .where(playbook_versions.c.playbook_id == playbook_id, playbook_versions.c.active)
+                .values(active=False)
+            )
+            if not done.rowcount:
+                raise NotFound(f"no active playbook {playbook_id!r}", field="playbook")
+            conn.execute(schedules.delete().where(schedules.c.playbook_id == playbook_id))
+
+    def ir(self, version_id: str) -> Playbook:
+        """The IR a version pinned (cached: versions never change)."""
+        found = self._irs.get(version_id)
+        if found is None:
+            with self.db.read() as conn:
+                text = conn.execute(
+                    select(playbook_versions.c.ir).where(playbook_versions.c.id == version_id)
+                ).scalar()
+            if text is None:
+                raise NotFound(f"no playbook version {version_id!r}", field="playbook_version")
+            found = self._irs[version_id] = Playbook.from_json(text)
+        return found
+
+    def resolve(self, playbook_id: str, version: int | None = None) -> PlaybookVersion:
+        """The version to run: the active one (or given version), else the newest stored."""
+        query = select(playbook_versions).where(playbook_versions.c.playbook_id == playbook_id)
+        if version is not None:
+            query = query.where(playbook_versions.c.version == version)
+        query = query.order_by(
+            playbook_versions.c.active.desc(), playbook_versions.c.created_at.desc()
+        ).limit(1)
+        with self.db.read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            wanted = f" version {version}" if version is not None else ""
+            raise NotFound(f"no playbook {playbook_id!r}{wanted}", field="playbook")
+        return _version(row)
+
+    def exists(self, playbook_id: str, version: int | None) -> bool:
+        """PlaybookCatalog: whether a sub-playbook reference can be resolved."""
+        try:
+            self.resolve(playbook_id, version)
+        except NotFound:
+            return False
+        return True
+
+    def list_all(self, *, active_only: bool = False) -> list[PlaybookVersion]:
+        """Stored versions, newest first."""
+        query = select(playbook_versions).order_by(
+            playbook_versions.c.playbook_id, playbook_versions.c.created_at.desc()
+        )
+        if active_only:
+            query = query.where(playbook_versions.c.active)
+        with self.db.read() as conn:
+            return [_version(row) for row in conn.execute(query)]
+
+    def active(self) -> list[tuple[PlaybookVersion, Playbook]]:
+        """The active versions with their IR (for the trigger dispatcher)."""
+        found = self.list_all(active_only=True)
+        return [(version, self.ir(version.id)) for version in found]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A run this worker now holds."""
+
+    id: str
+    epoch: int
+
+
+class RunStore:
+    """The queries the worker runs against ``runs``."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    def claim(
+        self, owner: str, limit: int, lease: timedelta, *, roots: Sequence[str] | None = None
+    ) -> list[Claimed]:
+        """Take up to ``limit`` runs that are ready, or whose lease expired."""
+        if limit <= 0:
+            return []
+        now = self.clock.now()
+        candidates = (
+            select(runs.c.id)
+            .where(
+                or_(
+                    runs.c.status == RunStatus.READY.value,
+                    and_(runs.c.status == RunStatus.RUNNING.value, runs.c.lease_expires < now),
+                )
+            )
+            .order_by(runs.c.created_at)
+            .limit(limit)
+        )
+        if roots is not None:
+            candidates = candidates.where(runs.c.root_run_id.in_(list(roots)))
+        if self.db.backend is Backend.POSTGRESQL:
+            candidates = candidates.with_for_update(skip_locked=True)
+        statement = (
+            update(runs)
+            .where(runs.c.id.in_(candidates.scalar_subquery()))
+            .values(
+                status=RunStatus.RUNNING.value,
+                owner=owner,
+                lease_epoch=runs.c.lease_epoch + 1,
+                lease_expires=now + lease,
+                started_at=func.coalesce(runs.c.started_at, now),
+                updated_at=now,
+                wake_at=None,
+            )
+            .returning(runs.c.id, runs.c.lease_epoch)
+        )
+        with self.db.write() as conn:
+            return [Claimed(row.id, row.lease_epoch) for row in conn.execute(statement)]
+
+    def renew(self, owner: str, lease: timedelta) -> dict[str, str | None]:
+        """Extend this worker's leases; the runs it still holds, with any control asked."""
+        now = self.clock.now()
+        with self.db.write() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.owner == owner, runs.c.status == RunStatus.RUNNING.value)
+                .values(lease_expires=now + lease)
+            )
+            rows = conn.execute(
+                select(runs.c.id, runs.c.control).where(
+                    runs.c.owner == owner, runs.c.status == RunStatus.RUNNING.value
+                )
+            )
+            return {row.id: row.control for row in rows}
+
+    def wake_due(self) -> int:
+        """Waiting runs whose timer or deadline has come: make them ready."""
+        now = self.clock.now()
+        with self.db.write() as conn:
+            done = conn.execute(
+                update(runs)
+                .where(runs.c.status == RunStatus.WAITING.value, runs.c.wake_at <= now)
+                .values(status=RunStatus.READY.value, wake_at=None, updated_at=now)
+            )
+            return int(done.rowcount or 0)
+
+    def load(self, run_id: str) -> tuple[Any, list[Any]]:
+        """A run's row and its journal (oldest first)."""
+        with self.db.read() as conn:
+            run = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+            if run is None:
+                raise NotFound(f"no run {run_id!r}", field="run")
+            steps = list(
+                conn.execute(
+                    select(run_steps)
+                    .where(run_steps.c.run_id == run_id)
+                    .order_by(run_steps.c.started_at, run_steps.c.id)
+                )
+            )
+        return run, steps
+
+    def statuses(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """The status of each run."""
+        ids = list(run_ids)
+        found: dict[str, str] = {}
+        with self.db.read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(runs.c.id, runs.c.status).where(runs.c.id.in_(ids[start : start + 500]))
+                )
+                found.update({row.id: row.status for row in rows})
+        return found
+
+
+__all__ = ["Claimed", "PlaybookStore", "PlaybookVersion", "RunStore"]

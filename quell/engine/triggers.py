@@ -1,0 +1,175 @@
+"""Turning events into runs: the outbox dispatcher and the cron schedules.
+
+The ingest transaction that stores an alert (or creates an incident) writes an ``outbox`` row
+in the same commit, when some active playbook listens for that event. The dispatcher reads
+unprocessed events in order, evaluates each active playbook's trigger condition on the event,
+and creates the runs with ``dedupe_key = <version>:<event>``, marking the events processed, all
+in one transaction: a crash either did all of it or none, and doing it again creates nothing
+twice (the key is unique). An alert is therefore never stored without its runs eventually
+existing. Cron triggers work the same way from the ``schedules`` table: each due fire creates
+one run keyed by its time and moves ``next_at`` on.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import structlog
+from cronsim import CronSim
+from sqlalchemy import select, update
+
+from quell.engine.journal import RUN_COLUMNS
+from quell.engine.states import RunStatus
+from quell.ids import new_id
+from quell.playbooks.expressions import ExpressionError, compile_expression
+from quell.store.schema import outbox, runs, schedules
+
+if TYPE_CHECKING:
+    from quell.engine.engine import Engine
+
+log = structlog.get_logger(__name__)
+BATCH = 500
+
+
+def next_fire(cron: str, after: datetime, timezone: str = "UTC") -> datetime:
+    """The first time after ``after`` that ``cron`` fires (evaluated in ``timezone``)."""
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    local = after.astimezone(zone).replace(second=0, microsecond=0)
+    fire: datetime = next(CronSim(cron, local))
+    return fire.astimezone(after.tzinfo)
+
+
+class Dispatcher:
+    """Creates the runs that events and schedules call for."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def dispatch(self) -> int:
+        """Process one batch of outbox events and due schedules; how many runs were created."""
+        return self._events() + self._schedules()
+
+    def _insert_runs(self, conn: Any, rows: list[tuple[Any, ...]]) -> int:
+        if not rows:
+            return 0
+        keys = [row[RUN_COLUMNS.index("dedupe_key")] for row in rows]
+        existing = set(
+            conn.execute(select(runs.c.dedupe_key).where(runs.c.dedupe_key.in_(keys))).scalars()
+        )
+        fresh = [row for row in rows if row[RUN_COLUMNS.index("dedupe_key")] not in existing]
+        self.engine.journal.insert_run.run(conn, fresh)
+        return len(fresh)
+
+    def _events(self) -> int:
+        engine = self.engine
+        active = engine.playbooks.active()
+        listening = [
+            (version, playbook, trigger)
+            for version, playbook in active
+            for trigger in playbook.triggers
+            if trigger.on in ("alert.created", "incident.created", "incident.updated")
+        ]
+        with engine.db.write() as conn:
+            events = list(
+                conn.execute(
+                    select(outbox)
+                    .where(outbox.c.processed_at.is_(None))
+                    .order_by(outbox.c.id)
+                    .limit(BATCH)
+                )
+            )
+            if not events:
+                return 0
+            rows = []
+            for event in events:
+                payload = event.payload or {}
+                subject = event.kind.split(".", 1)[0]
+                for version, playbook, trigger in listening:
+                    if trigger.on != event.kind:
+                        continue
+                    scope = {subject: payload, "changes": payload.get("changes")}
+                    if trigger.condition:
+                        try:
+                            if not compile_expression(trigger.condition, "trigger.if").truthy(
+                                scope
+                            ):
+                                continue
+                        except ExpressionError as exc:
+                            log.warning(
+                                "trigger_condition_failed", playbook=playbook.id, error=exc.message
+                            )
+                            continue
+                    run_id = new_id("run")
+                    rows.append(
+                        engine.run_row(
+                            run_id,
+                            version.id,
+                            playbook.id,
+                            {subject: payload},
+                            trigger=event.kind,
+                            trigger_ref=event.subject_id,
+                            dedupe_key=f"{version.id}:{event.id}",
+                            status=RunStatus.READY,
+                        )
+                    )
+            created = self._insert_runs(conn, rows)
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id.in_([event.id for event in events]))
+                .values(processed_at=engine.clock.now())
+            )
+        if created:
+            engine.wake()
+        return created
+
+    def _schedules(self) -> int:
+        engine = self.engine
+        now = engine.clock.now()
+        with engine.db.write() as conn:
+            due = list(conn.execute(select(schedules).where(schedules.c.next_at <= now)))
+            rows = []
+            for schedule in due:
+                try:
+                    version = engine.playbooks.resolve(schedule.playbook_id)
+                except Exception:  # noqa: BLE001 - a schedule of a removed playbook stops
+                    conn.execute(
+                        schedules.delete().where(
+                            schedules.c.playbook_id == schedule.playbook_id,
+                            schedules.c.trigger == schedule.trigger,
+                        )
+                    )
+                    continue
+                fire = schedule.next_at
+                rows.append(
+                    engine.run_row(
+                        new_id("run"),
+                        version.id,
+                        version.playbook_id,
+                        {"schedule": {"fired_at": fire.isoformat(), "cron": schedule.cron}},
+                        trigger="schedule",
+                        trigger_ref=fire.isoformat(),
+                        dedupe_key=f"cron:{schedule.playbook_id}:{schedule.trigger}:{fire.isoformat()}",
+                        status=RunStatus.READY,
+                    )
+                )
+                following = next_fire(schedule.cron, max(now, fire) + timedelta(seconds=1))
+                conn.execute(
+                    update(schedules)
+                    .where(
+                        schedules.c.playbook_id == schedule.playbook_id,
+                        schedules.c.trigger == schedule.trigger,
+                    )
+                    .values(next_at=following, last_at=fire)
+                )
+            created = self._insert_runs(conn, rows)
+        if created:
+            engine.wake()
+        return created
+
+
+__all__ = ["Dispatcher", "next_fire"]

@@ -1,0 +1,48 @@
+"""What an action receives besides its input."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+
+from quell.sdk.secret import SecretValue
+
+
+@dataclass
+class ActionContext:
+    """The call's identity and tools: idempotency key, dry-run flag, secrets, HTTP, a logger.
+
+    ``idempotency_key`` is the same for every attempt of one step of one run (and recorded
+    before the first call), so a peer that accepts such a key can refuse a repeat itself, and
+    a ``reconcile`` hook can ask the peer whether the key landed.
+    """
+
+    run_id: str
+    step_id: str
+    attempt: int
+    idempotency_key: str
+    dry_run: bool = False
+    secrets: Mapping[str, SecretValue] = field(default_factory=dict)
+    http: httpx.AsyncClient | None = None
+    log: Any = field(default_factory=lambda: structlog.get_logger("quell.action"))
+
+    def secret(self, name: str) -> SecretValue:
+        """The declared secret ``name``; KeyError names it when it is not configured."""
+        try:
+            return self.secrets[name]
+        except KeyError:
+            raise KeyError(f"secret {name!r} is not configured for this connector") from None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The guarded HTTP client."""
+        if self.http is None:
+            raise RuntimeError("this action context has no HTTP client")
+        return self.http
+
+
+__all__ = ["ActionContext"]
