@@ -274,16 +274,21 @@ class Execution:
         )
         return row_id, values
 
+    def next_attempt(self, key: str) -> int:
+        """The attempt number a new record of ``key`` gets."""
+        known = self.records.get(key)
+        return 1 if known is None else known.attempt + 1
+
     async def record(self, key: str, step: Step, status: StepStatus, **fields: Any) -> str:
         """Insert a finished record and wait for its commit."""
-        attempt = fields.pop("attempt", 1)
+        attempt = fields.pop("attempt", None) or self.next_attempt(key)
         row_id, values = self._row(key, step, attempt, status, **fields)
         await self.journal.write(self._op(OpKind.INSERT_STEP, values))
         return row_id
 
     def note(self, key: str, step: Step, status: StepStatus, **fields: Any) -> None:
         """Insert a record without waiting (a decision a replay would recompute)."""
-        attempt = fields.pop("attempt", 1)
+        attempt = fields.pop("attempt", None) or self.next_attempt(key)
         _row_id, values = self._row(key, step, attempt, status, **fields)
         self.journal.queue(self._op(OpKind.INSERT_STEP, values))
 
@@ -833,7 +838,7 @@ class Execution:
             WaitKind.EVENT: StepStatus.WAITING_EVENT,
         }[spec.kind]
         expires = self.now() + timedelta(seconds=spec.expires_in) if spec.expires_in else None
-        _row_id, values = self._row(key, step, 1, status, finished=False)
+        _row_id, values = self._row(key, step, self.next_attempt(key), status, finished=False)
         record = self.records[key]
         await self.open_wait(
             record, key, spec.kind.value, status, prompt, expires, spec.on_expiry, spec.approvers,
@@ -910,8 +915,8 @@ class Execution:
             raise self.failed(step, frame, key, error) from None
         child_id = new_id("run")
         _row_id, values = self._row(
-            key, step, 1, StepStatus.WAITING_CHILD, inputs=inputs, output={"run_id": child_id},
-            finished=False,
+            key, step, self.next_attempt(key), StepStatus.WAITING_CHILD,
+            inputs=inputs, output={"run_id": child_id}, finished=False,
         )  # fmt: skip
         child_row = self.engine.run_row(
             child_id,

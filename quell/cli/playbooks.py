@@ -1,0 +1,490 @@
+"""``quell playbook``, ``run``, ``approval``, ``task`` and ``worker``."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from quell import codec
+from quell.cli.output import json_option, print_json, print_table, show_time
+from quell.cli.state import CliState, pass_state
+from quell.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from quell.engine.service import RunView
+    from quell.playbooks.ir import Playbook
+    from quell.runtime import Runtime
+
+
+def actor() -> str:
+    """Who a CLI decision is recorded as."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _inputs(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    try:
+        value = codec.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"--input is not JSON: {exc}", field="input") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("--input must be a JSON object", field="input")
+    return value
+
+
+def compile_file(runtime: Runtime, path: Path) -> Playbook:
+    """Compile a playbook file against the installed actions, secrets and playbooks."""
+    from quell.connectors.registry import Registry
+    from quell.engine.actions import EnvSecrets
+    from quell.playbooks.compiler import parse_playbook
+
+    registry = Registry.discover(runtime.settings.plugins)
+    return parse_playbook(
+        path.read_bytes(),
+        str(path),
+        actions=registry,
+        secrets=EnvSecrets(),
+        playbooks=runtime.playbooks,
+    )
+
+
+@click.group("playbook")
+def playbook_group() -> None:
+    """Validate, add, run and test playbooks."""
+
+
+@playbook_group.command("validate")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@pass_state
+def validate(state: CliState, files: tuple[Path, ...]) -> None:
+    """Check playbooks; one line per problem (file:line:col: message), exit 1 if any."""
+    from quell.playbooks.compiler import PlaybookInvalid
+
+    runtime = state.runtime()
+    failed = False
+    for path in files:
+        try:
+            playbook = compile_file(runtime, path)
+        except PlaybookInvalid as exc:
+            failed = True
+            for problem in exc.problems:
+                click.echo(str(problem))
+            continue
+        except InvalidInput as exc:
+            failed = True
+            click.echo(exc.message)
+            continue
+        click.echo(
+            f"{path}: valid ({playbook.id} v{playbook.version}, {len(playbook.steps)} steps)",
+            err=True,
+        )
+    if failed:
+        raise SystemExit(1)
+
+
+@playbook_group.command("schema")
+def schema() -> None:
+    """Print the playbook language's JSON Schema (for editors)."""
+    from quell.playbooks.dsl import json_schema
+
+    print_json(json_schema())
+
+
+@playbook_group.command("add")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--activate/--no-activate", default=True, show_default=True, help="Make its triggers live."
+)
+@json_option
+@pass_state
+def add(state: CliState, path: Path, activate: bool, as_json: bool) -> None:
+    """Store a playbook version (and make it the active one)."""
+    runtime = state.runtime()
+    playbook = compile_file(runtime, path)
+    version = runtime.playbooks.register(
+        playbook, source=path.read_text(encoding="utf-8"), created_by=actor(), activate=activate
+    )
+    if as_json:
+        print_json(version.as_dict())
+    else:
+        state_text = "active" if version.active else "stored"
+        click.echo(f"{version.playbook_id} v{version.version} {state_text} ({version.id})")
+
+
+@playbook_group.command("list")
+@json_option
+@pass_state
+def list_playbooks(state: CliState, as_json: bool) -> None:
+    """Stored playbook versions."""
+    found = state.runtime().playbooks.list_all()
+    if as_json:
+        print_json([version.as_dict() for version in found])
+        return
+    print_table(
+        ["PLAYBOOK", "VERSION", "ACTIVE", "ID", "CREATED", "NAME"],
+        [
+            [
+                v.playbook_id,
+                v.version,
+                "yes" if v.active else "",
+                v.id,
+                show_time(v.created_at),
+                v.name,
+            ]
+            for v in found
+        ],
+    )
+
+
+@playbook_group.command("run")
+@click.argument("target")
+@click.option("--input", "input_text", help="Run inputs as a JSON object (or @file.json).")
+@click.option("--dry-run", is_flag=True, help="Run reads; record the writes it would make.")
+@click.option("--wait", is_flag=True, help="Run it here and wait until it ends.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after seconds.")
+@json_option
+@pass_state
+def run(
+    state: CliState,
+    target: str,
+    input_text: str | None,
+    dry_run: bool,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Run a playbook file, or a stored playbook by id."""
+    from quell.ids import new_id
+
+    runtime = state.runtime()
+    inputs = _inputs(input_text)
+    path = Path(target)
+    if path.is_file():
+        playbook = compile_file(runtime, path)
+        version = runtime.playbooks.register(
+            playbook, source=path.read_text(encoding="utf-8"), created_by=actor()
+        )
+    else:
+        version = runtime.playbooks.resolve(target)
+        playbook = runtime.playbooks.ir(version.id)
+    _check_inputs(playbook, inputs)
+    run_id = new_id("run")
+    if wait:
+        view = asyncio.run(_run_here(runtime, version.id, inputs, run_id, dry_run, timeout))
+    else:
+        view = _enqueue(runtime, version.id, inputs, run_id, dry_run)
+    if as_json:
+        print_json(view.as_dict())
+    elif wait:
+        _print_run(view)
+    else:
+        click.echo(view.id)
+    if wait and view.status == "failed":
+        raise SystemExit(1)
+
+
+def _check_inputs(playbook: Playbook, inputs: dict[str, Any]) -> None:
+    for name, variable in playbook.variables.items():
+        if variable.external and variable.required and name not in inputs:
+            raise InvalidInput(f"the playbook needs the input {name!r}", field=f"input.{name}")
+
+
+def _enqueue(
+    runtime: Runtime, version_id: str, inputs: dict[str, Any], run_id: str, dry_run: bool
+) -> RunView:
+    from quell.engine.engine import Engine
+    from quell.engine.service import RunService
+
+    engine = Engine.for_runtime(runtime)
+    row = engine.run_row(run_id, version_id, runtime.playbooks.ir(version_id).id, inputs,
+                         dry_run=dry_run, created_by=actor())  # fmt: skip
+    with runtime.db.write() as conn:
+        engine.journal.insert_run.run(conn, [row])
+    return RunService(runtime.db, runtime.clock).get(run_id, with_steps=False)
+
+
+async def _run_here(
+    runtime: Runtime,
+    version_id: str,
+    inputs: dict[str, Any],
+    run_id: str,
+    dry_run: bool,
+    give_up: float | None,
+) -> RunView:
+    from quell.engine.engine import Engine
+    from quell.engine.service import RunService
+
+    service = RunService(runtime.db, runtime.clock)
+    engine = Engine.for_runtime(runtime, roots=[run_id], poll=0.2, tick=0.5)
+    async with engine:
+        stop = asyncio.Event()
+        serving = asyncio.create_task(engine.serve(stop))
+        try:
+            await engine.start(
+                version_id, inputs, dry_run=dry_run, created_by=actor(), run_id=run_id
+            )
+            async with asyncio.timeout(give_up):
+                while True:
+                    view = await asyncio.to_thread(service.get, run_id, with_steps=False)
+                    if view.status in ("succeeded", "failed", "canceled"):
+                        break
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            click.echo(f"{run_id}: not finished after {give_up:g}s", err=True)
+        finally:
+            stop.set()
+            await serving
+    return await asyncio.to_thread(service.get, run_id)
+
+
+def _summary(value: Any, limit: int = 60) -> str:
+    if value is None:
+        return ""
+    text = codec.dumps_str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _print_run(view: RunView) -> None:
+    click.echo(
+        f"run {view.id}  {view.playbook_id}  {view.status}"
+        + ("  (dry run)" if view.dry_run else "")
+    )
+    if view.error:
+        click.echo(f"error: {view.error.get('message', view.error)}")
+    print_table(
+        ["STEP", "STATUS", "TRY", "ACTION", "STARTED", "OUTPUT / ERROR"],
+        [
+            [
+                step.key,
+                step.status + (" (simulated)" if step.simulated else ""),
+                step.attempt,
+                step.action or step.kind,
+                show_time(step.started_at),
+                _summary(step.error.get("message") if step.error else step.output),
+            ]
+            for step in view.steps
+        ],
+    )
+
+
+@click.group("run")
+def run_group() -> None:
+    """List, show and control runs."""
+
+
+@run_group.command("list")
+@click.option("--status", help="Only runs in this status.")
+@click.option("--playbook", help="Only this playbook's runs.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+@pass_state
+def list_runs(
+    state: CliState, status: str | None, playbook: str | None, limit: int, as_json: bool
+) -> None:
+    """Runs, newest first."""
+    from quell.engine.service import RunService
+
+    runtime = state.runtime()
+    found = RunService(runtime.db, runtime.clock).list_all(
+        status=status, playbook=playbook, limit=limit
+    )
+    if as_json:
+        print_json([view.as_dict(with_steps=False) for view in found])
+        return
+    print_table(
+        ["RUN", "PLAYBOOK", "STATUS", "TRIGGER", "CREATED", "FINISHED"],
+        [
+            [
+                v.id,
+                v.playbook_id,
+                v.status,
+                v.trigger,
+                show_time(v.created_at),
+                show_time(v.finished_at),
+            ]
+            for v in found
+        ],
+    )
+
+
+@run_group.command("show")
+@click.argument("run_id")
+@json_option
+@pass_state
+def show_run(state: CliState, run_id: str, as_json: bool) -> None:
+    """A run and its step timeline."""
+    from quell.engine.service import RunService
+
+    runtime = state.runtime()
+    view = RunService(runtime.db, runtime.clock).get(run_id)
+    if as_json:
+        print_json(view.as_dict())
+    else:
+        _print_run(view)
+
+
+def _control(state: CliState, run_id: str, verb: str) -> None:
+    from quell.engine.service import RunService
+
+    runtime = state.runtime()
+    service = RunService(runtime.db, runtime.clock)
+    view = getattr(service, verb)(run_id)
+    pending = " (the worker holding it stops at its next step)" if view.status == "running" else ""
+    click.echo(f"{view.id}: {view.status}{pending}")
+
+
+@run_group.command("cancel")
+@click.argument("run_id")
+@pass_state
+def cancel_run(state: CliState, run_id: str) -> None:
+    """Cancel a run and its child runs."""
+    _control(state, run_id, "cancel")
+
+
+@run_group.command("pause")
+@click.argument("run_id")
+@pass_state
+def pause_run(state: CliState, run_id: str) -> None:
+    """Pause a run."""
+    _control(state, run_id, "pause")
+
+
+@run_group.command("resume")
+@click.argument("run_id")
+@pass_state
+def resume_run(state: CliState, run_id: str) -> None:
+    """Resume a paused run."""
+    _control(state, run_id, "resume")
+
+
+@run_group.command("retry")
+@click.argument("run_id")
+@pass_state
+def retry_run(state: CliState, run_id: str) -> None:
+    """Run a failed run again from its failed steps."""
+    _control(state, run_id, "retry")
+
+
+@click.group("approval")
+def approval_group() -> None:
+    """List and decide approvals."""
+
+
+@approval_group.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Decided ones too.")
+@json_option
+@pass_state
+def list_approvals(state: CliState, show_all: bool, as_json: bool) -> None:
+    """Approvals waiting for a decision."""
+    from quell.engine.waits import WaitService
+
+    runtime = state.runtime()
+    found = WaitService(runtime.db, runtime.clock).list_all(
+        kind="approval", status=None if show_all else "pending"
+    )
+    if as_json:
+        print_json([wait.as_dict() for wait in found])
+        return
+    print_table(
+        ["ID", "RUN", "STEP", "STATUS", "EXPIRES", "PROMPT"],
+        [
+            [w.id, w.run_id, w.step_key, w.status, show_time(w.expires_at), w.prompt or ""]
+            for w in found
+        ],
+    )
+
+
+def _decide(state: CliState, wait_id: str, comment: str | None, approved: bool) -> None:
+    from quell.engine.waits import WaitService
+
+    runtime = state.runtime()
+    service = WaitService(runtime.db, runtime.clock)
+    decided = (service.approve if approved else service.reject)(wait_id, actor(), "admin", comment)
+    click.echo(
+        f"{decided.id}: {decided.status} (run {decided.run_id} goes on when a worker takes it)"
+    )
+
+
+@approval_group.command("approve")
+@click.argument("wait_id")
+@click.option("--comment", "-m", help="Why.")
+@pass_state
+def approve(state: CliState, wait_id: str, comment: str | None) -> None:
+    """Approve: the waiting step succeeds."""
+    _decide(state, wait_id, comment, True)
+
+
+@approval_group.command("reject")
+@click.argument("wait_id")
+@click.option("--comment", "-m", help="Why.")
+@pass_state
+def reject(state: CliState, wait_id: str, comment: str | None) -> None:
+    """Reject: the waiting step fails."""
+    _decide(state, wait_id, comment, False)
+
+
+@click.group("task")
+def task_group() -> None:
+    """Manual tasks runs wait for (and writes nobody could reconcile)."""
+
+
+@task_group.command("list")
+@json_option
+@pass_state
+def list_tasks(state: CliState, as_json: bool) -> None:
+    """Open tasks."""
+    from quell.engine.waits import WaitService
+
+    runtime = state.runtime()
+    service = WaitService(runtime.db, runtime.clock)
+    found = service.list_all(kind="task") + service.list_all(kind="reconcile")
+    if as_json:
+        print_json([wait.as_dict() for wait in found])
+        return
+    print_table(
+        ["ID", "KIND", "RUN", "STEP", "PROMPT"],
+        [[w.id, w.kind, w.run_id, w.step_key, w.prompt or ""] for w in found],
+    )
+
+
+@task_group.command("complete")
+@click.argument("wait_id")
+@click.option("--comment", "-m", help="What was done.")
+@click.option(
+    "--landed/--not-landed", default=None, help="For a reconcile task: did the write land?"
+)
+@pass_state
+def complete_task(state: CliState, wait_id: str, comment: str | None, landed: bool | None) -> None:
+    """Complete a task."""
+    from quell.engine.waits import WaitService
+
+    runtime = state.runtime()
+    done = WaitService(runtime.db, runtime.clock).complete(wait_id, actor(), comment, landed=landed)
+    click.echo(f"{done.id}: {done.status}")
+
+
+@click.command("worker")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 100_000),
+    help="Runs at once (default: QUELL_ENGINE_CONCURRENCY).",
+)
+@pass_state
+def worker_command(state: CliState, concurrency: int | None) -> None:
+    """Run playbook runs from the database until interrupted (cluster mode)."""
+    from quell.engine.worker import run_worker
+
+    runtime = state.runtime()
+    run_worker(runtime, concurrency=concurrency)

@@ -1,0 +1,312 @@
+"""Runs as people see them: list, show (with the step timeline), cancel, pause, resume, retry.
+
+Controlling a run that a worker holds is a request the worker reads with its next lease
+renewal (``control``), honoured at the next step boundary; a run that no worker holds (ready,
+waiting, paused) changes at once. Cancelling a run cancels its pending waits and its child runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from quell.clock import Clock
+from quell.engine.states import RunStatus, StepStatus, WaitStatus
+from quell.errors import Conflict, NotFound
+from quell.store.database import Database
+from quell.store.schema import run_steps, runs, waits
+
+
+@dataclass(frozen=True)
+class StepView:
+    """One journal record."""
+
+    key: str
+    step_id: str
+    kind: str
+    attempt: int
+    status: str
+    action: str | None
+    inputs: Any
+    output: Any
+    error: Any
+    simulated: bool
+    started_at: datetime
+    finished_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return {
+            "key": self.key,
+            "step": self.step_id,
+            "kind": self.kind,
+            "attempt": self.attempt,
+            "status": self.status,
+            "action": self.action,
+            "inputs": self.inputs,
+            "output": self.output,
+            "error": self.error,
+            "simulated": self.simulated,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run and, when asked for, its journal."""
+
+    id: str
+    playbook_id: str
+    playbook_version_id: str
+    status: str
+    dry_run: bool
+    trigger: str
+    trigger_ref: str | None
+    inputs: Any
+    variables: Any
+    error: Any
+    parent_run_id: str | None
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    owner: str | None
+    steps: tuple[StepView, ...] = ()
+
+    def as_dict(self, *, with_steps: bool = True) -> dict[str, Any]:
+        """Plain data."""
+        data: dict[str, Any] = {
+            "id": self.id,
+            "playbook": self.playbook_id,
+            "playbook_version": self.playbook_version_id,
+            "status": self.status,
+            "dry_run": self.dry_run,
+            "trigger": self.trigger,
+            "trigger_ref": self.trigger_ref,
+            "inputs": self.inputs,
+            "variables": self.variables,
+            "error": self.error,
+            "parent_run_id": self.parent_run_id,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "owner": self.owner,
+        }
+        if with_steps:
+            data["steps"] = [step.as_dict() for step in self.steps]
+        return data
+
+
+def _run(row: Any, steps: tuple[StepView, ...] = ()) -> RunView:
+    return RunView(
+        row.id,
+        row.playbook_id,
+        row.playbook_version_id,
+        row.status,
+        bool(row.dry_run),
+        row.trigger,
+        row.trigger_ref,
+        row.inputs,
+        row.variables,
+        row.error,
+        row.parent_run_id,
+        row.created_by,
+        row.created_at,
+        row.started_at,
+        row.finished_at,
+        row.owner,
+        steps,
+    )
+
+
+def _step(row: Any) -> StepView:
+    return StepView(
+        row.key,
+        row.step_id,
+        row.kind,
+        row.attempt,
+        row.status,
+        row.action,
+        row.inputs,
+        row.output,
+        row.error,
+        bool(row.simulated),
+        row.started_at,
+        row.finished_at,
+    )
+
+
+class RunService:
+    """Read and control runs."""
+
+    def __init__(
+        self, db: Database, clock: Clock, *, on_change: Callable[[], None] | None = None
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.on_change = on_change
+
+    def get(self, run_id: str, *, with_steps: bool = True) -> RunView:
+        """A run, with its journal oldest first."""
+        with self.db.read() as conn:
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+            if row is None:
+                raise NotFound(f"no run {run_id!r}", field="run", value=run_id)
+            steps: tuple[StepView, ...] = ()
+            if with_steps:
+                steps = tuple(
+                    _step(step)
+                    for step in conn.execute(
+                        select(run_steps)
+                        .where(run_steps.c.run_id == run_id)
+                        .order_by(run_steps.c.started_at, run_steps.c.id)
+                    )
+                )
+        return _run(row, steps)
+
+    def list_all(
+        self,
+        *,
+        status: str | None = None,
+        playbook: str | None = None,
+        limit: int = 100,
+    ) -> list[RunView]:
+        """Runs, newest first."""
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc())
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        if playbook is not None:
+            query = query.where(runs.c.playbook_id == playbook)
+        with self.db.read() as conn:
+            return [_run(row) for row in conn.execute(query.limit(min(max(limit, 1), 10_000)))]
+
+    def cancel(self, run_id: str) -> RunView:
+        """Cancel a run (and its children); a held run stops at its next step."""
+        now = self.clock.now()
+        with self.db.write() as conn:
+            row = self._row(conn, run_id)
+            status = RunStatus(row.status)
+            if status.finished:
+                raise Conflict(f"run {run_id} already {status.value}")
+            self._cancel_tree(conn, run_id, now)
+        self._changed()
+        return self.get(run_id, with_steps=False)
+
+    def _cancel_tree(self, conn: Connection, run_id: str, now: datetime) -> None:
+        row = self._row(conn, run_id)
+        status = RunStatus(row.status)
+        if status is RunStatus.RUNNING:
+            conn.execute(update(runs).where(runs.c.id == run_id).values(control="cancel"))
+        elif not status.finished:
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(
+                    status=RunStatus.CANCELED.value,
+                    error={"code": "canceled", "message": "canceled"},
+                    finished_at=now,
+                    updated_at=now,
+                    wake_at=None,
+                )
+            )
+            conn.execute(
+                update(waits)
+                .where(waits.c.run_id == run_id, waits.c.status == WaitStatus.PENDING.value)
+                .values(status=WaitStatus.CANCELED.value, decided_at=now, decided_by="cancel")
+            )
+            conn.execute(
+                update(run_steps)
+                .where(run_steps.c.run_id == run_id, run_steps.c.status.like("waiting_%"))
+                .values(status=StepStatus.CANCELED.value, finished_at=now)
+            )
+        children = conn.execute(select(runs.c.id).where(runs.c.parent_run_id == run_id)).scalars()
+        for child in list(children):
+            self._cancel_tree(conn, child, now)
+
+    def pause(self, run_id: str) -> RunView:
+        """Pause a run: a held one stops at its next step; others stop being picked up."""
+        now = self.clock.now()
+        with self.db.write() as conn:
+            row = self._row(conn, run_id)
+            status = RunStatus(row.status)
+            if status is RunStatus.RUNNING:
+                conn.execute(update(runs).where(runs.c.id == run_id).values(control="pause"))
+            elif status in (RunStatus.READY, RunStatus.WAITING):
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run_id)
+                    .values(status=RunStatus.PAUSED.value, updated_at=now)
+                )
+            else:
+                raise Conflict(f"run {run_id} is {status.value}; only a live run can be paused")
+        return self.get(run_id, with_steps=False)
+
+    def resume(self, run_id: str) -> RunView:
+        """Resume a paused run."""
+        now = self.clock.now()
+        with self.db.write() as conn:
+            row = self._row(conn, run_id)
+            if row.status != RunStatus.PAUSED.value:
+                raise Conflict(f"run {run_id} is {row.status}, not paused")
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(status=RunStatus.READY.value, control=None, updated_at=now, wake_at=None)
+            )
+        self._changed()
+        return self.get(run_id, with_steps=False)
+
+    def retry(self, run_id: str) -> RunView:
+        """Run a failed or canceled run again from its failed steps (finished ones stay done)."""
+        now = self.clock.now()
+        with self.db.write() as conn:
+            row = self._row(conn, run_id)
+            if row.status not in (RunStatus.FAILED.value, RunStatus.CANCELED.value):
+                raise Conflict(f"run {run_id} is {row.status}; only a failed run is retried")
+            conn.execute(
+                update(run_steps)
+                .where(
+                    run_steps.c.run_id == run_id,
+                    run_steps.c.status.in_(
+                        [
+                            StepStatus.FAILED.value,
+                            StepStatus.TIMED_OUT.value,
+                            StepStatus.CANCELED.value,
+                        ]
+                    ),
+                )
+                .values(status=StepStatus.SUPERSEDED.value, due_at=None)
+            )
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(
+                    status=RunStatus.READY.value,
+                    error=None,
+                    finished_at=None,
+                    control=None,
+                    updated_at=now,
+                )
+            )
+        self._changed()
+        return self.get(run_id, with_steps=False)
+
+    @staticmethod
+    def _row(conn: Connection, run_id: str) -> Any:
+        row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+        if row is None:
+            raise NotFound(f"no run {run_id!r}", field="run", value=run_id)
+        return row
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+__all__ = ["RunService", "RunView", "StepView"]
