@@ -287,7 +287,13 @@ def run_group() -> None:
 @run_group.command("list")
 @click.option("--status", help="Only runs in this status.")
 @click.option("--playbook", help="Only this playbook's runs.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="At most this many.",
+)
 @json_option
 @pass_state
 def list_runs(

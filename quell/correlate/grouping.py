@@ -120,6 +120,8 @@ class GroupingResult:
     merged: int
     # Each stored incident merged away by this batch, and the incident it now lives in.
     merged_into: dict[str, str] = field(default_factory=dict)
+    created_ids: tuple[str, ...] = ()
+    updated_ids: tuple[str, ...] = ()  # stored incidents that took alerts (or merged others)
 
 
 class Groupable(Protocol):
@@ -415,4 +417,6 @@ class Correlator:
             updated=len(changed),
             merged=len(merges),
             merged_into={loser: survivor for loser, survivor, _ in merges},
+            created_ids=tuple(g.id for g in created),
+            updated_ids=tuple(g.id for g in changed),
         )

@@ -105,6 +105,11 @@ class Engine:
             **options,
         )
 
+    @property
+    def tasks(self) -> frozenset[asyncio.Task[Any]]:
+        """The executions in flight."""
+        return frozenset(self._tasks)
+
     # -- starting runs ----------------------------------------------------------------------------
 
     def run_row(

@@ -431,7 +431,12 @@ class Execution:
 
     def replayed(self, step: Step, frame: Frame, record: Record) -> Any:
         """Apply a finished record; raise StepFailed for a failed one."""
-        self.assign(record.assigned)
+        assigned = record.assigned
+        if assigned is None and step.out and record.status is StepStatus.SUCCEEDED:
+            # Closed from outside (a decision, a child run): ``out`` is computed here, from
+            # the recorded output, the same way on every replay.
+            assigned = self.out(step, frame, record.output)
+        self.assign(assigned)
         if record.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
             frame.steps[step.id] = {"status": record.status.value, "output": record.output}
             return record.output

@@ -37,6 +37,7 @@ class StepView:
     simulated: bool
     started_at: datetime
     finished_at: datetime | None
+    due_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -53,6 +54,7 @@ class StepView:
             "simulated": self.simulated,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "due_at": self.due_at,
         }
 
 
@@ -139,6 +141,7 @@ def _step(row: Any) -> StepView:
         bool(row.simulated),
         row.started_at,
         row.finished_at,
+        row.due_at,
     )
 
 

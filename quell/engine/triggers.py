@@ -16,12 +16,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 import structlog
 from cronsim import CronSim
 from sqlalchemy import select, update
 
 from quell.engine.journal import RUN_COLUMNS
 from quell.engine.states import RunStatus
+from quell.errors import QuellError
 from quell.ids import new_id
 from quell.playbooks.expressions import ExpressionError, compile_expression
 from quell.store.schema import outbox, runs, schedules
@@ -85,10 +87,13 @@ class Dispatcher:
             )
             if not events:
                 return 0
+            subjects = self._subjects(events)
             rows = []
             for event in events:
-                payload = event.payload or {}
                 subject = event.kind.split(".", 1)[0]
+                payload = (
+                    subjects.get(event.subject_id) or event.payload or {"id": event.subject_id}
+                )
                 for version, playbook, trigger in listening:
                     if trigger.on != event.kind:
                         continue
@@ -126,6 +131,30 @@ class Dispatcher:
         if created:
             engine.wake()
         return created
+
+    def _subjects(self, events: list[Any]) -> dict[str, dict[str, Any]]:
+        """The alerts and incidents the events are about, as the API shows them."""
+        from quell.cases.incidents import IncidentService
+        from quell.ingest.alerts import AlertService, render_alert
+
+        alert_ids = [e.subject_id for e in events if e.kind.startswith("alert.")]
+        incident_ids = {e.subject_id for e in events if e.kind.startswith("incident.")}
+        found: dict[str, dict[str, Any]] = {}
+        if alert_ids:
+            for alert_id, alert in AlertService(self.engine.db).get_many(alert_ids).items():
+                payload = _plain(render_alert(alert))
+                # OCSF's pair: the id to compare (>= severity('high')), the label to show.
+                payload["severity_id"] = int(alert.severity)
+                payload["severity"] = alert.severity.label
+                found[alert_id] = payload
+        if incident_ids:
+            incidents = IncidentService(self.engine.db)
+            for incident_id in incident_ids:
+                try:
+                    found[incident_id] = _plain(incidents.get(incident_id).as_dict())
+                except QuellError:
+                    continue
+        return found
 
     def _schedules(self) -> int:
         engine = self.engine
@@ -170,6 +199,12 @@ class Dispatcher:
         if created:
             engine.wake()
         return created
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    """JSON data (times as ISO text, enums as values), as a run's inputs are stored."""
+    plain: dict[str, Any] = orjson.loads(orjson.dumps(value, default=str))
+    return plain
 
 
 __all__ = ["Dispatcher", "next_fire"]

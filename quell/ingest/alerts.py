@@ -133,6 +133,17 @@ class AlertService:
             raise NotFound(f"no alert {alert_id!r}", field="id")
         return _from_row(row)
 
+    def get_many(self, alert_ids: list[str]) -> dict[str, Alert]:
+        """Alerts by id (missing ones are left out)."""
+        found: dict[str, Alert] = {}
+        with self.db.read() as conn:
+            for start in range(0, len(alert_ids), 500):
+                rows = conn.execute(
+                    select(*alerts.c).where(alerts.c.id.in_(alert_ids[start : start + 500]))
+                )
+                found.update({row.id: _from_row(row) for row in rows})
+        return found
+
     def list_all(
         self,
         *,

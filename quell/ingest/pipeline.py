@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import structlog
 from sqlalchemy import Connection, bindparam, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from quell.clock import Clock
-from quell.correlate.grouping import AlertKeys, Correlator
+from quell.correlate.grouping import AlertKeys, Correlator, GroupingResult
 from quell.correlate.suppression import SuppressionAction, SuppressionService
 from quell.errors import StorageUnavailable
 from quell.ids import new_id
@@ -56,7 +57,15 @@ from quell.ingest.staging import (
 )
 from quell.store.bulk import bulk_insert, bulk_update
 from quell.store.database import Backend, Database
-from quell.store.schema import alert_observables, alerts, dead_letters, incidents, suppression_rules
+from quell.store.schema import (
+    alert_observables,
+    alerts,
+    dead_letters,
+    incidents,
+    outbox,
+    playbook_versions,
+    suppression_rules,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +115,10 @@ class IngestPipeline:
         self._insert_alerts = bulk_insert(db, alerts, ALERT_COLUMNS)
         self._insert_observables = bulk_insert(db, alert_observables, OBSERVABLE_COLUMNS)
         self._insert_dead = bulk_insert(db, dead_letters, _DEAD_LETTER_COLUMNS)
+        self._insert_events = bulk_insert(
+            db, outbox, ("id", "kind", "subject_id", "payload", "created_at", "processed_at")
+        )
+        self._trigger_kinds: dict[str, frozenset[str]] = {}
         self._update_repeats = bulk_update(
             db, alerts, ("count", "first_seen", "last_seen"), key="id"
         )
@@ -366,6 +379,7 @@ class IngestPipeline:
         )
         self._insert(conn, fresh + closed)
         self._record_repeats(conn, repeats, grouping.merged_into, now)
+        self._announce(conn, fresh, grouping, now)
         if batch.dead:
             pending = DeadLetterStatus.PENDING.value
             self._insert_dead.run(
@@ -384,6 +398,54 @@ class IngestPipeline:
             suppressed=suppressed,
             dead_lettered=len(batch.dead),
         )
+
+    def _announce(
+        self, conn: Connection, fresh: list[Staged], grouping: GroupingResult, now: datetime
+    ) -> None:
+        """Outbox events for what active playbooks listen to, in this same transaction."""
+        if not (fresh or grouping.created_ids or grouping.updated_ids):
+            return
+        listening = self.listening(conn)
+        if not listening:
+            return
+        events: list[tuple[Any, ...]] = []
+        if "alert.created" in listening:
+            events.extend(
+                (new_id("evt"), "alert.created", item.id, None, now, None) for item in fresh
+            )
+        if "incident.created" in listening:
+            events.extend(
+                (new_id("evt"), "incident.created", incident_id, None, now, None)
+                for incident_id in grouping.created_ids
+            )
+        if "incident.updated" in listening:
+            events.extend(
+                (new_id("evt"), "incident.updated", incident_id, None, now, None)
+                for incident_id in grouping.updated_ids
+            )
+        self._insert_events.run(conn, events)
+
+    def listening(self, conn: Connection) -> set[str]:
+        """The events some active playbook has a trigger for (read in the caller's
+        transaction, so a playbook activated before this commit is never missed)."""
+        active = list(
+            conn.execute(select(playbook_versions.c.id).where(playbook_versions.c.active)).scalars()
+        )
+        unknown = [version_id for version_id in active if version_id not in self._trigger_kinds]
+        if unknown:  # an IR never changes: each is read once per process
+            for version_id, ir in conn.execute(
+                select(playbook_versions.c.id, playbook_versions.c.ir).where(
+                    playbook_versions.c.id.in_(unknown)
+                )
+            ):
+                self._trigger_kinds[version_id] = frozenset(
+                    trigger["on"] for trigger in orjson.loads(ir).get("triggers", [])
+                )
+        kinds: set[str] = set()
+        for version_id in active:
+            found = self._trigger_kinds.get(version_id, frozenset())
+            kinds |= found
+        return kinds
 
     def _insert(self, conn: Connection, items: list[Staged]) -> None:
         if not items:

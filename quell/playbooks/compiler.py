@@ -176,7 +176,7 @@ class _Builder:
         model = self.model
         start = self.branch(model.steps, ("steps",), frozenset())
         handler = (
-            self.branch(model.on_exception, ("on_exception",), frozenset())
+            self.branch(model.on_exception, ("on_exception",), frozenset({"error"}))
             if model.on_exception
             else None
         )

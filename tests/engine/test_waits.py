@@ -1,0 +1,268 @@
+"""Waits hold no memory: approvals, tasks, callbacks and timers, and cancel/pause/resume."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from quell.clock import ManualClock
+from quell.engine.execution import callback_token
+from quell.errors import Conflict, NotFound, PermissionDenied
+from quell.runtime import Runtime
+from tests.engine.harness import Harness, statuses
+from tests.engine.peer import Peer
+
+APPROVAL = """
+id: approve-block
+name: Block after approval
+inputs: {ip: {type: string, required: true}}
+vars: {outcome: pending}
+steps:
+  - id: ask
+    wait: approval
+    prompt: "Block {{ ip }}?"
+    approvers: [approver]
+    expires_in: 1h
+    on_expiry: {expiry}
+    on_failure: declined
+  - {id: block, action: test.contain, with: {target: "{{ ip }}"}, out: {outcome: blocked}}
+  - {id: done, end: true}
+  - {id: declined, set: {outcome: "{{ steps.ask.error.code }}"}}
+"""
+
+
+def _approval(on_expiry: str = "fail") -> str:
+    return APPROVAL.replace("{expiry}", on_expiry)
+
+
+def test_an_approved_step_lets_the_run_go_on(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(_approval(), {"ip": "203.0.113.7"})
+            waiting = await harness.settle(run_id)
+            assert waiting.status == "waiting"
+            (wait,) = harness.waits.list_all(kind="approval")
+            assert wait.prompt == "Block 203.0.113.7?"
+            assert Peer.applied == {}
+            with pytest.raises(PermissionDenied):
+                harness.waits.approve(wait.id, "ana", "analyst", "me too")
+            harness.waits.approve(wait.id, "alice", "approver", "confirmed C2")
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+            with pytest.raises(Conflict):
+                harness.waits.reject(wait.id, "bob", "approver")
+        assert done.status == "succeeded", done.error
+        assert done.variables["outcome"] == "blocked"
+        ask = next(s for s in done.steps if s.key == "ask")
+        assert ask.output["by"] == "alice"
+        assert ask.output["comment"] == "confirmed C2"
+        assert list(Peer.applied.values()) == ["203.0.113.7"]
+
+    asyncio.run(scenario())
+
+
+def test_a_rejected_step_fails_into_its_on_failure(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(_approval(), {"ip": "203.0.113.7"})
+            await harness.settle(run_id)
+            (wait,) = harness.waits.list_all(kind="approval")
+            harness.waits.reject(wait.id, "alice", "admin", "false positive")
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert done.variables["outcome"] == "rejected"
+        assert Peer.applied == {}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("on_expiry", "outcome", "status"),
+    [
+        ("skip", "blocked", "skipped"),
+        ("fail", "expired", "failed"),
+        ("escalate", "escalated", "failed"),
+    ],
+)
+def test_an_expired_approval_ends_as_declared(
+    runtime: Runtime, clock: ManualClock, on_expiry: str, outcome: str, status: str
+) -> None:
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(_approval(on_expiry), {"ip": "203.0.113.7"})
+            await harness.settle(run_id)
+            clock.advance(timedelta(minutes=61))
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+            (wait,) = harness.waits.list_all(kind="approval", status=None)
+        assert wait.status == "expired"
+        assert done.status == "succeeded", done.error
+        assert statuses(done)["ask"] == status
+        assert done.variables["outcome"] == outcome
+
+    asyncio.run(scenario())
+
+
+TASK_AND_EVENT = """
+id: manual
+name: People and callbacks
+vars: {url: "", answer: null}
+steps:
+  - id: reimage
+    wait: task
+    prompt: Reimage the laptop
+  - {id: link, set: {url: "{{ run.id }}"}}
+  - id: hook
+    wait: event
+    expires_in: 1h
+  - {id: got, set: {answer: "{{ steps.hook.output.payload.verdict }}"}}
+"""
+
+
+def test_a_task_and_a_callback_resume_the_run(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(TASK_AND_EVENT)
+            assert (await harness.settle(run_id)).status == "waiting"
+            (task,) = harness.waits.list_all(kind="task")
+            harness.waits.complete(task.id, "bob", "reimaged", {"ticket": "IT-42"})
+            await asyncio.sleep(0.1)
+            assert (await harness.settle(run_id)).status == "waiting"
+            token = callback_token(harness.engine.callback_secret, run_id, "hook")
+            with pytest.raises(NotFound):
+                harness.waits.callback("forged-token", {"verdict": "x"})
+            harness.waits.callback(token, {"verdict": "malicious"})
+            with pytest.raises(Conflict):  # one use only
+                harness.waits.callback(token, {"verdict": "benign"})
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert done.variables["answer"] == "malicious"
+        reimage = next(s for s in done.steps if s.key == "reimage")
+        assert reimage.output["data"] == {"ticket": "IT-42"}
+
+    asyncio.run(scenario())
+
+
+def test_a_long_timer_is_a_row_until_it_is_due(runtime: Runtime, clock: ManualClock) -> None:
+    text = """
+id: later
+name: Later
+steps:
+  - {id: nap, wait: timer, duration: 10m}
+  - {id: woke, action: core.log, with: {message: awake}}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(text)
+            waiting = await harness.settle(run_id)
+            assert waiting.status == "waiting"
+            assert harness.engine.active == {}  # nothing of it stays in memory
+            await asyncio.sleep(0.2)
+            assert (await harness.settle(run_id)).status == "waiting"
+            clock.advance(timedelta(minutes=10, seconds=1))
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert statuses(done) == {"nap": "succeeded", "woke": "succeeded"}
+
+    asyncio.run(scenario())
+
+
+def test_a_step_delay_is_a_durable_timer(runtime: Runtime, clock: ManualClock) -> None:
+    text = """
+id: delayed
+name: Delayed
+steps:
+  - {id: later, action: core.log, with: {message: later}, delay: 5m}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(text)
+            assert (await harness.settle(run_id)).status == "waiting"
+            clock.advance(timedelta(minutes=6))
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded"
+        assert statuses(done) == {"later~delay": "succeeded", "later": "succeeded"}
+
+    asyncio.run(scenario())
+
+
+def test_cancelling_a_waiting_run_cancels_its_waits(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(_approval(), {"ip": "198.51.100.1"})
+            await harness.settle(run_id)
+            harness.runs.cancel(run_id)
+            done = await harness.settle(run_id, until=("canceled",))
+            (wait,) = harness.waits.list_all(kind="approval", status=None)
+            with pytest.raises(Conflict):
+                harness.runs.cancel(run_id)
+        assert done.error["code"] == "canceled"
+        assert wait.status == "canceled"
+        assert statuses(done)["ask"] == "canceled"
+
+    asyncio.run(scenario())
+
+
+SLOW = """
+id: slow-steps
+name: Slow steps
+steps:
+  - {id: one, action: test.read, with: {value: 1, seconds: 0.3}}
+  - {id: two, action: test.read, with: {value: 2, seconds: 0.3}}
+  - {id: three, action: test.read, with: {value: 3, seconds: 0.3}}
+"""
+
+
+def test_a_running_run_stops_at_its_next_step_when_cancelled(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        async with Harness(runtime, lease=0.6) as harness:
+            run_id = await harness.start(SLOW)
+            await asyncio.sleep(0.1)
+            harness.runs.cancel(run_id)
+            done = await harness.settle(run_id, until=("canceled", "succeeded"))
+        assert done.status == "canceled"
+        assert "three" not in statuses(done)
+
+    asyncio.run(scenario())
+
+
+def test_pause_and_resume(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        async with Harness(runtime, lease=0.6) as harness:
+            run_id = await harness.start(SLOW)
+            await asyncio.sleep(0.1)
+            harness.runs.pause(run_id)
+            paused = await harness.settle(run_id, until=("paused",))
+            assert "three" not in statuses(paused)
+            harness.runs.resume(run_id)
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded"
+        assert [s.attempt for s in done.steps if s.key == "one"] == [1]  # not run again
+
+    asyncio.run(scenario())
+
+
+def test_retrying_a_failed_run_reruns_only_its_failed_step(runtime: Runtime) -> None:
+    text = """
+id: second-chance
+name: Second chance
+steps:
+  - {id: once, action: test.read, with: {value: 1}}
+  - {id: fussy, action: test.read, with: {value: 2, fail_times: 1, permanent: true}}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(text)
+            failed = await harness.settle(run_id, until=("failed",))
+            assert failed.error["code"] == "refused"
+            harness.runs.retry(run_id)
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert [(s.key, s.attempt, s.status) for s in done.steps if s.kind == "action"] == [
+            ("once", 1, "succeeded"), ("fussy", 1, "superseded"), ("fussy", 2, "succeeded")
+        ]  # fmt: skip
+
+    asyncio.run(scenario())
