@@ -7,15 +7,14 @@ time, which keeps B-tree inserts at the right edge of the index.
 
 from __future__ import annotations
 
-import base64
 import os
+import random
 import re
+import threading
 import time
 from functools import cache
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-# base64's base32 alphabet, mapped onto Crockford's, so that the C encoder does the work.
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 
 
@@ -26,15 +25,35 @@ def _checked(prefix: str) -> str:
     return prefix + "_"
 
 
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10-bit value as two digits
+# Ids are unique, not secret (tokens and links carry their own secrets): a seeded PRNG.
+_RANDOM = random.Random(os.urandom(32))  # noqa: S311
+os.register_at_fork(after_in_child=lambda: _RANDOM.seed(os.urandom(32)))
+_lock = threading.Lock()
+_last = [0, 0]  # the last (ms, random part) handed out
+
+
 def new_id(prefix: str, *, now_ms: int | None = None) -> str:
-    """A new id such as ``tok_01jdz3k8q3v7m2x9c4n6r5t8wa``."""
+    """A new id such as ``tok_01jdz3k8q3v7m2x9c4n6r5t8wa``.
+
+    Within one process ids are strictly increasing: a second id in the same millisecond takes
+    the random part of the first plus one (a monotonic ULID), so ids sort in creation order.
+    """
     head = _checked(prefix)
-    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    # 128 bits (48 of time, 80 random) as 26 base32 digits (130 bits, the first two zero):
-    # left-aligned in 17 bytes, the first 26 digits of their base32 are exactly those bits.
-    raw = (((ms << 80) | int.from_bytes(os.urandom(10))) << 6).to_bytes(17, "big")
-    digits = base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode()
-    return head + digits
+    if now_ms is None:
+        ms = time.time_ns() // 1_000_000
+        with _lock:
+            if ms <= _last[0] and _last[1] < (1 << 80) - 1:
+                ms, rand = _last[0], _last[1] + 1
+            else:
+                ms, rand = max(ms, _last[0] + (ms <= _last[0])), _RANDOM.getrandbits(80)
+            _last[0], _last[1] = ms, rand
+    else:
+        ms, rand = now_ms, _RANDOM.getrandbits(80)
+    # 128 bits (48 of time, 80 random) as 26 base32 digits: 130 bits, the first two zero.
+    value = (ms << 80) | rand
+    pairs = _PAIRS
+    return head + "".join(pairs[(value >> shift) & 1023] for shift in range(120, -10, -10))
 
 
 def id_prefix(identifier: str) -> str:

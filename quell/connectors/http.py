@@ -7,11 +7,13 @@ Errors say the host and status, never the URL's query or the headers, which may 
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import httpx
+import aiohttp
+import orjson
 from pydantic import Field, HttpUrl
 
 from quell.sdk import (
@@ -25,8 +27,10 @@ from quell.sdk import (
     TransientError,
     action,
 )
+from quell.sdk.http import OutboundBlocked
 
 MAX_BODY = 1024 * 1024
+_PRIVATE = frozenset({"set-cookie", "authorization", "www-authenticate", "proxy-authenticate"})
 
 
 class GetIn(ActionInput):
@@ -90,48 +94,54 @@ class Http(Connector):
         headers = dict(params.headers)
         if method != "GET":
             headers.setdefault("Idempotency-Key", ctx.idempotency_key)
-        url = str(params.url)
-        host = httpx.URL(url).host
+        data: bytes | None = None
+        if body is not None:
+            data = body.encode()
+        elif payload is not None:
+            data = orjson.dumps(payload)
+            headers.setdefault("Content-Type", "application/json")
+        host = params.url.host or "?"
         try:
-            response = await ctx.client.request(
+            async with ctx.client.request(
                 method,
-                url,
+                str(params.url),
                 headers=headers,
                 params=params.params or None,
-                json=payload if body is None and payload is not None else None,
-                content=body.encode() if body is not None else None,
-                timeout=params.timeout,
-            )
-        except httpx.TimeoutException:
+                data=data,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=params.timeout),
+            ) as response:
+                status = response.status
+                content = await response.content.read(MAX_BODY)
+                reply_headers = {
+                    k: v for k, v in response.headers.items() if k.lower() not in _PRIVATE
+                }
+                content_type = response.headers.get("Content-Type", "")
+                retry_after = response.headers.get("Retry-After")
+        except OutboundBlocked as exc:
+            raise PermanentError(str(exc), code="outbound_blocked") from None
+        except TimeoutError:
             raise TransientError(f"{method} {host}: timed out") from None
-        except httpx.TransportError as exc:
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, OutboundBlocked) else None
+            if cause is not None:
+                raise PermanentError(str(cause), code="outbound_blocked") from None
             raise TransientError(f"{method} {host}: {type(exc).__name__}") from None
         expected = params.expect or list(range(200, 300))
-        if response.status_code not in expected:
-            message = f"{method} {host}: HTTP {response.status_code}"
-            if response.status_code == 429:
-                raise RateLimited(
-                    message, retry_after=_retry_after(response.headers.get("retry-after"))
-                )
-            if response.status_code >= 500:
+        if status not in expected:
+            message = f"{method} {host}: HTTP {status}"
+            if status == 429:
+                raise RateLimited(message, retry_after=_retry_after(retry_after))
+            if status >= 500:
                 raise TransientError(message)
-            raise PermanentError(message, details={"status": response.status_code})
-        content = response.content[:MAX_BODY]
-        data: Any = None
+            raise PermanentError(message, details={"status": status})
+        parsed: Any = None
         text: str | None = None
-        if "json" in response.headers.get("content-type", ""):
+        if "json" in content_type:
             try:
-                data = response.json()
-            except ValueError:
+                parsed = orjson.loads(content)
+            except orjson.JSONDecodeError:
                 text = content.decode("utf-8", "replace")
         else:
             text = content.decode("utf-8", "replace")
-        return Response(
-            status=response.status_code,
-            headers={k: v for k, v in response.headers.items() if k.lower() not in _PRIVATE},
-            json=data,
-            text=text,
-        )
-
-
-_PRIVATE = frozenset({"set-cookie", "authorization", "www-authenticate", "proxy-authenticate"})
+        return Response(status=status, headers=reply_headers, json=parsed, text=text)

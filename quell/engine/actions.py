@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 import structlog
 from pydantic import BaseModel, ValidationError
 
@@ -99,7 +99,7 @@ class ActionRunner:
         self.secrets = secrets or EnvSecrets()
         self.outbound = outbound or OutboundPolicy()
         self._instances: dict[str, Connector] = {}
-        self._http: httpx.AsyncClient | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._buckets: dict[str, _Bucket] = {}
 
@@ -116,7 +116,7 @@ class ActionRunner:
             found = self._instances[name] = definition.connector(config)
         return found
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
             self._http = guard(self.outbound)
         return self._http
@@ -140,7 +140,7 @@ class ActionRunner:
             dry_run=dry_run,
             secrets=self.secrets.for_connector(definition.connector),
             http=self._client(),
-            log=log.bind(action=definition.key, run=run_id, step=step_key),
+            log_context={"action": definition.key, "run": run_id, "step": step_key},
         )
 
     def validate(self, definition: ActionDef, inputs: Mapping[str, Any]) -> BaseModel | None:
@@ -219,7 +219,7 @@ class ActionRunner:
         for instance in self._instances.values():
             await instance.aclose()
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
 
 
 class _Limit:

@@ -33,7 +33,7 @@ from quell.engine.states import RunStatus
 from quell.engine.store import Claimed, PlaybookStore, RunStore
 from quell.ids import new_id
 from quell.sdk.http import OutboundPolicy
-from quell.store.database import Database
+from quell.store.database import Backend, Database
 
 if TYPE_CHECKING:
     from quell.runtime import Runtime
@@ -74,7 +74,9 @@ class Engine:
         self.poll = poll
         self.tick = tick
         self.roots = list(roots) if roots is not None else None
-        self.journal = JournalWriter(db)
+        # SQLite commits cost less than a thread handoff: inline; PostgreSQL waits on the
+        # network: a writer thread, so the loop runs while it waits.
+        self.journal = JournalWriter(db, inline=db.backend is Backend.SQLITE)
         self.runs = RunStore(db, clock)
         self.playbooks = playbooks or PlaybookStore(db, clock)
         self.actions = actions or ActionRunner(
@@ -82,6 +84,9 @@ class Engine:
         )
         self.callback_secret = hmac.new(secret_key, b"quell:callbacks", hashlib.sha256).digest()
         self.active: dict[str, Execution] = {}
+        # Compiled templates of IR values, by identity (kept with the value, so a freed IR's
+        # id reused by another object is never mistaken for it).
+        self.compiled: dict[int, tuple[Any, Any]] = {}
         self.finished: dict[str, asyncio.Future[RunStatus]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wakeup: asyncio.Event | None = None
@@ -193,7 +198,7 @@ class Engine:
             owner=self.owner,
             epoch=1,
         )
-        await self.journal.write(Op(OpKind.INSERT_RUN, run_id, None, row))
+        created = Op(OpKind.INSERT_RUN, run_id, None, row)
         info = RunInfo(
             id=run_id,
             epoch=1,
@@ -207,7 +212,10 @@ class Engine:
             created_at=row[RUN_COLUMNS.index("created_at")],
             deadline=row[RUN_COLUMNS.index("deadline")],
         )
+        # The run's own records queue behind its creation, so it may start at once; the
+        # caller hears of the run only once it is committed.
         self._spawn(self._execute_fresh(info))
+        await self.journal.write(created)
         return run_id
 
     def watch(self, run_id: str) -> asyncio.Future[RunStatus]:
@@ -388,8 +396,6 @@ class Engine:
         future = self.finished.get(info.id)
         if future is not None and not future.done() and status.finished:
             future.set_result(status)
-        if status.finished:
-            log.info("run_finished", run=info.id, status=status.value)
 
     async def _bounded(self, execution: Execution, info: RunInfo) -> Outcome:
         if info.deadline is None:

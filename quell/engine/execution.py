@@ -336,7 +336,16 @@ class Execution:
         return names
 
     def render(self, value: Any, where: str, scope: Mapping[str, Any]) -> Any:
-        return render_value(compile_value(value, where), scope, now=self.now)
+        if isinstance(value, str):
+            return render_value(compile_value(value, where), scope, now=self.now)
+        if not isinstance(value, dict | list) or not value:
+            return value
+        # A step's inputs are compiled once per process (the IR never changes).
+        cache = self.engine.compiled
+        compiled = cache.get(id(value))
+        if compiled is None or compiled[0] is not value:
+            compiled = cache[id(value)] = (value, compile_value(value, where))
+        return render_value(compiled[1], scope, now=self.now)
 
     def assign(self, values: Mapping[str, Any] | None) -> None:
         if values:
@@ -973,7 +982,7 @@ class Execution:
         release = self.journal.release_run
 
         def work(conn: Connection) -> None:
-            conn.execute(release, [params])
+            release.run(conn, [params])
             conn.execute(
                 update(run_steps)
                 .where(run_steps.c.run_id == parent_id, run_steps.c.key == parent_key)

@@ -32,6 +32,7 @@ import functools
 import ipaddress
 import math
 import operator
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -458,16 +459,19 @@ class Expression:
     where: str
     names: frozenset[str]  # the top-level names it reads
     steps: frozenset[str]  # the step ids it reads through ``steps.<id>``
-    _function: Callable[..., Any]
+    _function: Callable[[Mapping[str, Any]], Any]
+    path: tuple[str, ...] | None = None  # set when the expression is a plain key path
 
     def evaluate(
         self, scope: Mapping[str, Any], *, now: Callable[[], datetime] | None = None
     ) -> Any:
         """The expression's value in ``scope``; ExpressionError on failure."""
+        if self.path is not None:  # a plain lookup: no call, no deadline, no new data
+            return _walk(self.path, scope)
         token = _deadline.set(time.monotonic() + DEADLINE)
         clock = _clock_now.set(now) if now is not None else None
         try:
-            value = _plain(self._function(**scope))
+            value = _plain(self._function(scope))
         except ExpressionError as exc:
             raise ExpressionError(f"{self.where}: {exc.message}", field=self.where) from None
         except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
@@ -524,11 +528,47 @@ def compile_expression(source: str, where: str = "expression") -> Expression:
         raise ExpressionError(f"{where}: longer than {MAX_SOURCE} characters", field=where)
     try:
         parser_tree = _ENV.parse("{{ " + text + " }}")
-        function = _ENV.compile_expression(text, undefined_to_none=False)
+        compiled = _ENV.compile_expression(text, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise _syntax(where, exc) from None
     names, steps = _references(parser_tree)
-    return Expression(source, where, names, steps, function)
+    path = _simple_path(text)
+    function: Callable[[Mapping[str, Any]], Any]
+    if path is not None:
+        function = functools.partial(_walk, path)
+    else:
+
+        def function(scope: Mapping[str, Any]) -> Any:
+            return compiled(**scope)
+
+    return Expression(source, where, names, steps, function, path)
+
+
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# Names Jinja would resolve to a method of a dict (or a constant): left to Jinja.
+_NOT_KEYS = frozenset(dir(dict)) | {"true", "false", "none", "True", "False", "None"}
+
+
+def _simple_path(text: str) -> tuple[str, ...] | None:
+    """``a.b.c`` as its parts, when Jinja would do nothing but look the keys up."""
+    if not _PATH.match(text):
+        return None
+    parts = tuple(text.split("."))
+    if parts[0] in FUNCTIONS or any(part in _NOT_KEYS for part in parts):
+        return None
+    return parts
+
+
+def _walk(path: tuple[str, ...], scope: Mapping[str, Any]) -> Any:
+    """The value at ``path`` in ``scope`` (None when any part is missing), as Jinja finds it
+    for plain data, without building a template context: most playbook expressions are
+    such paths (``alert.src.ip``, ``steps.lookup.output.verdict``)."""
+    value: Any = scope.get(path[0])
+    for part in path[1:]:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import structlog
 
 from quell.sdk.secret import SecretValue
@@ -27,8 +27,16 @@ class ActionContext:
     idempotency_key: str
     dry_run: bool = False
     secrets: Mapping[str, SecretValue] = field(default_factory=dict)
-    http: httpx.AsyncClient | None = None
-    log: Any = field(default_factory=lambda: structlog.get_logger("quell.action"))
+    http: aiohttp.ClientSession | None = None
+    logger: Any = None  # bound on first use of ``log`` (most calls never log)
+    log_context: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def log(self) -> Any:
+        """A logger bound to this call (action, run, step)."""
+        if self.logger is None:
+            self.logger = structlog.get_logger("quell.action").bind(**self.log_context)
+        return self.logger
 
     def secret(self, name: str) -> SecretValue:
         """The declared secret ``name``; KeyError names it when it is not configured."""
@@ -38,8 +46,8 @@ class ActionContext:
             raise KeyError(f"secret {name!r} is not configured for this connector") from None
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        """The guarded HTTP client."""
+    def client(self) -> aiohttp.ClientSession:
+        """The guarded HTTP client (an aiohttp session; see :mod:`quell.sdk.http`)."""
         if self.http is None:
             raise RuntimeError("this action context has no HTTP client")
         return self.http

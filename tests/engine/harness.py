@@ -78,6 +78,7 @@ class Harness:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(self.engine.journal.close)
+        await self.engine.actions.aclose()  # only so the test leaks no socket
         self._serving = None
         self.crashed = True
 
