@@ -123,11 +123,11 @@ class RunInfo:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """The latest attempt of one step key, from the journal."""
 
-    id: str
+    key: str
     attempt: int
     status: StepStatus
     output: Any = None
@@ -141,7 +141,7 @@ class Record:
     def from_row(cls, row: Any) -> Record:
         """From a ``run_steps`` row."""
         return cls(
-            id=row.id,
+            key=row.key,
             attempt=row.attempt,
             status=StepStatus(row.status),
             output=row.output,
@@ -214,6 +214,7 @@ class Execution:
         self.run = run
         self.playbook = playbook
         self.records: dict[str, Record] = {}
+        self.seq = max((row.seq for row in journal), default=0)
         for row in journal:  # oldest first: the last attempt of each key wins
             record = Record.from_row(row)
             known = self.records.get(row.key)
@@ -262,17 +263,17 @@ class Execution:
         finished: bool = True,
         due_at: datetime | None = None,
     ) -> tuple[str, tuple[Any, ...]]:
-        row_id = new_id("stp")
         now = self.now()
+        self.seq += 1
         values = (
-            row_id, self.run.id, key, attempt, step.id, step.kind.value, status.value,
+            self.run.id, key, attempt, self.seq, step.id, step.kind.value, status.value,
             step.action, idempotency_key, inputs, output, error, assigned, simulated, now,
             now if finished else None, due_at,
         )  # fmt: skip
         self.records[key] = Record(
-            row_id, attempt, status, output, error, assigned, due_at, inputs, idempotency_key
+            key, attempt, status, output, error, assigned, due_at, inputs, idempotency_key
         )
-        return row_id, values
+        return key, values
 
     def next_attempt(self, key: str) -> int:
         """The attempt number a new record of ``key`` gets."""
@@ -311,7 +312,17 @@ class Execution:
         await self.journal.write(
             self._op(
                 OpKind.UPDATE_STEP,
-                (status.value, output, error, assigned, self.now(), due_at, record.id),
+                (
+                    status.value,
+                    output,
+                    error,
+                    assigned,
+                    self.now(),
+                    due_at,
+                    self.run.id,
+                    record.key,
+                    record.attempt,
+                ),
             )
         )
 
@@ -891,7 +902,11 @@ class Execution:
             else:
                 conn.execute(
                     update(run_steps)
-                    .where(run_steps.c.id == record.id)
+                    .where(
+                        run_steps.c.run_id == run_id,
+                        run_steps.c.key == record.key,
+                        run_steps.c.attempt == record.attempt,
+                    )
                     .values(status=status.value, finished_at=None)
                 )
             conn.execute(

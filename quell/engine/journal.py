@@ -29,10 +29,11 @@ from enum import IntEnum
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam
+from sqlalchemy import update as sql_update
 
 from quell.errors import QuellError, StorageUnavailable
-from quell.store.bulk import bulk_insert, bulk_update
+from quell.store.bulk import BulkStatement, bulk_insert, bulk_update
 from quell.store.database import Backend, Database
 from quell.store.group_commit import Outcome, Waiter, settle
 from quell.store.schema import run_steps, runs
@@ -46,7 +47,7 @@ RUN_COLUMNS = (
     "deadline", "wake_at", "control", "owner", "lease_epoch", "lease_expires",
 )  # fmt: skip
 STEP_COLUMNS = (
-    "id", "run_id", "key", "attempt", "step_id", "kind", "status", "action", "idempotency_key",
+    "run_id", "key", "attempt", "seq", "step_id", "kind", "status", "action", "idempotency_key",
     "inputs", "output", "error", "assigned", "simulated", "started_at", "finished_at", "due_at",
 )  # fmt: skip
 STEP_UPDATE = ("status", "output", "error", "assigned", "finished_at", "due_at")
@@ -107,7 +108,7 @@ class JournalWriter:
         self._closed = False
         self.insert_run = bulk_insert(db, runs, RUN_COLUMNS)
         self.insert_step = bulk_insert(db, run_steps, STEP_COLUMNS)
-        self.update_step = bulk_update(db, run_steps, STEP_UPDATE, key="id")
+        self.update_step = _step_update(db)
         self.release_run = bulk_update(db, runs, RUN_RELEASE, key="id")
         # The fence reads current epochs with one statement per batch size, rendered once.
         self._fence_sql: dict[int, str] = {}
@@ -319,6 +320,25 @@ class JournalWriter:
             for run_id, epochs in wanted.items()
             if run_id in current and epochs != {current[run_id]}
         } | {run_id for run_id in wanted if run_id not in current and _needs_row(batch, run_id)}
+
+
+def _step_update(db: Database) -> BulkStatement:
+    """UPDATE run_steps SET STEP_UPDATE... WHERE (run_id, key, attempt) = (...)."""
+    statement = (
+        sql_update(run_steps)
+        .values({name: bindparam(f"set_{name}") for name in STEP_UPDATE})
+        .where(
+            run_steps.c.run_id == bindparam("w_run_id"),
+            run_steps.c.key == bindparam("w_key"),
+            run_steps.c.attempt == bindparam("w_attempt"),
+        )
+    )
+    params = [(f"set_{name}", name) for name in STEP_UPDATE] + [
+        ("w_run_id", "run_id"),
+        ("w_key", "key"),
+        ("w_attempt", "attempt"),
+    ]
+    return BulkStatement(db, run_steps, params, statement)
 
 
 def _placeholders(count: int, postgres: bool) -> str:

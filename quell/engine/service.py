@@ -168,7 +168,7 @@ class RunService:
                     for step in conn.execute(
                         select(run_steps)
                         .where(run_steps.c.run_id == run_id)
-                        .order_by(run_steps.c.started_at, run_steps.c.id)
+                        .order_by(run_steps.c.seq)
                     )
                 )
         return _run(row, steps)

@@ -294,9 +294,7 @@ class RunStore:
                 raise NotFound(f"no run {run_id!r}", field="run")
             steps = list(
                 conn.execute(
-                    select(run_steps)
-                    .where(run_steps.c.run_id == run_id)
-                    .order_by(run_steps.c.started_at, run_steps.c.id)
+                    select(run_steps).where(run_steps.c.run_id == run_id).order_by(run_steps.c.seq)
                 )
             )
         return run, steps

@@ -259,7 +259,7 @@ runs = Table(
     Column("trigger", String(32), nullable=False),  # manual, alert.created, schedule, playbook...
     Column("trigger_ref", String(64), nullable=True),  # the alert, incident, or parent run
     Column("dedupe_key", String(160), nullable=True, unique=True),
-    Column("parent_run_id", String(32), nullable=True, index=True),
+    Column("parent_run_id", String(32), nullable=True),
     Column("parent_key", String(512), nullable=True),  # the parent's step that started it
     Column("root_run_id", String(32), nullable=False),
     Column("created_by", String(64), nullable=True),
@@ -275,19 +275,43 @@ runs = Table(
     Column("lease_epoch", Integer, nullable=False, default=0),
     Column("lease_expires", UTCDateTime(), nullable=True),
 )
-Index("ix_runs_status_wake_at", runs.c.status, runs.c.wake_at)
-Index("ix_runs_status_lease_expires", runs.c.status, runs.c.lease_expires)
+# Partial indexes: each holds only the runs a worker looks for in that state, so the many
+# runs passing through (and the finished ones) cost them nothing.
+Index(
+    "ix_runs_ready",
+    runs.c.created_at,
+    sqlite_where=runs.c.status == "ready",
+    postgresql_where=runs.c.status == "ready",
+)
+Index(
+    "ix_runs_running_lease",
+    runs.c.lease_expires,
+    sqlite_where=runs.c.status == "running",
+    postgresql_where=runs.c.status == "running",
+)
+Index(
+    "ix_runs_waiting_wake",
+    runs.c.wake_at,
+    sqlite_where=runs.c.status == "waiting",
+    postgresql_where=runs.c.status == "waiting",
+)
 Index("ix_runs_playbook_id_created_at", runs.c.playbook_id, runs.c.created_at)
+Index(
+    "ix_runs_parent_run_id",
+    runs.c.parent_run_id,
+    sqlite_where=runs.c.parent_run_id.is_not(None),
+    postgresql_where=runs.c.parent_run_id.is_not(None),
+)
 
 # The journal: one row per attempt of each step (a step inside a loop or a for_each has one
 # per iteration; ``key`` says which: ``poll#2/bump``, ``isolate[3]``).
 run_steps = Table(
     "run_steps",
     metadata,
-    Column("id", String(32), primary_key=True),
-    Column("run_id", String(32), ForeignKey("runs.id"), nullable=False),
-    Column("key", String(512), nullable=False),
-    Column("attempt", Integer, nullable=False),
+    Column("run_id", String(32), ForeignKey("runs.id"), primary_key=True),
+    Column("key", String(512), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("seq", Integer, nullable=False),  # the order the run wrote its records in
     Column("step_id", String(64), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("status", String(24), nullable=False),  # see quell.engine.states.StepStatus
@@ -301,9 +325,8 @@ run_steps = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=True),
     Column("due_at", UTCDateTime(), nullable=True),  # a timer, a delay or a retry backoff
+    sqlite_with_rowid=False,  # one B-tree, in the order records are read (by run)
 )
-Index("uq_run_steps_run_id_key_attempt", run_steps.c.run_id, run_steps.c.key,
-      run_steps.c.attempt, unique=True)  # fmt: skip
 
 # What waiting runs wait for: a person's decision, a task, a callback, a timer, a child run.
 waits = Table(

@@ -94,16 +94,32 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_runs")),
         sa.UniqueConstraint("dedupe_key", name=op.f("uq_runs_dedupe_key")),
     )
-    op.create_index(op.f("ix_runs_parent_run_id"), "runs", ["parent_run_id"])
-    op.create_index("ix_runs_status_wake_at", "runs", ["status", "wake_at"])
-    op.create_index("ix_runs_status_lease_expires", "runs", ["status", "lease_expires"])
+    for name, column, status in (
+        ("ix_runs_ready", "created_at", "ready"),
+        ("ix_runs_running_lease", "lease_expires", "running"),
+        ("ix_runs_waiting_wake", "wake_at", "waiting"),
+    ):
+        op.create_index(
+            name,
+            "runs",
+            [column],
+            sqlite_where=sa.text(f"status = '{status}'"),
+            postgresql_where=sa.text(f"status = '{status}'"),
+        )
     op.create_index("ix_runs_playbook_id_created_at", "runs", ["playbook_id", "created_at"])
+    op.create_index(
+        "ix_runs_parent_run_id",
+        "runs",
+        ["parent_run_id"],
+        sqlite_where=sa.text("parent_run_id IS NOT NULL"),
+        postgresql_where=sa.text("parent_run_id IS NOT NULL"),
+    )
     op.create_table(
         "run_steps",
-        sa.Column("id", sa.String(32), nullable=False),
         sa.Column("run_id", sa.String(32), nullable=False),
         sa.Column("key", sa.String(512), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("step_id", sa.String(64), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("status", sa.String(24), nullable=False),
@@ -118,13 +134,8 @@ def upgrade() -> None:
         _time("finished_at", nullable=True),
         _time("due_at", nullable=True),
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name=op.f("fk_run_steps_run_id_runs")),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_run_steps")),
-    )
-    op.create_index(
-        "uq_run_steps_run_id_key_attempt",
-        "run_steps",
-        ["run_id", "key", "attempt"],
-        unique=True,
+        sa.PrimaryKeyConstraint("run_id", "key", "attempt", name=op.f("pk_run_steps")),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "waits",
@@ -187,12 +198,15 @@ def downgrade() -> None:
     op.drop_index("ix_waits_status_expires_at", table_name="waits")
     op.drop_index(op.f("ix_waits_run_id"), table_name="waits")
     op.drop_table("waits")
-    op.drop_index("uq_run_steps_run_id_key_attempt", table_name="run_steps")
     op.drop_table("run_steps")
-    op.drop_index("ix_runs_playbook_id_created_at", table_name="runs")
-    op.drop_index("ix_runs_status_lease_expires", table_name="runs")
-    op.drop_index("ix_runs_status_wake_at", table_name="runs")
-    op.drop_index(op.f("ix_runs_parent_run_id"), table_name="runs")
+    for name in (
+        "ix_runs_parent_run_id",
+        "ix_runs_playbook_id_created_at",
+        "ix_runs_waiting_wake",
+        "ix_runs_running_lease",
+        "ix_runs_ready",
+    ):
+        op.drop_index(name, table_name="runs")
     op.drop_table("runs")
     op.drop_index("uq_playbook_versions_active", table_name="playbook_versions")
     op.drop_index("ix_playbook_versions_playbook_id_version", table_name="playbook_versions")
