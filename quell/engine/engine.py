@@ -254,10 +254,13 @@ class Engine:
         """Claim, run and renew until ``stop`` is set, then shut down."""
         if self._loop is None:
             await self.__aenter__()
+        from quell.engine.notify import listen
+
         loops = [
             asyncio.create_task(self._claim_loop(stop), name="engine-claim"),
             asyncio.create_task(self._renew_loop(stop), name="engine-renew"),
             asyncio.create_task(self._tick_loop(stop), name="engine-tick"),
+            asyncio.create_task(listen(self.db, self.wake, stop), name="engine-listen"),
         ]
         try:
             await stop.wait()

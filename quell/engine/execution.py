@@ -40,6 +40,7 @@ import structlog
 from sqlalchemy import Connection, update
 
 from quell.engine.journal import Op, OpKind, release_params
+from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
 from quell.ids import new_id
 from quell.playbooks.expressions import (
@@ -964,6 +965,7 @@ class Execution:
             [
                 Op(OpKind.INSERT_RUN, child_id, None, child_row),
                 self._op(OpKind.INSERT_STEP, values),
+                Op(OpKind.WORK, child_id, None, notify_ready),
             ]
         )
         self.engine.wake()
@@ -1014,6 +1016,7 @@ class Execution:
                 .where(runs.c.id == parent_id, runs.c.status == RunStatus.WAITING.value)
                 .values(status=RunStatus.READY.value, wake_at=None, updated_at=now)
             )
+            notify_ready(conn)
 
         await self.journal.write(self._op(OpKind.WORK, work))
         self.engine.wake()

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from quell.clock import Clock
+from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
 from quell.errors import Conflict, NotFound
 from quell.store.database import Database
@@ -262,6 +263,7 @@ class RunService:
                 .where(runs.c.id == run_id)
                 .values(status=RunStatus.READY.value, control=None, updated_at=now, wake_at=None)
             )
+            notify_ready(conn)
         self._changed()
         return self.get(run_id, with_steps=False)
 
@@ -297,6 +299,7 @@ class RunService:
                     updated_at=now,
                 )
             )
+            notify_ready(conn)
         self._changed()
         return self.get(run_id, with_steps=False)
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, or_, select, update
 
 from quell.clock import Clock
+from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus
 from quell.errors import NotFound
 from quell.ids import new_id
@@ -284,7 +285,10 @@ class RunStore:
                 .where(runs.c.status == RunStatus.WAITING.value, runs.c.wake_at <= now)
                 .values(status=RunStatus.READY.value, wake_at=None, updated_at=now)
             )
-            return int(done.rowcount or 0)
+            woken = int(done.rowcount or 0)
+            if woken:
+                notify_ready(conn)
+            return woken
 
     def load(self, run_id: str) -> tuple[Any, list[Any]]:
         """A run's row and its journal (oldest first)."""

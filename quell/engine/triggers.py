@@ -22,6 +22,7 @@ from cronsim import CronSim
 from sqlalchemy import select, update
 
 from quell.engine.journal import RUN_COLUMNS
+from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus
 from quell.errors import QuellError
 from quell.ids import new_id
@@ -65,6 +66,8 @@ class Dispatcher:
         )
         fresh = [row for row in rows if row[RUN_COLUMNS.index("dedupe_key")] not in existing]
         self.engine.journal.insert_run.run(conn, fresh)
+        if fresh:
+            notify_ready(conn)
         return len(fresh)
 
     def _events(self) -> int:

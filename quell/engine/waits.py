@@ -18,6 +18,7 @@ from sqlalchemy import Connection, select, update
 
 from quell.clock import Clock
 from quell.engine.execution import token_hash
+from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
 from quell.errors import Conflict, NotFound, PermissionDenied
 from quell.store.database import Database
@@ -309,6 +310,7 @@ class WaitService:
             .where(runs.c.id == run_id, runs.c.status == RunStatus.WAITING.value)
             .values(status=RunStatus.READY.value, wake_at=None, updated_at=now)
         )
+        notify_ready(conn)
 
     def _changed(self) -> None:
         if self.on_change is not None:
