@@ -21,7 +21,7 @@ pytest_plugins = [
 ]
 
 # Variables that steer the test run itself, not the Quell under test.
-_TEST_ENV = {"QUELL_TEST_POSTGRES_URL", "QUELL_CORPUS", "QUELL_REQUIRE_ALL"}
+_TEST_ENV = {"QUELL_TEST_POSTGRES_URL", "QUELL_CORPUS", "QUELL_REQUIRE_ALL", "QUELL_CRASH_SEED"}
 
 
 @pytest.fixture(autouse=True)

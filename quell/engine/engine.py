@@ -92,6 +92,7 @@ class Engine:
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._full = False
 
     @classmethod
     def for_runtime(cls, runtime: Runtime, **options: Any) -> Engine:
@@ -314,8 +315,10 @@ class Engine:
             for item in claimed:
                 if item.id not in self.active:
                     self._spawn(self._execute_claimed(item))
-            if claimed and len(claimed) >= min(free, 256):
-                continue  # there may be more
+            if len(self._tasks) >= self.concurrency:
+                self._full = True  # _done wakes us once half of these have ended
+            elif claimed and len(claimed) >= min(free, 256):
+                continue  # there may be more, and there is room for them
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self.poll)
 
@@ -358,7 +361,14 @@ class Engine:
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        # Full a moment ago and half empty now: look for more work without waiting for a poll.
+        if self._full and len(self._tasks) <= self.concurrency // 2 and self._wakeup is not None:
+            self._full = False
+            self._wakeup.set()
 
     async def _execute_claimed(self, claimed: Claimed) -> None:
         try:
@@ -392,8 +402,16 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            # A bug in Quell (not in a step: steps fail on their own) must not bounce the run
+            # between workers forever: it fails, with the cause in the log. If even that write
+            # fails (the database is away), the lease expires and another worker tries again.
             log.error("run_crashed", run=info.id, error=type(exc).__name__, exc_info=exc)
-            return
+            error = {"code": "engine_error", "message": f"the engine failed: {type(exc).__name__}"}
+            try:
+                await execution.release(Outcome(RunStatus.FAILED, execution.variables, error))
+            except Exception as again:  # noqa: BLE001 - logged; the lease takes over
+                log.error("run_crash_unrecorded", run=info.id, error=type(again).__name__)
+                return
         finally:
             self.active.pop(info.id, None)
         future = self.finished.get(info.id)

@@ -42,9 +42,9 @@ from typing import Any, cast
 import orjson
 from jinja2 import (
     ChainableUndefined,
+    TemplateError,
     TemplateSyntaxError,
     Undefined,
-    UndefinedError,
     nodes,
 )
 from jinja2.exceptions import SecurityError
@@ -474,7 +474,7 @@ class Expression:
             value = _plain(self._function(scope))
         except ExpressionError as exc:
             raise ExpressionError(f"{self.where}: {exc.message}", field=self.where) from None
-        except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
+        except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise ExpressionError(
                 f"{self.where}: {type(exc).__name__}: {str(exc)[:200]}", field=self.where
             ) from None
@@ -512,6 +512,18 @@ def _references(tree: nodes.Node) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(names - BUILTIN_NAMES), frozenset(steps)
 
 
+def _check_callables(tree: nodes.Node, where: str) -> None:
+    """Unknown filters and tests are errors now, not when a branch first reaches them."""
+    for node in tree.find_all(nodes.Filter):
+        if node.name not in _ENV.filters:
+            hint = f" (it is a test: `value is {node.name}`)" if node.name in _ENV.tests else ""
+            raise ExpressionError(f"{where}: no filter named {node.name!r}{hint}", field=where)
+    for test in tree.find_all(nodes.Test):
+        if test.name not in _ENV.tests:
+            hint = f" (it is a filter: `value | {test.name}`)" if test.name in _ENV.filters else ""
+            raise ExpressionError(f"{where}: no test named {test.name!r}{hint}", field=where)
+
+
 def _syntax(where: str, exc: TemplateSyntaxError) -> ExpressionError:
     return ExpressionError(f"{where}: {exc.message or 'syntax error'}", field=where)
 
@@ -531,6 +543,7 @@ def compile_expression(source: str, where: str = "expression") -> Expression:
         compiled = _ENV.compile_expression(text, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise _syntax(where, exc) from None
+    _check_callables(parser_tree, where)
     names, steps = _references(parser_tree)
     path = _simple_path(text)
     function: Callable[[Mapping[str, Any]], Any]
@@ -592,7 +605,7 @@ class Template:
             text = self._template.render(**scope)
         except ExpressionError as exc:
             raise ExpressionError(f"{self.where}: {exc.message}", field=self.where) from None
-        except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
+        except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise ExpressionError(
                 f"{self.where}: {type(exc).__name__}: {str(exc)[:200]}", field=self.where
             ) from None
@@ -622,6 +635,7 @@ def compile_template(source: str, where: str = "value") -> Template:
         raise ExpressionError(
             f"{where}: only {{{{ expressions }}}} are allowed, not {{% statements %}}", field=where
         )
+    _check_callables(tree, where)
     names, steps = _references(tree)
     stripped = source.strip()
     if stripped.startswith("{{") and stripped.endswith("}}") and stripped.count("{{") == 1:
