@@ -3,10 +3,11 @@
 The engine hands :class:`ActionRunner` an action key, the filled-in inputs and the call's
 identity; the runner validates the inputs against the action's model (a bad input fails the
 step with the field named, it never reaches the peer), holds the action's concurrency and rate
-limits, calls the method with an :class:`~quell.sdk.ActionContext`, and returns the output as
-plain JSON data. Anything an action raises that is not an :class:`~quell.sdk.ActionError`
-becomes one (not retryable) with only the exception's type in the message: a connector's bug
-fails its step, never the worker.
+limits (in the database, so that they bind every worker: see :mod:`quell.engine.limits`), calls
+the method with an :class:`~quell.sdk.ActionContext`, and returns the output as plain JSON
+data. Anything an action raises that is not an :class:`~quell.sdk.ActionError` becomes one (not
+retryable) with only the exception's type in the message: a connector's bug fails its step,
+never the worker.
 
 Secrets come from the environment, ``QUELL_CONNECTOR_<CONNECTOR>_<SECRET>`` (for example
 ``QUELL_CONNECTOR_VIRUSTOTAL_API_KEY``), as :class:`~quell.sdk.SecretValue`.
@@ -19,6 +20,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -26,12 +28,15 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from quell.connectors.registry import ActionDef, Registry
+from quell.engine.limits import SharedLimits
 from quell.sdk import ActionContext, ActionError, Connector, Landed, Reconciliation, SecretValue
 from quell.sdk.errors import PermanentError, TransientError
 from quell.sdk.http import OutboundPolicy, guard
 
 log = structlog.get_logger(__name__)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+_DEFAULT_HOLD = 300.0  # a cluster slot's hold when the call has no time limit (seconds)
+_HOLD_MARGIN = 30.0
 
 
 def _env_name(connector: str, secret: str) -> str:
@@ -94,10 +99,13 @@ class ActionRunner:
         *,
         secrets: EnvSecrets | None = None,
         outbound: OutboundPolicy | None = None,
+        limits: SharedLimits | None = None,
     ) -> None:
         self.registry = registry
         self.secrets = secrets or EnvSecrets()
         self.outbound = outbound or OutboundPolicy()
+        # Caps and rates in the database bind every worker; without it, this process only.
+        self.limits = limits
         self._instances: dict[str, Connector] = {}
         self._http: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
@@ -166,7 +174,9 @@ class ActionRunner:
     ) -> dict[str, Any]:
         """Call the action (at most ``limit`` seconds); its output as data, or an ActionError."""
         method = getattr(self._instance(definition), definition.method)
-        async with self._limited(definition):
+        # A slot is held for the call's time limit and a margin; a dead worker's is freed then.
+        hold = timedelta(seconds=(limit or _DEFAULT_HOLD) + _HOLD_MARGIN)
+        async with self._limited(definition, hold):
             try:
                 async with asyncio.timeout(limit):
                     result = await method(ctx, params)
@@ -203,16 +213,17 @@ class ActionRunner:
             return Reconciliation(Landed.UNKNOWN, detail="reconcile returned no Reconciliation")
         return answer
 
-    def _limited(self, definition: ActionDef) -> _Limit:
+    def _limited(self, definition: ActionDef, hold: timedelta) -> _Limit:
         meta = definition.meta
+        key = definition.key
         slot = None
         if meta.concurrency:
-            slot = self._slots.setdefault(definition.key, asyncio.Semaphore(meta.concurrency))
+            slot = self._slots.setdefault(key, asyncio.Semaphore(meta.concurrency))
+        rate = parse_rate(meta.rate) if meta.rate else None
         bucket = None
-        if meta.rate:
-            rate = parse_rate(meta.rate)
-            bucket = self._buckets.setdefault(definition.key, _Bucket(rate, max(1.0, rate)))
-        return _Limit(slot, bucket)
+        if rate is not None and self.limits is None:
+            bucket = self._buckets.setdefault(key, _Bucket(rate, max(1.0, rate)))
+        return _Limit(key, slot, bucket, self.limits, meta.concurrency, rate, hold)
 
     async def aclose(self) -> None:
         """Close the connector instances and the HTTP pool."""
@@ -223,23 +234,59 @@ class ActionRunner:
 
 
 class _Limit:
-    """Holds a concurrency slot and waits for a rate token around one call."""
+    """Around one call: this process's slot, then the cluster's slot and rate token."""
 
-    def __init__(self, slot: asyncio.Semaphore | None, bucket: _Bucket | None) -> None:
+    def __init__(
+        self,
+        key: str,
+        slot: asyncio.Semaphore | None,
+        bucket: _Bucket | None,
+        shared: SharedLimits | None,
+        size: int | None,
+        rate: float | None,
+        hold: timedelta,
+    ) -> None:
+        self.key = key
         self.slot = slot
         self.bucket = bucket
+        self.shared = shared
+        self.size = size
+        self.rate = rate
+        self.hold = hold
+        self.held: int | None = None
 
     async def __aenter__(self) -> None:
         if self.slot is not None:
-            await self.slot.acquire()
-        if self.bucket is not None:
-            wait = self.bucket.take()
+            await self.slot.acquire()  # no more than the cap waits on the database
+        try:
+            if self.shared is not None and self.size:
+                self.held = await self.shared.acquire(self.key, self.size, self.hold)
+            wait = 0.0
+            if self.shared is not None and self.rate is not None:
+                capacity = max(1.0, self.rate)
+                wait = await asyncio.to_thread(
+                    self.shared.take_token, self.key, self.rate, capacity
+                )
+            elif self.bucket is not None:
+                wait = self.bucket.take()
             if wait > 0:
                 await asyncio.sleep(wait)
+        except BaseException:
+            await self.__aexit__()
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.slot is not None:
-            self.slot.release()
+        try:
+            if self.held is not None and self.shared is not None:
+                held, self.held = self.held, None
+                try:
+                    await asyncio.to_thread(self.shared.release, self.key, held)
+                except Exception as error:  # noqa: BLE001 - the slot expires on its own
+                    log.warning("slot_release_failed", action=self.key, error=type(error).__name__)
+        finally:
+            if self.slot is not None:
+                self.slot.release()
+                self.slot = None
 
 
 def _plain(result: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from quell.connectors.registry import Registry
 from quell.engine.actions import ActionRunner, EnvSecrets
 from quell.engine.execution import Execution, Outcome, RunInfo
 from quell.engine.journal import RUN_COLUMNS, JournalWriter, LeaseLost, Op, OpKind
+from quell.engine.limits import SharedLimits
 from quell.engine.states import RunStatus
 from quell.engine.store import Claimed, PlaybookStore, RunStore
 from quell.ids import new_id
@@ -80,7 +81,10 @@ class Engine:
         self.runs = RunStore(db, clock)
         self.playbooks = playbooks or PlaybookStore(db, clock)
         self.actions = actions or ActionRunner(
-            registry or Registry.discover(), secrets=EnvSecrets(), outbound=outbound
+            registry or Registry.discover(),
+            secrets=EnvSecrets(),
+            outbound=outbound,
+            limits=SharedLimits(db, clock, self.owner),
         )
         self.callback_secret = hmac.new(secret_key, b"quell:callbacks", hashlib.sha256).digest()
         self.active: dict[str, Execution] = {}

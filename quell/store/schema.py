@@ -375,11 +375,22 @@ schedules = Table(
     Column("last_at", UTCDateTime(), nullable=True),
 )
 
-# Token buckets that limit an action's rate across every worker (PostgreSQL).
+# Token buckets that limit an action's rate across every worker.
 rate_buckets = Table(
     "rate_buckets",
     metadata,
     Column("key", String(160), primary_key=True),
     Column("tokens", Float, nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Slots that cap an action's calls in flight across every worker: a call holds one row
+# (``owner``) until it ends or ``expires_at`` passes (its worker died).
+action_slots = Table(
+    "action_slots",
+    metadata,
+    Column("key", String(160), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("owner", String(128), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),
 )

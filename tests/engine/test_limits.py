@@ -1,0 +1,97 @@
+"""Concurrency caps and rate limits bind every worker, because they live in the database."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from quell.clock import ManualClock
+from quell.engine.limits import SharedLimits
+from quell.runtime import Runtime
+from tests.engine.harness import ENDED, Harness
+from tests.engine.peer import Peer
+
+HOLD = timedelta(seconds=60)
+
+
+def test_a_cap_counts_the_slots_every_worker_holds(runtime: Runtime, clock: ManualClock) -> None:
+    a = SharedLimits(runtime.db, clock, "worker-a")
+    b = SharedLimits(runtime.db, clock, "worker-b")
+    first = a.try_acquire("edr.isolate", 2, HOLD)
+    second = b.try_acquire("edr.isolate", 2, HOLD)
+    assert {first, second} == {0, 1}
+    assert a.try_acquire("edr.isolate", 2, HOLD) is None
+    assert b.try_acquire("edr.isolate", 2, HOLD) is None
+    assert a.try_acquire("other.action", 2, HOLD) is not None  # caps are per action
+
+    assert second is not None
+    a.release("edr.isolate", second)  # not a's slot: nothing happens
+    assert a.try_acquire("edr.isolate", 2, HOLD) is None
+    b.release("edr.isolate", second)
+    assert a.try_acquire("edr.isolate", 2, HOLD) == second
+
+
+def test_a_dead_workers_slot_frees_itself_when_its_hold_ends(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    dead = SharedLimits(runtime.db, clock, "worker-dead")
+    alive = SharedLimits(runtime.db, clock, "worker-alive")
+    assert dead.try_acquire("fw.block", 1, HOLD) == 0
+    assert alive.try_acquire("fw.block", 1, HOLD) is None
+    clock.advance(HOLD + timedelta(seconds=1))
+    assert alive.try_acquire("fw.block", 1, HOLD) == 0
+    dead.release("fw.block", 0)  # too late: the slot is someone else's now
+    assert dead.try_acquire("fw.block", 1, HOLD) is None
+
+
+def test_a_cap_that_shrinks_uses_only_the_slots_below_it(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    limits = SharedLimits(runtime.db, clock, "worker-a")
+    assert [limits.try_acquire("x.y", 3, HOLD) for _ in range(3)] == [0, 1, 2]
+    for slot in range(3):
+        limits.release("x.y", slot)
+    smaller = SharedLimits(runtime.db, clock, "worker-b")  # redeployed with concurrency=1
+    assert smaller.try_acquire("x.y", 1, HOLD) == 0
+    assert smaller.try_acquire("x.y", 1, HOLD) is None
+
+
+def test_a_rate_is_one_bucket_for_all_workers(runtime: Runtime, clock: ManualClock) -> None:
+    a = SharedLimits(runtime.db, clock, "worker-a")
+    b = SharedLimits(runtime.db, clock, "worker-b")
+    # 2 calls a second, bursts of 2: the third and fourth calls wait their turn, in order.
+    assert a.take_token("intel.lookup", 2.0, 2.0) == 0.0
+    assert b.take_token("intel.lookup", 2.0, 2.0) == 0.0
+    assert a.take_token("intel.lookup", 2.0, 2.0) == pytest.approx(0.5)
+    assert b.take_token("intel.lookup", 2.0, 2.0) == pytest.approx(1.0)
+    clock.advance(timedelta(seconds=10))  # refills, but only up to the burst
+    assert [a.take_token("intel.lookup", 2.0, 2.0) for _ in range(2)] == [0.0, 0.0]
+    assert b.take_token("intel.lookup", 2.0, 2.0) == pytest.approx(0.5)
+
+
+def test_two_engines_share_one_cap(runtime: Runtime) -> None:
+    text = """
+id: fan-out
+name: Fan out
+steps:
+  - id: many
+    for_each: "{{ [1, 2, 3, 4] }}"
+    concurrency: 4
+    action: test.limited
+    with: {value: "{{ item }}", seconds: 0.05}
+"""
+
+    async def scenario() -> None:
+        async with (
+            Harness(runtime, owner="worker-a") as a,
+            Harness(runtime, owner="worker-b") as b,
+        ):
+            runs = [await a.start(text) for _ in range(2)] + [await b.start(text) for _ in range(2)]
+            views = [await (a if i < 2 else b).settle(r, until=ENDED) for i, r in enumerate(runs)]
+        assert [view.status for view in views] == ["succeeded"] * 4
+        # Each engine alone would allow 2 at once (4 in all); the database allows 2 in all.
+        assert Peer.most_in_flight == 2
+
+    asyncio.run(scenario())
