@@ -375,11 +375,15 @@ class Engine:
             self._wakeup.set()
 
     async def _execute_claimed(self, claimed: Claimed) -> None:
-        try:
-            row, journal = await asyncio.to_thread(self.runs.load, claimed.id)
-        except Exception as exc:  # noqa: BLE001 - its lease expires and it is claimed again
-            log.error("run_load_failed", run=claimed.id, error=type(exc).__name__)
-            return
+        journal: list[Any] = []
+        if claimed.fresh:  # the claim returned the row, and there is no journal to replay
+            row = claimed.row
+        else:
+            try:
+                row, journal = await asyncio.to_thread(self.runs.load, claimed.id)
+            except Exception as exc:  # noqa: BLE001 - its lease expires and it is claimed again
+                log.error("run_load_failed", run=claimed.id, error=type(exc).__name__)
+                return
         info = RunInfo.from_row(row, claimed.epoch)
         await self._execute(info, journal, control=row.control)
 

@@ -305,27 +305,33 @@ class Execution:
         due_at: datetime | None = None,
     ) -> None:
         """Finish an attempt recorded earlier (started or waiting) and wait for the commit."""
+        await self.journal.write(self._closing(record, status, output, error, assigned, due_at))
+
+    def close_later(
+        self, record: Record, status: StepStatus, *, output: Any = None, assigned: Any = None
+    ) -> None:
+        """Finish an attempt without waiting (later writes of the run commit after it)."""
+        self.journal.queue(self._closing(record, status, output, None, assigned, None))
+
+    def _closing(
+        self,
+        record: Record,
+        status: StepStatus,
+        output: Any,
+        error: Any,
+        assigned: Any,
+        due_at: datetime | None,
+    ) -> Op:
         record.status = status
         record.output = output
         record.error = error
         record.assigned = assigned
         record.due_at = due_at
-        await self.journal.write(
-            self._op(
-                OpKind.UPDATE_STEP,
-                (
-                    status.value,
-                    output,
-                    error,
-                    assigned,
-                    self.now(),
-                    due_at,
-                    self.run.id,
-                    record.key,
-                    record.attempt,
-                ),
-            )
-        )
+        values = (
+            status.value, output, error, assigned, self.now(), due_at,
+            self.run.id, record.key, record.attempt,
+        )  # fmt: skip
+        return self._op(OpKind.UPDATE_STEP, values)
 
     # -- scope --------------------------------------------------------------------------------
 
@@ -565,10 +571,14 @@ class Execution:
                 await self.pause_for(retry)
                 continue
             self.assign(assigned)
+            # A success is queued, not waited for: every later write of this run (the next
+            # write's started record, the run's release) is committed after it, in order, and
+            # waits. Lost in a crash, a read is simply read again, and a write's started record
+            # is reconciled.
             if started is not None:
-                await self.close(started, StepStatus.SUCCEEDED, output=output, assigned=assigned)
+                self.close_later(started, StepStatus.SUCCEEDED, output=output, assigned=assigned)
             else:
-                await self.record(
+                self.note(
                     key, step, StepStatus.SUCCEEDED, inputs=inputs, output=output,
                     assigned=assigned, idempotency_key=ikey, attempt=attempt,
                 )  # fmt: skip

@@ -208,10 +208,16 @@ class PlaybookStore:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A run this worker now holds."""
+    """A run this worker now holds, with its row as the claim left it."""
 
     id: str
     epoch: int
+    row: Any = None
+
+    @property
+    def fresh(self) -> bool:
+        """Never held before (first claim of a run created ready): its journal is empty."""
+        return self.epoch == 1 and self.row is not None
 
 
 class RunStore:
@@ -255,10 +261,10 @@ class RunStore:
                 updated_at=now,
                 wake_at=None,
             )
-            .returning(runs.c.id, runs.c.lease_epoch)
+            .returning(*runs.c)
         )
         with self.db.write() as conn:
-            return [Claimed(row.id, row.lease_epoch) for row in conn.execute(statement)]
+            return [Claimed(row.id, row.lease_epoch, row) for row in conn.execute(statement)]
 
     def renew(self, owner: str, lease: timedelta) -> dict[str, str | None]:
         """Extend this worker's leases; the runs it still holds, with any control asked."""
