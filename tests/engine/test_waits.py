@@ -266,3 +266,60 @@ steps:
         ]  # fmt: skip
 
     asyncio.run(scenario())
+
+
+GATED = """
+id: gated-block
+name: Block, once a person says so
+inputs: {ip: {type: string, required: true}}
+vars: {outcome: pending}
+steps:
+  - id: block
+    action: test.contain
+    approval: true
+    with: {target: "{{ ip }}"}
+    out: {outcome: blocked}
+    on_failure: declined
+  - {id: done, end: true}
+  - {id: declined, set: {outcome: "{{ steps.block.error.code }}"}}
+"""
+
+
+@pytest.mark.parametrize("approve", [True, False], ids=["approved", "rejected"])
+def test_an_action_that_asks_for_approval_runs_only_once_approved(
+    runtime: Runtime, approve: bool
+) -> None:
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(GATED, {"ip": "203.0.113.9"})
+            assert (await harness.settle(run_id)).status == "waiting"
+            (wait,) = harness.waits.list_all(kind="approval")
+            assert wait.prompt == 'Run test.contain (block) with {"target":"203.0.113.9"}'
+            assert Peer.applied == {}
+            decide = harness.waits.approve if approve else harness.waits.reject
+            decide(wait.id, "alice", "approver", "checked")
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        if approve:
+            assert done.variables["outcome"] == "blocked"
+            assert list(Peer.applied.values()) == ["203.0.113.9"]
+            assert statuses(done)["block"] == "succeeded"
+        else:
+            assert done.variables["outcome"] == "rejected"
+            assert Peer.applied == {}
+        assert statuses(done)["block#approval"] == ("succeeded" if approve else "failed")
+
+    asyncio.run(scenario())
+
+
+def test_a_dry_run_asks_nobody_to_approve_a_write_it_only_simulates(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            done = await harness.run(GATED, {"ip": "203.0.113.9"}, dry_run=True)
+        assert done.status == "succeeded", done.error
+        assert Peer.applied == {}
+        assert harness.waits.list_all(kind="approval") == []
+        block = next(s for s in done.steps if s.key == "block")
+        assert block.output == {"simulated": True, "action": "test.contain"}
+
+    asyncio.run(scenario())
