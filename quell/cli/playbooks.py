@@ -71,10 +71,14 @@ def playbook_group() -> None:
 def validate(state: CliState, files: tuple[Path, ...]) -> None:
     """Check playbooks; one line per problem (file:line:col: message), exit 1 if any."""
     from quell.playbooks.compiler import PlaybookInvalid
+    from quell.playtest.cases import is_cases_file
 
     runtime = state.runtime()
     failed = False
     for path in files:
+        if is_cases_file(path):
+            failed = not _validate_cases(state, path) or failed
+            continue
         try:
             playbook = compile_file(runtime, path)
         except PlaybookInvalid as exc:
@@ -92,6 +96,23 @@ def validate(state: CliState, files: tuple[Path, ...]) -> None:
         )
     if failed:
         raise SystemExit(1)
+
+
+def _validate_cases(state: CliState, path: Path) -> bool:
+    """Check a test cases file against its playbook (``quell playbook validate`` globs both)."""
+    from quell.connectors.registry import Registry
+    from quell.playtest.suite import SuiteInvalid, locate, prepare
+
+    registry = Registry.discover(state.settings.plugins)
+    try:
+        suite = prepare(*locate(path), registry)
+    except SuiteInvalid as exc:
+        for problem in exc.problems:
+            click.echo(problem)
+        return False
+    count = len(suite.cases.cases)
+    click.echo(f"{path}: valid ({count} test cases of {suite.playbook.id})", err=True)
+    return True
 
 
 @playbook_group.command("schema")
@@ -192,6 +213,125 @@ def run(
     else:
         click.echo(view.id)
     if wait and view.status == "failed":
+        raise SystemExit(1)
+
+
+@playbook_group.command("test")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--cases",
+    "cases_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The cases file (default: FILE.test.yaml or FILE.tests.yaml beside FILE).",
+)
+@click.option(
+    "--case",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Run only the case of this name (repeatable).",
+)
+@click.option(
+    "--with",
+    "with_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A sub-playbook file the playbook calls (repeatable).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    default=30.0,
+    show_default=True,
+    help="Seconds of wall time a case may take.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Print each run's step timeline too.")
+@json_option
+@pass_state
+def playbook_test(
+    state: CliState,
+    files: tuple[Path, ...],
+    cases_file: Path | None,
+    names: tuple[str, ...],
+    with_files: tuple[Path, ...],
+    timeout: float,
+    verbose: bool,
+    as_json: bool,
+) -> None:
+    """Run the test cases written beside playbooks, with mocked actions.
+
+    For foo.yaml the cases are in foo.test.yaml: each gives inputs, mocked action outputs
+    and decisions for approvals, and the expected status, path, variables, outputs and calls.
+    Each case runs through the real engine on a throwaway database; no action reaches a peer.
+    Exit 0 when every case passes, 1 when one fails, 2 when a file is invalid.
+    """
+    from quell.connectors.registry import Registry
+    from quell.playtest.report import case_lines, summary
+    from quell.playtest.runner import PlaybookTest
+    from quell.playtest.suite import SuiteInvalid, locate, prepare
+
+    if cases_file is not None and len(files) > 1:
+        raise click.UsageError("--cases goes with one playbook file")
+    registry = Registry.discover(state.settings.plugins)
+    suites = []
+    problems: list[str] = []
+    for path in dict.fromkeys(files):
+        try:
+            playbook_file, found = locate(path, cases_file)
+            suites.append(prepare(playbook_file, found, registry, with_files=with_files))
+        except SuiteInvalid as exc:
+            problems.extend(exc.problems)
+    known = [spec.case.name for suite in suites for spec in suite.cases.cases]
+    for name in names:
+        if suites and name not in known:
+            listed = ", ".join(repr(case) for case in known)
+            problems.append(f"no case is named {name!r} (the cases: {listed})")
+    if problems:
+        if as_json:
+            print_json({"valid": False, "problems": problems})
+        else:
+            for problem in problems:
+                click.echo(problem)
+        raise SystemExit(2)
+    report: list[dict[str, Any]] = []
+    everything = []
+    for suite in suites:
+        cases = suite.selected(names)
+        if not cases:
+            continue
+        tester = PlaybookTest(suite.playbook, registry, children=suite.children, timeout=timeout)
+        results = tester.run(cases)
+        everything.extend(results)
+        if as_json:
+            report.append(
+                {
+                    "playbook": str(suite.playbook_file),
+                    "cases_file": str(suite.cases_file),
+                    "cases": [result.as_dict() for result in results],
+                }
+            )
+            continue
+        click.echo(f"{suite.playbook_file} ({suite.cases_file.name}, {len(results)} cases)")
+        for result in results:
+            for line in case_lines(result):
+                click.echo(line)
+            if verbose and result.run is not None:
+                _print_run(result.run)
+    failed = sum(1 for result in everything if not result.passed)
+    if as_json:
+        print_json(
+            {
+                "passed": len(everything) - failed,
+                "failed": failed,
+                "files": report,
+            }
+        )
+    else:
+        click.echo(summary(everything))
+    if failed:
         raise SystemExit(1)
 
 

@@ -136,14 +136,14 @@ def test_an_expression_lists_the_names_and_steps_it_reads() -> None:
 
 def test_an_unknown_filter_or_test_is_refused_when_compiled_even_in_a_branch() -> None:
     # Jinja itself only notices a filter inside a conditional when that branch runs.
-    with pytest.raises(ExpressionError, match="no filter named 'private_ip'.*is private_ip"):
+    with pytest.raises(ExpressionError, match=r"no filter named 'private_ip'.*is private_ip"):
         compile_expression("'a' if src | private_ip else 'b'", "set.verdict")
-    with pytest.raises(ExpressionError, match="no test named 'refang'.*value \\| refang"):
+    with pytest.raises(ExpressionError, match=r"no test named 'refang'.*value \| refang"):
         compile_template("{{ 'x' if url is refang else 'y' }}")
     with pytest.raises(ExpressionError, match="no filter named 'nosuch'"):
         compile_template("{{ a if b else (c | nosuch) }}")
 
 
 def test_a_failure_while_evaluating_is_an_expression_error_naming_where() -> None:
-    with pytest.raises(ExpressionError, match="^if: "):
+    with pytest.raises(ExpressionError, match=r"^if: "):
         compile_expression("alert.severity_id()", "if").evaluate(SCOPE, now=lambda: NOW)
