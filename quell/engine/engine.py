@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
@@ -227,9 +228,15 @@ class Engine:
         """A future that resolves when this engine sees the run end."""
         loop = asyncio.get_running_loop()
         future = self.finished.get(run_id)
-        if future is None:
+        if future is None or future.done():
             future = self.finished[run_id] = loop.create_future()
+            # Resolved or given up on (its watchers cancelled): forgotten, so nothing piles up.
+            future.add_done_callback(functools.partial(self._unwatch, run_id))
         return future
+
+    def _unwatch(self, run_id: str, future: asyncio.Future[RunStatus]) -> None:
+        if self.finished.get(run_id) is future:
+            del self.finished[run_id]
 
     # -- the loops ----------------------------------------------------------------------------
 
@@ -423,7 +430,7 @@ class Engine:
         finally:
             self.active.pop(info.id, None)
         future = self.finished.get(info.id)
-        if future is not None and not future.done() and status.finished:
+        if future is not None and not future.done() and status.finished:  # _unwatch drops it
             future.set_result(status)
 
     async def _bounded(self, execution: Execution, info: RunInfo) -> Outcome:

@@ -357,3 +357,22 @@ steps:
         assert view.variables["score"] == 87
 
     asyncio.run(scenario())
+
+
+def test_watching_runs_leaves_nothing_behind(runtime: Runtime) -> None:
+    text = "id: quick\nname: Quick\nsteps: [{id: one, action: core.noop}]\n"
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            version = harness.add(text)
+            for _ in range(3):
+                run_id = f"run_watch{_}"
+                watched = harness.engine.watch(run_id)
+                await harness.engine.start(version, {}, run_id=run_id)
+                assert await watched == "succeeded"
+            given_up = harness.engine.watch("run_never")
+            given_up.cancel()
+            await asyncio.sleep(0)
+            assert harness.engine.finished == {}
+
+    asyncio.run(scenario())
