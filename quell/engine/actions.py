@@ -20,6 +20,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -214,16 +215,25 @@ class ActionRunner:
         return answer
 
     def _limited(self, definition: ActionDef, hold: timedelta) -> _Limit:
-        meta = definition.meta
-        key = definition.key
+        """The connector's limits, then the action's: always taken in that order."""
+        connector = definition.connector
+        gates = [
+            self._gate(f"connector:{connector.name}", connector.concurrency, connector.rate),
+            self._gate(definition.key, definition.meta.concurrency, definition.meta.rate),
+        ]
+        return _Limit([gate for gate in gates if gate is not None], self.limits, hold)
+
+    def _gate(self, key: str, concurrency: int | None, rate_text: str | None) -> _Gate | None:
+        if not concurrency and not rate_text:
+            return None
         slot = None
-        if meta.concurrency:
-            slot = self._slots.setdefault(key, asyncio.Semaphore(meta.concurrency))
-        rate = parse_rate(meta.rate) if meta.rate else None
+        if concurrency:
+            slot = self._slots.setdefault(key, asyncio.Semaphore(concurrency))
+        rate = parse_rate(rate_text) if rate_text else None
         bucket = None
         if rate is not None and self.limits is None:
             bucket = self._buckets.setdefault(key, _Bucket(rate, max(1.0, rate)))
-        return _Limit(key, slot, bucket, self.limits, meta.concurrency, rate, hold)
+        return _Gate(key, slot, concurrency, rate, bucket)
 
     async def aclose(self) -> None:
         """Close the connector instances and the HTTP pool."""
@@ -233,60 +243,65 @@ class ActionRunner:
             await self._http.close()
 
 
-class _Limit:
-    """Around one call: this process's slot, then the cluster's slot and rate token."""
+@dataclass(slots=True)
+class _Gate:
+    """One level of limits (a connector's or an action's)."""
 
-    def __init__(
-        self,
-        key: str,
-        slot: asyncio.Semaphore | None,
-        bucket: _Bucket | None,
-        shared: SharedLimits | None,
-        size: int | None,
-        rate: float | None,
-        hold: timedelta,
-    ) -> None:
-        self.key = key
-        self.slot = slot
-        self.bucket = bucket
+    key: str
+    slot: asyncio.Semaphore | None  # this process's share: no more than the cap wait on the db
+    size: int | None
+    rate: float | None
+    bucket: _Bucket | None  # this process's bucket, when there is no database
+
+
+class _Limit:
+    """Around one call: for each gate, this process's slot, then the cluster's slot and rate."""
+
+    def __init__(self, gates: list[_Gate], shared: SharedLimits | None, hold: timedelta) -> None:
+        self.gates = gates
         self.shared = shared
-        self.size = size
-        self.rate = rate
         self.hold = hold
-        self.held: int | None = None
+        self.entered: list[_Gate] = []
+        self.held: list[tuple[str, int]] = []
 
     async def __aenter__(self) -> None:
-        if self.slot is not None:
-            await self.slot.acquire()  # no more than the cap waits on the database
         try:
-            if self.shared is not None and self.size:
-                self.held = await self.shared.acquire(self.key, self.size, self.hold)
-            wait = 0.0
-            if self.shared is not None and self.rate is not None:
-                capacity = max(1.0, self.rate)
-                wait = await asyncio.to_thread(
-                    self.shared.take_token, self.key, self.rate, capacity
-                )
-            elif self.bucket is not None:
-                wait = self.bucket.take()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            for gate in self.gates:
+                await self._enter(gate)
         except BaseException:
             await self.__aexit__()
             raise
 
+    async def _enter(self, gate: _Gate) -> None:
+        if gate.slot is not None:
+            await gate.slot.acquire()
+        self.entered.append(gate)
+        shared = self.shared
+        if shared is not None and gate.size:
+            self.held.append((gate.key, await shared.acquire(gate.key, gate.size, self.hold)))
+        wait = 0.0
+        if shared is not None and gate.rate is not None:
+            capacity = max(1.0, gate.rate)
+            wait = await asyncio.to_thread(shared.take_token, gate.key, gate.rate, capacity)
+        elif gate.bucket is not None:
+            wait = gate.bucket.take()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
     async def __aexit__(self, *exc: object) -> None:
+        held, self.held = self.held, []
+        entered, self.entered = self.entered, []
         try:
-            if self.held is not None and self.shared is not None:
-                held, self.held = self.held, None
+            for key, number in reversed(held):
+                assert self.shared is not None
                 try:
-                    await asyncio.to_thread(self.shared.release, self.key, held)
+                    await asyncio.to_thread(self.shared.release, key, number)
                 except Exception as error:  # noqa: BLE001 - the slot expires on its own
-                    log.warning("slot_release_failed", action=self.key, error=type(error).__name__)
+                    log.warning("slot_release_failed", limit=key, error=type(error).__name__)
         finally:
-            if self.slot is not None:
-                self.slot.release()
-                self.slot = None
+            for gate in reversed(entered):
+                if gate.slot is not None:
+                    gate.slot.release()
 
 
 def _plain(result: Any) -> dict[str, Any]:

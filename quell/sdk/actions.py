@@ -160,6 +160,10 @@ class Connector:
     title: ClassVar[str] = ""
     Config: ClassVar[type[BaseModel] | None] = None
     secrets: ClassVar[tuple[str, ...]] = ()
+    # Limits on the peer as a whole, over all of this connector's actions and every worker
+    # (an action may declare tighter ones of its own).
+    concurrency: ClassVar[int | None] = None  # calls at once
+    rate: ClassVar[str | None] = None  # e.g. "4/s", "500/m"
 
     def __init__(self, config: BaseModel | None = None) -> None:
         self.config = config

@@ -10,6 +10,7 @@ import pytest
 from quell.clock import ManualClock
 from quell.engine.limits import SharedLimits
 from quell.runtime import Runtime
+from quell.sdk import ActionContext, ActionInput, ActionOutput, Connector, RiskLevel, action
 from tests.engine.harness import ENDED, Harness
 from tests.engine.peer import Peer
 
@@ -93,5 +94,60 @@ steps:
         assert [view.status for view in views] == ["succeeded"] * 4
         # Each engine alone would allow 2 at once (4 in all); the database allows 2 in all.
         assert Peer.most_in_flight == 2
+
+    asyncio.run(scenario())
+
+
+class SlowIn(ActionInput):
+    seconds: float = 0.03
+
+
+class Capped(Connector):
+    """A peer that takes one call at a time, whichever action, whichever worker."""
+
+    name = "capped"
+    concurrency = 1
+    in_flight = 0
+    most = 0
+
+    @action("first", risk=RiskLevel.READ)
+    async def first(self, ctx: ActionContext, params: SlowIn) -> ActionOutput:
+        return await self._call(params)
+
+    @action("second", risk=RiskLevel.READ)
+    async def second(self, ctx: ActionContext, params: SlowIn) -> ActionOutput:
+        return await self._call(params)
+
+    async def _call(self, params: SlowIn) -> ActionOutput:
+        Capped.in_flight += 1
+        Capped.most = max(Capped.most, Capped.in_flight)
+        await asyncio.sleep(params.seconds)
+        Capped.in_flight -= 1
+        return ActionOutput()
+
+
+def test_a_connector_cap_spans_its_actions_and_every_worker(runtime: Runtime) -> None:
+    text = """
+id: both
+name: Both actions at once
+steps:
+  - id: together
+    parallel:
+      - [{id: a, action: capped.first}]
+      - [{id: b, action: capped.second}]
+"""
+    Capped.most = 0
+
+    async def scenario() -> None:
+        async with (
+            Harness(runtime, owner="worker-a") as a,
+            Harness(runtime, owner="worker-b") as b,
+        ):
+            a.registry.add(Capped)
+            b.registry.add(Capped)
+            runs = [(a, await a.start(text)), (b, await b.start(text))]
+            views = [await harness.settle(run_id, until=ENDED) for harness, run_id in runs]
+        assert [view.status for view in views] == ["succeeded", "succeeded"], views[0].error
+        assert Capped.most == 1
 
     asyncio.run(scenario())
