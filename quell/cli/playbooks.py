@@ -345,6 +345,7 @@ def _enqueue(
     runtime: Runtime, version_id: str, inputs: dict[str, Any], run_id: str, dry_run: bool
 ) -> RunView:
     from quell.engine.engine import Engine
+    from quell.engine.notify import notify_ready
     from quell.engine.service import RunService
 
     engine = Engine.for_runtime(runtime)
@@ -352,6 +353,7 @@ def _enqueue(
                          dry_run=dry_run, created_by=actor())  # fmt: skip
     with runtime.db.write() as conn:
         engine.journal.insert_run.run(conn, [row])
+        notify_ready(conn)  # a worker listening on PostgreSQL takes it at once
     return RunService(runtime.db, runtime.clock).get(run_id, with_steps=False)
 
 

@@ -67,6 +67,7 @@ class Engine:
         tick: float = 1.0,
         roots: Sequence[str] | None = None,
         outbound: OutboundPolicy | None = None,
+        public_url: str = "http://127.0.0.1:8470",
     ) -> None:
         self.db = db
         self.clock = clock
@@ -88,6 +89,7 @@ class Engine:
             limits=SharedLimits(db, clock, self.owner),
         )
         self.callback_secret = hmac.new(secret_key, b"quell:callbacks", hashlib.sha256).digest()
+        self.public_url = public_url.rstrip("/")  # how callback links reach the API
         self.active: dict[str, Execution] = {}
         # Compiled templates of IR values, by identity (kept with the value, so a freed IR's
         # id reused by another object is never mistaken for it).
@@ -107,6 +109,7 @@ class Engine:
         options.setdefault("outbound", OutboundPolicy.parse(settings.outbound_allow))
         options.setdefault("lease", timedelta(seconds=settings.engine_lease_seconds))
         options.setdefault("concurrency", settings.engine_concurrency)
+        options.setdefault("public_url", settings.public_url)
         return cls(
             runtime.db,
             runtime.clock,

@@ -344,6 +344,7 @@ class Execution:
         names["inputs"] = self.run.inputs
         names["vars"] = self.variables
         names["run"] = self.run_view
+        names["callback_url"] = functools.partial(self.callback_url, frame.prefix)
         if step is not None and step.variables:
             local = dict(names)
             for name, value in step.variables.items():
@@ -352,6 +353,15 @@ class Execution:
                 )
         names.update(extra)
         return names
+
+    def callback_url(self, prefix: str, step_id: str) -> str:
+        """The one-time link that resumes ``step_id`` (a ``wait: event`` step of this frame):
+        a playbook sends it out (in a ticket, a message) before it reaches that step."""
+        step = self.playbook.steps.get(step_id) if isinstance(step_id, str) else None
+        if step is None or step.wait is None or step.wait.kind is not WaitKind.EVENT:
+            raise ExpressionError(f"callback_url: {step_id!r} is not a wait: event step")
+        token = callback_token(self.engine.callback_secret, self.run.id, prefix + step_id)
+        return f"{self.engine.public_url}/api/callbacks/{token}"
 
     def render(self, value: Any, where: str, scope: Mapping[str, Any]) -> Any:
         if isinstance(value, str):
@@ -1042,6 +1052,8 @@ class Execution:
         )
         if not outcome.status.finished or self.run.parent_run_id is None:
             await self.journal.write(self._op(OpKind.RELEASE_RUN, params))
+            if outcome.status is RunStatus.WAITING:
+                self.engine.wake()  # a decision that came meanwhile made it ready again
             return
         parent_id, parent_key = self.run.parent_run_id, self.run.parent_key
         succeeded = outcome.status is RunStatus.SUCCEEDED
@@ -1065,11 +1077,17 @@ class Execution:
                     finished_at=now,
                 )
             )
-            conn.execute(
+            made_ready = conn.execute(
                 update(runs)
                 .where(runs.c.id == parent_id, runs.c.status == RunStatus.WAITING.value)
                 .values(status=RunStatus.READY.value, wake_at=None, updated_at=now)
             )
+            if not made_ready.rowcount:  # the parent has not released itself yet: mark it
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.id == parent_id, runs.c.status == RunStatus.RUNNING.value)
+                    .values(wake_at=now)
+                )
             notify_ready(conn)
 
         await self.journal.write(self._op(OpKind.WORK, work))

@@ -29,9 +29,10 @@ from enum import IntEnum
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, bindparam
+from sqlalchemy import Connection, bindparam, case, cast, literal_column, null
 from sqlalchemy import update as sql_update
 
+from quell.engine.states import RunStatus
 from quell.errors import QuellError, StorageUnavailable
 from quell.store.bulk import BulkStatement, bulk_insert, bulk_update
 from quell.store.database import Backend, Database
@@ -55,6 +56,9 @@ RUN_RELEASE = (
     "status", "variables", "error", "finished_at", "wake_at", "updated_at", "owner",
     "lease_expires",
 )  # fmt: skip
+
+
+_WAITING = RunStatus.WAITING.value
 
 
 class LeaseLost(QuellError):
@@ -110,6 +114,7 @@ class JournalWriter:
         self.insert_step = bulk_insert(db, run_steps, STEP_COLUMNS)
         self.update_step = _step_update(db)
         self.release_run = bulk_update(db, runs, RUN_RELEASE, key="id")
+        self.release_waiting = _release_waiting(db)
         # The fence reads current epochs with one statement per batch size, rendered once.
         self._fence_sql: dict[int, str] = {}
         self._postgres = db.backend is Backend.POSTGRESQL
@@ -264,6 +269,7 @@ class JournalWriter:
         step_rows: list[Any] = []
         step_updates: list[Any] = []
         releases: list[Any] = []
+        waiting: list[Any] = []
 
         def flush_rows() -> None:
             self.insert_run.run_cursor(cursor, run_rows)
@@ -282,12 +288,15 @@ class JournalWriter:
                 step_rows.append(op.values)
             elif op.kind is OpKind.UPDATE_STEP:
                 step_updates.append(op.values)
+            elif op.values[0] == _WAITING:
+                waiting.append(op.values)
             else:
                 releases.append(op.values)
         flush_rows()
         self.insert_step.run_cursor(cursor, step_rows)
         self.update_step.run_cursor(cursor, step_updates)
         self.release_run.run_cursor(cursor, releases)
+        self.release_waiting.run_cursor(cursor, waiting)
         return results, fenced
 
     def _fence_query(self, count: int) -> str:
@@ -339,6 +348,28 @@ def _step_update(db: Database) -> BulkStatement:
         ("w_attempt", "attempt"),
     ]
     return BulkStatement(db, run_steps, params, statement)
+
+
+def _release_waiting(db: Database) -> BulkStatement:
+    """A release to ``waiting`` that turns into ``ready`` when a decision came meanwhile.
+
+    A wait can be decided (approved, completed, called back) between the moment the run opened
+    it and the moment the run is released: the decision finds the run still running and only
+    sets its ``wake_at`` (nothing else sets it while a run is held: claims clear it). Releasing
+    such a run as waiting would strand it; it is released ready instead, in the same statement.
+    """
+    decided = runs.c.wake_at.is_not(None)
+    wake_at: Any = bindparam("set_wake_at")
+    if db.backend is Backend.POSTGRESQL:  # a CASE of NULL and a bare parameter has no type
+        wake_at = cast(wake_at, runs.c.wake_at.type)
+    values: dict[str, Any] = {name: bindparam(f"set_{name}") for name in RUN_RELEASE}
+    values["status"] = case(
+        (decided, literal_column(f"'{RunStatus.READY.value}'")), else_=bindparam("set_status")
+    )
+    values["wake_at"] = case((decided, null()), else_=wake_at)
+    statement = sql_update(runs).values(values).where(runs.c.id == bindparam("where_id"))
+    params = [(f"set_{name}", name) for name in RUN_RELEASE] + [("where_id", "id")]
+    return BulkStatement(db, runs, params, statement)
 
 
 def _placeholders(count: int, postgres: bool) -> str:

@@ -1,14 +1,20 @@
-"""Waking workers: on PostgreSQL, ``NOTIFY quell_runs`` in the transaction that makes a run
-ready, and ``LISTEN`` in every engine; elsewhere the engines poll (and an engine that makes a
-run ready itself wakes at once).
+"""Waking workers when another process makes a run ready.
 
-A notification is only a hint: it is delivered when (and only if) the transaction commits, and
-an engine that misses one still finds the run at its next poll.
+- PostgreSQL: ``NOTIFY quell_runs`` in the transaction that makes a run ready, ``LISTEN`` in
+  every engine.
+- SQLite: every 50 ms the engine reads ``PRAGMA data_version`` on a connection of its own; the
+  number changes when any other connection commits (``quell approval approve`` in another
+  process, say), and the engine then looks for work. It is a read of a counter in shared
+  memory: no lock, no write.
+
+Either way a wake-up is only a hint: an engine that misses one still finds the run at its next
+poll. (An engine that makes a run ready itself wakes at once, without either.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 
 import structlog
@@ -18,6 +24,7 @@ from quell.store.database import Backend, Database
 
 log = structlog.get_logger(__name__)
 CHANNEL = "quell_runs"
+SQLITE_WATCH_SECONDS = 0.05
 
 
 def notify_ready(conn: Connection) -> None:
@@ -28,7 +35,8 @@ def notify_ready(conn: Connection) -> None:
 
 async def listen(db: Database, wake: Callable[[], None], stop: asyncio.Event) -> None:
     """Call ``wake`` for each notification until ``stop``; reconnects after failures."""
-    if db.backend is not Backend.POSTGRESQL:
+    if db.backend is Backend.SQLITE:
+        await _watch_sqlite(db, wake, stop)
         return
     import psycopg
 
@@ -48,6 +56,34 @@ async def listen(db: Database, wake: Callable[[], None], stop: asyncio.Event) ->
                 await asyncio.wait_for(stop.wait(), timeout=2.0)
             except TimeoutError:
                 continue
+
+
+async def _watch_sqlite(db: Database, wake: Callable[[], None], stop: asyncio.Event) -> None:
+    path = db.engine.url.database
+    if not path or path == ":memory:":
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    except sqlite3.Error as exc:
+        log.warning("watch_failed", error=type(exc).__name__)
+        return
+    try:
+        seen = None
+        while not stop.is_set():
+            try:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error as exc:  # busy or gone for a moment: the poll covers it
+                log.debug("watch_read_failed", error=type(exc).__name__)
+                version = seen
+            if seen is not None and version != seen:
+                wake()
+            seen = version
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=SQLITE_WATCH_SECONDS)
+            except TimeoutError:
+                continue
+    finally:
+        conn.close()
 
 
 __all__ = ["CHANNEL", "listen", "notify_ready"]

@@ -180,15 +180,17 @@ class RunService:
         status: str | None = None,
         playbook: str | None = None,
         limit: int = 100,
+        offset: int = 0,
     ) -> list[RunView]:
-        """Runs, newest first."""
+        """Runs, newest first; ``offset`` skips that many (paging)."""
         query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc())
         if status is not None:
             query = query.where(runs.c.status == status)
         if playbook is not None:
             query = query.where(runs.c.playbook_id == playbook)
+        query = query.limit(min(max(limit, 1), 10_000)).offset(max(offset, 0))
         with self.db.read() as conn:
-            return [_run(row) for row in conn.execute(query.limit(min(max(limit, 1), 10_000)))]
+            return [_run(row) for row in conn.execute(query)]
 
     def cancel(self, run_id: str) -> RunView:
         """Cancel a run (and its children); a held run stops at its next step."""

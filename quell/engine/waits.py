@@ -9,7 +9,7 @@ worker is alive or not.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -100,12 +100,20 @@ class WaitService:
 
     def list_all(
         self, *, kind: str | None = None, status: str | None = WaitStatus.PENDING.value,
-        run_id: str | None = None, limit: int = 200,
+        run_id: str | None = None, limit: int = 200, offset: int = 0,
+        kinds: Sequence[str] | None = None,
     ) -> list[Wait]:  # fmt: skip
-        """Waits, oldest first."""
-        query = select(waits).order_by(waits.c.created_at, waits.c.id).limit(min(limit, 10_000))
+        """Waits, oldest first; ``kinds`` takes several kinds at once, ``offset`` pages."""
+        query = (
+            select(waits)
+            .order_by(waits.c.created_at, waits.c.id)
+            .limit(min(limit, 10_000))
+            .offset(max(offset, 0))
+        )
         if kind is not None:
             query = query.where(waits.c.kind == kind)
+        if kinds is not None:
+            query = query.where(waits.c.kind.in_(list(kinds)))
         if status is not None:
             query = query.where(waits.c.status == status)
         if run_id is not None:
@@ -197,6 +205,8 @@ class WaitService:
                 raise NotFound("no callback for this token", field="token")
             if row.status != WaitStatus.PENDING.value:
                 raise Conflict(f"this callback was already {row.status}")
+            if row.expires_at is not None and row.expires_at <= now:
+                raise Conflict("this callback expired")  # the next tick settles it as declared
             decision = {"payload": payload, "at": now}
             self._settle(conn, row, WaitStatus.DONE, "callback", None, decision, now)
             self._close_step(conn, row, StepStatus.SUCCEEDED, output=decision)
@@ -305,11 +315,19 @@ class WaitService:
 
     @staticmethod
     def _ready(conn: Connection, run_id: str, now: datetime) -> None:
-        conn.execute(
+        made_ready = conn.execute(
             update(runs)
             .where(runs.c.id == run_id, runs.c.status == RunStatus.WAITING.value)
             .values(status=RunStatus.READY.value, wake_at=None, updated_at=now)
         )
+        if not made_ready.rowcount:
+            # Still held by the worker that opened the wait (it has not released it yet): the
+            # mark makes that release a ready one (see journal._release_waiting).
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING.value)
+                .values(wake_at=now)
+            )
         notify_ready(conn)
 
     def _changed(self) -> None:

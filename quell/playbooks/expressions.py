@@ -420,7 +420,11 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 
 # The names an expression may use besides the run's data.
-BUILTIN_NAMES = frozenset(FUNCTIONS) | {"true", "false", "none", "True", "False", "None"}
+# Names the engine puts in every scope besides the variables: callback_url(step_id).
+ENGINE_NAMES = frozenset({"callback_url"})
+BUILTIN_NAMES = (
+    frozenset(FUNCTIONS) | ENGINE_NAMES | {"true", "false", "none", "True", "False", "None"}
+)
 
 _ENV = _build_environment()
 

@@ -7,6 +7,8 @@ deduplicates nothing, so a repeated containment shows up as a key counted twice.
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from quell.sdk import (
@@ -27,6 +29,10 @@ class BlockIn(ActionInput):
 
     url: str
     ip: str
+    # Time spent before and after the request, as a real API's latency: widens the windows in
+    # which a kill lands before the peer saw the call, or after it and before the journal did.
+    before: float = 0.0
+    after: float = 0.0
 
 
 class BlockOut(ActionOutput):
@@ -43,6 +49,7 @@ class CrashFirewall(Connector):
     @action("block", risk=RiskLevel.HIGH, reconcile="was_blocked", title="Block an address")
     async def block(self, ctx: ActionContext, params: BlockIn) -> BlockOut:
         """POST the block with the step's idempotency key."""
+        await asyncio.sleep(params.before)
         try:
             async with ctx.client.post(
                 f"{params.url}/block",
@@ -53,6 +60,7 @@ class CrashFirewall(Connector):
                 response.raise_for_status()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransientError(f"firewall: {type(exc).__name__}") from None
+        await asyncio.sleep(params.after)
         return BlockOut(blocked=params.ip)
 
     async def was_blocked(self, ctx: ActionContext, params: BlockIn) -> Reconciliation:

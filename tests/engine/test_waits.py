@@ -9,6 +9,7 @@ import pytest
 
 from quell.clock import ManualClock
 from quell.engine.execution import callback_token
+from quell.engine.states import RunStatus
 from quell.errors import Conflict, NotFound, PermissionDenied
 from quell.runtime import Runtime
 from tests.engine.harness import Harness, statuses
@@ -111,7 +112,7 @@ steps:
   - id: reimage
     wait: task
     prompt: Reimage the laptop
-  - {id: link, set: {url: "{{ run.id }}"}}
+  - {id: link, set: {url: "{{ callback_url('hook') }}"}}
   - id: hook
     wait: event
     expires_in: 1h
@@ -129,6 +130,9 @@ def test_a_task_and_a_callback_resume_the_run(runtime: Runtime) -> None:
             await asyncio.sleep(0.1)
             assert (await harness.settle(run_id)).status == "waiting"
             token = callback_token(harness.engine.callback_secret, run_id, "hook")
+            # The playbook had the link to hand out before it waited:
+            url = (await harness.settle(run_id)).variables["url"]
+            assert url == f"http://127.0.0.1:8470/api/callbacks/{token}"
             with pytest.raises(NotFound):
                 harness.waits.callback("forged-token", {"verdict": "x"})
             harness.waits.callback(token, {"verdict": "malicious"})
@@ -139,6 +143,21 @@ def test_a_task_and_a_callback_resume_the_run(runtime: Runtime) -> None:
         assert done.variables["answer"] == "malicious"
         reimage = next(s for s in done.steps if s.key == "reimage")
         assert reimage.output["data"] == {"ticket": "IT-42"}
+
+    asyncio.run(scenario())
+
+
+def test_callback_url_names_only_event_steps(runtime: Runtime) -> None:
+    text = TASK_AND_EVENT.replace("callback_url('hook')", "callback_url('reimage')")
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(text)
+            (task,) = harness.waits.list_all(kind="task")
+            harness.waits.complete(task.id, "bob", "reimaged", {})
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "failed"
+        assert "'reimage' is not a wait: event step" in done.error["message"]
 
     asyncio.run(scenario())
 
@@ -321,5 +340,103 @@ def test_a_dry_run_asks_nobody_to_approve_a_write_it_only_simulates(runtime: Run
         assert harness.waits.list_all(kind="approval") == []
         block = next(s for s in done.steps if s.key == "block")
         assert block.output == {"simulated": True, "action": "test.contain"}
+
+    asyncio.run(scenario())
+
+
+def test_a_decision_from_another_process_wakes_an_idle_engine(runtime: Runtime) -> None:
+    """The engine polls once a minute here: only the wake-up (LISTEN on PostgreSQL, the
+    database's change counter on SQLite) can bring the approved run back within the test."""
+    from quell.engine.engine import Engine
+    from quell.engine.waits import WaitService
+    from quell.playbooks.compiler import parse_playbook
+    from tests.engine.harness import registry
+
+    async def scenario() -> None:
+        found = registry()
+        engine = Engine(
+            runtime.db, runtime.clock, secret_key=b"k", registry=found,
+            playbooks=runtime.playbooks, poll=60.0, tick=60.0,
+        )  # fmt: skip
+        playbook = parse_playbook(_approval(), "approve.yaml", actions=found)
+        version = runtime.playbooks.register(playbook).id
+        stop = asyncio.Event()
+        async with engine:
+            serving = asyncio.create_task(engine.serve(stop))
+            await asyncio.sleep(0.2)  # serving: claimed nothing, listening
+            run_id = await engine.start(version, {"ip": "203.0.113.7"})
+            elsewhere = WaitService(runtime.db, runtime.clock)  # no on_change: not this engine
+            for _ in range(200):
+                waiting = elsewhere.list_all(kind="approval")
+                if waiting:
+                    break
+                await asyncio.sleep(0.02)
+            assert waiting, "the run never reached its approval"
+            finished = engine.watch(run_id)
+            await asyncio.to_thread(elsewhere.approve, waiting[0].id, "alice", "approver")
+            status = await asyncio.wait_for(finished, 20)
+            stop.set()
+            await serving
+        assert status == "succeeded"
+
+    asyncio.run(scenario())
+
+
+def test_a_decision_before_the_run_is_released_is_not_lost(runtime: Runtime) -> None:
+    """The run opened its wait and a decision came before the run's release was written: the
+    release (as waiting) must leave it ready, not stranded."""
+    from sqlalchemy import select
+
+    from quell.engine.engine import Engine
+    from quell.engine.journal import Op, OpKind, release_params
+    from quell.engine.waits import WaitService
+    from quell.playbooks.compiler import parse_playbook
+    from quell.store.schema import runs
+    from tests.engine.harness import registry
+
+    async def scenario() -> None:
+        found = registry()
+        # An engine that journals but does not serve: nothing claims the run once ready.
+        engine = Engine(
+            runtime.db, runtime.clock, secret_key=b"k", registry=found, playbooks=runtime.playbooks
+        )
+        playbook = parse_playbook(_approval(), "approve.yaml", actions=found)
+        version = runtime.playbooks.register(playbook).id
+        async with engine:
+            row = engine.run_row(
+                "run_held", version, "approve-block", {"ip": "203.0.113.7"},
+                status=RunStatus.RUNNING, owner="someone-else", epoch=3,
+            )  # fmt: skip
+            await engine.journal.write(Op(OpKind.INSERT_RUN, "run_held", None, row))
+            with runtime.db.write() as conn:  # what a decision does to its run
+                WaitService._ready(conn, "run_held", runtime.clock.now())
+            now = runtime.clock.now()
+            released = release_params(
+                "run_held", status="waiting", variables={}, error=None, finished_at=None,
+                wake_at=None, updated_at=now,
+            )  # fmt: skip
+            await engine.journal.write(Op(OpKind.RELEASE_RUN, "run_held", 3, released))
+            with runtime.db.read() as conn:
+                status, wake_at = conn.execute(
+                    select(runs.c.status, runs.c.wake_at).where(runs.c.id == "run_held")
+                ).one()
+            assert (status, wake_at) == ("ready", None)
+            # Without a decision meanwhile, a release to waiting stays waiting.
+            row = engine.run_row(
+                "run_quiet", version, "approve-block", {"ip": "203.0.113.8"},
+                status=RunStatus.RUNNING, owner="someone-else", epoch=3,
+            )  # fmt: skip
+            await engine.journal.write(Op(OpKind.INSERT_RUN, "run_quiet", None, row))
+            later = now + timedelta(hours=1)
+            quiet = release_params(
+                "run_quiet", status="waiting", variables={}, error=None, finished_at=None,
+                wake_at=later, updated_at=now,
+            )  # fmt: skip
+            await engine.journal.write(Op(OpKind.RELEASE_RUN, "run_quiet", 3, quiet))
+            with runtime.db.read() as conn:
+                status, wake_at = conn.execute(
+                    select(runs.c.status, runs.c.wake_at).where(runs.c.id == "run_quiet")
+                ).one()
+            assert (status, wake_at) == ("waiting", later)
 
     asyncio.run(scenario())
