@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         le=3600,
         description="How long a run stays with a worker that stopped renewing (a dead one).",
     )
+    embedded_worker: bool = Field(
+        default=True,
+        description="`quell serve` also runs playbooks (an engine and the trigger dispatcher) "
+        "in its own process. Turn off in a cluster where `quell worker` processes do.",
+    )
     public_url: str = Field(
         default="http://127.0.0.1:8470",
         description="How others reach this server (callback links are built on it).",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -11,25 +12,49 @@ from quell import __version__
 from quell.api.guard import EdgeGuardMiddleware
 from quell.api.middleware import RequestContextMiddleware
 from quell.api.problems import install_problem_handler
-from quell.api.routes import alerts, fallback, health, ingest, sources, system, tokens
+from quell.api.routes import (
+    alerts,
+    approvals,
+    callbacks,
+    fallback,
+    health,
+    ingest,
+    playbooks,
+    runs,
+    sources,
+    system,
+    tokens,
+)
 from quell.ingest.runner import SourceRunner
 from quell.ingest.service import IngestService
 from quell.ingest.staging import StagingPool
 from quell.runtime import Runtime
 
+if TYPE_CHECKING:
+    from quell.engine.embedded import EmbeddedEngine
+
 DESCRIPTION = """\
 Quell's REST API. Every route except `/healthz` and `/readyz` needs
-`Authorization: Bearer <token>` (make one with `quell token create`). Errors are
+`Authorization: Bearer <token>` (make one with `quell token create`), but for
+`POST /api/callbacks/{token}`, whose one-time token is its credential. Errors are
 RFC 9457 problem+json with a stable `code`.
 """
 
 
-def create_app(runtime: Runtime, *, run_sources: bool = False, ingest_workers: int = 0) -> FastAPI:
+def create_app(
+    runtime: Runtime,
+    *,
+    run_sources: bool = False,
+    ingest_workers: int = 0,
+    embedded_worker: bool = False,
+) -> FastAPI:
     """An app serving ``runtime``. The caller owns the runtime and closes it.
 
     With ``run_sources`` the app also runs the long-running sources (syslog listeners, IMAP
-    pollers, SIEM pulls) for as long as it serves, and with ``ingest_workers`` it parses
-    incoming alerts in that many worker processes, as ``quell serve`` does.
+    pollers, SIEM pulls) for as long as it serves, with ``ingest_workers`` it parses incoming
+    alerts in that many worker processes, and with ``embedded_worker`` it runs playbooks in an
+    engine of its own with the trigger dispatcher (embedded mode), as ``quell serve`` does.
+    Without one, runs started here wait for a ``quell worker`` to claim them.
     """
     ingest_service = IngestService(runtime.pipeline)
 
@@ -38,14 +63,26 @@ def create_app(runtime: Runtime, *, run_sources: bool = False, ingest_workers: i
         runner = SourceRunner(runtime, ingest_service)
         app.state.sources = runner
         pool: StagingPool | None = None
+        embedded: EmbeddedEngine | None = None
         try:
             pool = StagingPool(ingest_workers) if ingest_workers else None
             ingest_service.pool = pool
+            if embedded_worker:
+                from quell.engine.embedded import EmbeddedEngine
+
+                embedded = EmbeddedEngine(runtime)
+                await embedded.start()
+                app.state.embedded = embedded
             if run_sources:
                 await runner.start()
             yield
         finally:
             await runner.stop()
+            if embedded is not None:
+                # Stop taking work first, then hand the runs in flight back (ready).
+                await embedded.stop()
+            app.state.embedded = None
+            app.state.launcher = None
             ingest_service.pool = None
             if pool is not None:
                 pool.close()
@@ -68,6 +105,10 @@ def create_app(runtime: Runtime, *, run_sources: bool = False, ingest_workers: i
     app.include_router(ingest.router)
     app.include_router(alerts.router)
     app.include_router(sources.router)
+    app.include_router(playbooks.router)
+    app.include_router(runs.router)
+    app.include_router(approvals.router)
+    app.include_router(callbacks.router)
     app.include_router(fallback.router)  # last: it matches every path
     app.add_middleware(EdgeGuardMiddleware)  # inner: runs after the request id is set
     app.add_middleware(RequestContextMiddleware, clock=runtime.clock)

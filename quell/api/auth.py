@@ -1,8 +1,9 @@
 """Authentication (who is calling) and authorization (may they do this) for API routes.
 
-Every route outside :data:`PUBLIC_PATHS` declares ``Depends(Authorize(Permission.X))``. The
-dependency authenticates the bearer token first, so a route with a permission is always an
-authenticated route; the route-by-role test walks every route and fails on one without it.
+Every route outside :data:`PUBLIC_PATHS` and :data:`CAPABILITY_PATHS` declares
+``Depends(Authorize(Permission.X))``. The dependency authenticates the bearer token first, so a
+route with a permission is always an authenticated route; the route-by-role test walks every
+route and fails on one without it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from quell.governance.tokens import Principal
 from quell.runtime import Runtime
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Routes whose credential is a one-time capability in the path itself (a wait's callback
+# token), not a bearer token: they check it themselves and answer 404 to anything else. The
+# edge guard lets them through (quell.api.guard.CAPABILITY).
+CAPABILITY_PATHS = frozenset({"/api/callbacks/{token}"})
 
 _bearer = HTTPBearer(
     auto_error=False,

@@ -4,9 +4,11 @@ FastAPI parses and validates a body before it resolves the dependencies that aut
 so without this a caller with no token could make the server read and parse any body, and
 would get a 422 instead of a 401. This pure ASGI middleware answers first: a request to a
 non-public path without ``Authorization: Bearer …`` (or, for ``POST /api/ingest/{source}``, a
-signature header) gets 401; a body over the limit gets 413, whether its length is declared or
-it streams in chunks (the bytes are counted as they arrive). Whether a token is *valid* is
-still decided by the route's dependency; this only checks that one is there.
+signature header) gets 401. ``POST /api/callbacks/{token}`` is the one exception: its one-time
+token in the path is its credential, checked by the route (``quell.api.auth.CAPABILITY_PATHS``).
+A body over the limit gets 413, whether its length is declared or it streams in chunks (the
+bytes are counted as they arrive). Whether a token is *valid* is still decided by the route's
+dependency; this only checks that one is there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from quell.api.problems import problem_response
 from quell.errors import AuthenticationRequired, TooLarge
 
 INTAKE = re.compile(r"^/api/ingest/[^/]+$")  # POST: the intake; the other ingest routes are not
+CAPABILITY = re.compile(r"^/api/callbacks/[^/]+$")  # POST: a token in the path, no bearer
 MAX_BODY = 1024 * 1024  # everything but the intake takes small JSON bodies
 MAX_INGEST_BODY = 16 * 1024 * 1024
 
@@ -39,8 +42,13 @@ class EdgeGuardMiddleware:
         intake = scope.get("method") == "POST" and INTAKE.match(path) is not None
         scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
         signed = intake and b"x-quell-signature" in headers
+        capability = scope.get("method") == "POST" and CAPABILITY.match(path) is not None
         error: Exception | None = None
-        if not signed and (scheme.lower() != b"bearer" or not credentials.strip()):
+        if (
+            not signed
+            and not capability
+            and (scheme.lower() != b"bearer" or not credentials.strip())
+        ):
             error = AuthenticationRequired(
                 "this endpoint needs an 'Authorization: Bearer <token>' header"
             )

@@ -20,6 +20,7 @@ from quell.ids import new_id
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})
+_CALLBACK = re.compile(r"^(/api/callbacks/)[^/]+")
 
 log = structlog.get_logger("quell.api.access")
 
@@ -67,11 +68,16 @@ class RequestContextMiddleware:
                     logging.DEBUG if quiet else logging.INFO,
                     "request",
                     method=scope.get("method"),
-                    path=scope.get("path"),
+                    path=_loggable(scope.get("path", "")),
                     status=status,
                     duration_ms=round((self.clock.monotonic() - started) * 1000, 2),
                     actor=getattr(principal, "name", None),
                 )
+
+
+def _loggable(path: str) -> str:
+    """The path as logged: a callback's one-time token is a credential, so it is masked."""
+    return _CALLBACK.sub(r"\1***", path)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

@@ -59,7 +59,9 @@ def _as_quell_error(exc: Exception) -> tuple[QuellError, int]:
             for error in exc.errors()
         ]
         first = errors[0] if errors else {"field": "request", "message": "invalid"}
-        error = InvalidInput(f"{first['field']}: {first['message']}", errors=errors)
+        error = InvalidInput(
+            f"{first['field']}: {first['message']}", field=first["field"], errors=errors
+        )
         return error, 422
     if isinstance(exc, StarletteHTTPException):
         status = exc.status_code

@@ -51,13 +51,25 @@ def bound_url(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
-def serve(runtime: Runtime, sock: socket.socket) -> None:
-    """Serve the API on ``sock`` until SIGINT or SIGTERM."""
+def serve(runtime: Runtime, sock: socket.socket, *, embedded_worker: bool | None = None) -> None:
+    """Serve the API on ``sock`` until SIGINT or SIGTERM.
+
+    With ``embedded_worker`` (default: the ``embedded_worker`` setting) the same process runs
+    playbooks too; on shutdown it hands the runs it still holds back to the database.
+    """
     from quell.api.app import create_app  # the whole API, only when serving
 
+    if embedded_worker is None:
+        embedded_worker = runtime.settings.embedded_worker
     host, port = sock.getsockname()[:2]
+    app = create_app(
+        runtime,
+        run_sources=True,
+        ingest_workers=runtime.settings.ingest_workers,
+        embedded_worker=embedded_worker,
+    )
     config = uvicorn.Config(
-        create_app(runtime, run_sources=True, ingest_workers=runtime.settings.ingest_workers),
+        app,
         host=host,
         port=port,
         log_config=None,  # Quell's logging is already set up

@@ -24,16 +24,27 @@ port_option = click.option(
 @click.command("serve")
 @host_option
 @port_option
+@click.option(
+    "--worker/--no-worker",
+    "worker",
+    default=None,
+    help="Also run playbooks in this process (default: QUELL_EMBEDDED_WORKER, on). "
+    "Turn off in a cluster where `quell worker` processes run them.",
+)
 @pass_state
-def serve_command(state: CliState, host: str | None, port: int | None) -> None:
-    """Serve the API until interrupted."""
+def serve_command(state: CliState, host: str | None, port: int | None, worker: bool | None) -> None:
+    """Serve the API (and, embedded, run playbooks) until interrupted."""
     from quell.api.server import bind_socket, bound_url, serve
 
     settings = state.settings
     runtime = state.runtime()
+    embedded = settings.embedded_worker if worker is None else worker
     sock = bind_socket(host or settings.api_host, settings.api_port if port is None else port)
-    click.echo(f"Quell API ({runtime.db.backend.value}) serving on {bound_url(sock)}", err=True)
-    serve(runtime, sock)
+    mode = "embedded worker" if embedded else "no worker"
+    click.echo(
+        f"Quell API ({runtime.db.backend.value}, {mode}) serving on {bound_url(sock)}", err=True
+    )
+    serve(runtime, sock, embedded_worker=embedded)
 
 
 @click.command("demo")

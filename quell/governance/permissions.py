@@ -28,7 +28,9 @@ class Permission(StrEnum):
     PLAYBOOKS_PUBLISH = "playbooks:publish"
     RUNS_READ = "runs:read"
     RUNS_EXECUTE = "runs:execute"
+    RUNS_CONTROL = "runs:control"
     APPROVALS_DECIDE = "approvals:decide"
+    TASKS_COMPLETE = "tasks:complete"
     CONNECTORS_READ = "connectors:read"
     CONNECTORS_MANAGE = "connectors:manage"
     INTEL_READ = "intel:read"
@@ -70,7 +72,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.INTEL_READ,
         }
     ),
-    # Works the queue: incidents, runs, intel lookups, manual ingest.
+    # Works the queue: incidents, runs (start, cancel, pause, resume, retry), manual tasks,
+    # intel lookups, manual ingest. Deciding approvals is someone else's job (four eyes).
     Role.ANALYST: frozenset(
         {
             P.SYSTEM_READ,
@@ -81,6 +84,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.PLAYBOOKS_READ,
             P.RUNS_READ,
             P.RUNS_EXECUTE,
+            P.RUNS_CONTROL,
+            P.TASKS_COMPLETE,
             P.CONNECTORS_READ,
             P.INTEL_READ,
         }

@@ -2,7 +2,9 @@
 
 The matrix is derived from the app, not written down: each route declares the permission it
 needs through ``Authorize``; the test finds it, then calls the route over real HTTP with no
-token (401), with each role's token (403 exactly when the role lacks the permission).
+token (401), with each role's token (403 exactly when the role lacks the permission). The few
+routes whose credential is a one-time token in the path (``CAPABILITY_PATHS``) declare none,
+and answer 404 to a made-up token whoever calls.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from quell.api.auth import PUBLIC_PATHS
+from quell.api.auth import CAPABILITY_PATHS, PUBLIC_PATHS
 from quell.governance.permissions import Permission, Role, permissions_of
 from tests.fixtures.servers import LiveServer
 
@@ -48,12 +50,13 @@ def api_routes(routes: Iterable[object]) -> Iterator[APIRoute]:
 
 
 def _routes(server: LiveServer) -> list[tuple[str, str, Permission | None]]:
-    """(method, path, permission) for every route; permission None for public ones."""
+    """(method, path, permission) for every route; permission None for public and capability
+    routes."""
     table = []
     for route in api_routes(server.app.routes):
         permissions = _permissions(route.dependant)
-        if route.path in PUBLIC_PATHS:
-            assert not permissions, f"public route {route.path} must not ask for a permission"
+        if route.path in PUBLIC_PATHS | CAPABILITY_PATHS:
+            assert not permissions, f"route {route.path} must not ask for a permission"
             table.extend((method, route.path, None) for method in sorted(route.methods))
             continue
         assert len(permissions) == 1, (
@@ -76,9 +79,9 @@ def _call(client: httpx.Client, method: str, path: str) -> httpx.Response:
 
 def test_every_route_declares_exactly_one_permission_or_is_public(live_server: LiveServer) -> None:
     table = _routes(live_server)
-    public = {path for _, path, permission in table if permission is None}
-    assert public == set(PUBLIC_PATHS)
-    assert len(table) > len(PUBLIC_PATHS)
+    unguarded = {path for _, path, permission in table if permission is None}
+    assert unguarded == set(PUBLIC_PATHS | CAPABILITY_PATHS)
+    assert len(table) > len(unguarded)
 
 
 def test_every_protected_route_refuses_a_caller_without_token(live_server: LiveServer) -> None:
@@ -107,7 +110,9 @@ def test_every_route_answers_each_role_by_its_permissions(
     with live_server.client(role_tokens[role]) as client:
         for method, path, permission in _routes(live_server):
             response = _call(client, method, path)
-            if permission is None:
+            if path in CAPABILITY_PATHS:
+                assert response.status_code == 404, (role, method, path, response.text)
+            elif permission is None:
                 assert response.status_code in {200, 503}, (method, path)
             elif permission in granted:
                 assert response.status_code not in {401, 403}, (role, method, path, response.text)
@@ -123,3 +128,19 @@ def test_public_routes_answer_without_token(live_server: LiveServer) -> None:
         ready = client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["status"] == "ready"
+
+
+def test_capability_routes_need_no_bearer_and_refuse_a_made_up_token(
+    live_server: LiveServer,
+) -> None:
+    with live_server.client() as client:
+        for method, path, _ in _routes(live_server):
+            if path not in CAPABILITY_PATHS:
+                continue
+            response = _call(client, method, path)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == "not_found"
+            assert "matrix-probe" not in response.text
+            too_big = client.request(method, _concrete(path), content=b"x" * (2 * 1024 * 1024))
+            assert too_big.status_code == 413, (method, path)

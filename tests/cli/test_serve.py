@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -57,3 +59,61 @@ def test_demo_sets_up_serves_and_replaces_its_token(env: dict[str, str]) -> None
     tokens = run_quell("token", "list", "--all", "--json", env=env).stdout
     assert tokens.count('"demo-admin"') == 2
     assert tokens.count('"revoked"') == 1
+
+
+PLAYBOOK = """\
+id: hello
+name: Hello
+inputs: {who: {type: string, required: true}}
+steps:
+  - {id: greet, action: core.echo, with: {value: "hello {{ who }}"}}
+"""
+
+
+def _client(url: str, token: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def _start_run(client: httpx.Client) -> str:
+    added = client.post("/api/playbooks", content=PLAYBOOK.encode())
+    assert added.status_code == 201, added.text
+    started = client.post("/api/playbooks/hello/runs", json={"inputs": {"who": "soc"}})
+    assert started.status_code == 202, started.text
+    run_id: str = started.json()["id"]
+    return run_id
+
+
+def test_serve_runs_playbooks_in_its_own_process(env: dict[str, str]) -> None:
+    token = run_quell("token", "create", "--name", "ops", "--role", "admin", env=env).stdout.strip()
+    with QuellProcess("serve", "--port", "0", env=env) as server:
+        url = server.wait_for(URL_LINE).group(1)
+        assert "embedded worker" in server.lines[-1]
+        with _client(url, token) as client:
+            run_id = _start_run(client)
+            for _ in range(300):
+                run = client.get(f"/api/runs/{run_id}").json()
+                if run["status"] in ("succeeded", "failed"):
+                    break
+                time.sleep(0.05)
+        assert run["status"] == "succeeded", run
+        assert run["steps"][0]["output"] == {"value": "hello soc"}
+    assert server.process.returncode == 0
+    assert any("embedded_worker_stopped" in line for line in server.lines)
+
+
+@pytest.mark.parametrize("how", ["--no-worker", "QUELL_EMBEDDED_WORKER=0"])
+def test_serve_without_a_worker_leaves_runs_to_the_workers(env: dict[str, str], how: str) -> None:
+    token = run_quell("token", "create", "--name", "ops", "--role", "admin", env=env).stdout.strip()
+    args = ["serve", "--port", "0"]
+    if how.startswith("--"):
+        args.append(how)
+    else:
+        env = {**env, "QUELL_EMBEDDED_WORKER": "0"}
+    with QuellProcess(*args, env=env) as server:
+        url = server.wait_for(URL_LINE).group(1)
+        assert "no worker" in server.lines[-1]
+        with _client(url, token) as client:
+            run_id = _start_run(client)
+            time.sleep(0.5)
+            assert client.get(f"/api/runs/{run_id}").json()["status"] == "ready"
+    assert server.process.returncode == 0

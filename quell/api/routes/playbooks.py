@@ -1,0 +1,255 @@
+"""Playbooks over HTTP: list, show, add, validate, (de)activate, and start a run by hand.
+
+A playbook is sent as its text: YAML (``application/yaml``, ``text/yaml``, ``text/plain``) or
+JSON, either the playbook document itself or ``{"source": "<yaml>", "file": "name.yaml"}``.
+An invalid one is refused with 422 and every problem as ``file:line:col: message``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from quell.api import services
+from quell.api.auth import Authorize, RuntimeDep
+from quell.errors import InvalidInput, PermissionDenied
+from quell.governance.permissions import Permission
+from quell.governance.tokens import Principal
+from quell.playbooks.dsl import PLAYBOOK_ID
+
+router = APIRouter(prefix="/api/playbooks", tags=["playbooks"])
+
+CanReadPlaybooks = Annotated[Principal, Depends(Authorize(Permission.PLAYBOOKS_READ))]
+CanWritePlaybooks = Annotated[Principal, Depends(Authorize(Permission.PLAYBOOKS_WRITE))]
+CanPublishPlaybooks = Annotated[Principal, Depends(Authorize(Permission.PLAYBOOKS_PUBLISH))]
+CanExecuteRuns = Annotated[Principal, Depends(Authorize(Permission.RUNS_EXECUTE))]
+PlaybookId = Annotated[str, Path(pattern=PLAYBOOK_ID, description="The playbook's `id`.")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many.")]
+Offset = Annotated[int, Query(ge=0, description="Skip this many (paging).")]
+FileName = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        pattern=r"^[^\x00-\x1f]+$",
+        description="The file name problems are reported against (file:line:col).",
+    ),
+]
+
+_TEXT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The playbook: YAML text, its JSON document, or "
+        '`{"source": "<yaml text>", "file": "name.yaml"}`.',
+        "content": {
+            "application/yaml": {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"type": "object"}},
+        },
+    }
+}
+
+
+class PlaybookText(BaseModel):
+    """A playbook's text wrapped in JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, description="The playbook's YAML (or JSON) text.")
+    file: str | None = Field(default=None, max_length=200, description="Its file name.")
+
+
+class RunIn(BaseModel):
+    """A run to start by hand."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, Any] = Field(default_factory=dict, description="The playbook's inputs.")
+    dry_run: bool = Field(default=False, description="Run reads; record the writes it would make.")
+    version: int | None = Field(
+        default=None, ge=1, description="This version instead of the active (else newest) one."
+    )
+
+
+class VersionIn(BaseModel):
+    """Which version to make active."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(default=None, ge=1, description="The newest stored when absent.")
+
+
+async def _text(request: Request, file: str | None) -> tuple[bytes | str, str | None]:
+    """The playbook text of the body, and the file name to report problems against."""
+    raw = await request.body()
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw, file  # the YAML reader reports where it breaks
+        if isinstance(data, dict) and "source" in data:
+            try:
+                wrapped = PlaybookText.model_validate(data)
+            except ValidationError as exc:
+                raise RequestValidationError(
+                    [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+                ) from None
+            return wrapped.source, file or wrapped.file
+    return raw, file
+
+
+def _problems(exc: InvalidInput) -> list[dict[str, Any]]:
+    from quell.playbooks.compiler import PlaybookInvalid
+
+    if isinstance(exc, PlaybookInvalid):
+        return [{**problem.as_dict(), "text": str(problem)} for problem in exc.problems]
+    return [{"message": exc.message, "text": exc.message}]
+
+
+def _refused(exc: InvalidInput) -> InvalidInput:
+    """The 422 of an invalid playbook, each problem as ``file:line:col: message``."""
+    return InvalidInput(
+        exc.message, field=exc.details.get("field", "playbook"), problems=_problems(exc)
+    )
+
+
+@router.get("", summary="List stored playbook versions")
+async def list_playbooks(
+    runtime: RuntimeDep,
+    _: CanReadPlaybooks,
+    active: Annotated[bool, Query(description="Only the active versions.")] = False,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> list[dict[str, Any]]:
+    """Versions, by playbook id and newest first."""
+    found = await run_in_threadpool(runtime.playbooks.list_all, active_only=active)
+    return [version.as_dict() for version in found[offset : offset + limit]]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Add a playbook version",
+    openapi_extra=_TEXT_BODY,
+)
+async def add_playbook(
+    request: Request,
+    runtime: RuntimeDep,
+    principal: CanWritePlaybooks,
+    file: FileName = None,
+    activate: Annotated[
+        bool, Query(description="Make it the active version (needs playbooks:publish).")
+    ] = False,
+) -> dict[str, Any]:
+    """Validate and store a version (once per content); 422 lists every problem."""
+    if activate and not principal.can(Permission.PLAYBOOKS_PUBLISH):
+        raise PermissionDenied(
+            "activating a playbook needs the permission 'playbooks:publish'",
+            permission=Permission.PLAYBOOKS_PUBLISH.value,
+            role=principal.role.value if principal.role else None,
+        )
+    text, name = await _text(request, file)
+    library = services.library(request, runtime)
+    try:
+        version = await run_in_threadpool(
+            lambda: library.add(text, name, created_by=principal.name, activate=activate)
+        )
+    except InvalidInput as exc:
+        raise _refused(exc) from None
+    return version.as_dict()
+
+
+@router.post("/validate", summary="Validate a playbook (stores nothing)", openapi_extra=_TEXT_BODY)
+async def validate_playbook(
+    request: Request, runtime: RuntimeDep, _: CanReadPlaybooks, file: FileName = None
+) -> dict[str, Any]:
+    """``{"valid": true, ...}``, or ``{"valid": false, "problems": [...]}`` with each place."""
+    text, name = await _text(request, file)
+    library = services.library(request, runtime)
+    try:
+        playbook = await run_in_threadpool(library.compile, text, name)
+    except InvalidInput as exc:
+        return {"valid": False, "problems": _problems(exc)}
+    return {
+        "valid": True,
+        "id": playbook.id,
+        "name": playbook.name,
+        "version": playbook.version,
+        "steps": len(playbook.steps),
+        "problems": [],
+    }
+
+
+@router.get("/{playbook_id}", summary="Show a playbook with its source and IR")
+async def get_playbook(
+    playbook_id: PlaybookId,
+    request: Request,
+    runtime: RuntimeDep,
+    _: CanReadPlaybooks,
+    version: Annotated[
+        int | None, Query(ge=1, description="This version (default: the active one).")
+    ] = None,
+) -> dict[str, Any]:
+    """The active version (else the newest), or the one asked for, and every version."""
+    library = services.library(request, runtime)
+    shown = await run_in_threadpool(library.show, playbook_id, version)
+    return shown.as_dict()
+
+
+@router.post("/{playbook_id}/activate", summary="Make a version active (its triggers live)")
+async def activate_playbook(
+    playbook_id: PlaybookId,
+    request: Request,
+    runtime: RuntimeDep,
+    _: CanPublishPlaybooks,
+    body: VersionIn | None = None,
+) -> dict[str, Any]:
+    """The given version (else the newest stored) becomes the one triggers start."""
+    library = services.library(request, runtime)
+    wanted = body.version if body is not None else None
+    version = await run_in_threadpool(library.activate, playbook_id, wanted)
+    return version.as_dict()
+
+
+@router.post(
+    "/{playbook_id}/deactivate",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Stop a playbook's triggers",
+)
+async def deactivate_playbook(
+    playbook_id: PlaybookId, request: Request, runtime: RuntimeDep, _: CanPublishPlaybooks
+) -> None:
+    """No trigger starts it any more; runs in progress go on, and it can still be run by hand."""
+    library = services.library(request, runtime)
+    await run_in_threadpool(library.deactivate, playbook_id)
+
+
+@router.post(
+    "/{playbook_id}/runs",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Start a run by hand",
+)
+async def start_run(
+    playbook_id: PlaybookId,
+    body: RunIn,
+    request: Request,
+    response: Response,
+    runtime: RuntimeDep,
+    principal: CanExecuteRuns,
+) -> dict[str, Any]:
+    """Start the active version (else the newest, or ``version``); answers once it is durable."""
+    version = await run_in_threadpool(runtime.playbooks.resolve, playbook_id, body.version)
+    launcher = services.launcher(request, runtime)
+    run_id = await launcher.start(
+        version, body.inputs, dry_run=body.dry_run, created_by=principal.name
+    )
+    view = await run_in_threadpool(
+        lambda: services.runs(request, runtime).get(run_id, with_steps=False)
+    )
+    response.headers["Location"] = f"/api/runs/{run_id}"
+    return view.as_dict(with_steps=False)

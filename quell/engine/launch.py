@@ -1,0 +1,103 @@
+"""Starting runs by hand (the API's manual trigger).
+
+With an embedded engine that serves, a run is created already held by it and starts at once,
+with no claim query. Otherwise (cluster mode, or an engine at its concurrency limit) the run is
+committed as ``ready`` with ``NOTIFY`` on PostgreSQL, so an idle worker picks it up at once and
+a busy one at its next poll. Either way the caller hears of the run only once it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from quell.engine.notify import notify_ready
+from quell.errors import InvalidInput
+from quell.ids import new_id
+
+if TYPE_CHECKING:
+    from quell.connectors.registry import Registry
+    from quell.engine.embedded import EmbeddedEngine
+    from quell.engine.engine import Engine
+    from quell.engine.store import PlaybookVersion
+    from quell.playbooks.ir import Playbook
+    from quell.runtime import Runtime
+
+
+def check_inputs(playbook: Playbook, inputs: dict[str, Any]) -> None:
+    """InvalidInput naming the first required input that is missing."""
+    for name, variable in playbook.variables.items():
+        if variable.external and variable.required and name not in inputs:
+            raise InvalidInput(f"the playbook needs the input {name!r}", field=f"inputs.{name}")
+
+
+class Launcher:
+    """Creates manual runs, in the embedded engine when there is one serving."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        embedded: EmbeddedEngine | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.embedded = embedded
+        self.registry = registry
+        self._rows: Engine | None = None
+
+    async def start(
+        self,
+        version: PlaybookVersion,
+        inputs: dict[str, Any],
+        *,
+        dry_run: bool = False,
+        created_by: str | None = None,
+    ) -> str:
+        """Create a run of ``version``; its id, once it is committed."""
+        playbook = await asyncio.to_thread(self.runtime.playbooks.ir, version.id)
+        check_inputs(playbook, inputs)
+        run_id = new_id("run")
+        embedded = self.embedded
+        if embedded is not None and embedded.serving:
+            engine = embedded.engine
+            if len(engine.tasks) < engine.concurrency:
+                return await engine.start(
+                    version.id, inputs, dry_run=dry_run, created_by=created_by, run_id=run_id
+                )
+        await asyncio.to_thread(
+            self._enqueue, version, inputs, run_id, dry_run=dry_run, created_by=created_by
+        )
+        if embedded is not None:
+            embedded.engine.wake()
+        return run_id
+
+    def _enqueue(
+        self,
+        version: PlaybookVersion,
+        inputs: dict[str, Any],
+        run_id: str,
+        *,
+        dry_run: bool,
+        created_by: str | None,
+    ) -> None:
+        engine = self._row_maker()
+        row = engine.run_row(
+            run_id, version.id, version.playbook_id, inputs, dry_run=dry_run, created_by=created_by
+        )
+        with self.runtime.db.write() as conn:
+            engine.journal.insert_run.run(conn, [row])
+            notify_ready(conn)
+
+    def _row_maker(self) -> Engine:
+        """An engine that never serves, for its run rows (the embedded one when there is one)."""
+        if self.embedded is not None:
+            return self.embedded.engine
+        if self._rows is None:
+            from quell.engine.engine import Engine
+
+            self._rows = Engine.for_runtime(self.runtime, registry=self.registry)
+        return self._rows
+
+
+__all__ = ["Launcher", "check_inputs"]

@@ -1,0 +1,29 @@
+"""The API with an embedded engine (as ``quell serve`` runs it), for the engine's routes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+from quell.api.app import create_app
+from quell.runtime import Runtime
+from tests.engine.peer import Peer
+from tests.fixtures.servers import LiveServer, start_server
+
+
+@pytest.fixture
+def engine_runtime(runtime: Runtime) -> Runtime:
+    """The test's runtime, whose actions also include the engine tests' ``test`` connector."""
+    Peer.reset()
+    settings = runtime.settings.model_copy(update={"plugins": ["tests.engine.peer"]})
+    return dataclasses.replace(runtime, settings=settings)
+
+
+@pytest.fixture
+def engine_server(engine_runtime: Runtime) -> Iterator[LiveServer]:
+    """The API over real HTTP with an embedded engine and trigger dispatcher."""
+    server = start_server(create_app(engine_runtime, embedded_worker=True))
+    yield server
+    server.stop()
