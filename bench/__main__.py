@@ -8,6 +8,8 @@ import sys
 BENCHMARKS = {
     "store": "Group commit vs one commit per write, on SQLite (NORMAL, FULL) and PostgreSQL",
     "ingest": "Synthetic alerts through the file and HTTP intake paths, dedup and correlation",
+    "engine": "Alert to 5-step playbook: Quell on SQLite and PostgreSQL against Celery and DBOS",
+    "waits": "10,000 runs waiting on approval: worker RSS growth, approve-to-finish latency",
 }
 
 
