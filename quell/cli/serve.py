@@ -82,6 +82,8 @@ Try, in another terminal:
   {me} token create --name analyst-1 --role analyst
   {me} ingest --format suricata eve.json
   {me} token list
+  {me} playbook test examples/playbooks/block-malicious-source.yaml
+  {me} run list
 """
     )
     if not start_server:
