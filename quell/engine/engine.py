@@ -29,10 +29,18 @@ from quell.clock import Clock
 from quell.connectors.registry import Registry
 from quell.engine.actions import ActionRunner, EnvSecrets
 from quell.engine.execution import Execution, Outcome, RunInfo
-from quell.engine.journal import RUN_COLUMNS, JournalWriter, LeaseLost, Op, OpKind
+from quell.engine.journal import (
+    RUN_COLUMNS,
+    JournalStopped,
+    JournalWriter,
+    LeaseLost,
+    Op,
+    OpKind,
+)
 from quell.engine.limits import SharedLimits
 from quell.engine.states import RunStatus
 from quell.engine.store import Claimed, PlaybookStore, RunStore
+from quell.errors import StorageUnavailable
 from quell.ids import new_id
 from quell.sdk.http import OutboundPolicy
 from quell.store.database import Backend, Database
@@ -343,7 +351,9 @@ class Engine:
             if not self.active:
                 continue
             try:
-                held = await asyncio.to_thread(self.runs.renew, self.owner, self.lease)
+                held = await asyncio.to_thread(
+                    self.runs.renew, self.owner, self.lease, list(self.active)
+                )
             except Exception as exc:  # noqa: BLE001 - try again next interval
                 log.warning("renew_failed", error=type(exc).__name__)
                 continue
@@ -419,6 +429,11 @@ class Engine:
             return
         except asyncio.CancelledError:
             raise
+        except (StorageUnavailable, JournalStopped) as exc:
+            # The database is away (or this engine is stopping): the run's journal is intact
+            # up to here; its lease expires (it is no longer renewed) and a worker replays it.
+            log.warning("run_dropped", run=info.id, error=type(exc).__name__)
+            return
         except Exception as exc:
             # A bug in Quell (not in a step: steps fail on their own) must not bounce the run
             # between workers forever: it fails, with the cause in the log. If even that write
@@ -432,6 +447,7 @@ class Engine:
                 return
         finally:
             self.active.pop(info.id, None)
+            self.journal.forget(info.id)
         future = self.finished.get(info.id)
         if future is not None and not future.done() and status.finished:  # _unwatch drops it
             future.set_result(status)

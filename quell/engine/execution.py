@@ -42,6 +42,7 @@ from sqlalchemy import Connection, update
 from quell.engine.journal import Op, OpKind, release_params
 from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
+from quell.engine.store import resume_decided
 from quell.ids import new_id
 from quell.playbooks.expressions import (
     ExpressionError,
@@ -51,7 +52,7 @@ from quell.playbooks.expressions import (
 )
 from quell.playbooks.ir import ExpiryOutcome, Playbook, Step, StepKind, WaitKind
 from quell.sdk import ActionError, Landed
-from quell.store.schema import run_steps, runs, waits
+from quell.store.schema import run_steps, waits
 
 if TYPE_CHECKING:
     from quell.engine.engine import Engine
@@ -1077,18 +1078,7 @@ class Execution:
                     finished_at=now,
                 )
             )
-            made_ready = conn.execute(
-                update(runs)
-                .where(runs.c.id == parent_id, runs.c.status == RunStatus.WAITING.value)
-                .values(status=RunStatus.READY.value, wake_at=None, updated_at=now)
-            )
-            if not made_ready.rowcount:  # the parent has not released itself yet: mark it
-                conn.execute(
-                    update(runs)
-                    .where(runs.c.id == parent_id, runs.c.status == RunStatus.RUNNING.value)
-                    .values(wake_at=now)
-                )
-            notify_ready(conn)
+            resume_decided(conn, parent_id, now)
 
         await self.journal.write(self._op(OpKind.WORK, work))
         self.engine.wake()

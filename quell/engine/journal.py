@@ -65,6 +65,15 @@ class LeaseLost(QuellError):
     """The run's lease was taken over by another worker; this worker must drop the run."""
 
 
+class WriteLost(LeaseLost):
+    """A queued (not awaited) write of the run failed: the run stops here, its lease runs out
+    and it is replayed from what was committed, rather than going on past a hole."""
+
+
+class JournalStopped(RuntimeError):
+    """The journal writer is not running (stopping, or its thread died)."""
+
+
 class OpKind(IntEnum):
     """Operations, in the order a batch applies them."""
 
@@ -120,6 +129,8 @@ class JournalWriter:
         self._postgres = db.backend is Backend.POSTGRESQL
         self.batches = 0
         self.operations = 0
+        # Runs with a queued write that failed: their later writes are refused (WriteLost).
+        self._lost: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -149,11 +160,17 @@ class JournalWriter:
 
     # -- submitting -----------------------------------------------------------------------------
 
+    def forget(self, run_id: str) -> None:
+        """The run left this engine: a later claim of it starts clean."""
+        self._lost.discard(run_id)
+
     def queue(self, op: Op) -> None:
         """Queue ``op`` without waiting for it."""
+        if op.run_id in self._lost and op.epoch is not None:
+            raise WriteLost(f"an earlier write of run {op.run_id} failed; it will be replayed")
         if self.inline:
             if self._closed or self._event_loop is None:
-                raise RuntimeError("the journal writer is not running")
+                raise JournalStopped("the journal writer is not running")
             self._pending.append(op)
             if not self._scheduled:
                 self._scheduled = True
@@ -161,7 +178,7 @@ class JournalWriter:
             return
         with self._lock:
             if self._closed or not self._thread.is_alive():
-                raise RuntimeError("the journal writer is not running")
+                raise JournalStopped("the journal writer is not running")
             self._queue.put(op)
 
     async def write(self, op: Op) -> Any:
@@ -220,7 +237,7 @@ class JournalWriter:
                 except queue.Empty:
                     break
                 if item is not None and item.waiter is not None:
-                    leftovers.append((item.waiter, None, RuntimeError("the journal stopped")))
+                    leftovers.append((item.waiter, None, JournalStopped("the journal stopped")))
             settle(leftovers)
 
     def _commit(self, batch: list[Op]) -> None:
@@ -228,6 +245,7 @@ class JournalWriter:
             with self.db.write() as conn:
                 results, fenced = self._apply(conn, batch)
         except StorageUnavailable as exc:
+            self._lose([op for op in batch if op.waiter is None], exc)
             settle([(op.waiter, None, exc) for op in batch if op.waiter is not None])
             return
         except Exception as exc:  # noqa: BLE001 - whatever one operation raises goes to its caller
@@ -235,7 +253,7 @@ class JournalWriter:
                 if batch[0].waiter is not None:
                     settle([(batch[0].waiter, None, exc)])
                 else:
-                    log.error("journal_write_failed", run=batch[0].run_id, error=repr(exc))
+                    self._lose(batch, exc)
                 return
             for op in batch:  # nothing was committed: each alone, so only the culprit fails
                 self._commit([op])
@@ -251,6 +269,13 @@ class JournalWriter:
             else:
                 outcomes.append((op.waiter, result, None))
         settle(outcomes)
+
+    def _lose(self, ops: list[Op], exc: BaseException) -> None:
+        """Queued writes nobody waits for failed: their runs must not go on past them."""
+        for op in ops:
+            if op.epoch is not None:
+                self._lost.add(op.run_id)
+            log.error("journal_write_failed", run=op.run_id, error=type(exc).__name__)
 
     def _apply(self, conn: Connection, batch: list[Op]) -> tuple[list[Any], set[str]]:
         cursor = conn.connection.cursor()  # the transaction's own DBAPI connection
@@ -400,9 +425,11 @@ Work = Callable[[Connection], Any]
 __all__ = [
     "RUN_COLUMNS",
     "STEP_COLUMNS",
+    "JournalStopped",
     "JournalWriter",
     "LeaseLost",
     "Op",
     "OpKind",
+    "WriteLost",
     "release_params",
 ]

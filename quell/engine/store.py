@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, case, func, or_, select, update
 
 from quell.clock import Clock
 from quell.engine.notify import notify_ready
@@ -266,21 +266,24 @@ class RunStore:
         with self.db.write() as conn:
             return [Claimed(row.id, row.lease_epoch, row) for row in conn.execute(statement)]
 
-    def renew(self, owner: str, lease: timedelta) -> dict[str, str | None]:
-        """Extend this worker's leases; the runs it still holds, with any control asked."""
+    def renew(self, owner: str, lease: timedelta, run_ids: Sequence[str]) -> dict[str, str | None]:
+        """Extend the leases of the runs this worker is executing (only those: a run it holds
+        but dropped, after a failure, must expire and move on); the ones it still holds, with
+        any control asked."""
         now = self.clock.now()
+        held: dict[str, str | None] = {}
         with self.db.write() as conn:
-            conn.execute(
-                update(runs)
-                .where(runs.c.owner == owner, runs.c.status == RunStatus.RUNNING.value)
-                .values(lease_expires=now + lease)
-            )
-            rows = conn.execute(
-                select(runs.c.id, runs.c.control).where(
-                    runs.c.owner == owner, runs.c.status == RunStatus.RUNNING.value
+            for start in range(0, len(run_ids), 500):
+                chunk = list(run_ids[start : start + 500])
+                mine = and_(
+                    runs.c.id.in_(chunk),
+                    runs.c.owner == owner,
+                    runs.c.status == RunStatus.RUNNING.value,
                 )
-            )
-            return {row.id: row.control for row in rows}
+                conn.execute(update(runs).where(mine).values(lease_expires=now + lease))
+                rows = conn.execute(select(runs.c.id, runs.c.control).where(mine))
+                held.update({row.id: row.control for row in rows})
+        return held
 
     def wake_due(self) -> int:
         """Waiting runs whose timer or deadline has come: make them ready."""
@@ -322,4 +325,28 @@ class RunStore:
         return found
 
 
-__all__ = ["Claimed", "PlaybookStore", "PlaybookVersion", "RunStore"]
+def resume_decided(conn: Connection, run_id: str, now: datetime) -> None:
+    """A wait of the run was decided (or its child run ended): make the run go on.
+
+    A waiting run becomes ready. A run still held by the worker that opened the wait (it has
+    not released itself yet) is marked instead (``wake_at``), and its release to waiting turns
+    ready (see ``journal._release_waiting``). One statement, so that on PostgreSQL a release
+    committing meanwhile is seen: the row is re-read after its lock and both CASEs follow it.
+    """
+    waiting = runs.c.status == RunStatus.WAITING.value
+    conn.execute(
+        update(runs)
+        .where(
+            runs.c.id == run_id,
+            runs.c.status.in_([RunStatus.WAITING.value, RunStatus.RUNNING.value]),
+        )
+        .values(
+            status=case((waiting, RunStatus.READY.value), else_=runs.c.status),
+            wake_at=case((waiting, None), else_=now),
+            updated_at=now,
+        )
+    )
+    notify_ready(conn)
+
+
+__all__ = ["Claimed", "PlaybookStore", "PlaybookVersion", "RunStore", "resume_decided"]

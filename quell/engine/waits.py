@@ -18,11 +18,11 @@ from sqlalchemy import Connection, select, update
 
 from quell.clock import Clock
 from quell.engine.execution import token_hash
-from quell.engine.notify import notify_ready
-from quell.engine.states import RunStatus, StepStatus, WaitStatus
+from quell.engine.states import StepStatus, WaitStatus
+from quell.engine.store import resume_decided
 from quell.errors import Conflict, NotFound, PermissionDenied
 from quell.store.database import Database
-from quell.store.schema import run_steps, runs, waits
+from quell.store.schema import run_steps, waits
 
 PRIVILEGED = frozenset({"admin"})  # may decide any approval
 
@@ -315,20 +315,7 @@ class WaitService:
 
     @staticmethod
     def _ready(conn: Connection, run_id: str, now: datetime) -> None:
-        made_ready = conn.execute(
-            update(runs)
-            .where(runs.c.id == run_id, runs.c.status == RunStatus.WAITING.value)
-            .values(status=RunStatus.READY.value, wake_at=None, updated_at=now)
-        )
-        if not made_ready.rowcount:
-            # Still held by the worker that opened the wait (it has not released it yet): the
-            # mark makes that release a ready one (see journal._release_waiting).
-            conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING.value)
-                .values(wake_at=now)
-            )
-        notify_ready(conn)
+        resume_decided(conn, run_id, now)
 
     def _changed(self) -> None:
         if self.on_change is not None:

@@ -5,9 +5,17 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from quell.clock import ManualClock
+from quell.engine.engine import Engine
+from quell.engine.journal import Op, OpKind, WriteLost
+from quell.engine.states import RunStatus
+from quell.engine.store import RunStore
+from quell.playbooks.compiler import parse_playbook
 from quell.runtime import Runtime
-from tests.engine.harness import ENDED, Harness, statuses
+from quell.store.schema import runs
+from tests.engine.harness import ENDED, Harness, registry, statuses
 from tests.engine.peer import Peer
 
 CONTAIN = """
@@ -117,3 +125,74 @@ steps:
         assert final.owner is None
 
     asyncio.run(scenario())
+
+
+def test_a_failed_queued_write_stops_its_run_instead_of_leaving_a_hole(runtime: Runtime) -> None:
+    """A success is queued, not awaited; if its write fails, the run may not go on past it."""
+
+    def step_row(key: str) -> tuple[object, ...]:
+        now = runtime.clock.now()
+        return (
+            "run_hole", key, 1, 1, key, "action", "succeeded", "core.noop", None,
+            None, {}, None, None, False, now, now, None,
+        )  # fmt: skip
+
+    def queue(key: str) -> None:
+        engine.journal.queue(Op(OpKind.INSERT_STEP, "run_hole", 1, step_row(key)))
+
+    async def refused() -> WriteLost | None:
+        for _ in range(100):  # the duplicate fails in a commit of its own; then:
+            await asyncio.sleep(0.02)
+            try:
+                queue("b")
+            except WriteLost as exc:
+                return exc
+        return None
+
+    engine = Engine(
+        runtime.db, runtime.clock, secret_key=b"k", registry=registry(), playbooks=runtime.playbooks
+    )
+
+    async def scenario() -> None:
+        async with engine:
+            text = "id: hole\nname: Hole\nsteps: [{id: a, action: core.noop}]\n"
+            playbook = parse_playbook(text, "hole.yaml", actions=engine.actions.registry)
+            version = runtime.playbooks.register(playbook).id
+            row = engine.run_row(
+                "run_hole", version, "hole", {}, status=RunStatus.RUNNING, owner=engine.owner,
+                epoch=1,
+            )  # fmt: skip
+            await engine.journal.write(Op(OpKind.INSERT_RUN, "run_hole", None, row))
+            await engine.journal.write(Op(OpKind.INSERT_STEP, "run_hole", 1, step_row("a")))
+            queue("a")  # the same attempt again: its insert fails, and nobody waits for it
+            assert await refused() is not None
+            engine.journal.forget("run_hole")  # the run left this engine: a new claim is clean
+            queue("c")
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_renews_only_the_runs_it_is_executing(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    engine = Engine(
+        runtime.db, runtime.clock, secret_key=b"k", registry=registry(), playbooks=runtime.playbooks
+    )
+    text = "id: r\nname: R\nsteps: [{id: a, action: core.noop}]\n"
+    version = runtime.playbooks.register(parse_playbook(text, "r.yaml", actions=registry())).id
+    rows = [
+        engine.run_row(
+            run_id, version, "r", {}, status=RunStatus.RUNNING, owner="worker-z", epoch=1
+        )
+        for run_id in ("run_busy", "run_dropped")
+    ]
+    with runtime.db.write() as conn:
+        engine.journal.insert_run.run(conn, rows)
+    clock.advance(timedelta(seconds=25))  # both leases (30 s) still good: renew the busy one
+    held = RunStore(runtime.db, clock).renew("worker-z", timedelta(seconds=30), ["run_busy"])
+    clock.advance(timedelta(seconds=10))
+    assert held == {"run_busy": None}
+    with runtime.db.read() as conn:
+        leases = {row.id: row.lease_expires for row in conn.execute(select(runs))}
+    assert leases["run_busy"] > clock.now()
+    assert leases["run_dropped"] < clock.now()  # left to expire, so another worker takes it
