@@ -153,6 +153,7 @@ def test_callback_url_names_only_event_steps(runtime: Runtime) -> None:
     async def scenario() -> None:
         async with Harness(runtime) as harness:
             run_id = await harness.start(text)
+            assert (await harness.settle(run_id)).status == "waiting"
             (task,) = harness.waits.list_all(kind="task")
             harness.waits.complete(task.id, "bob", "reimaged", {})
             done = await harness.settle(run_id, until=("succeeded", "failed"))
