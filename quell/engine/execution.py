@@ -361,8 +361,19 @@ class Execution:
         step = self.playbook.steps.get(step_id) if isinstance(step_id, str) else None
         if step is None or step.wait is None or step.wait.kind is not WaitKind.EVENT:
             raise ExpressionError(f"callback_url: {step_id!r} is not a wait: event step")
-        token = callback_token(self.engine.callback_secret, self.run.id, prefix + step_id)
-        return f"{self.engine.public_url}/api/callbacks/{token}"
+        key = prefix + step_id
+        record = self.records.get(key)
+        attempt = (
+            record.attempt
+            if record is not None and record.status is StepStatus.WAITING_EVENT
+            else self.next_attempt(key)
+        )
+        return f"{self.engine.public_url}/api/callbacks/{self.event_token(key, attempt)}"
+
+    def event_token(self, key: str, attempt: int) -> str:
+        """An event wait's one-time token; a retried wait (attempt 2 on) gets a new one."""
+        name = key if attempt == 1 else f"{key}#{attempt}"
+        return callback_token(self.engine.callback_secret, self.run.id, name)
 
     def render(self, value: Any, where: str, scope: Mapping[str, Any]) -> Any:
         if isinstance(value, str):
@@ -503,11 +514,14 @@ class Execution:
 
     async def action(self, step: Step, key: str, frame: Frame) -> Any:
         record = self.records.get(key)
+        approved: Any = None  # the inputs a person approved: exactly those are sent
         if step.approval and (record is None or not record.status.terminal):
             skipped = await self.approval_gate(step, key, frame)
             if skipped:
                 frame.steps[step.id] = {"status": StepStatus.SKIPPED.value, "output": None}
                 return None
+            gate = self.records.get(f"{key}#approval")
+            approved = gate.inputs if gate is not None else None
         attempt = 0
         if record is not None:
             attempt = record.attempt
@@ -533,8 +547,10 @@ class Execution:
         while True:
             attempt += 1
             try:
-                scope = self.scope(frame, step)
-                inputs = self.render(step.inputs, "with", scope)
+                if approved is not None:
+                    inputs = approved
+                else:
+                    inputs = self.render(step.inputs, "with", self.scope(frame, step))
                 params = self.engine.actions.validate(definition, inputs)
             except (ActionError, ExpressionError) as exc:
                 error = _error(exc)
@@ -622,17 +638,18 @@ class Execution:
                 return True
             error = record.error or {"code": "rejected", "message": "the approval was refused"}
             raise self.failed(step, frame, gate, error)
-        if record is not None:
-            raise Suspended()  # still waiting for a decision
+        if record is not None and record.status is not StepStatus.SUPERSEDED:
+            raise Suspended()  # still waiting for a decision (a retry supersedes a refusal)
         try:
             inputs = self.render(step.inputs, "with", self.scope(frame, step))
             shown = orjson.dumps(inputs, default=str).decode()
         except ExpressionError as exc:
-            shown = f"(inputs could not be rendered: {exc.message})"
+            inputs, shown = None, f"(inputs could not be rendered: {exc.message})"
         prompt = f"Run {step.action} ({step.id}) with {shown[:500]}"
         _row_id, values = self._row(
-            gate, step, self.next_attempt(gate), StepStatus.WAITING_APPROVAL, finished=False
-        )
+            gate, step, self.next_attempt(gate), StepStatus.WAITING_APPROVAL, finished=False,
+            inputs=inputs,
+        )  # fmt: skip
         await self.open_wait(
             self.records[gate], gate, WaitKind.APPROVAL.value, StepStatus.WAITING_APPROVAL,
             prompt, None, None, (), insert=values,
@@ -915,8 +932,8 @@ class Execution:
             await self.timer(key, step, spec.duration, frame, until)
             record = self.records.get(key)
             return record.output if record else None
-        if record is not None:
-            raise Suspended()  # still pending
+        if record is not None and record.status is not StepStatus.SUPERSEDED:
+            raise Suspended()  # still pending (a superseded one, by a retry, opens anew)
         try:
             prompt = (
                 self.render(spec.prompt, "prompt", self.scope(frame, step)) if spec.prompt else None
@@ -952,11 +969,7 @@ class Execution:
     ) -> None:
         """Record the step as waiting and the wait itself, in one commit."""
         wait_id = new_id("wai")
-        token = (
-            callback_token(self.engine.callback_secret, self.run.id, key)
-            if kind == "event"
-            else None
-        )
+        token = self.event_token(key, record.attempt) if kind == "event" else None
         now = self.now()
         run_id = self.run.id
         insert_step = self.journal.insert_step

@@ -441,3 +441,27 @@ def test_a_decision_before_the_run_is_released_is_not_lost(runtime: Runtime) -> 
             assert (status, wake_at) == ("waiting", later)
 
     asyncio.run(scenario())
+
+
+def test_retrying_a_run_whose_approval_was_refused_asks_again(runtime: Runtime) -> None:
+    text = GATED.split("    on_failure: declined")[0]  # no way around a refusal: the run fails
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(text, {"ip": "203.0.113.9"})
+            await harness.settle(run_id)
+            (first,) = harness.waits.list_all(kind="approval")
+            harness.waits.reject(first.id, "alice", "approver", "not yet")
+            assert (await harness.settle(run_id, until=("failed",))).status == "failed"
+            harness.runs.retry(run_id)
+            assert (await harness.settle(run_id)).status == "waiting"
+            (second,) = harness.waits.list_all(kind="approval")
+            assert second.id != first.id
+            harness.waits.approve(second.id, "alice", "approver", "now")
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert list(Peer.applied.values()) == ["203.0.113.9"]
+        gates = [(s.attempt, s.status) for s in done.steps if s.key == "block#approval"]
+        assert gates == [(1, "superseded"), (2, "succeeded")]
+
+    asyncio.run(scenario())
