@@ -36,7 +36,7 @@ from quell.sdk.http import OutboundPolicy, guard
 
 log = structlog.get_logger(__name__)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
-_DEFAULT_HOLD = 300.0  # a cluster slot's hold when the call has no time limit (seconds)
+_DEFAULT_HOLD = 3600.0  # a cluster slot's hold when the call has no time limit (seconds)
 _HOLD_MARGIN = 30.0
 
 
@@ -262,40 +262,46 @@ class _Limit:
         self.shared = shared
         self.hold = hold
         self.entered: list[_Gate] = []
-        self.held: list[tuple[str, int]] = []
+        self.held: list[tuple[str, int, str]] = []
 
     async def __aenter__(self) -> None:
         try:
+            # Rate tokens first: a call waiting for its turn holds no slot meanwhile (a slow
+            # action's queue must not starve its connector's other actions of slots).
             for gate in self.gates:
-                await self._enter(gate)
+                await self._token(gate)
+            for gate in self.gates:
+                await self._slot(gate)
         except BaseException:
             await self.__aexit__()
             raise
 
-    async def _enter(self, gate: _Gate) -> None:
-        if gate.slot is not None:
-            await gate.slot.acquire()
-        self.entered.append(gate)
-        shared = self.shared
-        if shared is not None and gate.size:
-            self.held.append((gate.key, await shared.acquire(gate.key, gate.size, self.hold)))
+    async def _token(self, gate: _Gate) -> None:
         wait = 0.0
-        if shared is not None and gate.rate is not None:
+        if self.shared is not None and gate.rate is not None:
             capacity = max(1.0, gate.rate)
-            wait = await asyncio.to_thread(shared.take_token, gate.key, gate.rate, capacity)
+            wait = await asyncio.to_thread(self.shared.take_token, gate.key, gate.rate, capacity)
         elif gate.bucket is not None:
             wait = gate.bucket.take()
         if wait > 0:
             await asyncio.sleep(wait)
 
+    async def _slot(self, gate: _Gate) -> None:
+        if gate.slot is not None:
+            await gate.slot.acquire()
+        self.entered.append(gate)
+        if self.shared is not None and gate.size:
+            slot, holder = await self.shared.acquire(gate.key, gate.size, self.hold)
+            self.held.append((gate.key, slot, holder))
+
     async def __aexit__(self, *exc: object) -> None:
         held, self.held = self.held, []
         entered, self.entered = self.entered, []
         try:
-            for key, number in reversed(held):
+            for key, number, holder in reversed(held):
                 assert self.shared is not None
                 try:
-                    await asyncio.to_thread(self.shared.release, key, number)
+                    await asyncio.to_thread(self.shared.release, key, number, holder)
                 except Exception as error:  # noqa: BLE001 - the slot expires on its own
                     log.warning("slot_release_failed", limit=key, error=type(error).__name__)
         finally:

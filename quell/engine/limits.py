@@ -20,6 +20,7 @@ from datetime import timedelta
 from sqlalchemy import Connection, and_, or_, select, update
 
 from quell.clock import Clock
+from quell.ids import new_id
 from quell.store.database import Backend, Database
 from quell.store.dialect import insert_ignore
 from quell.store.schema import action_slots, rate_buckets
@@ -40,8 +41,14 @@ class SharedLimits:
 
     # -- concurrency ----------------------------------------------------------------------------
 
-    def try_acquire(self, key: str, size: int, hold: timedelta) -> int | None:
-        """Take a free slot of ``key``'s ``size`` for at most ``hold``; None when all are busy."""
+    def try_acquire(
+        self, key: str, size: int, hold: timedelta, holder: str | None = None
+    ) -> int | None:
+        """Take a free slot of ``key``'s ``size`` for at most ``hold``; None when all are busy.
+
+        ``holder`` names this acquisition (default: the worker), so that a release frees only
+        the slot this call took, not one the worker took again after an expiry."""
+        holder = holder or self.owner
         now = self.clock.now()
         with self.db.write() as conn:
             if self._seeded.get(key, 0) < size:
@@ -64,7 +71,7 @@ class SharedLimits:
             conn.execute(
                 update(action_slots)
                 .where(action_slots.c.key == key, action_slots.c.slot == slot)
-                .values(owner=self.owner, expires_at=now + hold)
+                .values(owner=holder, expires_at=now + hold)
             )
             return int(slot)
 
@@ -73,8 +80,9 @@ class SharedLimits:
         conn.execute(statement, [{"key": key, "slot": slot} for slot in range(size)])
         self._seeded[key] = size
 
-    def release(self, key: str, slot: int) -> None:
+    def release(self, key: str, slot: int, holder: str | None = None) -> None:
         """Give the slot back (a no-op if it expired and someone else holds it now)."""
+        holder = holder or self.owner
         with self.db.write() as conn:
             conn.execute(
                 update(action_slots)
@@ -82,21 +90,37 @@ class SharedLimits:
                     and_(
                         action_slots.c.key == key,
                         action_slots.c.slot == slot,
-                        action_slots.c.owner == self.owner,
+                        action_slots.c.owner == holder,
                     )
                 )
                 .values(owner=None, expires_at=None)
             )
 
-    async def acquire(self, key: str, size: int, hold: timedelta) -> int:
-        """Wait for a slot (cancellable); the slot number, to :meth:`release`."""
+    async def acquire(self, key: str, size: int, hold: timedelta) -> tuple[int, str]:
+        """Wait for a slot (cancellable); the slot and its holder name, to :meth:`release`."""
+        holder = f"{self.owner}/{new_id('slt')[-10:]}"
         pause = _FIRST_WAIT
         while True:
-            slot = await asyncio.to_thread(self.try_acquire, key, size, hold)
+            attempt = asyncio.ensure_future(
+                asyncio.to_thread(self.try_acquire, key, size, hold, holder)
+            )
+            try:
+                slot = await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                # The thread goes on and may take a slot nobody would release: give it back.
+                attempt.add_done_callback(lambda done: self._abandon(done, key, holder))
+                raise
             if slot is not None:
-                return slot
+                return slot, holder
             await asyncio.sleep(pause)
             pause = min(_MOST_WAIT, pause * 2)
+
+    def _abandon(self, done: asyncio.Future[int | None], key: str, holder: str) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        slot = done.result()
+        if slot is not None:
+            asyncio.get_running_loop().run_in_executor(None, self.release, key, slot, holder)
 
     # -- rate -------------------------------------------------------------------------------------
 

@@ -151,3 +151,16 @@ steps:
         assert Capped.most == 1
 
     asyncio.run(scenario())
+
+
+def test_a_release_frees_only_the_acquisition_it_belongs_to(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    limits = SharedLimits(runtime.db, clock, "worker-a")
+    assert limits.try_acquire("edr.isolate", 1, HOLD, "worker-a/call-1") == 0
+    clock.advance(HOLD + timedelta(seconds=1))  # call 1 overran its hold...
+    assert limits.try_acquire("edr.isolate", 1, HOLD, "worker-a/call-2") == 0
+    limits.release("edr.isolate", 0, "worker-a/call-1")  # ...and ends: call 2's slot stays held
+    assert limits.try_acquire("edr.isolate", 1, HOLD, "worker-a/call-3") is None
+    limits.release("edr.isolate", 0, "worker-a/call-2")
+    assert limits.try_acquire("edr.isolate", 1, HOLD, "worker-a/call-3") == 0
