@@ -102,7 +102,7 @@ class Engine:
         # Compiled templates of IR values, by identity (kept with the value, so a freed IR's
         # id reused by another object is never mistaken for it).
         self.compiled: dict[int, tuple[Any, Any]] = {}
-        self.finished: dict[str, asyncio.Future[RunStatus]] = {}
+        self.finished: dict[str, set[asyncio.Future[RunStatus]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -236,18 +236,19 @@ class Engine:
         return run_id
 
     def watch(self, run_id: str) -> asyncio.Future[RunStatus]:
-        """A future that resolves when this engine sees the run end."""
-        loop = asyncio.get_running_loop()
-        future = self.finished.get(run_id)
-        if future is None or future.done():
-            future = self.finished[run_id] = loop.create_future()
-            # Resolved or given up on (its watchers cancelled): forgotten, so nothing piles up.
-            future.add_done_callback(functools.partial(self._unwatch, run_id))
+        """A future that resolves when this engine sees the run end (one per caller: a caller
+        that gives up, cancelling its future, leaves the others watching)."""
+        future: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
+        self.finished.setdefault(run_id, set()).add(future)
+        future.add_done_callback(functools.partial(self._unwatch, run_id))
         return future
 
     def _unwatch(self, run_id: str, future: asyncio.Future[RunStatus]) -> None:
-        if self.finished.get(run_id) is future:
-            del self.finished[run_id]
+        watchers = self.finished.get(run_id)
+        if watchers is not None:
+            watchers.discard(future)
+            if not watchers:
+                del self.finished[run_id]
 
     # -- the loops ----------------------------------------------------------------------------
 
@@ -448,9 +449,10 @@ class Engine:
         finally:
             self.active.pop(info.id, None)
             self.journal.forget(info.id)
-        future = self.finished.get(info.id)
-        if future is not None and not future.done() and status.finished:  # _unwatch drops it
-            future.set_result(status)
+        if status.finished:
+            for future in list(self.finished.get(info.id, ())):
+                if not future.done():
+                    future.set_result(status)  # _unwatch forgets it
 
     async def _bounded(self, execution: Execution, info: RunInfo) -> Outcome:
         if info.deadline is None:

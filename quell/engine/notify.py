@@ -63,7 +63,10 @@ async def _watch_sqlite(db: Database, wake: Callable[[], None], stop: asyncio.Ev
     if not path or path == ":memory:":
         return
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        # No busy wait: the counter is read from shared memory; a rare lock just skips a tick.
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=0.0
+        )
     except sqlite3.Error as exc:
         log.warning("watch_failed", error=type(exc).__name__)
         return

@@ -374,5 +374,12 @@ def test_watching_runs_leaves_nothing_behind(runtime: Runtime) -> None:
             given_up.cancel()
             await asyncio.sleep(0)
             assert harness.engine.finished == {}
+            # Two callers watch one run; one gives up; the other still hears the end.
+            patient, impatient = harness.engine.watch("run_both"), harness.engine.watch("run_both")
+            impatient.cancel()
+            await harness.engine.start(version, {}, run_id="run_both")
+            assert await patient == "succeeded"
+            await asyncio.sleep(0)
+            assert harness.engine.finished == {}
 
     asyncio.run(scenario())
