@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from quell.engine.execution import callback_secret
 from quell.engine.service import RunService
 from quell.engine.waits import WaitService
 
@@ -41,7 +42,8 @@ def runs(request: Request, runtime: Runtime) -> RunService:
 
 def waits(request: Request, runtime: Runtime) -> WaitService:
     """Approvals, tasks and callbacks."""
-    return WaitService(runtime.db, runtime.clock, on_change=_waker(request))
+    secret = callback_secret(runtime.secret_key.reveal().encode())
+    return WaitService(runtime.db, runtime.clock, on_change=_waker(request), callback_secret=secret)
 
 
 def registry(request: Request, runtime: Runtime) -> Registry:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import hmac
 import os
 import socket
 from collections.abc import Sequence
@@ -28,7 +26,7 @@ import structlog
 from quell.clock import Clock
 from quell.connectors.registry import Registry
 from quell.engine.actions import ActionRunner, EnvSecrets
-from quell.engine.execution import Execution, Outcome, RunInfo
+from quell.engine.execution import Execution, Outcome, RunInfo, callback_secret
 from quell.engine.journal import (
     RUN_COLUMNS,
     JournalStopped,
@@ -96,7 +94,7 @@ class Engine:
             outbound=outbound,
             limits=SharedLimits(db, clock, self.owner),
         )
-        self.callback_secret = hmac.new(secret_key, b"quell:callbacks", hashlib.sha256).digest()
+        self.callback_secret = callback_secret(secret_key)
         self.public_url = public_url.rstrip("/")  # how callback links reach the API
         self.active: dict[str, Execution] = {}
         # Compiled templates of IR values, by identity (kept with the value, so a freed IR's

@@ -29,7 +29,7 @@ import functools
 import hashlib
 import hmac
 import random
-from base64 import urlsafe_b64encode
+from base64 import urlsafe_b64decode, urlsafe_b64encode
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, select, update
 
 from quell.engine.journal import Op, OpKind, release_params
 from quell.engine.notify import notify_ready
@@ -52,6 +52,7 @@ from quell.playbooks.expressions import (
 )
 from quell.playbooks.ir import ExpiryOutcome, Playbook, Step, StepKind, WaitKind
 from quell.sdk import ActionError, Landed
+from quell.store.dialect import insert_ignore
 from quell.store.schema import run_steps, waits
 
 if TYPE_CHECKING:
@@ -195,10 +196,35 @@ def _error(exc: BaseException, **extra: Any) -> dict[str, Any]:
     return data
 
 
+def callback_secret(secret_key: bytes) -> bytes:
+    """The key callback tokens are signed with, derived from the server's secret key."""
+    return hmac.new(secret_key, b"quell:callbacks", hashlib.sha256).digest()
+
+
 def callback_token(secret: bytes, run_id: str, key: str) -> str:
-    """The one-time token of an event wait: derived, so it is never stored in clear."""
+    """The one-time token of an event wait: the run and step it belongs to, signed. Only its
+    hash is stored; the signature lets a callback that arrives before the run reaches its wait
+    be recognised as genuine and kept for it."""
+    ident = urlsafe_b64encode(f"{run_id}\n{key}".encode()).decode().rstrip("=")
     digest = hmac.new(secret, f"callback:{run_id}:{key}".encode(), hashlib.sha256).digest()
-    return urlsafe_b64encode(digest).decode().rstrip("=")
+    return f"{ident}.{urlsafe_b64encode(digest).decode().rstrip('=')}"
+
+
+def read_callback_token(secret: bytes, token: str) -> tuple[str, str] | None:
+    """The (run id, step key) a genuine token names; None for anything else."""
+    ident, dot, _signature = token.partition(".")
+    if not dot or len(token) > 2048:
+        return None
+    try:
+        text = urlsafe_b64decode(ident + "=" * (-len(ident) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    run_id, newline, key = text.partition("\n")
+    if not newline:
+        return None
+    if not hmac.compare_digest(callback_token(secret, run_id, key), token):
+        return None
+    return run_id, key
 
 
 def token_hash(token: str) -> str:
@@ -973,6 +999,7 @@ class Execution:
         now = self.now()
         run_id = self.run.id
         insert_step = self.journal.insert_step
+        backend = self.engine.db.backend
         record.status = status
 
         def work(conn: Connection) -> None:
@@ -988,22 +1015,49 @@ class Execution:
                     )
                     .values(status=status.value, finished_at=None)
                 )
-            conn.execute(
-                waits.insert().values(
-                    id=wait_id,
-                    run_id=run_id,
-                    step_key=key,
-                    kind=kind,
-                    status=WaitStatus.PENDING.value,
-                    prompt=prompt,
-                    approvers=list(approvers) or None,
-                    token_hash=token_hash(token) if token else None,
-                    expires_at=expires,
-                    on_expiry=on_expiry.value if on_expiry else None,
-                    requested_by=f"playbook:{self.run.playbook_id}",
-                    created_at=now,
+            row = {
+                "id": wait_id,
+                "run_id": run_id,
+                "step_key": key,
+                "kind": kind,
+                "status": WaitStatus.PENDING.value,
+                "prompt": prompt,
+                "approvers": list(approvers) or None,
+                "token_hash": token_hash(token) if token else None,
+                "expires_at": expires,
+                "on_expiry": on_expiry.value if on_expiry else None,
+                "requested_by": f"playbook:{self.run.playbook_id}",
+                "created_at": now,
+            }
+            if token is None:
+                conn.execute(waits.insert().values(row))
+                return
+            opened = conn.execute(
+                insert_ignore(backend, waits, keys=["token_hash"])
+                .values(row)
+                .returning(waits.c.id)  # rowcount is not told for an INSERT on every driver
+            ).first()
+            if opened is not None:
+                return
+            # The peer called back before the run got here: its event is kept under this
+            # token; the step takes it now, and the run goes on (once released).
+            early = conn.execute(
+                select(waits.c.run_id, waits.c.status, waits.c.decision).where(
+                    waits.c.token_hash == row["token_hash"]
                 )
+            ).one()
+            if early.run_id != run_id or early.status != WaitStatus.DONE.value:
+                raise RuntimeError("an event token is already used")
+            conn.execute(
+                update(run_steps)
+                .where(
+                    run_steps.c.run_id == run_id,
+                    run_steps.c.key == record.key,
+                    run_steps.c.attempt == record.attempt,
+                )
+                .values(status=StepStatus.SUCCEEDED.value, output=early.decision, finished_at=now)
             )
+            resume_decided(conn, run_id, now)
 
         await self.journal.write(self._op(OpKind.WORK, work))
 

@@ -17,12 +17,14 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from quell.clock import Clock
-from quell.engine.execution import token_hash
-from quell.engine.states import StepStatus, WaitStatus
+from quell.engine.execution import read_callback_token, token_hash
+from quell.engine.states import RunStatus, StepStatus, WaitStatus
 from quell.engine.store import resume_decided
 from quell.errors import Conflict, NotFound, PermissionDenied
+from quell.ids import new_id
 from quell.store.database import Database
-from quell.store.schema import run_steps, waits
+from quell.store.dialect import insert_ignore
+from quell.store.schema import run_steps, runs, waits
 
 PRIVILEGED = frozenset({"admin"})  # may decide any approval
 
@@ -92,11 +94,18 @@ class WaitService:
     """List and resolve waits."""
 
     def __init__(
-        self, db: Database, clock: Clock, *, on_change: Callable[[], None] | None = None
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        on_change: Callable[[], None] | None = None,
+        callback_secret: bytes | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.on_change = on_change
+        # To recognise a genuine callback that comes before its wait opens (None: it is 404).
+        self.callback_secret = callback_secret
 
     def list_all(
         self, *, kind: str | None = None, status: str | None = WaitStatus.PENDING.value,
@@ -197,22 +206,60 @@ class WaitService:
         return self.get(wait_id)
 
     def callback(self, token: str, payload: Any) -> Wait:
-        """An external event arrived at its one-time callback URL."""
+        """An external event arrived at its one-time callback URL.
+
+        A genuine token (signed by this server) whose run has not reached its wait yet keeps
+        the event: the wait takes it when the run gets there. Anything else is NotFound.
+        """
         now = self.clock.now()
+        hashed = token_hash(token)
         with self.db.write() as conn:
-            row = conn.execute(select(waits).where(waits.c.token_hash == token_hash(token))).first()
+            row = conn.execute(select(waits).where(waits.c.token_hash == hashed)).first()
             if row is None:
-                raise NotFound("no callback for this token", field="token")
-            if row.status != WaitStatus.PENDING.value:
-                raise Conflict(f"this callback was already {row.status}")
-            if row.expires_at is not None and row.expires_at <= now:
-                raise Conflict("this callback expired")  # the next tick settles it as declared
-            decision = {"payload": payload, "at": now}
-            self._settle(conn, row, WaitStatus.DONE, "callback", None, decision, now)
-            self._close_step(conn, row, StepStatus.SUCCEEDED, output=decision)
-            self._ready(conn, row.run_id, now)
+                early = self._early(conn, token, hashed, payload, now)
+                if early is not None:
+                    kept = early  # the wait takes it when the run gets there
+                else:  # not genuine, over, or the wait opened meanwhile
+                    row = conn.execute(select(waits).where(waits.c.token_hash == hashed)).first()
+                    if row is None:
+                        raise NotFound("no callback for this token", field="token")
+            if row is not None:
+                if row.status != WaitStatus.PENDING.value:
+                    raise Conflict(f"this callback was already {row.status}")
+                if row.expires_at is not None and row.expires_at <= now:
+                    raise Conflict("this callback expired")  # the tick settles it as declared
+                decision = {"payload": payload, "at": now}
+                self._settle(conn, row, WaitStatus.DONE, "callback", None, decision, now)
+                self._close_step(conn, row, StepStatus.SUCCEEDED, output=decision)
+                self._ready(conn, row.run_id, now)
+                kept = row.id
         self._changed()
-        return self.get(row.id)
+        return self.get(kept)
+
+    def _early(
+        self, conn: Connection, token: str, hashed: str, payload: Any, now: datetime
+    ) -> str | None:
+        """Keep an event that came before its wait opened; its wait id (None: not genuine,
+        or its run is over, or the wait opened meanwhile)."""
+        named = read_callback_token(self.callback_secret, token) if self.callback_secret else None
+        if named is None:
+            return None
+        run_id, key = named
+        status = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
+        if status is None or RunStatus(status).finished:
+            return None
+        wait_id = new_id("wai")
+        decision = _json_safe({"payload": payload, "at": now, "early": True})
+        kept = conn.execute(
+            insert_ignore(self.db.backend, waits, keys=["token_hash"]).values(
+                id=wait_id, run_id=run_id, step_key=key, kind="event",
+                status=WaitStatus.DONE.value, token_hash=hashed, decision=decision,
+                decided_by="callback", decided_at=now, requested_by="callback",
+                created_at=now,
+            )
+            .returning(waits.c.id)  # rowcount is not told for an INSERT on every driver
+        ).first()  # fmt: skip
+        return wait_id if kept is not None else None
 
     def expire_due(self) -> int:
         """Pending waits past their expiry end as declared: skip, fail or escalate."""

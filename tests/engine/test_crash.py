@@ -144,6 +144,19 @@ def _finished(runtime: Runtime) -> int:
         )
 
 
+def _freeze_a_busy_one(
+    runtime: Runtime, alive: list[subprocess.Popen[bytes]], rng: random.Random
+) -> tuple[subprocess.Popen[bytes] | None, set[str]]:
+    """Freeze the workers in a random order; the first that holds runs stays frozen."""
+    for worker in rng.sample(alive, len(alive)):
+        worker.send_signal(signal.SIGSTOP)
+        held = _held_by(runtime, worker.pid)
+        if held:
+            return worker, held
+        worker.send_signal(signal.SIGCONT)
+    return None, set()
+
+
 def _census(runtime: Runtime) -> list[tuple[str | None, str, int]]:
     with runtime.db.read() as conn:
         query = select(runs.c.owner, runs.c.status, func.count()).group_by(
@@ -211,29 +224,27 @@ def test_killed_workers_lose_no_run_and_repeat_no_containment(
 
         pool = Workers(env, tmp_path)
         alive = [pool.start() for _ in range(2 if backend == "postgresql" else 1)]
-        thresholds = sorted(rng.sample(range(RUNS // 20, RUNS - RUNS // 20), KILLS))
+        # Kills within the first four fifths, so that the last one still finds work to cut.
+        thresholds = sorted(rng.sample(range(RUNS // 20, RUNS * 4 // 5), KILLS))
         interrupted: list[int] = []  # runs each victim held when it died
         orphans: set[str] = set()  # on PostgreSQL: what the last, unrestarted victim held
         try:
             for number, threshold in enumerate(thresholds, start=1):
-                # Past the threshold, the victim frozen (SIGSTOP) while it holds runs, then
+                # Past the threshold, a worker frozen (SIGSTOP) while it holds runs, then
                 # killed: a kill that interrupts nothing proves nothing (a restarted worker holds
                 # none until the dead one's leases expire, and of two workers one may be idle).
-                victim = alive[rng.randrange(len(alive))]
-                held: set[str] = set()
+                victim, held = None, set()
                 for _ in range(6_000):  # 20 ms polls, two minutes at most per kill
                     if _finished(runtime) >= threshold:
                         time.sleep(rng.uniform(0.0, 0.05))  # not just as a batch ends
-                        victim.send_signal(signal.SIGSTOP)
-                        held = _held_by(runtime, victim.pid)
-                        if held:
+                        victim, held = _freeze_a_busy_one(runtime, alive, rng)
+                        if victim is not None:
                             break
-                        victim.send_signal(signal.SIGCONT)
                     time.sleep(0.02)
-                else:
+                if victim is None:
                     pytest.fail(
                         f"kill {number}: below {threshold} finished runs, or idle; by owner and "
-                        f"status: {_census(runtime)}; victim pid {victim.pid} {replay}"
+                        f"status: {_census(runtime)} {replay}"
                     )
                 alive.remove(victim)
                 victim.send_signal(signal.SIGKILL)

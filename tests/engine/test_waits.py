@@ -465,3 +465,62 @@ def test_retrying_a_run_whose_approval_was_refused_asks_again(runtime: Runtime) 
         assert gates == [(1, "superseded"), (2, "succeeded")]
 
     asyncio.run(scenario())
+
+
+EARLY = """
+id: early
+name: A peer faster than the run
+vars: {url: "", answer: null}
+steps:
+  - {id: link, set: {url: "{{ callback_url('hook') }}"}}
+  - {id: reimage, wait: task, prompt: Reimage the laptop}
+  - {id: hook, wait: event, expires_in: 1h}
+  - {id: got, set: {answer: "{{ steps.hook.output.payload.verdict }}"}}
+"""
+
+
+def test_a_callback_that_comes_before_its_wait_is_kept_for_it(runtime: Runtime) -> None:
+    from quell.engine.waits import WaitService
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            peer_side = WaitService(
+                runtime.db, runtime.clock, callback_secret=harness.engine.callback_secret
+            )
+            run_id = await harness.start(EARLY)
+            waiting = await harness.settle(run_id)
+            token = waiting.variables["url"].rsplit("/", 1)[1]
+            forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+            with pytest.raises(NotFound):  # well formed, badly signed: like any unknown token
+                peer_side.callback(forged, {"verdict": "x"})
+            kept = peer_side.callback(token, {"verdict": "malicious"})  # the run is at its task
+            assert kept.status == "done"
+            with pytest.raises(Conflict):  # still one use only
+                peer_side.callback(token, {"verdict": "benign"})
+            (task,) = harness.waits.list_all(kind="task")
+            harness.waits.complete(task.id, "bob", "reimaged", {})
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert done.variables["answer"] == "malicious"
+        assert statuses(done)["hook"] == "succeeded"
+
+    asyncio.run(scenario())
+
+
+def test_a_genuine_token_of_a_finished_run_is_refused(runtime: Runtime) -> None:
+    from quell.engine.waits import WaitService
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(EARLY)
+            await harness.settle(run_id)
+            token = callback_token(harness.engine.callback_secret, run_id, "hook")
+            harness.runs.cancel(run_id)
+            await harness.settle(run_id, until=("canceled",))
+            peer_side = WaitService(
+                runtime.db, runtime.clock, callback_secret=harness.engine.callback_secret
+            )
+            with pytest.raises(NotFound):
+                peer_side.callback(token, {"verdict": "late"})
+
+    asyncio.run(scenario())
