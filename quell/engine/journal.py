@@ -15,7 +15,9 @@ await them. One writer thread takes everything queued, and in one transaction:
 If a batch fails because of one operation, each is retried alone so only its caller sees the
 error (the same rule as :mod:`quell.store.group_commit`). Operations without a waiter are
 "queued": they become durable with the next commit, in order, and a crash before that loses
-them; the engine only queues what replaying would recompute (a branch decision).
+them. The engine queues what replaying would recompute (a decision, a read's result) and the
+successes of writes (a lost one is reconciled); every later write of the same run is committed
+after them and is awaited, and a queued write that fails stops its run (:class:`WriteLost`).
 """
 
 from __future__ import annotations
@@ -104,17 +106,9 @@ class JournalWriter:
         *,
         max_batch: int = 2048,
         name: str = "quell-journal",
-        inline: bool = False,
     ) -> None:
         self.db = db
         self.max_batch = max_batch
-        # Inline: the batch is committed in the event loop itself, after the callbacks that
-        # queued it. For SQLite with synchronous=NORMAL a commit costs tens of microseconds,
-        # less than handing the GIL to a writer thread and back for each statement.
-        self.inline = inline
-        self._pending: list[Op] = []
-        self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._scheduled = False
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._lock = threading.Lock()
@@ -135,21 +129,12 @@ class JournalWriter:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> JournalWriter:
-        """Start the writer thread (inline: bind to the running event loop)."""
-        if self.inline:
-            self._event_loop = asyncio.get_running_loop()
-            return self
+        """Start the writer thread."""
         self._thread.start()
         return self
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write everything queued, then stop."""
-        if self.inline:
-            self._closed = True
-            if self._pending:
-                batch, self._pending = self._pending, []
-                self._commit(batch)
-            return
         with self._lock:
             if self._closed:
                 return
@@ -168,14 +153,6 @@ class JournalWriter:
         """Queue ``op`` without waiting for it."""
         if op.run_id in self._lost and op.epoch is not None:
             raise WriteLost(f"an earlier write of run {op.run_id} failed; it will be replayed")
-        if self.inline:
-            if self._closed or self._event_loop is None:
-                raise JournalStopped("the journal writer is not running")
-            self._pending.append(op)
-            if not self._scheduled:
-                self._scheduled = True
-                self._event_loop.call_soon(self._flush)
-            return
         with self._lock:
             if self._closed or not self._thread.is_alive():
                 raise JournalStopped("the journal writer is not running")
@@ -196,14 +173,6 @@ class JournalWriter:
         for op in ops[:-1]:
             self.queue(op)
         await self.write(ops[-1])
-
-    def _flush(self) -> None:
-        """Inline mode: commit what the callbacks of this loop iteration queued."""
-        self._scheduled = False
-        while self._pending:
-            batch = self._pending[: self.max_batch]
-            del self._pending[: self.max_batch]
-            self._commit(batch)
 
     # -- the writer thread ----------------------------------------------------------------------
 
