@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,27 +104,33 @@ async def _embedded(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
         latencies: list[float] = []
         failed = 0
         async with engine:
-            slots = asyncio.Semaphore(args.inflight)
 
             async def one(alert: dict[str, Any]) -> None:
                 nonlocal failed
-                async with slots:
-                    begun = time.perf_counter()
-                    run_id = new_id("run")
-                    finished = engine.watch(run_id)  # before it starts: it cannot be missed
-                    inputs = {"alert": alert, "firewall": args.firewall}
-                    await engine.start(version.id, inputs, trigger="bench", run_id=run_id)
-                    status = await asyncio.wait_for(finished, timeout=120)
-                    latencies.append(time.perf_counter() - begun)
-                    failed += status is not RunStatus.SUCCEEDED
+                begun = time.perf_counter()
+                run_id = new_id("run")
+                finished = engine.watch(run_id)  # before it starts: it cannot be missed
+                inputs = {"alert": alert, "firewall": args.firewall}
+                await engine.start(version.id, inputs, trigger="bench", run_id=run_id)
+                status = await finished  # bounded by the timeout around the whole load
+                latencies.append(time.perf_counter() - begun)
+                failed += status is not RunStatus.SUCCEEDED
 
-            await one(_warmup_alert(alerts))
+            async def client(queue: Iterator[dict[str, Any]]) -> None:
+                """One of ``--inflight`` closed-loop clients: an alert, its run, the next."""
+                for alert in queue:
+                    await one(alert)
+
+            async with asyncio.timeout(120):
+                await one(_warmup_alert(alerts))
             latencies.clear()
             failed = 0
             steps_before = _count_steps(runtime)
             cpu_before = _cpu_seconds()
             started = time.perf_counter()
-            await asyncio.gather(*(one(alert) for alert in alerts))
+            pending = iter(alerts)
+            async with asyncio.timeout(600):  # the load, bounded
+                await asyncio.gather(*(client(pending) for _ in range(args.inflight)))
             elapsed = time.perf_counter() - started
             cpu = _cpu_seconds() - cpu_before
         steps = _count_steps(runtime) - steps_before

@@ -179,8 +179,11 @@ class ActionRunner:
         hold = timedelta(seconds=(limit or _DEFAULT_HOLD) + _HOLD_MARGIN)
         async with self._limited(definition, hold):
             try:
-                async with asyncio.timeout(limit):
+                if limit is None:
                     result = await method(ctx, params)
+                else:
+                    async with asyncio.timeout(limit):
+                        result = await method(ctx, params)
             except TimeoutError:
                 raise TransientError(
                     f"{definition.key}: no answer within {limit:g}s", code="timeout"
