@@ -107,10 +107,12 @@ steps:
 
     async def scenario() -> None:
         Peer.entered, Peer.release = asyncio.Event(), asyncio.Event()
-        async with Harness(runtime, lease=5, owner="worker-a") as first:
+        # A long lease, so that worker-a's first renewal (a third of it, in real seconds) comes
+        # after the test: worker-a stalls past its lease as a hung process would.
+        async with Harness(runtime, lease=60, owner="worker-a") as first:
             run_id = await first.start(text)
             await asyncio.wait_for(Peer.entered.wait(), 10)
-            clock.advance(timedelta(seconds=6))  # worker-a stalls past its lease
+            clock.advance(timedelta(seconds=61))  # worker-a stalls past its lease
             Peer.entered = asyncio.Event()
             async with Harness(runtime, owner="worker-b") as second:
                 await asyncio.wait_for(Peer.entered.wait(), 10)  # worker-b took the run over
