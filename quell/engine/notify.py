@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 from sqlalchemy import Connection, text
@@ -58,15 +59,19 @@ async def listen(db: Database, wake: Callable[[], None], stop: asyncio.Event) ->
                 continue
 
 
+def _read_only(path: str) -> sqlite3.Connection:
+    """A connection of the watcher's own. No busy wait: the counter is read from shared memory,
+    and a rare lock only skips a tick. The URI is percent-encoded, so any file name works."""
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=0.0)
+
+
 async def _watch_sqlite(db: Database, wake: Callable[[], None], stop: asyncio.Event) -> None:
     path = db.engine.url.database
     if not path or path == ":memory:":
         return
     try:
-        # No busy wait: the counter is read from shared memory; a rare lock just skips a tick.
-        conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=0.0
-        )
+        conn = _read_only(path)
     except sqlite3.Error as exc:
         log.warning("watch_failed", error=type(exc).__name__)
         return
