@@ -36,8 +36,7 @@ from quell.sdk.http import OutboundPolicy, guard
 
 log = structlog.get_logger(__name__)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
-_DEFAULT_HOLD = 3600.0  # a cluster slot's hold when the call has no time limit (seconds)
-_HOLD_MARGIN = 30.0
+_SLOT_HOLD = timedelta(minutes=2)  # a cluster slot's hold, extended while its call runs
 
 
 def _env_name(connector: str, secret: str) -> str:
@@ -175,9 +174,9 @@ class ActionRunner:
     ) -> dict[str, Any]:
         """Call the action (at most ``limit`` seconds); its output as data, or an ActionError."""
         method = getattr(self._instance(definition), definition.method)
-        # A slot is held for the call's time limit and a margin; a dead worker's is freed then.
-        hold = timedelta(seconds=(limit or _DEFAULT_HOLD) + _HOLD_MARGIN)
-        async with self._limited(definition, hold):
+        # A slot is held for a while and extended while the call runs: a dead worker's slot
+        # is free again within a hold.
+        async with self._limited(definition, _SLOT_HOLD):
             try:
                 if limit is None:
                     result = await method(ctx, params)
@@ -266,28 +265,49 @@ class _Limit:
         self.hold = hold
         self.entered: list[_Gate] = []
         self.held: list[tuple[str, int, str]] = []
+        self.keeping: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> None:
         try:
-            # Rate tokens first: a call waiting for its turn holds no slot meanwhile (a slow
-            # action's queue must not starve its connector's other actions of slots).
-            for gate in self.gates:
-                await self._token(gate)
             for gate in self.gates:
                 await self._slot(gate)
+            # Only a call that holds its slots takes a rate token (so calls held back by a cap
+            # do not pile up tokens and then fire together); if its turn at the rate comes
+            # later, it waits without its slots, which others may use meanwhile.
+            wait = 0.0
+            for gate in self.gates:
+                wait = max(wait, await self._token(gate))
+            if wait > 0:
+                await self.__aexit__()
+                await asyncio.sleep(wait)
+                for gate in self.gates:
+                    await self._slot(gate)
         except BaseException:
             await self.__aexit__()
             raise
+        if self.held:
+            self.keeping = asyncio.create_task(self._keep())
 
-    async def _token(self, gate: _Gate) -> None:
-        wait = 0.0
+    async def _keep(self) -> None:
+        """Extend the cluster slots while the call runs (a third of the hold at a time)."""
+        shared = self.shared
+        assert shared is not None
+        while True:
+            await asyncio.sleep(self.hold.total_seconds() / 3)
+            for key, number, holder in list(self.held):
+                try:
+                    await asyncio.to_thread(shared.extend, key, number, holder, self.hold)
+                except Exception as error:  # noqa: BLE001 - tried again a third of a hold later
+                    log.warning("slot_extend_failed", limit=key, error=type(error).__name__)
+
+    async def _token(self, gate: _Gate) -> float:
+        """Take a rate token; the seconds until its turn."""
         if self.shared is not None and gate.rate is not None:
             capacity = max(1.0, gate.rate)
-            wait = await asyncio.to_thread(self.shared.take_token, gate.key, gate.rate, capacity)
-        elif gate.bucket is not None:
-            wait = gate.bucket.take()
-        if wait > 0:
-            await asyncio.sleep(wait)
+            return await asyncio.to_thread(self.shared.take_token, gate.key, gate.rate, capacity)
+        if gate.bucket is not None:
+            return gate.bucket.take()
+        return 0.0
 
     async def _slot(self, gate: _Gate) -> None:
         if gate.slot is not None:
@@ -298,6 +318,9 @@ class _Limit:
             self.held.append((gate.key, slot, holder))
 
     async def __aexit__(self, *exc: object) -> None:
+        keeping, self.keeping = self.keeping, None
+        if keeping is not None:
+            keeping.cancel()
         held, self.held = self.held, []
         entered, self.entered = self.entered, []
         try:

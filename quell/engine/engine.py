@@ -417,6 +417,7 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - a run whose playbook is gone fails
             log.error("run_playbook_missing", run=info.id, error=type(exc).__name__)
             return
+        self.journal.forget(info.id)  # a write lost after this engine last dropped it
         execution = Execution(self, info, playbook, journal)
         execution.control = control
         self.active[info.id] = execution

@@ -196,6 +196,9 @@ def _error(exc: BaseException, **extra: Any) -> dict[str, Any]:
     return data
 
 
+EARLY_EVENT = "callback"  # requested_by of a wait row an event made before its wait opened
+
+
 def callback_secret(secret_key: bytes) -> bytes:
     """The key callback tokens are signed with, derived from the server's secret key."""
     return hmac.new(secret_key, b"quell:callbacks", hashlib.sha256).digest()
@@ -388,18 +391,12 @@ class Execution:
         if step is None or step.wait is None or step.wait.kind is not WaitKind.EVENT:
             raise ExpressionError(f"callback_url: {step_id!r} is not a wait: event step")
         key = prefix + step_id
-        record = self.records.get(key)
-        attempt = (
-            record.attempt
-            if record is not None and record.status is StepStatus.WAITING_EVENT
-            else self.next_attempt(key)
-        )
-        return f"{self.engine.public_url}/api/callbacks/{self.event_token(key, attempt)}"
+        return f"{self.engine.public_url}/api/callbacks/{self.event_token(key)}"
 
-    def event_token(self, key: str, attempt: int) -> str:
-        """An event wait's one-time token; a retried wait (attempt 2 on) gets a new one."""
-        name = key if attempt == 1 else f"{key}#{attempt}"
-        return callback_token(self.engine.callback_secret, self.run.id, name)
+    def event_token(self, key: str) -> str:
+        """An event wait's token: one per run and step, so that the link a peer was given
+        still reaches the step when a retry opens it again (each opening takes one event)."""
+        return callback_token(self.engine.callback_secret, self.run.id, key)
 
     def render(self, value: Any, where: str, scope: Mapping[str, Any]) -> Any:
         if isinstance(value, str):
@@ -995,7 +992,7 @@ class Execution:
     ) -> None:
         """Record the step as waiting and the wait itself, in one commit."""
         wait_id = new_id("wai")
-        token = self.event_token(key, record.attempt) if kind == "event" else None
+        token = self.event_token(key) if kind == "event" else None
         now = self.now()
         run_id = self.run.id
         insert_step = self.journal.insert_step
@@ -1032,32 +1029,49 @@ class Execution:
             if token is None:
                 conn.execute(waits.insert().values(row))
                 return
-            opened = conn.execute(
-                insert_ignore(backend, waits, keys=["token_hash"])
-                .values(row)
-                .returning(waits.c.id)  # rowcount is not told for an INSERT on every driver
-            ).first()
-            if opened is not None:
-                return
-            # The peer called back before the run got here: its event is kept under this
-            # token; the step takes it now, and the run goes on (once released).
-            early = conn.execute(
-                select(waits.c.run_id, waits.c.status, waits.c.decision).where(
-                    waits.c.token_hash == row["token_hash"]
-                )
-            ).one()
-            if early.run_id != run_id or early.status != WaitStatus.DONE.value:
-                raise RuntimeError("an event token is already used")
-            conn.execute(
-                update(run_steps)
-                .where(
-                    run_steps.c.run_id == run_id,
-                    run_steps.c.key == record.key,
-                    run_steps.c.attempt == record.attempt,
-                )
-                .values(status=StepStatus.SUCCEEDED.value, output=early.decision, finished_at=now)
-            )
-            resume_decided(conn, run_id, now)
+            hashed = row["token_hash"]
+            for _ in range(2):  # a callback may take the token between our look and our insert
+                held = conn.execute(
+                    select(
+                        waits.c.id, waits.c.status, waits.c.decision, waits.c.requested_by
+                    ).where(waits.c.token_hash == hashed)
+                ).first()
+                if held is not None and held.requested_by == EARLY_EVENT:
+                    # The peer called back before the run got here: the step takes that event
+                    # now, and the run goes on (once it is released).
+                    conn.execute(
+                        update(run_steps)
+                        .where(
+                            run_steps.c.run_id == run_id,
+                            run_steps.c.key == record.key,
+                            run_steps.c.attempt == record.attempt,
+                        )
+                        .values(
+                            status=StepStatus.SUCCEEDED.value,
+                            output=held.decision,
+                            finished_at=now,
+                        )
+                    )
+                    conn.execute(  # taken: it is this opening's wait from now on
+                        update(waits)
+                        .where(waits.c.id == held.id)
+                        .values(requested_by=row["requested_by"])
+                    )
+                    resume_decided(conn, run_id, now)
+                    return
+                if held is not None:
+                    if held.status == WaitStatus.PENDING.value:
+                        raise RuntimeError(f"step {key} of run {run_id} already waits for an event")
+                    # An earlier opening of this step (before a retry): its token moves here.
+                    conn.execute(update(waits).where(waits.c.id == held.id).values(token_hash=None))
+                opened = conn.execute(
+                    insert_ignore(backend, waits, keys=["token_hash"])
+                    .values(row)
+                    .returning(waits.c.id)  # rowcount is not told for an INSERT on every driver
+                ).first()
+                if opened is not None:
+                    return
+            raise RuntimeError(f"the callback token of step {key} of run {run_id} is in use")
 
         await self.journal.write(self._op(OpKind.WORK, work))
 

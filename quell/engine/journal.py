@@ -17,19 +17,22 @@ error (the same rule as :mod:`quell.store.group_commit`). Operations without a w
 "queued": they become durable with the next commit, in order, and a crash before that loses
 them. The engine queues what replaying would recompute (a decision, a read's result) and the
 successes of writes (a lost one is reconciled); every later write of the same run is committed
-after them and is awaited, and a queued write that fails stops its run (:class:`WriteLost`).
+after them and is awaited, and a queued write that fails stops its run (:class:`WriteLost`:
+replayed after an outage; :class:`WriteRefused`: failed, when the database refused the data).
 """
 
 from __future__ import annotations
 
 import asyncio
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+import psycopg
 import structlog
 from sqlalchemy import Connection, bindparam, case, cast, literal_column, null
 from sqlalchemy import update as sql_update
@@ -70,6 +73,11 @@ class LeaseLost(QuellError):
 class WriteLost(LeaseLost):
     """A queued (not awaited) write of the run failed: the run stops here, its lease runs out
     and it is replayed from what was committed, rather than going on past a hole."""
+
+
+class WriteRefused(QuellError):
+    """A queued write of the run was refused by the database for what it holds (a value it
+    cannot store): replaying would fail the same way, so the run fails."""
 
 
 class JournalStopped(RuntimeError):
@@ -123,8 +131,9 @@ class JournalWriter:
         self._postgres = db.backend is Backend.POSTGRESQL
         self.batches = 0
         self.operations = 0
-        # Runs with a queued write that failed: their later writes are refused (WriteLost).
-        self._lost: set[str] = set()
+        # Runs with a queued write that failed, and how: their later writes raise that
+        # (WriteLost after an outage: replayed; WriteRefused for the data: failed).
+        self._lost: dict[str, type[QuellError]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -147,12 +156,13 @@ class JournalWriter:
 
     def forget(self, run_id: str) -> None:
         """The run left this engine: a later claim of it starts clean."""
-        self._lost.discard(run_id)
+        self._lost.pop(run_id, None)
 
     def queue(self, op: Op) -> None:
         """Queue ``op`` without waiting for it."""
-        if op.run_id in self._lost and op.epoch is not None:
-            raise WriteLost(f"an earlier write of run {op.run_id} failed; it will be replayed")
+        lost = self._lost.get(op.run_id) if op.epoch is not None else None
+        if lost is not None:
+            raise lost(f"an earlier write of run {op.run_id} failed")
         with self._lock:
             if self._closed or not self._thread.is_alive():
                 raise JournalStopped("the journal writer is not running")
@@ -213,16 +223,17 @@ class JournalWriter:
         try:
             with self.db.write() as conn:
                 results, fenced = self._apply(conn, batch)
-        except StorageUnavailable as exc:
-            self._lose([op for op in batch if op.waiter is None], exc)
-            settle([(op.waiter, None, exc) for op in batch if op.waiter is not None])
-            return
         except Exception as exc:  # noqa: BLE001 - whatever one operation raises goes to its caller
+            if _transient(exc):  # the database is away: nothing of the batch is anyone's fault
+                away = exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(str(exc))
+                self._lose([op for op in batch if op.waiter is None], away, WriteLost)
+                settle([(op.waiter, None, away) for op in batch if op.waiter is not None])
+                return
             if len(batch) == 1:
                 if batch[0].waiter is not None:
                     settle([(batch[0].waiter, None, exc)])
                 else:
-                    self._lose(batch, exc)
+                    self._lose(batch, exc, WriteRefused)
                 return
             for op in batch:  # nothing was committed: each alone, so only the culprit fails
                 self._commit([op])
@@ -239,11 +250,11 @@ class JournalWriter:
                 outcomes.append((op.waiter, result, None))
         settle(outcomes)
 
-    def _lose(self, ops: list[Op], exc: BaseException) -> None:
+    def _lose(self, ops: list[Op], exc: BaseException, kind: type[QuellError]) -> None:
         """Queued writes nobody waits for failed: their runs must not go on past them."""
         for op in ops:
             if op.epoch is not None:
-                self._lost.add(op.run_id)
+                self._lost.setdefault(op.run_id, kind)
             log.error("journal_write_failed", run=op.run_id, error=type(exc).__name__)
 
     def _apply(self, conn: Connection, batch: list[Op]) -> tuple[list[Any], set[str]]:
@@ -344,6 +355,17 @@ def _step_update(db: Database) -> BulkStatement:
     return BulkStatement(db, run_steps, params, statement)
 
 
+def _transient(exc: BaseException) -> bool:
+    """The database is unavailable (not: it refused this data). The writer runs statements on
+    the driver's cursor, so the driver's own errors arrive here unwrapped."""
+    if isinstance(exc, StorageUnavailable):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        message = str(exc).lower()
+        return any(word in message for word in ("locked", "busy", "disk i/o", "unable to open"))
+    return isinstance(exc, psycopg.OperationalError)
+
+
 def _release_waiting(db: Database) -> BulkStatement:
     """A release to ``waiting`` that turns into ``ready`` when a decision came meanwhile.
 
@@ -400,5 +422,6 @@ __all__ = [
     "Op",
     "OpKind",
     "WriteLost",
+    "WriteRefused",
     "release_params",
 ]

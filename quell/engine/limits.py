@@ -96,6 +96,20 @@ class SharedLimits:
                 .values(owner=None, expires_at=None)
             )
 
+    def extend(self, key: str, slot: int, holder: str, hold: timedelta) -> None:
+        """Keep a slot for ``hold`` more (a call still running): a slot lapses only when its
+        holder stopped extending it, that is, when its worker died."""
+        with self.db.write() as conn:
+            conn.execute(
+                update(action_slots)
+                .where(
+                    action_slots.c.key == key,
+                    action_slots.c.slot == slot,
+                    action_slots.c.owner == holder,
+                )
+                .values(expires_at=self.clock.now() + hold)
+            )
+
     async def acquire(self, key: str, size: int, hold: timedelta) -> tuple[int, str]:
         """Wait for a slot (cancellable); the slot and its holder name, to :meth:`release`."""
         holder = f"{self.owner}/{new_id('slt')[-10:]}"

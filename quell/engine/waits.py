@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from quell.clock import Clock
-from quell.engine.execution import read_callback_token, token_hash
+from quell.engine.execution import EARLY_EVENT, read_callback_token, token_hash
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
 from quell.engine.store import resume_decided
 from quell.errors import Conflict, NotFound, PermissionDenied
@@ -248,13 +248,22 @@ class WaitService:
         status = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
         if status is None or RunStatus(status).finished:
             return None
+        reached = conn.execute(
+            select(run_steps.c.status).where(
+                run_steps.c.run_id == run_id,
+                run_steps.c.key == key,
+                run_steps.c.status != StepStatus.SUPERSEDED.value,
+            )
+        ).first()
+        if reached is not None:  # the step was reached and settled: nothing would take it
+            return None
         wait_id = new_id("wai")
         decision = _json_safe({"payload": payload, "at": now, "early": True})
         kept = conn.execute(
             insert_ignore(self.db.backend, waits, keys=["token_hash"]).values(
                 id=wait_id, run_id=run_id, step_key=key, kind="event",
                 status=WaitStatus.DONE.value, token_hash=hashed, decision=decision,
-                decided_by="callback", decided_at=now, requested_by="callback",
+                decided_by="callback", decided_at=now, requested_by=EARLY_EVENT,
                 created_at=now,
             )
             .returning(waits.c.id)  # rowcount is not told for an INSERT on every driver

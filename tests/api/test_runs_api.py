@@ -120,11 +120,14 @@ steps:
   - id: reimage
     wait: task
     prompt: Reimage the laptop
-  - id: hook
+  - id: hook_for_the_edr_vendor_to_call_back_once_its_scan_has_finished_
     wait: event
     expires_in: 1h
-  - {id: got, set: {answer: "{{ steps.hook.output.payload.verdict }}"}}
+    out: {answer: "{{ output.payload.verdict }}"}
 """
+
+
+HOOK = "hook_for_the_edr_vendor_to_call_back_once_its_scan_has_finished_"
 
 
 def _token(server: LiveServer, run_id: str, step_key: str) -> str:
@@ -157,10 +160,11 @@ def test_a_task_is_completed_by_a_user_and_a_callback_token_works_once(
         assert analyst.post(f"/api/tasks/{task['id']}/complete", json={}).status_code == 409
         waiting = settle(analyst, run_id)
         assert waiting["status"] == "waiting"
-        assert step(waiting, "hook")["status"] == "waiting_event"
+        assert step(waiting, HOOK)["status"] == "waiting_event"
         assert step(waiting, "reimage")["output"]["data"] == {"ticket": "IT-42"}
 
-    token = _token(engine_server, run_id, "hook")
+    token = _token(engine_server, run_id, HOOK)
+    assert len(token) > 128  # a step id of 64 characters: the route takes long tokens
     with engine_server.client() as outsider:  # no bearer token: the callback token is enough
         forged = outsider.post("/api/callbacks/forged-token", json={"verdict": "x"})
         assert forged.status_code == 404
@@ -194,10 +198,10 @@ def test_an_expired_callback_token_is_refused_like_any_other(
         run_id = _waiting(admin, "manual")
         (task,) = admin.get("/api/tasks").json()
         admin.post(f"/api/tasks/{task['id']}/complete", json={})
-        assert step(settle_waiting_on(admin, run_id, "hook"), "hook")["status"] == "waiting_event"
+        assert step(settle_waiting_on(admin, run_id, HOOK), HOOK)["status"] == "waiting_event"
     clock.advance(timedelta(hours=2))
     with engine_server.client() as outsider:
-        late = outsider.post(f"/api/callbacks/{_token(engine_server, run_id, 'hook')}", json={})
+        late = outsider.post(f"/api/callbacks/{_token(engine_server, run_id, HOOK)}", json={})
     assert late.status_code == 404
     assert late.json()["detail"] == "no pending callback for this token"
 

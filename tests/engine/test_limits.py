@@ -164,3 +164,16 @@ def test_a_release_frees_only_the_acquisition_it_belongs_to(
     assert limits.try_acquire("edr.isolate", 1, HOLD, "worker-a/call-3") is None
     limits.release("edr.isolate", 0, "worker-a/call-2")
     assert limits.try_acquire("edr.isolate", 1, HOLD, "worker-a/call-3") == 0
+
+
+def test_a_slot_extended_by_its_running_call_does_not_lapse(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    limits = SharedLimits(runtime.db, clock, "worker-a")
+    assert limits.try_acquire("edr.isolate", 1, HOLD, "worker-a/long-call") == 0
+    for _ in range(3):  # the call runs for three holds, extending as it goes
+        clock.advance(HOLD * 0.9)
+        limits.extend("edr.isolate", 0, "worker-a/long-call", HOLD)
+        assert limits.try_acquire("edr.isolate", 1, HOLD, "worker-b/other") is None
+    clock.advance(HOLD + timedelta(seconds=1))  # its worker died: no more extensions
+    assert limits.try_acquire("edr.isolate", 1, HOLD, "worker-b/other") == 0

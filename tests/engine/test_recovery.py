@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from quell.clock import ManualClock
 from quell.engine.engine import Engine
-from quell.engine.journal import Op, OpKind, WriteLost
+from quell.engine.journal import Op, OpKind, WriteRefused
 from quell.engine.states import RunStatus
 from quell.engine.store import RunStore
 from quell.playbooks.compiler import parse_playbook
@@ -142,12 +142,12 @@ def test_a_failed_queued_write_stops_its_run_instead_of_leaving_a_hole(runtime: 
     def queue(key: str) -> None:
         engine.journal.queue(Op(OpKind.INSERT_STEP, "run_hole", 1, step_row(key)))
 
-    async def refused() -> WriteLost | None:
+    async def refused() -> WriteRefused | None:
         for _ in range(100):  # the duplicate fails in a commit of its own; then:
             await asyncio.sleep(0.02)
             try:
                 queue("b")
-            except WriteLost as exc:
+            except WriteRefused as exc:
                 return exc
         return None
 
@@ -198,3 +198,19 @@ def test_a_worker_renews_only_the_runs_it_is_executing(
         leases = {row.id: row.lease_expires for row in conn.execute(select(runs))}
     assert leases["run_busy"] > clock.now()
     assert leases["run_dropped"] < clock.now()  # left to expire, so another worker takes it
+
+
+def test_the_journal_tells_an_outage_from_data_the_database_refuses() -> None:
+    import sqlite3
+
+    import psycopg
+
+    from quell.engine.journal import _transient
+    from quell.errors import StorageUnavailable
+
+    assert _transient(StorageUnavailable("gone"))
+    assert _transient(sqlite3.OperationalError("database is locked"))
+    assert _transient(psycopg.OperationalError("server closed the connection unexpectedly"))
+    assert not _transient(sqlite3.OperationalError("no such table: runs"))
+    assert not _transient(sqlite3.IntegrityError("UNIQUE constraint failed"))
+    assert not _transient(psycopg.errors.UntranslatableCharacter("\\u0000 cannot be converted"))

@@ -524,3 +524,34 @@ def test_a_genuine_token_of_a_finished_run_is_refused(runtime: Runtime) -> None:
                 peer_side.callback(token, {"verdict": "late"})
 
     asyncio.run(scenario())
+
+
+def test_the_link_a_peer_holds_still_works_after_a_retry(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    from quell.engine.waits import WaitService
+
+    text = EARLY.replace("  - {id: reimage, wait: task, prompt: Reimage the laptop}\n", "")
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            peer_side = WaitService(
+                runtime.db, runtime.clock, callback_secret=harness.engine.callback_secret
+            )
+            run_id = await harness.start(text)
+            token = (await harness.settle(run_id)).variables["url"].rsplit("/", 1)[1]
+            clock.advance(timedelta(hours=2))  # nobody called back: the wait expires, run fails
+            assert (await harness.settle(run_id, until=("failed",))).status == "failed"
+            with pytest.raises(Conflict, match="expired"):  # (the API answers 404 for it)
+                peer_side.callback(token, {"verdict": "too late"})
+            harness.runs.retry(run_id)
+            assert (await harness.settle(run_id)).status == "waiting"
+            peer_side.callback(token, {"verdict": "malicious"})  # the same link, reopened wait
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert done.variables["answer"] == "malicious"
+        assert [(s.attempt, s.status) for s in done.steps if s.key == "hook"] == [
+            (1, "superseded"), (2, "succeeded")
+        ]  # fmt: skip
+
+    asyncio.run(scenario())

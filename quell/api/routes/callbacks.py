@@ -22,7 +22,7 @@ from quell.errors import Conflict, InvalidInput, NotFound
 router = APIRouter(prefix="/api/callbacks", tags=["callbacks"])
 
 CALLBACK_PATH = "/api/callbacks/{token}"
-Token = Annotated[str, Path(max_length=128, description="The wait's one-time token.")]
+Token = Annotated[str, Path(max_length=2048, description="The wait's one-time token.")]
 _GONE = "no pending callback for this token"
 
 
