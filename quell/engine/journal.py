@@ -24,9 +24,7 @@ replayed after an outage; :class:`WriteRefused`: failed, when the database refus
 from __future__ import annotations
 
 import asyncio
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -41,7 +39,7 @@ from quell.engine.states import RunStatus
 from quell.errors import QuellError, StorageUnavailable
 from quell.store.bulk import BulkStatement, bulk_insert, bulk_update
 from quell.store.database import Backend, Database
-from quell.store.group_commit import Outcome, Waiter, settle
+from quell.store.group_commit import BatchWriter, Outcome, Waiter, settle
 from quell.store.schema import run_steps, runs
 
 log = structlog.get_logger(__name__)
@@ -105,8 +103,11 @@ class Op:
     waiter: Waiter | None = None
 
 
-class JournalWriter:
+class JournalWriter(BatchWriter[Op]):
     """One writer thread that batches the journal operations of many runs."""
+
+    stopped = JournalStopped
+    what = "the journal writer"
 
     def __init__(
         self,
@@ -115,12 +116,7 @@ class JournalWriter:
         max_batch: int = 2048,
         name: str = "quell-journal",
     ) -> None:
-        self.db = db
-        self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._lock = threading.Lock()
-        self._closed = False
+        super().__init__(db, max_batch=max_batch, name=name)
         self.insert_run = bulk_insert(db, runs, RUN_COLUMNS)
         self.insert_step = bulk_insert(db, run_steps, STEP_COLUMNS)
         self.update_step = _step_update(db)
@@ -135,23 +131,6 @@ class JournalWriter:
         # (WriteLost after an outage: replayed; WriteRefused for the data: failed).
         self._lost: dict[str, type[QuellError]] = {}
 
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    def start(self) -> JournalWriter:
-        """Start the writer thread."""
-        self._thread.start()
-        return self
-
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Write everything queued, then stop."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(None)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
     # -- submitting -----------------------------------------------------------------------------
 
     def forget(self, run_id: str) -> None:
@@ -163,10 +142,7 @@ class JournalWriter:
         lost = self._lost.get(op.run_id) if op.epoch is not None else None
         if lost is not None:
             raise lost(f"an earlier write of run {op.run_id} failed")
-        with self._lock:
-            if self._closed or not self._thread.is_alive():
-                raise JournalStopped("the journal writer is not running")
-            self._queue.put(op)
+        self._put(op)
 
     async def write(self, op: Op) -> Any:
         """Queue ``op`` and wait until it is committed (its WORK result, else None)."""
@@ -185,39 +161,6 @@ class JournalWriter:
         await self.write(ops[-1])
 
     # -- the writer thread ----------------------------------------------------------------------
-
-    def _loop(self) -> None:
-        try:
-            stopping = False
-            while not stopping:
-                first = self._queue.get()
-                if first is None:
-                    break
-                batch = [first]
-                while len(batch) < self.max_batch:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stopping = True
-                        break
-                    batch.append(item)
-                self._commit(batch)
-        except BaseException as exc:
-            log.critical("journal_writer_died", error=type(exc).__name__, exc_info=exc)
-        finally:
-            with self._lock:
-                self._closed = True
-            leftovers: list[Outcome] = []
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None and item.waiter is not None:
-                    leftovers.append((item.waiter, None, JournalStopped("the journal stopped")))
-            settle(leftovers)
 
     def _commit(self, batch: list[Op]) -> None:
         try:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Executable
@@ -38,6 +38,7 @@ from quell.errors import StorageUnavailable
 from quell.store.database import Database
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 Work = Callable[[Connection], T]
 
 log = structlog.get_logger(__name__)
@@ -73,21 +74,23 @@ class GroupCommitStats:
     failed_writes: int = 0
 
 
-class GroupCommitter:
-    """One writer thread that batches many callers' writes into shared commits."""
+class BatchWriter(Generic[ItemT]):
+    """A writer thread that takes what callers queue, in batches of at most ``max_batch``,
+    and hands each batch to :meth:`_commit` (one transaction). When it stops, for whatever
+    reason, whoever still waits on a queued item gets ``stopped`` as the error."""
 
-    def __init__(self, db: Database, *, max_batch: int = 1024, name: str = "quell-writer") -> None:
+    stopped: type[Exception] = RuntimeError
+    what = "the writer"
+
+    def __init__(self, db: Database, *, max_batch: int, name: str) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.db = db
         self.max_batch = max_batch
-        self.stats = GroupCommitStats()
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[ItemT | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._closed = False
         self._lock = threading.Lock()
-
-    # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> Self:
         """Start the writer thread."""
@@ -100,10 +103,83 @@ class GroupCommitter:
             if self._closed:
                 return
             self._closed = True
-            # Under the lock: no write can be queued behind the stop marker.
+            # Under the lock: nothing can be queued behind the stop marker.
             self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def _put(self, item: ItemT) -> None:
+        with self._lock:
+            if self._closed:
+                raise self.stopped(f"{self.what} is closed")
+            if self._thread.ident is None:
+                raise self.stopped(f"{self.what} was not started")
+            if not self._thread.is_alive():
+                raise self.stopped(f"{self.what}'s thread has stopped")
+            self._queue.put(item)
+
+    def _loop(self) -> None:
+        try:
+            self._drain_batches()
+        except BaseException as exc:
+            log.critical("writer_died", writer=self.what, error=type(exc).__name__, exc_info=exc)
+        finally:
+            # However the writer ends, nobody may wait forever on a write it will not do.
+            with self._lock:
+                self._closed = True
+            leftovers: list[Outcome] = []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                waiter = self._waiter(item) if item is not None else None
+                if waiter is not None:
+                    leftovers.append((waiter, None, self.stopped(f"{self.what} stopped")))
+            settle(leftovers)
+
+    def _drain_batches(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:  # close() was called and everything before it is done
+                break
+            batch: list[ItemT] = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            live = self._live(batch)
+            if live:
+                self._commit(live)
+
+    def _live(self, batch: list[ItemT]) -> list[ItemT]:
+        """The items still wanted (a subclass drops those whose caller gave up)."""
+        return batch
+
+    @staticmethod
+    def _waiter(item: ItemT) -> Waiter | None:
+        return getattr(item, "waiter", None)
+
+    def _commit(self, batch: list[ItemT]) -> None:
+        raise NotImplementedError
+
+
+class GroupCommitter(BatchWriter[_Item]):
+    """One writer thread that batches many callers' writes into shared commits."""
+
+    what = "the group committer"
+
+    def __init__(self, db: Database, *, max_batch: int = 1024, name: str = "quell-writer") -> None:
+        super().__init__(db, max_batch=max_batch, name=name)
+        self.stats = GroupCommitStats()
+
+    # -- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> Self:
         return self.start()
@@ -144,62 +220,15 @@ class GroupCommitter:
         self._put(_Statement((loop, future), statement, params))
         await future
 
-    def _put(self, item: _Item) -> None:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the group committer is closed")
-            if self._thread.ident is None:
-                raise RuntimeError("the group committer was not started")
-            if not self._thread.is_alive():
-                raise RuntimeError("the group committer's writer thread has stopped")
-            self._queue.put(item)
-
     # -- the writer thread -------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        try:
-            self._drain_batches()
-        except BaseException as exc:
-            log.critical("group_commit_writer_died", error=type(exc).__name__, exc_info=exc)
-        finally:
-            # However the writer ends, nobody may wait forever on a write it will not do.
-            with self._lock:
-                self._closed = True
-            leftovers: list[Outcome] = []
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    leftovers.append(
-                        (item.waiter, None, RuntimeError("the group committer stopped"))
-                    )
-            settle(leftovers)
-
-    def _drain_batches(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:  # close() was called and everything before it is done
-                break
-            batch: list[_Item] = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            live = [
-                item
-                for item in batch
-                if not isinstance(item.waiter, Future) or item.waiter.set_running_or_notify_cancel()
-            ]
-            if live:
-                self._commit(live)
+    def _live(self, batch: list[_Item]) -> list[_Item]:
+        # A sync caller that cancelled its future before the batch ran gets no write.
+        return [
+            item
+            for item in batch
+            if not isinstance(item.waiter, Future) or item.waiter.set_running_or_notify_cancel()
+        ]
 
     def _commit(self, batch: list[_Item]) -> None:
         try:
