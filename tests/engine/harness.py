@@ -30,6 +30,25 @@ def registry() -> Registry:
     return found
 
 
+def bare_engine(runtime: Runtime, **options: Any) -> Engine:
+    """An engine on the test connectors that journals when entered but serves only if told
+    (nothing claims a run behind the test's back)."""
+    return Engine(
+        runtime.db,
+        runtime.clock,
+        secret_key=b"test-key",
+        registry=registry(),
+        playbooks=runtime.playbooks,
+        **options,
+    )
+
+
+def register(runtime: Runtime, engine: Engine, text: str) -> str:
+    """Compile ``text`` against the engine's actions and store it; the version id."""
+    playbook = parse_playbook(text, "test.yaml", actions=engine.actions.registry)
+    return runtime.playbooks.register(playbook).id
+
+
 class Harness:
     """An engine on the test's runtime, serving in the test's event loop."""
 

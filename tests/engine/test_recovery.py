@@ -8,14 +8,12 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from quell.clock import ManualClock
-from quell.engine.engine import Engine
 from quell.engine.journal import Op, OpKind, WriteRefused
 from quell.engine.states import RunStatus
 from quell.engine.store import RunStore
-from quell.playbooks.compiler import parse_playbook
 from quell.runtime import Runtime
 from quell.store.schema import runs
-from tests.engine.harness import ENDED, Harness, registry, statuses
+from tests.engine.harness import ENDED, Harness, bare_engine, register, statuses
 from tests.engine.peer import Peer
 
 CONTAIN = """
@@ -151,15 +149,13 @@ def test_a_failed_queued_write_stops_its_run_instead_of_leaving_a_hole(runtime: 
                 return exc
         return None
 
-    engine = Engine(
-        runtime.db, runtime.clock, secret_key=b"k", registry=registry(), playbooks=runtime.playbooks
-    )
+    engine = bare_engine(runtime)
 
     async def scenario() -> None:
         async with engine:
-            text = "id: hole\nname: Hole\nsteps: [{id: a, action: core.noop}]\n"
-            playbook = parse_playbook(text, "hole.yaml", actions=engine.actions.registry)
-            version = runtime.playbooks.register(playbook).id
+            version = register(
+                runtime, engine, "id: hole\nname: Hole\nsteps: [{id: a, action: core.noop}]\n"
+            )
             row = engine.run_row(
                 "run_hole", version, "hole", {}, status=RunStatus.RUNNING, owner=engine.owner,
                 epoch=1,
@@ -177,11 +173,8 @@ def test_a_failed_queued_write_stops_its_run_instead_of_leaving_a_hole(runtime: 
 def test_a_worker_renews_only_the_runs_it_is_executing(
     runtime: Runtime, clock: ManualClock
 ) -> None:
-    engine = Engine(
-        runtime.db, runtime.clock, secret_key=b"k", registry=registry(), playbooks=runtime.playbooks
-    )
-    text = "id: r\nname: R\nsteps: [{id: a, action: core.noop}]\n"
-    version = runtime.playbooks.register(parse_playbook(text, "r.yaml", actions=registry())).id
+    engine = bare_engine(runtime)
+    version = register(runtime, engine, "id: r\nname: R\nsteps: [{id: a, action: core.noop}]\n")
     rows = [
         engine.run_row(
             run_id, version, "r", {}, status=RunStatus.RUNNING, owner="worker-z", epoch=1

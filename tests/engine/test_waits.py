@@ -12,7 +12,7 @@ from quell.engine.execution import callback_token
 from quell.engine.states import RunStatus
 from quell.errors import Conflict, NotFound, PermissionDenied
 from quell.runtime import Runtime
-from tests.engine.harness import Harness, statuses
+from tests.engine.harness import Harness, bare_engine, register, statuses
 from tests.engine.peer import Peer
 
 APPROVAL = """
@@ -348,19 +348,11 @@ def test_a_dry_run_asks_nobody_to_approve_a_write_it_only_simulates(runtime: Run
 def test_a_decision_from_another_process_wakes_an_idle_engine(runtime: Runtime) -> None:
     """The engine polls once a minute here: only the wake-up (LISTEN on PostgreSQL, the
     database's change counter on SQLite) can bring the approved run back within the test."""
-    from quell.engine.engine import Engine
     from quell.engine.waits import WaitService
-    from quell.playbooks.compiler import parse_playbook
-    from tests.engine.harness import registry
 
     async def scenario() -> None:
-        found = registry()
-        engine = Engine(
-            runtime.db, runtime.clock, secret_key=b"k", registry=found,
-            playbooks=runtime.playbooks, poll=60.0, tick=60.0,
-        )  # fmt: skip
-        playbook = parse_playbook(_approval(), "approve.yaml", actions=found)
-        version = runtime.playbooks.register(playbook).id
+        engine = bare_engine(runtime, poll=60.0, tick=60.0)
+        version = register(runtime, engine, _approval())
         stop = asyncio.Event()
         async with engine:
             serving = asyncio.create_task(engine.serve(stop))
@@ -388,21 +380,13 @@ def test_a_decision_before_the_run_is_released_is_not_lost(runtime: Runtime) -> 
     release (as waiting) must leave it ready, not stranded."""
     from sqlalchemy import select
 
-    from quell.engine.engine import Engine
     from quell.engine.journal import Op, OpKind, release_params
     from quell.engine.waits import WaitService
-    from quell.playbooks.compiler import parse_playbook
     from quell.store.schema import runs
-    from tests.engine.harness import registry
 
     async def scenario() -> None:
-        found = registry()
-        # An engine that journals but does not serve: nothing claims the run once ready.
-        engine = Engine(
-            runtime.db, runtime.clock, secret_key=b"k", registry=found, playbooks=runtime.playbooks
-        )
-        playbook = parse_playbook(_approval(), "approve.yaml", actions=found)
-        version = runtime.playbooks.register(playbook).id
+        engine = bare_engine(runtime)  # journals, does not serve: nobody claims the run
+        version = register(runtime, engine, _approval())
         async with engine:
             row = engine.run_row(
                 "run_held", version, "approve-block", {"ip": "203.0.113.7"},
