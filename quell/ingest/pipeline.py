@@ -31,6 +31,7 @@ from sqlalchemy import Connection, bindparam, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from quell.clock import Clock
+from quell.codec import nul_free
 from quell.correlate.grouping import AlertKeys, Correlator, GroupingResult
 from quell.correlate.suppression import SuppressionAction, SuppressionService
 from quell.errors import StorageUnavailable
@@ -53,7 +54,6 @@ from quell.ingest.staging import (
     Stager,
     StagingPool,
     StagingSpec,
-    nul_free,
 )
 from quell.store.bulk import bulk_insert, bulk_update
 from quell.store.database import Backend, Database

@@ -11,7 +11,6 @@ decides what depends on the database: repeats, incidents, counters.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import threading
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import orjson
 import structlog
 
+from quell.codec import column_json, nul_free
 from quell.correlate.dedup import Fingerprinter
 from quell.correlate.grouping import alert_keys
 from quell.correlate.suppression import SuppressionAction, compile_match
@@ -326,36 +326,9 @@ def _implausible_time(time: datetime, received_at: datetime) -> str | None:
     return None
 
 
-# PostgreSQL refuses NUL in text and in JSON: it becomes U+FFFD, as undecodable bytes do.
-_NUL = "\x00"
-_REPLACEMENT = "\ufffd"
-
-
-def nul_free(text: str) -> str:
-    """``text`` with NUL replaced by U+FFFD (PostgreSQL refuses NUL in text)."""
-    return text.replace(_NUL, _REPLACEMENT) if _NUL in text else text
-
-
-def _without_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return nul_free(value)
-    if isinstance(value, dict):
-        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_without_nul(item) for item in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _without_nul(dataclasses.asdict(value))
-    return value
-
-
 def _document(alert: Alert) -> str:
     """The ``data`` column's JSON, NUL-free (walked only in the rare case that it has one)."""
-    option = orjson.OPT_NON_STR_KEYS
-    document = alert_document(alert)
-    encoded = orjson.dumps(document, option=option).decode()
-    if "\\u0000" in encoded:
-        encoded = orjson.dumps(_without_nul(document), option=option).decode()
-    return encoded
+    return column_json(alert_document(alert))
 
 
 def decode(raw: bytes, kind: RecordKind) -> Any:
@@ -516,5 +489,4 @@ __all__ = [
     "StagingPool",
     "StagingSpec",
     "decode",
-    "nul_free",
 ]

@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import orjson
 from sqlalchemy import JSON, Connection, Table, bindparam, case, insert
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
+from quell.codec import column_json
 from quell.store.database import Backend, Database
 from quell.store.types import UTCDateTime
 
@@ -62,9 +62,7 @@ def _pg_time(value: datetime | None) -> datetime | None:
 
 
 def _json(value: Any) -> str | None:
-    if value is None:
-        return None
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    return None if value is None else column_json(value)
 
 
 def _same(value: Any) -> Any:

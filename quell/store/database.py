@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
+from quell.codec import column_json
 from quell.errors import ConfigurationError, StorageUnavailable
 from quell.settings import SqliteSynchronous
 
@@ -219,9 +220,7 @@ class Database:
 
 
 def _json_dumps(value: Any) -> str:
-    # orjson: several times faster than json.dumps on the ingest hot path; it serializes
-    # dataclasses, datetimes and enums natively.
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    return column_json(value)
 
 
 def _on_sqlite_begin(conn: Connection) -> None:

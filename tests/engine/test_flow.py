@@ -383,3 +383,28 @@ def test_watching_runs_leaves_nothing_behind(runtime: Runtime) -> None:
             assert harness.engine.finished == {}
 
     asyncio.run(scenario())
+
+
+def test_a_nul_in_an_output_is_stored_as_a_replacement_character(runtime: Runtime) -> None:
+    """PostgreSQL refuses NUL in JSON; an EDR's command line may hold one. The run goes on."""
+    text = """
+id: nul
+name: A NUL from a peer
+vars: {seen: ""}
+steps:
+  - id: read
+    action: test.read
+    with: {value: "cmd.exe\\u0000/c whoami"}
+    out: {seen: "{{ output.value }}"}
+  - {id: after, action: core.echo, with: {value: "{{ seen }}"}}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            view = await harness.run(text)
+        assert view.status == "succeeded", view.error
+        assert view.variables["seen"] == "cmd.exe\ufffd/c whoami"
+        (read,) = [s for s in view.steps if s.key == "read"]
+        assert read.output["value"] == "cmd.exe\ufffd/c whoami"
+
+    asyncio.run(scenario())
