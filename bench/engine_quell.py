@@ -15,7 +15,8 @@ when embedded, by polling the ``runs`` table every 2 ms on PostgreSQL). ``steps_
 journal rows (step attempts: 4 for a benign alert, 5 for a malicious one); ``cpu_ms_per_run`` is
 the CPU time of the process(es) running the engine (the load generator included when embedded,
 PostgreSQL's own processes never); ``peak_rss_mb`` is their peak resident memory (summed over
-the workers on PostgreSQL).
+the workers on PostgreSQL). Both modes run on the event loop Quell's own processes take
+(``QUELL_EVENT_LOOP``, default ``auto``: uvloop where installed); ``event_loop`` names it.
 """
 
 from __future__ import annotations
@@ -348,6 +349,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/quell")
     args = parser.parse_args(argv)
     data_dir = tempfile.mkdtemp(prefix="quell-bench-")
+    from quell import aio
+    from quell.settings import EventLoop
+
+    loop = EventLoop(os.environ.get("QUELL_EVENT_LOOP", "auto"))
     try:
         if args.mode == "postgres":
             schema, url = _fresh_schema(args.postgres_url)
@@ -356,9 +361,12 @@ def main(argv: list[str]) -> int:
             finally:
                 _drop_schema(args.postgres_url, schema)
         else:
-            result = asyncio.run(_embedded(args, data_dir))
+            # On the loop `quell serve` runs on (uvicorn takes uvloop where installed), as
+            # `quell worker` does in the PostgreSQL mode.
+            result = aio.run(_embedded(args, data_dir), loop)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+    result["event_loop"] = aio.loop_name(loop)
     print(orjson.dumps({"mode": args.mode, **result}).decode(), flush=True)
     return 0
 

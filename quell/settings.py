@@ -62,6 +62,18 @@ class SqliteSynchronous(StrEnum):
     FULL = "full"
 
 
+class EventLoop(StrEnum):
+    """The asyncio event loop Quell's processes run on (see :mod:`quell.aio`).
+
+    ``auto`` takes uvloop where it is installed (Linux and macOS, with CPython), else asyncio's
+    own loop; ``uvloop`` insists on it (an error where it is missing).
+    """
+
+    AUTO = "auto"
+    ASYNCIO = "asyncio"
+    UVLOOP = "uvloop"
+
+
 def find_checkout(start: Path) -> Path | None:
     """The root of a Quell source checkout containing ``start``, if there is one."""
     for folder in (start, *start.parents):
@@ -151,6 +163,11 @@ class Settings(BaseSettings):
     public_url: str = Field(
         default="http://127.0.0.1:8470",
         description="How others reach this server (callback links are built on it).",
+    )
+    event_loop: EventLoop = Field(
+        default=EventLoop.AUTO,
+        description="auto (uvloop where installed, else asyncio), asyncio or uvloop: the loop "
+        "`quell serve`, `quell worker` and the CLI's engine run on.",
     )
 
     @field_validator("plugins", "outbound_allow", mode="before")

@@ -57,6 +57,7 @@ def serve(runtime: Runtime, sock: socket.socket, *, embedded_worker: bool | None
     With ``embedded_worker`` (default: the ``embedded_worker`` setting) the same process runs
     playbooks too; on shutdown it hands the runs it still holds back to the database.
     """
+    from quell.aio import loop_name
     from quell.api.app import create_app  # the whole API, only when serving
 
     if embedded_worker is None:
@@ -70,6 +71,7 @@ def serve(runtime: Runtime, sock: socket.socket, *, embedded_worker: bool | None
     )
     config = uvicorn.Config(
         app,
+        loop=loop_name(runtime.settings.event_loop),
         host=host,
         port=port,
         log_config=None,  # Quell's logging is already set up

@@ -203,7 +203,12 @@ def run(
     _check_inputs(playbook, inputs)
     run_id = new_id("run")
     if wait:
-        view = asyncio.run(_run_here(runtime, version.id, inputs, run_id, dry_run, timeout))
+        from quell import aio
+
+        view = aio.run(
+            _run_here(runtime, version.id, inputs, run_id, dry_run, timeout),
+            runtime.settings.event_loop,
+        )
     else:
         view = _enqueue(runtime, version.id, inputs, run_id, dry_run)
     if as_json:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from quell import aio
 from quell.engine.engine import Engine
 from quell.engine.triggers import Dispatcher
 
@@ -56,7 +57,7 @@ def run_worker(runtime: Runtime, *, concurrency: int | None = None) -> None:
             loop.add_signal_handler(signum, stop.set)
         await serve_worker(runtime, stop, **options)
 
-    asyncio.run(main())
+    aio.run(main(), runtime.settings.event_loop)
 
 
 __all__ = ["attach_dispatcher", "run_worker", "serve_worker"]

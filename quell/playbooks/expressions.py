@@ -465,6 +465,7 @@ class Expression:
     steps: frozenset[str]  # the step ids it reads through ``steps.<id>``
     _function: Callable[[Mapping[str, Any]], Any]
     path: tuple[str, ...] | None = None  # set when the expression is a plain key path
+    literal: bool = False  # a dict or list literal of constants and key paths
 
     def evaluate(
         self, scope: Mapping[str, Any], *, now: Callable[[], datetime] | None = None
@@ -472,6 +473,8 @@ class Expression:
         """The expression's value in ``scope``; ExpressionError on failure."""
         if self.path is not None:  # a plain lookup: no call, no deadline, no new data
             return _walk(self.path, scope)
+        if self.literal:  # built from the scope: no call, no deadline; new data, so sized
+            return _check_size(self._function(scope), self.where)
         token = _deadline.set(time.monotonic() + DEADLINE)
         clock = _clock_now.set(now) if now is not None else None
         try:
@@ -550,15 +553,18 @@ def compile_expression(source: str, where: str = "expression") -> Expression:
     _check_callables(parser_tree, where)
     names, steps = _references(parser_tree)
     path = _simple_path(text)
-    function: Callable[[Mapping[str, Any]], Any]
+    function: Callable[[Mapping[str, Any]], Any] | None = None
     if path is not None:
         function = functools.partial(_walk, path)
     else:
+        function = _literal(_only_expression(parser_tree))
+    if function is not None:
+        return Expression(source, where, names, steps, function, path, literal=path is None)
 
-        def function(scope: Mapping[str, Any]) -> Any:
-            return compiled(**scope)
+    def jinja(scope: Mapping[str, Any]) -> Any:
+        return compiled(**scope)
 
-    return Expression(source, where, names, steps, function, path)
+    return Expression(source, where, names, steps, jinja)
 
 
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -574,6 +580,57 @@ def _simple_path(text: str) -> tuple[str, ...] | None:
     if parts[0] in FUNCTIONS or any(part in _NOT_KEYS for part in parts):
         return None
     return parts
+
+
+def _only_expression(tree: nodes.Template) -> nodes.Expr | None:
+    """The expression of a parsed ``{{ expression }}``."""
+    if len(tree.body) == 1 and isinstance(tree.body[0], nodes.Output):
+        parts = tree.body[0].nodes
+        if len(parts) == 1 and not isinstance(parts[0], nodes.TemplateData):
+            return parts[0]
+    return None
+
+
+def _node_path(node: nodes.Expr) -> tuple[str, ...] | None:
+    """``a.b.c`` (names and attributes only) as its parts, when it is a plain key path."""
+    parts: list[str] = []
+    while isinstance(node, nodes.Getattr):
+        parts.append(node.attr)
+        node = node.node
+    if not isinstance(node, nodes.Name):
+        return None
+    return _simple_path(".".join([node.name, *reversed(parts)]))
+
+
+def _literal(node: nodes.Expr | None) -> Callable[[Mapping[str, Any]], Any] | None:
+    """A builder for a literal made of constants, key paths, dicts and lists (``{'ip': src,
+    'hits': [a.b, 1]}``): its value straight from the scope, as Jinja would compute it, without
+    a template context per call. None for anything else (Jinja evaluates it)."""
+    if isinstance(node, nodes.Const):
+        value = node.value
+        if value is None or isinstance(value, str | int | float | bool):
+            return lambda _scope: value
+        return None
+    if isinstance(node, nodes.Name | nodes.Getattr):
+        path = _node_path(node)
+        return None if path is None else functools.partial(_walk, path)
+    if isinstance(node, nodes.Dict):
+        pairs: list[tuple[str, Callable[[Mapping[str, Any]], Any]]] = []
+        for pair in node.items:
+            build = _literal(pair.value)
+            if not (isinstance(pair.key, nodes.Const) and isinstance(pair.key.value, str)):
+                return None
+            if build is None:
+                return None
+            pairs.append((pair.key.value, build))
+        return lambda scope: {key: build(scope) for key, build in pairs}
+    if isinstance(node, nodes.List | nodes.Tuple):
+        items = [_literal(item) for item in node.items]
+        if any(build is None for build in items):
+            return None
+        builders = cast(list[Callable[[Mapping[str, Any]], Any]], items)
+        return lambda scope: [build(scope) for build in builders]
+    return None
 
 
 def _walk(path: tuple[str, ...], scope: Mapping[str, Any]) -> Any:

@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from quell import aio
 from quell.clock import ManualClock
 from quell.connectors.registry import Registry
 from quell.engine.engine import Engine
@@ -178,7 +179,7 @@ class PlaybookTest:
 
     def run(self, cases: Sequence[Case]) -> list[CaseResult]:
         """Run the cases, one after another."""
-        return asyncio.run(self.run_async(cases))
+        return aio.run(self.run_async(cases))
 
     async def run_async(self, cases: Sequence[Case]) -> list[CaseResult]:
         """Run the cases on a database that lives as long as this call."""

@@ -5,8 +5,9 @@ checked before a connection is made: loopback, private, link-local (cloud metada
 169.254.169.254), multicast, reserved and unspecified addresses are refused unless the
 configuration allows them (``QUELL_OUTBOUND_ALLOW``: networks such as ``10.20.0.0/16`` or host
 names such as ``edr.corp.example``). The check sits in the client's resolver, so the addresses
-checked are the very addresses connected to (a DNS answer cannot change in between), and a
-request to a literal address is checked before it starts; redirect targets pass the same way.
+checked are the very addresses connected to (a DNS answer cannot change in between), and in
+its connector, which sees every request (redirect hops included) before it gets a connection,
+so a literal address is checked too.
 A refused request raises :class:`OutboundBlocked` naming the host, never the URL's query.
 
 aiohttp rather than httpx on this path: a containment call is on every run's critical path, and
@@ -22,8 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import ClientRequest
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.connector import Connection
 from aiohttp.resolver import DefaultResolver
+from aiohttp.tracing import Trace
 from yarl import URL
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -31,8 +35,13 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 
 
-class OutboundBlocked(OSError):
-    """A request to a destination the outbound policy refuses."""
+class OutboundBlocked(aiohttp.ClientOSError):
+    """A request to a destination the outbound policy refuses.
+
+    An ``OSError`` and an aiohttp ``ClientError``: aiohttp lets it through as it is when the
+    connector refuses a URL, and wraps it (as the ``__cause__``) when the resolver refuses
+    what a name resolved to.
+    """
 
 
 @dataclass(frozen=True)
@@ -106,28 +115,46 @@ def _check_url(policy: OutboundPolicy, url: URL) -> None:
     policy.check(host, address)
 
 
+class GuardedConnector(aiohttp.TCPConnector):
+    """A pooled connector that checks each request's URL before it gets a connection.
+
+    Every request goes through :meth:`connect`, redirect hops included, whether a pooled
+    connection serves it or a new one is opened, so a literal address (which aiohttp never
+    resolves) is checked as surely as a name (which the resolver checks). Allowed scheme and
+    host pairs are remembered, so a peer called again costs a dictionary lookup.
+    """
+
+    _REMEMBERED = 4096
+
+    def __init__(self, policy: OutboundPolicy, **options: Any) -> None:
+        super().__init__(resolver=GuardedResolver(policy), **options)
+        self.policy = policy
+        self._allowed: set[tuple[str, str]] = set()
+
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> Connection:
+        """Check the destination, then connect as usual."""
+        url = req.url
+        seen = (url.scheme, url.host or "")
+        if seen not in self._allowed:
+            _check_url(self.policy, url)
+            if len(self._allowed) >= self._REMEMBERED:
+                self._allowed.clear()
+            self._allowed.add(seen)
+        return await super().connect(req, traces, timeout)
+
+
 def guard(policy: OutboundPolicy) -> aiohttp.ClientSession:
     """A pooled session whose every destination passes the outbound policy (in a loop)."""
-
-    async def on_start(
-        _session: Any, _context: Any, params: aiohttp.TraceRequestStartParams
-    ) -> None:
-        _check_url(policy, params.url)
-
-    async def on_redirect(
-        _session: Any, _context: Any, params: aiohttp.TraceRequestRedirectParams
-    ) -> None:
-        location = params.response.headers.get("Location")
-        if location:
-            _check_url(policy, params.url.join(URL(location)))
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(on_start)
-    trace.on_request_redirect.append(on_redirect)
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy), limit=200)
     return aiohttp.ClientSession(
-        connector=connector, trace_configs=[trace], timeout=DEFAULT_TIMEOUT, raise_for_status=False
+        connector=GuardedConnector(policy, limit=200),
+        timeout=DEFAULT_TIMEOUT,
+        raise_for_status=False,
     )
 
 
-__all__ = ["GuardedResolver", "OutboundBlocked", "OutboundPolicy", "guard"]
+__all__ = ["GuardedConnector", "GuardedResolver", "OutboundBlocked", "OutboundPolicy", "guard"]

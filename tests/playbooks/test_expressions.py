@@ -147,3 +147,49 @@ def test_an_unknown_filter_or_test_is_refused_when_compiled_even_in_a_branch() -
 def test_a_failure_while_evaluating_is_an_expression_error_naming_where() -> None:
     with pytest.raises(ExpressionError, match=r"^if: "):
         compile_expression("alert.severity_id()", "if").evaluate(SCOPE, now=lambda: NOW)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "alert.src.ip",
+        "alert.missing.deeper",
+        "steps.lookup.output",
+        "{'ip': alert.src.ip, 'verdict': steps.lookup.output.verdict, 'n': 3, 'none': none}",
+        "{'nested': {'list': [alert.severity_id, 'x', 1.5, true]}, 'gone': alert.nope}",
+        "[alert.src.ip, (steps.lookup.status, alert.severity_id), []]",
+        "{}",
+        "{'a': 1, 'a': alert.severity_id}",
+    ],
+)
+def test_paths_and_literals_built_without_jinja_equal_jinja(source: str) -> None:
+    """Key paths and literals of them skip Jinja's template context; what they give must be
+    what Jinja gives for the same source."""
+    from quell.playbooks.expressions import _ENV, _plain
+
+    fast = compile_expression(source)
+    assert fast.path is not None or fast.literal, "expected a path or a literal"
+    jinja = _ENV.compile_expression(source, undefined_to_none=False)
+    assert fast.evaluate(SCOPE) == _plain(jinja(**SCOPE))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{'a': alert.src.ip | upper}",  # a filter
+        "[alert.items]",  # a dict's method, not a key
+        "{'a': steps['lookup']}",  # a subscript
+        "{alert.src.ip: 1}",  # a computed key
+        "[now()]",  # a call
+    ],
+)
+def test_anything_else_in_a_literal_is_left_to_jinja(source: str) -> None:
+    compiled = compile_expression(source)
+    assert compiled.path is None
+    assert not compiled.literal
+
+
+def test_a_literal_over_the_size_limit_is_refused() -> None:
+    scope = {"big": "x" * 600_000}
+    with pytest.raises(ExpressionError, match="larger than"):
+        compile_expression("[big, big]").evaluate(scope)
