@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -60,6 +61,12 @@ class Response(ActionOutput):
     text: str | None = None
 
 
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """The request's timeout (immutable, so one per value serves every request)."""
+    return aiohttp.ClientTimeout(total=seconds)
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -109,7 +116,7 @@ class Http(Connector):
                 params=params.params or None,
                 data=data,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=params.timeout),
+                timeout=_timeout(params.timeout),
             ) as response:
                 status = response.status
                 content = await response.content.read(MAX_BODY)

@@ -110,6 +110,7 @@ class ActionRunner:
         self._http: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._buckets: dict[str, _Bucket] = {}
+        self._gates: dict[str, list[_Gate]] = {}  # by action key: its limits, built once
 
     def action(self, key: str) -> ActionDef:
         """The action ``key`` (NotFound when unknown)."""
@@ -174,29 +175,43 @@ class ActionRunner:
     ) -> dict[str, Any]:
         """Call the action (at most ``limit`` seconds); its output as data, or an ActionError."""
         method = getattr(self._instance(definition), definition.method)
+        gates = self._gates.get(definition.key)
+        if gates is None:
+            gates = self._gates[definition.key] = self._limits_of(definition)
+        if not gates:  # no limits: nothing to take or give back
+            return _plain(await self._invoke(definition, method, params, ctx, limit))
         # A slot is held for a while and extended while the call runs: a dead worker's slot
         # is free again within a hold.
-        async with self._limited(definition, _SLOT_HOLD):
-            try:
-                if limit is None:
-                    result = await method(ctx, params)
-                else:
-                    async with asyncio.timeout(limit):
-                        result = await method(ctx, params)
-            except TimeoutError:
-                raise TransientError(
-                    f"{definition.key}: no answer within {limit:g}s", code="timeout"
-                ) from None
-            except ActionError:
-                raise
-            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a connector's bug fails its step only
-                log.error("action_crashed", action=definition.key, error=type(exc).__name__)
-                raise ActionError(
-                    f"{definition.key} raised {type(exc).__name__}", code="connector_error"
-                ) from None
+        async with _Limit(gates, self.limits, _SLOT_HOLD):
+            result = await self._invoke(definition, method, params, ctx, limit)
         return _plain(result)
+
+    @staticmethod
+    async def _invoke(
+        definition: ActionDef,
+        method: Any,
+        params: BaseModel | None,
+        ctx: ActionContext,
+        limit: float | None,
+    ) -> Any:
+        try:
+            if limit is None:
+                return await method(ctx, params)
+            async with asyncio.timeout(limit):
+                return await method(ctx, params)
+        except TimeoutError:
+            raise TransientError(
+                f"{definition.key}: no answer within {limit:g}s", code="timeout"
+            ) from None
+        except ActionError:
+            raise
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a connector's bug fails its step only
+            log.error("action_crashed", action=definition.key, error=type(exc).__name__)
+            raise ActionError(
+                f"{definition.key} raised {type(exc).__name__}", code="connector_error"
+            ) from None
 
     async def reconcile(
         self, definition: ActionDef, params: BaseModel | None, ctx: ActionContext
@@ -216,25 +231,29 @@ class ActionRunner:
             return Reconciliation(Landed.UNKNOWN, detail="reconcile returned no Reconciliation")
         return answer
 
-    def _limited(self, definition: ActionDef, hold: timedelta) -> _Limit:
+    def _limits_of(self, definition: ActionDef) -> list[_Gate]:
         """The connector's limits, then the action's: always taken in that order."""
         connector = definition.connector
         gates = [
             self._gate(f"connector:{connector.name}", connector.concurrency, connector.rate),
             self._gate(definition.key, definition.meta.concurrency, definition.meta.rate),
         ]
-        return _Limit([gate for gate in gates if gate is not None], self.limits, hold)
+        return [gate for gate in gates if gate is not None]
 
     def _gate(self, key: str, concurrency: int | None, rate_text: str | None) -> _Gate | None:
         if not concurrency and not rate_text:
             return None
         slot = None
         if concurrency:
-            slot = self._slots.setdefault(key, asyncio.Semaphore(concurrency))
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = asyncio.Semaphore(concurrency)
         rate = parse_rate(rate_text) if rate_text else None
         bucket = None
         if rate is not None and self.limits is None:
-            bucket = self._buckets.setdefault(key, _Bucket(rate, max(1.0, rate)))
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = _Bucket(rate, max(1.0, rate))
         return _Gate(key, slot, concurrency, rate, bucket)
 
     async def aclose(self) -> None:

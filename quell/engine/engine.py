@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+CLAIM_STOP_WAIT = 10.0  # seconds a stopping engine waits for the claim it has in flight
+
 
 def worker_name() -> str:
     """This process's owner name for leases: host, pid and a random tail."""
@@ -104,6 +106,7 @@ class Engine:
         self.compiled: dict[int, tuple[Any, Any]] = {}
         self.finished: dict[str, set[asyncio.Future[RunStatus]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._by_run: dict[str, asyncio.Task[Any]] = {}  # the task executing each run here
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -231,7 +234,7 @@ class Engine:
         )
         # The run's own records queue behind its creation, so it may start at once; the
         # caller hears of the run only once it is committed.
-        self._spawn(self._execute_fresh(info))
+        self._spawn(self._execute_fresh(info), run_id)
         await self.journal.write(created)
         return run_id
 
@@ -280,8 +283,9 @@ class Engine:
             await self.__aenter__()
         from quell.engine.notify import listen
 
+        halt = asyncio.Event()  # the claim loop's own stop (set after ``stop``, or on cancel)
+        claiming = asyncio.create_task(self._claim_loop(halt), name="engine-claim")
         loops = [
-            asyncio.create_task(self._claim_loop(stop), name="engine-claim"),
             asyncio.create_task(self._renew_loop(stop), name="engine-renew"),
             asyncio.create_task(self._tick_loop(stop), name="engine-tick"),
             asyncio.create_task(listen(self.db, self.wake, stop), name="engine-listen"),
@@ -291,7 +295,16 @@ class Engine:
         finally:
             for task in loops:
                 task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            # The claim loop is not cancelled: a claim already sent on its thread would commit
+            # anyway, after the engine stopped and handed its runs back, and hold those runs
+            # for nobody until their leases ran out. It ends after the claim in flight, whose
+            # runs are in its tasks (and handed back by shutdown).
+            halt.set()
+            self.wake()
+            _done, late = await asyncio.wait({claiming}, timeout=CLAIM_STOP_WAIT)
+            for task in late:  # a database that does not answer: its lease will tell
+                task.cancel()
+            await asyncio.gather(claiming, *loops, return_exceptions=True)
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop executing: what is in flight is cancelled and its runs handed back."""
@@ -336,8 +349,11 @@ class Engine:
                 except Exception as exc:  # noqa: BLE001 - the database may be back next time
                     log.warning("claim_failed", error=type(exc).__name__)
             for item in claimed:
-                if item.id not in self.active:
-                    self._spawn(self._execute_claimed(item))
+                stale = self._by_run.get(item.id)
+                if stale is None or stale.done():
+                    self._spawn(self._execute_claimed(item), item.id)
+                else:
+                    self._spawn(self._take_over(stale, item), item.id)
             if len(self._tasks) >= self.concurrency:
                 self._full = True  # _done wakes us once half of these have ended
             elif claimed and len(claimed) >= min(free, 256):
@@ -383,17 +399,32 @@ class Engine:
 
     # -- executing ----------------------------------------------------------------------------
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any, run_id: str) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        self._by_run[run_id] = task
+        task.add_done_callback(functools.partial(self._done, run_id))
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def _done(self, run_id: str, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        if self._by_run.get(run_id) is task:
+            del self._by_run[run_id]
         # Full a moment ago and half empty now: look for more work without waiting for a poll.
         if self._full and len(self._tasks) <= self.concurrency // 2 and self._wakeup is not None:
             self._full = False
             self._wakeup.set()
+
+    async def _take_over(self, stale: asyncio.Task[Any], claimed: Claimed) -> None:
+        """This engine claimed a run it is still executing: the lease ran out under that
+        execution (a loop stalled, or renewals failed, for a whole lease). Its writes are fenced
+        off now, so it is stopped as a crash would stop it, and the run goes on from its
+        journal under the new claim (a write that was in flight is reconciled, as after a
+        crash). Ignoring the claim would leave the run held by nobody until its new lease ran
+        out."""
+        log.warning("run_reclaimed", run=claimed.id)
+        stale.cancel()
+        await asyncio.gather(stale, return_exceptions=True)
+        await self._execute_claimed(claimed)
 
     async def _execute_claimed(self, claimed: Claimed) -> None:
         journal: list[Any] = []

@@ -233,6 +233,19 @@ class RunStore:
         """Take up to ``limit`` runs that are ready, or whose lease expired."""
         if limit <= 0:
             return []
+        with self.db.write() as conn:
+            # Read the time once the write lock is held: a claim that waited for the lock
+            # still gives a whole lease.
+            return self._claim(conn, owner, limit, lease, roots)
+
+    def _claim(
+        self,
+        conn: Connection,
+        owner: str,
+        limit: int,
+        lease: timedelta,
+        roots: Sequence[str] | None,
+    ) -> list[Claimed]:
         now = self.clock.now()
         candidates = (
             select(runs.c.id)
@@ -263,8 +276,7 @@ class RunStore:
             )
             .returning(*runs.c)
         )
-        with self.db.write() as conn:
-            return [Claimed(row.id, row.lease_epoch, row) for row in conn.execute(statement)]
+        return [Claimed(row.id, row.lease_epoch, row) for row in conn.execute(statement)]
 
     def renew(self, owner: str, lease: timedelta, run_ids: Sequence[str]) -> dict[str, str | None]:
         """Extend the leases of the runs this worker is executing (only those: a run it holds

@@ -639,7 +639,7 @@ def _walk(path: tuple[str, ...], scope: Mapping[str, Any]) -> Any:
     such paths (``alert.src.ip``, ``steps.lookup.output.verdict``)."""
     value: Any = scope.get(path[0])
     for part in path[1:]:
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):  # dict: the common case
             return None
         value = value.get(part)
     return value
@@ -724,12 +724,15 @@ def render_value(
     value: Any, scope: Mapping[str, Any], *, now: Callable[[], datetime] | None = None
 ) -> Any:
     """A compiled value (see :func:`compile_value`) filled in from ``scope``."""
+    kind = type(value)
+    if kind is Template:
+        return value.render(scope, now=now)
+    if kind is dict or isinstance(value, dict):
+        return {key: render_value(item, scope, now=now) for key, item in value.items()}
+    if kind is list or isinstance(value, list):
+        return [render_value(item, scope, now=now) for item in value]
     if isinstance(value, Template):
         return value.render(scope, now=now)
-    if isinstance(value, dict):
-        return {key: render_value(item, scope, now=now) for key, item in value.items()}
-    if isinstance(value, list):
-        return [render_value(item, scope, now=now) for item in value]
     return value
 
 

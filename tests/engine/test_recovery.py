@@ -127,6 +127,44 @@ steps:
     asyncio.run(scenario())
 
 
+def test_a_worker_that_claims_its_own_stalled_run_goes_on_with_it(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """The lease ran out under a run this very engine still executes (a stalled loop): its
+    claim loop takes the run again. The stale execution is stopped and the run goes on under
+    the new claim at once, instead of being held by nobody until the new lease runs out."""
+    text = """
+id: stalled
+name: Stalled
+steps:
+  - {id: slow, action: test.read, with: {value: 1, hold: true}}
+  - {id: write, action: test.contain, with: {target: ws-9}}
+"""
+
+    async def scenario() -> None:
+        Peer.entered, Peer.release = asyncio.Event(), asyncio.Event()
+        async with Harness(runtime, lease=60, owner="worker-a") as only:
+            run_id = await only.start(text)
+            await asyncio.wait_for(Peer.entered.wait(), 10)
+            Peer.entered = asyncio.Event()
+            clock.advance(timedelta(seconds=61))  # the lease runs out under the call
+            await asyncio.wait_for(Peer.entered.wait(), 10)  # the same engine took it again
+            Peer.release.set()
+            done = await only.settle(run_id, until=ENDED)
+        assert done.status == "succeeded", done.error
+        key = f"{run_id}:slow"
+        assert Peer.calls[key] == 2  # a read, simply read again under the new claim
+        assert [(s.key, s.attempt, s.status) for s in done.steps] == [
+            ("slow", 1, "succeeded"), ("write", 1, "succeeded")
+        ]  # fmt: skip
+        assert list(Peer.applied.values()) == ["ws-9"]
+        with runtime.db.read() as conn:
+            epoch = conn.execute(select(runs.c.lease_epoch).where(runs.c.id == run_id)).scalar()
+        assert epoch == 2
+
+    asyncio.run(scenario())
+
+
 def test_a_failed_queued_write_stops_its_run_instead_of_leaving_a_hole(runtime: Runtime) -> None:
     """A success is queued, not awaited; if its write fails, the run may not go on past it."""
 
