@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
@@ -138,6 +139,57 @@ class Registry:
         return self.actions.keys()
 
 
+def describe_action(definition: ActionDef) -> dict[str, Any]:
+    """An action as the CLI and the API show it: what it does, its risk, its schemas."""
+    meta = definition.meta
+    return {
+        "key": definition.key,
+        "title": meta.title,
+        "description": inspect.getdoc(getattr(definition.connector, definition.method)) or "",
+        "risk": meta.risk.value,
+        "idempotent": meta.idempotent,
+        "supports_dry_run": meta.supports_dry_run,
+        "reverts": f"{definition.connector.name}.{meta.reverts}" if meta.reverts else None,
+        "reconcile": meta.reconcile is not None,
+        "openc2": (
+            dict(zip(("action", "target", "profile"), meta.openc2, strict=True))
+            if meta.openc2
+            else None
+        ),
+        "concurrency": meta.concurrency,
+        "rate": meta.rate,
+        "input_schema": (
+            definition.input_model.model_json_schema(by_alias=True)
+            if definition.input_model is not None
+            else None
+        ),
+        "output_schema": (
+            definition.output_model.model_json_schema(by_alias=True, mode="serialization")
+            if definition.output_model is not None
+            else None
+        ),
+    }
+
+
+def describe_connector(registry: Registry, connector: type[Connector]) -> dict[str, Any]:
+    """A connector: its config schema, declared secrets, limits and actions."""
+    return {
+        "name": connector.name,
+        "title": connector.title,
+        "description": inspect.getdoc(connector) or "",
+        "config_schema": connector.Config.model_json_schema() if connector.Config else None,
+        "secrets": list(connector.secrets),
+        "concurrency": connector.concurrency,
+        "rate": connector.rate,
+        "health_check": connector.has_health_check(),
+        "actions": [
+            describe_action(found)
+            for key, found in sorted(registry.actions.items())
+            if found.connector is connector
+        ],
+    }
+
+
 def _import(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
@@ -147,4 +199,4 @@ def _import(name: str) -> ModuleType:
         ) from None
 
 
-__all__ = ["ENTRY_POINT_GROUP", "ActionDef", "Registry"]
+__all__ = ["ENTRY_POINT_GROUP", "ActionDef", "Registry", "describe_action", "describe_connector"]

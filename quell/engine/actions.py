@@ -28,8 +28,11 @@ import aiohttp
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from quell.connectors.instances import InstanceService, Resolved, default_config
 from quell.connectors.registry import ActionDef, Registry
 from quell.engine.limits import SharedLimits
+from quell.errors import QuellError
+from quell.ids import new_id
 from quell.sdk import ActionContext, ActionError, Connector, Landed, Reconciliation, SecretValue
 from quell.sdk.errors import PermanentError, TransientError
 from quell.sdk.http import OutboundPolicy, guard
@@ -37,6 +40,7 @@ from quell.sdk.http import OutboundPolicy, guard
 log = structlog.get_logger(__name__)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 _SLOT_HOLD = timedelta(minutes=2)  # a cluster slot's hold, extended while its call runs
+_RESOLVE_TTL = 5.0  # seconds an instance's configuration is used before it is read again
 
 
 def _env_name(connector: str, secret: str) -> str:
@@ -100,13 +104,18 @@ class ActionRunner:
         secrets: EnvSecrets | None = None,
         outbound: OutboundPolicy | None = None,
         limits: SharedLimits | None = None,
+        instances: InstanceService | None = None,
     ) -> None:
         self.registry = registry
+        # Configured instances (settings and sealed secrets in the database); without them,
+        # every connector runs unconfigured, with secrets from the environment only.
+        self.instances = instances
+        self._resolved: dict[tuple[str, str | None], tuple[float, Resolved]] = {}
         self.secrets = secrets or EnvSecrets()
         self.outbound = outbound or OutboundPolicy()
         # Caps and rates in the database bind every worker; without it, this process only.
         self.limits = limits
-        self._instances: dict[str, Connector] = {}
+        self._instances: dict[tuple[str, str], Connector] = {}  # by connector and instance
         self._http: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._buckets: dict[str, _Bucket] = {}
@@ -116,13 +125,36 @@ class ActionRunner:
         """The action ``key`` (NotFound when unknown)."""
         return self.registry.get(key)
 
-    def _instance(self, definition: ActionDef) -> Connector:
-        name = definition.connector.name
-        found = self._instances.get(name)
-        if found is None:
-            config_model = definition.connector.Config
-            config = config_model() if config_model is not None else None
-            found = self._instances[name] = definition.connector(config)
+    async def resolve(self, definition: ActionDef, instance: str | None = None) -> Resolved:
+        """The instance an action of ``definition`` runs against (read again every few
+        seconds, so a changed configuration takes effect without a restart); PermanentError
+        when it cannot be (an unknown or disabled instance, a connector that needs one)."""
+        key = (definition.connector.name, instance)
+        now = time.monotonic()
+        cached = self._resolved.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            if self.instances is None:
+                resolved = Resolved(
+                    definition.connector.name, default_config(definition.connector), {}, False
+                )
+            else:
+                resolved = await asyncio.to_thread(
+                    self.instances.resolve, definition.connector, instance
+                )
+        except QuellError as exc:
+            raise PermanentError(exc.message, code="connector_config") from None
+        self._resolved[key] = (now + _RESOLVE_TTL, resolved)
+        return resolved
+
+    async def _instance(self, definition: ActionDef, resolved: Resolved) -> Connector:
+        key = (definition.connector.name, resolved.name)
+        found = self._instances.get(key)
+        if found is None or found.config != resolved.config:
+            if found is not None:  # its configuration changed: a fresh one from now on
+                await found.aclose()
+            found = self._instances[key] = definition.connector(resolved.config)
         return found
 
     def _client(self) -> aiohttp.ClientSession:
@@ -130,7 +162,7 @@ class ActionRunner:
             self._http = guard(self.outbound)
         return self._http
 
-    def context(
+    async def context(
         self,
         definition: ActionDef,
         *,
@@ -139,17 +171,24 @@ class ActionRunner:
         attempt: int,
         idempotency_key: str,
         dry_run: bool,
+        instance: str | None = None,
     ) -> ActionContext:
-        """The context an attempt is called with."""
+        """The context an attempt is called with: the instance's secrets over the
+        environment's; PermanentError when the instance cannot be resolved."""
+        resolved = await self.resolve(definition, instance)
+        secrets = self.secrets.for_connector(definition.connector)
+        if resolved.secrets:
+            secrets = {**secrets, **resolved.secrets}
         return ActionContext(
             run_id=run_id,
             step_id=step_key,
             attempt=attempt,
             idempotency_key=idempotency_key,
             dry_run=dry_run,
-            secrets=self.secrets.for_connector(definition.connector),
+            secrets=secrets,
             http=self._client(),
             log_context={"action": definition.key, "run": run_id, "step": step_key},
+            instance=resolved.name if resolved.configured else "",
         )
 
     def validate(self, definition: ActionDef, inputs: Mapping[str, Any]) -> BaseModel | None:
@@ -174,7 +213,8 @@ class ActionRunner:
         limit: float | None = None,
     ) -> dict[str, Any]:
         """Call the action (at most ``limit`` seconds); its output as data, or an ActionError."""
-        method = getattr(self._instance(definition), definition.method)
+        resolved = await self.resolve(definition, ctx.instance or None)
+        method = getattr(await self._instance(definition, resolved), definition.method)
         gates = self._gates.get(definition.key)
         if gates is None:
             gates = self._gates[definition.key] = self._limits_of(definition)
@@ -213,6 +253,72 @@ class ActionRunner:
                 f"{definition.key} raised {type(exc).__name__}", code="connector_error"
             ) from None
 
+    async def run_once(
+        self,
+        key: str,
+        inputs: Mapping[str, Any],
+        *,
+        dry_run: bool = False,
+        instance: str | None = None,
+        actor: str = "unknown",
+        limit: float | None = 60.0,
+    ) -> dict[str, Any]:
+        """Call one action by hand (``quell action run``, ``POST /api/actions/{key}/run``):
+        the same validation, instance, secrets, limits and SSRF guard as in a run. In dry-run a
+        write that cannot pretend is not called; its validated input is returned instead."""
+        definition = self.action(key)
+        params = self.validate(definition, inputs)
+        call_id = new_id("act")
+        log.info("action_run_by_hand", action=key, actor=actor, dry_run=dry_run, call=call_id)
+        if dry_run and not definition.is_read and not definition.meta.supports_dry_run:
+            sent = params.model_dump(mode="json", by_alias=True) if params is not None else {}
+            return {"simulated": True, "action": key, "input": sent}
+        ctx = await self.context(
+            definition,
+            run_id=call_id,
+            step_key=key,
+            attempt=1,
+            idempotency_key=f"{call_id}:{key}:1",
+            dry_run=dry_run,
+            instance=instance,
+        )
+        return await self.call(definition, params, ctx, limit=limit)
+
+    async def health(
+        self, connector: type[Connector], instance: str | None = None, limit: float = 30.0
+    ) -> str:
+        """Run the connector's health check against its instance; what was checked, or an
+        ActionError saying what failed."""
+        if not connector.has_health_check():
+            return f"{connector.name} declares no health check"
+        keys = [key for key, found in self.registry.actions.items() if found.connector is connector]
+        if not keys:
+            raise PermanentError(f"{connector.name} has no actions")
+        definition = self.registry.actions[keys[0]]
+        ctx = await self.context(
+            definition,
+            run_id=new_id("act"),
+            step_key="health",
+            attempt=1,
+            idempotency_key="health",
+            dry_run=True,
+            instance=instance,
+        )
+        resolved = await self.resolve(definition, ctx.instance or None)
+        target = await self._instance(definition, resolved)
+        try:
+            async with asyncio.timeout(limit):
+                return await target.health(ctx)
+        except TimeoutError:
+            raise TransientError(f"{connector.name}: no answer within {limit:g}s") from None
+        except ActionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a connector's bug is a failed check
+            raise ActionError(
+                f"{connector.name} health check raised {type(exc).__name__}",
+                code="connector_error",
+            ) from None
+
     async def reconcile(
         self, definition: ActionDef, params: BaseModel | None, ctx: ActionContext
     ) -> Reconciliation:
@@ -220,7 +326,11 @@ class ActionRunner:
         hook = definition.meta.reconcile
         if hook is None:
             return Reconciliation(Landed.UNKNOWN, detail=f"{definition.key} has no reconcile hook")
-        method = getattr(self._instance(definition), hook)
+        try:
+            resolved = await self.resolve(definition, ctx.instance or None)
+        except ActionError as exc:
+            return Reconciliation(Landed.UNKNOWN, detail=f"reconcile could not run: {exc.message}")
+        method = getattr(await self._instance(definition, resolved), hook)
         try:
             answer = await method(ctx, params)
         except ActionError as exc:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from quell.clock import Clock
+from quell.connectors.instances import InstanceService
 from quell.connectors.registry import Registry
 from quell.engine.actions import ActionRunner, EnvSecrets
 from quell.engine.execution import Execution, Outcome, RunInfo, callback_secret
@@ -76,6 +77,7 @@ class Engine:
         roots: Sequence[str] | None = None,
         outbound: OutboundPolicy | None = None,
         public_url: str = "http://127.0.0.1:8470",
+        instances: InstanceService | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -97,6 +99,7 @@ class Engine:
             secrets=EnvSecrets(),
             outbound=outbound,
             limits=SharedLimits(db, clock, self.owner),
+            instances=instances,
         )
         self.callback_secret = callback_secret(secret_key)
         self.public_url = public_url.rstrip("/")  # how callback links reach the API
@@ -121,6 +124,11 @@ class Engine:
         options.setdefault("lease", timedelta(seconds=settings.engine_lease_seconds))
         options.setdefault("concurrency", settings.engine_concurrency)
         options.setdefault("public_url", settings.public_url)
+        if "actions" not in options:
+            options.setdefault(
+                "instances",
+                InstanceService(runtime.db, runtime.clock, runtime.secret_box, registry),
+            )
         return cls(
             runtime.db,
             runtime.clock,

@@ -51,7 +51,7 @@ from quell.playbooks.expressions import (
     render_value,
 )
 from quell.playbooks.ir import ExpiryOutcome, Playbook, Step, StepKind, WaitKind
-from quell.sdk import ActionError, Landed
+from quell.sdk import ActionError, Landed, Reconciliation
 from quell.store.dialect import insert_ignore
 from quell.store.schema import run_steps, waits
 
@@ -589,14 +589,19 @@ class Execution:
                     assigned=assigned, idempotency_key=ikey, simulated=True, attempt=attempt,
                 )  # fmt: skip
                 return output
-            ctx = self.engine.actions.context(
-                definition,
-                run_id=self.run.id,
-                step_key=key,
-                attempt=attempt,
-                idempotency_key=ikey,
-                dry_run=self.run.dry_run,
-            )
+            try:
+                ctx = await self.engine.actions.context(
+                    definition,
+                    run_id=self.run.id,
+                    step_key=key,
+                    attempt=attempt,
+                    idempotency_key=ikey,
+                    dry_run=self.run.dry_run,
+                )
+            except ActionError as exc:  # its instance is missing, disabled or ambiguous
+                error = _error(exc)
+                await self.record(key, step, StepStatus.FAILED, error=error, attempt=attempt)
+                raise self.failed(step, frame, key, error) from None
             started: Record | None = None
             if not definition.is_read:  # committed before the call: a crash can be reconciled
                 await self.record(
@@ -708,15 +713,19 @@ class Execution:
                 params = self.engine.actions.validate(definition, record.inputs)
             except ActionError:
                 params = None
-        ctx = self.engine.actions.context(
-            definition,
-            run_id=self.run.id,
-            step_key=key,
-            attempt=record.attempt,
-            idempotency_key=record.idempotency_key or self.idempotency_key(key, record.attempt),
-            dry_run=False,
-        )
-        answer = await self.engine.actions.reconcile(definition, params, ctx)
+        try:
+            ctx = await self.engine.actions.context(
+                definition,
+                run_id=self.run.id,
+                step_key=key,
+                attempt=record.attempt,
+                idempotency_key=record.idempotency_key or self.idempotency_key(key, record.attempt),
+                dry_run=False,
+            )
+        except ActionError as exc:  # no instance to ask: a person decides
+            answer = Reconciliation(Landed.UNKNOWN, detail=f"cannot reconcile: {exc.message}")
+        else:
+            answer = await self.engine.actions.reconcile(definition, params, ctx)
         log.info("reconciled", run=self.run.id, step=key, state=answer.state.value)
         if answer.state is Landed.LANDED:
             output = answer.output or {}

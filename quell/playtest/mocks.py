@@ -142,7 +142,7 @@ class MockActions(ActionRunner):
             self._inputs[id(params)] = (params, dict(inputs))
         return params
 
-    def context(
+    async def context(
         self,
         definition: ActionDef,
         *,
@@ -151,6 +151,7 @@ class MockActions(ActionRunner):
         attempt: int,
         idempotency_key: str,
         dry_run: bool,
+        instance: str | None = None,
     ) -> ActionContext:
         """A context with no HTTP client and no secrets: nothing can reach a peer."""
         return ActionContext(

@@ -29,9 +29,12 @@ import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from quell.sdk.context import ActionContext
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 _META = "__quell_action__"
@@ -167,6 +170,17 @@ class Connector:
 
     def __init__(self, config: BaseModel | None = None) -> None:
         self.config = config
+
+    async def health(self, ctx: ActionContext) -> str:
+        """Check that the configured peer answers, with a read; return what was checked
+        (``"nft 1.0.6, table inet quell"``) or raise an :class:`ActionError`. ``quell
+        connector test`` calls it. Connectors with nothing to check keep this default."""
+        raise NotImplementedError
+
+    @classmethod
+    def has_health_check(cls) -> bool:
+        """Whether the connector overrides :meth:`health`."""
+        return cls.health is not Connector.health
 
     async def aclose(self) -> None:
         """Release what the instance holds (override when it holds something)."""

@@ -30,6 +30,7 @@ class ActionContext:
     http: aiohttp.ClientSession | None = None
     logger: Any = None  # bound on first use of ``log`` (most calls never log)
     log_context: Mapping[str, Any] = field(default_factory=dict)
+    instance: str = ""  # the configured instance the call runs against ("" when unconfigured)
 
     @property
     def log(self) -> Any:

@@ -394,3 +394,21 @@ action_slots = Table(
     Column("owner", String(128), nullable=True),
     Column("expires_at", UTCDateTime(), nullable=True),
 )
+
+# Configured connector instances: a connector (``nftables``) with its settings under a name
+# (``edge-fw``). Settings are validated by the connector's config model and stored in clear;
+# secrets are one sealed JSON object (quell.governance.secrets), never shown back.
+connector_instances = Table(
+    "connector_instances",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("connector", String(64), nullable=False),
+    Column("config", _json(), nullable=False),
+    Column("secrets", LargeBinary, nullable=True),
+    Column("secret_names", _json(), nullable=False),  # which secrets are set (not their values)
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_by", String(128), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
