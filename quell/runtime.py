@@ -23,7 +23,10 @@ from quell.store.database import Database
 
 if TYPE_CHECKING:
     from quell.cases.incidents import IncidentService
+    from quell.connectors.instances import InstanceService
+    from quell.connectors.registry import Registry
     from quell.correlate.suppression import SuppressionService
+    from quell.engine.actions import ActionRunner
     from quell.engine.store import PlaybookStore
     from quell.governance.secrets import SecretBox
     from quell.ingest.alerts import AlertService
@@ -129,6 +132,35 @@ class Runtime:
         from quell.engine.store import PlaybookStore
 
         return PlaybookStore(self.db, self.clock)
+
+    @cached_property
+    def registry(self) -> Registry:
+        """Every connector and action found (entry points and ``QUELL_PLUGINS``)."""
+        from quell.connectors.registry import Registry
+
+        return Registry.discover(self.settings.plugins)
+
+    @cached_property
+    def connector_instances(self) -> InstanceService:
+        """Configured connector instances, their secrets sealed."""
+        from quell.connectors.instances import InstanceService
+
+        return InstanceService(self.db, self.clock, self.secret_box, self.registry)
+
+    def action_runner(self, owner: str) -> ActionRunner:
+        """An action runner as the engine has one (instances, limits, SSRF guard), for calls
+        made by hand; close it with ``await runner.aclose()``."""
+        from quell.engine.actions import ActionRunner, EnvSecrets
+        from quell.engine.limits import SharedLimits
+        from quell.sdk.http import OutboundPolicy
+
+        return ActionRunner(
+            self.registry,
+            secrets=EnvSecrets(),
+            outbound=OutboundPolicy.parse(self.settings.outbound_allow),
+            limits=SharedLimits(self.db, self.clock, owner),
+            instances=self.connector_instances,
+        )
 
     def close(self) -> None:
         """Release the database connections."""

@@ -16,6 +16,7 @@ from quell.api.routes import (
     alerts,
     approvals,
     callbacks,
+    connectors,
     fallback,
     health,
     ingest,
@@ -109,6 +110,7 @@ def create_app(
     app.include_router(runs.router)
     app.include_router(approvals.router)
     app.include_router(callbacks.router)
+    app.include_router(connectors.router)
     app.include_router(fallback.router)  # last: it matches every path
     app.add_middleware(EdgeGuardMiddleware)  # inner: runs after the request id is set
     app.add_middleware(RequestContextMiddleware, clock=runtime.clock)

@@ -26,29 +26,15 @@ if TYPE_CHECKING:
 
 
 def _registry(runtime: Runtime) -> Registry:
-    from quell.connectors.registry import Registry
-
-    return Registry.discover(runtime.settings.plugins)
+    return runtime.registry
 
 
 def _instances(runtime: Runtime, registry: Registry) -> InstanceService:
-    from quell.connectors.instances import InstanceService
-
-    return InstanceService(runtime.db, runtime.clock, runtime.secret_box, registry)
+    return runtime.connector_instances
 
 
 def _runner(runtime: Runtime, registry: Registry) -> ActionRunner:
-    from quell.engine.actions import ActionRunner, EnvSecrets
-    from quell.engine.limits import SharedLimits
-    from quell.sdk.http import OutboundPolicy
-
-    return ActionRunner(
-        registry,
-        secrets=EnvSecrets(),
-        outbound=OutboundPolicy.parse(runtime.settings.outbound_allow),
-        limits=SharedLimits(runtime.db, runtime.clock, actor()),
-        instances=_instances(runtime, registry),
-    )
+    return runtime.action_runner(actor())
 
 
 def _secrets(pairs: tuple[str, ...], from_stdin: str | None) -> dict[str, SecretValue]:

@@ -151,6 +151,17 @@ _TARGETS = ("ipv4_net", "ipv6_net", "ipv4_connection", "ipv6_connection")
 class RuleIn(ActionInput):
     """One OpenC2 SLPF target (exactly one of the four), how long, and which direction."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"ipv4_net": "203.0.113.7", "expires_in": 3600},
+                {"ipv4_connection": {"dst_addr": "198.51.100.0/24", "dst_port": 443,
+                                     "protocol": "tcp"}},
+            ]
+        },
+    )  # fmt: skip
+
     ipv4_net: IPv4Net | None = Field(None, description="An IPv4 address or CIDR network.")
     ipv6_net: IPv6Net | None = Field(None, description="An IPv6 address or CIDR network.")
     ipv4_connection: IPv4Connection | None = None

@@ -41,6 +41,17 @@ class ActionError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def to_dict(self) -> dict[str, Any]:
+        """The error as a step (or an API answer) records it."""
+        data: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+        if self.retry_after is not None:
+            data["retry_after"] = self.retry_after
+        return data
+
 
 class TransientError(ActionError):
     """A failure that may pass: retried with backoff."""

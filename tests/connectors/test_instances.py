@@ -11,7 +11,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from quell.connectors.instances import InstanceService
@@ -20,55 +19,11 @@ from quell.engine.actions import ActionRunner, EnvSecrets
 from quell.errors import ConfigurationError, Conflict, InvalidInput, NotFound
 from quell.runtime import Runtime
 from quell.sdk import (
-    ActionContext,
-    ActionInput,
-    ActionOutput,
-    Connector,
     PermanentError,
-    RiskLevel,
     SecretValue,
-    action,
 )
 from quell.store.schema import connector_instances
-
-SECRET = "tok-5f3e9a1c-never-stored-in-clear"
-
-
-class EchoConfig(BaseModel):
-    base_url: str = Field(pattern=r"^https?://")
-    region: str = "eu"
-
-
-class EchoIn(ActionInput):
-    word: str
-
-
-class EchoOut(ActionOutput):
-    word: str
-    base_url: str
-    region: str
-    token_set: bool
-    token_length: int
-
-
-class Echo(Connector):
-    """Says back its settings and whether it got its secret."""
-
-    name = "echo"
-    Config = EchoConfig
-    secrets = ("api_token",)
-
-    @action("say", risk=RiskLevel.READ)
-    async def say(self, ctx: ActionContext, params: EchoIn) -> EchoOut:
-        assert isinstance(self.config, EchoConfig)
-        token = ctx.secrets.get("api_token")
-        return EchoOut(
-            word=params.word,
-            base_url=self.config.base_url,
-            region=self.config.region,
-            token_set=token is not None,
-            token_length=len(token.reveal()) if token is not None else 0,
-        )
+from tests.connectors.echo import SECRET, Echo
 
 
 @pytest.fixture

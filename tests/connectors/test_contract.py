@@ -1,0 +1,145 @@
+"""The contract every registered action keeps, walked over the registry as ``quell`` finds it.
+
+Each action declares a risk, typed input and output whose JSON Schemas export, and docs; what
+it names (the action that reverts it, its reconcile hook, its OpenC2 pair) exists. Each action
+that says it supports dry-run is run in dry-run on each example input it declares, through an
+HTTP client that refuses any request but a GET (to a local server that answers every GET) and
+with child processes forbidden: a dry run may read, never write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from quell.connectors.registry import ActionDef, Registry
+from quell.sdk import ActionContext, ActionError, RiskLevel
+from quell.sdk.actions import ActionInput, ActionOutput
+from quell.sdk.http import GuardedConnector, OutboundPolicy
+
+REGISTRY = Registry.discover()
+ACTIONS = sorted(REGISTRY.actions)
+DRY_RUN = sorted(key for key, found in REGISTRY.actions.items() if found.meta.supports_dry_run)
+# OpenC2 Language Specification 1.0, section 3.3.1.1.
+OPENC2_ACTIONS = {
+    "scan", "locate", "query", "deny", "contain", "allow", "start", "stop", "restart", "cancel",
+    "set", "update", "redirect", "create", "delete", "detonate", "restore", "copy",
+    "investigate", "remediate",
+}  # fmt: skip
+
+
+def test_the_built_in_connectors_are_all_found() -> None:
+    assert {"core", "http", "nftables"} <= set(REGISTRY.connectors)
+    assert len(ACTIONS) >= 9
+
+
+@pytest.mark.parametrize("key", ACTIONS)
+def test_every_action_declares_its_contract(key: str) -> None:
+    found: ActionDef = REGISTRY.actions[key]
+    connector, meta = found.connector, found.meta
+    assert isinstance(meta.risk, RiskLevel)
+    assert found.input_model is not None, f"{key}: no typed input"
+    assert issubclass(found.input_model, ActionInput)
+    assert found.output_model is not None, f"{key}: no typed output"
+    assert issubclass(found.output_model, ActionOutput)
+    json.dumps(found.input_model.model_json_schema(by_alias=True))
+    json.dumps(found.output_model.model_json_schema(by_alias=True, mode="serialization"))
+    method = getattr(connector, found.method)
+    assert (method.__doc__ or "").strip(), f"{key}: no docstring"
+    assert meta.title or (method.__doc__ or "").strip()
+    assert (connector.__doc__ or "").strip(), f"{connector.name}: no docstring"
+    if meta.reverts is not None:
+        assert f"{connector.name}.{meta.reverts}" in REGISTRY.actions, f"{key}: reverts nothing"
+        assert meta.risk is not RiskLevel.READ, f"{key}: a read reverts nothing"
+    if meta.reconcile is not None:
+        assert callable(getattr(connector, meta.reconcile, None)), f"{key}: no reconcile hook"
+    if meta.openc2 is not None:
+        action, target, profile = meta.openc2
+        assert action in OPENC2_ACTIONS, f"{key}: {action!r} is not an OpenC2 action"
+        assert target
+        assert profile
+    if meta.supports_dry_run:
+        assert meta.risk is not RiskLevel.READ, f"{key}: a read needs no dry-run flag"
+
+
+class _Refused(Exception):
+    """A dry run tried to write."""
+
+
+class _GetOnly(GuardedConnector):
+    """Lets GETs through to the local server; anything else fails the test."""
+
+    attempts: list[str]
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
+        if req.method != "GET":
+            self.attempts.append(f"{req.method} {req.url}")
+            raise _Refused(f"a dry run sent {req.method} {req.url}")
+        return await super().connect(req, traces, timeout)
+
+
+async def _no_children(*args: Any, **kwargs: Any) -> Any:
+    raise _Refused(f"a dry run started a process: {args[:3]}")
+
+
+@pytest.fixture
+def forbid_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", _no_children)
+    monkeypatch.setattr(asyncio, "create_subprocess_shell", _no_children)
+
+
+def _examples(found: ActionDef) -> list[dict[str, Any]]:
+    assert found.input_model is not None
+    schema = found.input_model.model_json_schema(by_alias=True)
+    examples = schema.get("examples") or []
+    assert examples, f"{found.key} supports dry-run but declares no example input"
+    return [dict(example) for example in examples]
+
+
+@pytest.mark.parametrize("key", DRY_RUN)
+def test_every_dry_run_only_reads(key: str, forbid_processes: None) -> None:
+    found = REGISTRY.actions[key]
+
+    async def scenario() -> list[str]:
+        async def answer(_request: web.Request) -> web.Response:
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", answer)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        connector = _GetOnly(OutboundPolicy.parse(["127.0.0.1"]))
+        connector.attempts = []
+        session = aiohttp.ClientSession(connector=connector)
+        config_model = found.connector.Config
+        instance = found.connector(config_model() if config_model is not None else None)
+        try:
+            for number, example in enumerate(_examples(found)):
+                assert found.input_model is not None
+                params = found.input_model.model_validate(example)
+                ctx = ActionContext(
+                    run_id="run-contract",
+                    step_id=key,
+                    attempt=1,
+                    idempotency_key=f"contract:{key}:{number}",
+                    dry_run=True,
+                    http=session,
+                )
+                # A read that failed is fine; a write is not (_Refused propagates).
+                with contextlib.suppress(ActionError):
+                    await getattr(instance, found.method)(ctx, params)
+        finally:
+            await instance.aclose()
+            await session.close()
+            await runner.cleanup()
+        return connector.attempts
+
+    assert asyncio.run(scenario()) == []
