@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from quell.connectors.registry import Registry
     from quell.correlate.suppression import SuppressionService
     from quell.engine.actions import ActionRunner
+    from quell.engine.guardrails import GuardrailService
     from quell.engine.store import PlaybookStore
     from quell.governance.secrets import SecretBox
     from quell.ingest.alerts import AlertService
@@ -146,6 +147,13 @@ class Runtime:
         from quell.connectors.instances import InstanceService
 
         return InstanceService(self.db, self.clock, self.secret_box, self.registry)
+
+    @cached_property
+    def guardrails(self) -> GuardrailService:
+        """The guardrail policy: kill switch, hourly limits, protected assets, breaker."""
+        from quell.engine.guardrails import GuardrailService
+
+        return GuardrailService(self.db, self.clock)
 
     def action_runner(self, owner: str) -> ActionRunner:
         """An action runner as the engine has one (instances, limits, SSRF guard), for calls

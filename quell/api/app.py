@@ -18,6 +18,7 @@ from quell.api.routes import (
     callbacks,
     connectors,
     fallback,
+    guardrails,
     health,
     ingest,
     playbooks,
@@ -111,6 +112,7 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(callbacks.router)
     app.include_router(connectors.router)
+    app.include_router(guardrails.router)
     app.include_router(fallback.router)  # last: it matches every path
     app.add_middleware(EdgeGuardMiddleware)  # inner: runs after the request id is set
     app.add_middleware(RequestContextMiddleware, clock=runtime.clock)

@@ -12,7 +12,18 @@ from typing import IO, Any
 import click
 
 from quell import __version__
-from quell.cli import alerts, config, connectors, db, ingest, playbooks, serve, sources, token
+from quell.cli import (
+    alerts,
+    config,
+    connectors,
+    db,
+    guardrails,
+    ingest,
+    playbooks,
+    serve,
+    sources,
+    token,
+)
 from quell.cli.state import CliState
 from quell.errors import QuellError
 from quell.logs import configure_logging
@@ -103,5 +114,6 @@ cli.add_command(playbooks.task_group)
 cli.add_command(playbooks.worker_command)
 cli.add_command(connectors.connector_group)
 cli.add_command(connectors.action_group)
+cli.add_command(guardrails.guardrail_group)
 cli.add_command(serve.serve_command)
 cli.add_command(serve.demo_command)

@@ -28,6 +28,7 @@ from quell.connectors.instances import InstanceService
 from quell.connectors.registry import Registry
 from quell.engine.actions import ActionRunner, EnvSecrets
 from quell.engine.execution import Execution, Outcome, RunInfo, callback_secret
+from quell.engine.guardrails import Guardrails, GuardrailService
 from quell.engine.journal import (
     RUN_COLUMNS,
     JournalStopped,
@@ -101,6 +102,7 @@ class Engine:
             limits=SharedLimits(db, clock, self.owner),
             instances=instances,
         )
+        self.guardrails = Guardrails(GuardrailService(db, clock))
         self.callback_secret = callback_secret(secret_key)
         self.public_url = public_url.rstrip("/")  # how callback links reach the API
         self.active: dict[str, Execution] = {}

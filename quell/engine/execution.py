@@ -39,6 +39,7 @@ import orjson
 import structlog
 from sqlalchemy import Connection, select, update
 
+from quell.engine.guardrails import Ruling, recheck_at
 from quell.engine.journal import Op, OpKind, release_params
 from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
@@ -56,6 +57,7 @@ from quell.store.dialect import insert_ignore
 from quell.store.schema import run_steps, waits
 
 if TYPE_CHECKING:
+    from quell.connectors.registry import ActionDef
     from quell.engine.engine import Engine
 
 log = structlog.get_logger(__name__)
@@ -580,6 +582,10 @@ class Execution:
                 await self.record(key, step, StepStatus.FAILED, error=error, attempt=attempt)
                 raise self.failed(step, frame, key, error) from None
             ikey = self.idempotency_key(key, attempt)
+            guarded = not definition.is_read and not self.run.dry_run
+            if guarded and await self.guard(step, key, frame, definition, inputs, attempt):
+                frame.steps[step.id] = {"status": StepStatus.SKIPPED.value, "output": None}
+                return None
             if self.run.dry_run and not definition.is_read:
                 output = {"simulated": True, "action": definition.key}
                 assigned = self.out(step, frame, output)
@@ -644,7 +650,53 @@ class Execution:
                 )  # fmt: skip
             return output
 
-    async def approval_gate(self, step: Step, key: str, frame: Frame) -> bool:
+    async def guard(
+        self,
+        step: Step,
+        key: str,
+        frame: Frame,
+        definition: ActionDef,
+        inputs: Any,
+        attempt: int,
+    ) -> bool:
+        """Check a write against the guardrails (see :mod:`quell.engine.guardrails`): go on,
+        wait (kill switch, open circuit: a ``<key>#guard`` record says why), fail the step (an
+        hourly limit), or ask a person (a protected asset). True when the write is skipped (its
+        approval expired with ``on_expiry: skip``)."""
+        verdict = await self.engine.guardrails.check(
+            action=definition.key,
+            risk=definition.meta.risk,
+            inputs=inputs,
+            run_id=self.run.id,
+            playbook_id=self.run.playbook_id,
+        )
+        gate = f"{key}#guard"
+        held = self.records.get(gate)
+        holding = held is not None and held.status is StepStatus.WAITING_TIMER
+        if verdict.outcome is Ruling.HOLD:
+            wake = recheck_at(self.now())
+            if not holding:
+                await self.record(
+                    gate, step, StepStatus.WAITING_TIMER, error=verdict.error,
+                    finished=False, due_at=wake,
+                )  # fmt: skip
+            raise Suspended(wake)
+        if holding and held is not None:
+            self.close_later(held, StepStatus.SUCCEEDED, output={"released": True})
+        if verdict.outcome is Ruling.REFUSE:
+            await self.record(
+                key, step, StepStatus.FAILED, inputs=inputs, error=verdict.error, attempt=attempt
+            )
+            raise self.failed(step, frame, key, verdict.error)
+        if verdict.outcome is Ruling.APPROVE:
+            approval = self.records.get(f"{key}#approval")
+            if approval is None or approval.status is not StepStatus.SUCCEEDED:
+                return await self.approval_gate(step, key, frame, reason=verdict.message)
+        return False
+
+    async def approval_gate(
+        self, step: Step, key: str, frame: Frame, *, reason: str | None = None
+    ) -> bool:
         """Hold an ``approval: true`` action until a person approves it (True: skip it).
 
         The approval is its own journal record, ``<key>#approval``: waiting, then approved
@@ -674,6 +726,8 @@ class Execution:
         except ExpressionError as exc:
             inputs, shown = None, f"(inputs could not be rendered: {exc.message})"
         prompt = f"Run {step.action} ({step.id}) with {shown[:500]}"
+        if reason:
+            prompt = f"{prompt} ({reason})"
         _row_id, values = self._row(
             gate, step, self.next_attempt(gate), StepStatus.WAITING_APPROVAL, finished=False,
             inputs=inputs,

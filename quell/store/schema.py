@@ -412,3 +412,26 @@ connector_instances = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+# Guardrails: policy by name (``kill_switch``, ``limits``, ``protected``, ``breaker``, and
+# ``breaker:<playbook id>`` for an open circuit), changed by people and read by every worker.
+guardrails = Table(
+    "guardrails",
+    metadata,
+    Column("name", String(160), primary_key=True),
+    Column("value", _json(), nullable=False),
+    Column("updated_by", String(128), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# One row per automated execution that an hourly limit counts (only actions a limit covers).
+guard_events = Table(
+    "guard_events",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("scope", String(160), nullable=False),  # action:<key> or risk:<level>
+    Column("at", UTCDateTime(), nullable=False),
+    Column("run_id", String(32), nullable=True),
+)
+
+Index("ix_guard_events_scope_at", guard_events.c.scope, guard_events.c.at)

@@ -1,0 +1,48 @@
+"""Guardrails over real HTTP, on both backends: who may pull the kill switch and set policy."""
+
+from __future__ import annotations
+
+from quell.governance.permissions import Role
+from tests.fixtures.servers import LiveServer
+
+
+def test_the_person_on_shift_pulls_the_kill_switch_and_admins_set_policy(
+    live_server: LiveServer, role_tokens: dict[Role, str]
+) -> None:
+    analyst = live_server.client(role_tokens[Role.ANALYST])
+    auditor = live_server.client(role_tokens[Role.AUDITOR])
+    admin = live_server.client(role_tokens[Role.ADMIN])
+
+    assert auditor.put("/api/guardrails/kill-switch", json={"on": True}).status_code == 403
+    pulled = analyst.put("/api/guardrails/kill-switch", json={"on": True, "reason": "drill"})
+    assert pulled.status_code == 200, pulled.text
+    shown = auditor.get("/api/guardrails").json()
+    assert shown["kill_switch"]["on"] is True
+    assert shown["kill_switch"]["reason"] == "drill"
+    assert shown["kill_switch"]["by"] == "test-analyst"
+    released = analyst.put("/api/guardrails/kill-switch", json={"on": False}).json()
+    assert released == {"on": False, "released_runs": 0}
+
+    body = {"risk": "high", "per_hour": 10}
+    assert analyst.put("/api/guardrails/limits", json=body).status_code == 403
+    assert admin.put("/api/guardrails/limits", json=body).json() == {
+        "action": None, "risk": "high", "per_hour": 10,
+    }  # fmt: skip
+    bad = admin.put("/api/guardrails/limits", json={"per_hour": 1})
+    assert bad.status_code == 422
+    assert "one action" in bad.text
+    protected = admin.patch(
+        "/api/guardrails/protected", json={"add": ["10.0.0.0/8", "dc01.corp"]}
+    ).json()
+    assert protected == {"protected": ["10.0.0.0/8", "dc01.corp"]}
+    assert admin.patch("/api/guardrails/protected", json={"remove": ["dc01.corp"]}).json() == {
+        "protected": ["10.0.0.0/8"]
+    }
+    assert admin.put("/api/guardrails/breaker", json={"min_runs": 5}).status_code == 200
+    policy = auditor.get("/api/guardrails").json()
+    assert policy["breaker"] == {"failure_rate": 0.5, "min_runs": 5, "window_minutes": 15}
+    assert policy["limits"] == [{"action": None, "risk": "high", "per_hour": 10}]
+    missing = analyst.post("/api/guardrails/breaker/nothing/reset")
+    assert missing.status_code == 404
+    assert admin.delete("/api/guardrails/limits", params={"risk": "high"}).status_code == 204
+    assert auditor.get("/api/guardrails").json()["limits"] == []
