@@ -477,7 +477,7 @@ class _Selection(_Criteria):
         return self
 
 
-_SELECTION_EXAMPLES = [
+_SELECTION_EXAMPLES: Any = [
     {"from_address": "billing@evil.example", "subject": "Invoice overdue"},
     {"url": "https://evil.example/login"},
 ]

@@ -22,6 +22,7 @@ from quell.sdk.errors import (
     AuthError,
     PermanentError,
     RateLimited,
+    SecretMissing,
     TargetNotFound,
     TransientError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "RateLimited",
     "Reconciliation",
     "RiskLevel",
+    "SecretMissing",
     "SecretValue",
     "TargetNotFound",
     "TransientError",

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from quell.sdk.errors import SecretMissing
 from quell.sdk.secret import SecretValue
 
 
@@ -40,11 +41,15 @@ class ActionContext:
         return self.logger
 
     def secret(self, name: str) -> SecretValue:
-        """The declared secret ``name``; KeyError names it when it is not configured."""
+        """The declared secret ``name``; :class:`SecretMissing` (a PermanentError, and a
+        KeyError) names it when it is not configured, so the step fails saying so."""
         try:
             return self.secrets[name]
         except KeyError:
-            raise KeyError(f"secret {name!r} is not configured for this connector") from None
+            raise SecretMissing(
+                f"secret {name!r} is not configured for this connector "
+                "(quell connector set-secret INSTANCE KEY)"
+            ) from None
 
     @property
     def client(self) -> aiohttp.ClientSession:

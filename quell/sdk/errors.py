@@ -78,6 +78,15 @@ class TargetNotFound(PermanentError):
     code_default = "target_not_found"
 
 
+class SecretMissing(PermanentError, KeyError):
+    """A secret the action needs is not configured."""
+
+    code_default = "secret_missing"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
+
+
 class AuthError(PermanentError):
     """The peer refused the credentials."""
 
@@ -89,6 +98,7 @@ __all__ = [
     "AuthError",
     "PermanentError",
     "RateLimited",
+    "SecretMissing",
     "TargetNotFound",
     "TransientError",
 ]
