@@ -2,5 +2,6 @@
 
 from tests.cli.conftest import invoke
 from tests.connectors.netlab import lab
+from tests.connectors.slapd import slapd_fixture
 
-__all__ = ["invoke", "lab"]
+__all__ = ["invoke", "lab", "slapd_fixture"]
