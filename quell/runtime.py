@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from quell.connectors.registry import Registry
     from quell.correlate.suppression import SuppressionService
     from quell.engine.actions import ActionRunner
+    from quell.engine.containment import ContainmentService
     from quell.engine.guardrails import GuardrailService
     from quell.engine.store import PlaybookStore
     from quell.governance.secrets import SecretBox
@@ -168,7 +169,15 @@ class Runtime:
             outbound=OutboundPolicy.parse(self.settings.outbound_allow),
             limits=SharedLimits(self.db, self.clock, owner),
             instances=self.connector_instances,
+            containments=self.containments,
         )
+
+    @cached_property
+    def containments(self) -> ContainmentService:
+        """What runs and people contained, and reverting it."""
+        from quell.engine.containment import ContainmentService
+
+        return ContainmentService(self.db, self.clock)
 
     def close(self) -> None:
         """Release the database connections."""

@@ -17,6 +17,7 @@ from quell.api.routes import (
     approvals,
     callbacks,
     connectors,
+    containments,
     fallback,
     guardrails,
     health,
@@ -112,6 +113,7 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(callbacks.router)
     app.include_router(connectors.router)
+    app.include_router(containments.router)
     app.include_router(guardrails.router)
     app.include_router(fallback.router)  # last: it matches every path
     app.add_middleware(EdgeGuardMiddleware)  # inner: runs after the request id is set

@@ -3,6 +3,7 @@ instances (with sealed secrets), health checks, and calling one action by hand."
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from quell import aio
-from quell.cli.output import json_option, print_json, print_table
+from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.playbooks import actor
 from quell.cli.sources import _object
 from quell.cli.state import CliState, pass_state
@@ -326,3 +327,59 @@ def run(
         return
     for field, value in output.items():
         click.echo(f"{field}: {value}")
+
+
+@click.group("containment")
+def containment_group() -> None:
+    """What runs and people contained (blocked, isolated, disabled), and undoing it."""
+
+
+@containment_group.command("list")
+@click.option("--all", "include_reverted", is_flag=True, help="Include reverted ones.")
+@json_option
+@pass_state
+def list_containments(state: CliState, include_reverted: bool, as_json: bool) -> None:
+    """Containments in place, and reverts that failed (retried until they succeed)."""
+    found = state.runtime().containments.list_all(include_reverted=include_reverted)
+    if as_json:
+        print_json([item.as_dict() for item in found])
+        return
+    print_table(
+        ["ID", "STATUS", "ACTION", "TARGET", "BY", "SINCE", "UNTIL", "LAST ERROR"],
+        [
+            [
+                item.id, item.status.value, item.action,
+                json.dumps(item.target, sort_keys=True)[:60], item.created_by,
+                show_time(item.created_at), show_time(item.expires_at),
+                (item.last_error or {}).get("message", "-")[:60],
+            ]
+            for item in found
+        ],
+    )  # fmt: skip
+
+
+@containment_group.command("revert")
+@click.argument("containment_id")
+@json_option
+@pass_state
+def revert(state: CliState, containment_id: str, as_json: bool) -> None:
+    """Undo CONTAINMENT_ID now with its revert action."""
+    runtime = state.runtime()
+    runner = _runner(runtime, _registry(runtime))
+
+    async def undo() -> Any:
+        try:
+            return await runtime.containments.revert(runner, containment_id, by=actor())
+        finally:
+            await runner.aclose()
+
+    after = _run_async(runtime, undo())
+    if as_json:
+        print_json(after.as_dict())
+    elif after.status.value == "reverted":
+        click.echo(f"reverted {after.id} ({after.revert_action})")
+    else:
+        message = (after.last_error or {}).get("message", "unknown error")
+        click.echo(f"revert of {after.id} failed: {message} (tried again later)", err=True)
+    if after.status.value != "reverted":
+        sys.exit(1)

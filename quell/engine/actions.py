@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from quell.connectors.instances import InstanceService, Resolved, default_config
 from quell.connectors.registry import ActionDef, Registry
+from quell.engine.containment import ContainmentService, expiry_of, revert_plan
 from quell.engine.limits import SharedLimits
 from quell.errors import QuellError
 from quell.ids import new_id
@@ -105,8 +106,11 @@ class ActionRunner:
         outbound: OutboundPolicy | None = None,
         limits: SharedLimits | None = None,
         instances: InstanceService | None = None,
+        containments: ContainmentService | None = None,
     ) -> None:
         self.registry = registry
+        # Where calls made by hand record what they contained (runs record it in their journal).
+        self.containments = containments
         # Configured instances (settings and sealed secrets in the database); without them,
         # every connector runs unconfigured, with secrets from the environment only.
         self.instances = instances
@@ -253,6 +257,44 @@ class ActionRunner:
                 f"{definition.key} raised {type(exc).__name__}", code="connector_error"
             ) from None
 
+    async def containment_row(
+        self,
+        definition: ActionDef,
+        inputs: Mapping[str, Any],
+        output: Mapping[str, Any],
+        *,
+        instance: str,
+        run_id: str | None,
+        step_key: str | None,
+        created_by: str,
+        now: datetime,
+    ) -> dict[str, Any] | None:
+        """The active-containment row a successful call of ``definition`` leaves, or None when
+        the action reverts nothing (see :mod:`quell.engine.containment`)."""
+        reverts = definition.meta.reverts
+        if reverts is None or definition.is_read:
+            return None
+        revert_key = f"{definition.connector.name}.{reverts}"
+        revert = self.registry.actions.get(revert_key)
+        if revert is None:
+            return None
+        resolved = await self.resolve(definition, instance or None)
+        target = await self._instance(definition, resolved)
+        plain_inputs, plain_output = dict(inputs), dict(output)
+        return ContainmentService.row(
+            action=definition.key,
+            instance=instance,
+            target=plain_inputs,
+            output=plain_output,
+            revert_action=revert_key,
+            revert_input=revert_plan(definition, revert, target, plain_inputs, plain_output),
+            run_id=run_id,
+            step_key=step_key,
+            created_by=created_by,
+            created_at=now,
+            expires_at=expiry_of(now, plain_inputs, plain_output),
+        )
+
     async def run_once(
         self,
         key: str,
@@ -282,7 +324,22 @@ class ActionRunner:
             dry_run=dry_run,
             instance=instance,
         )
-        return await self.call(definition, params, ctx, limit=limit)
+        output = await self.call(definition, params, ctx, limit=limit)
+        if self.containments is not None and not dry_run:
+            service = self.containments
+            row = await self.containment_row(
+                definition, sent_inputs(params, inputs), output,
+                instance=ctx.instance, run_id=None, step_key=None, created_by=actor,
+                now=service.clock.now(),
+            )  # fmt: skip
+            if row is not None:
+
+                def record() -> None:
+                    with service.db.write() as conn:
+                        service.insert(conn, row)
+
+                await asyncio.to_thread(record)
+        return output
 
     async def health(
         self, connector: type[Connector], instance: str | None = None, limit: float = 30.0
@@ -463,6 +520,13 @@ class _Limit:
             for gate in reversed(entered):
                 if gate.slot is not None:
                     gate.slot.release()
+
+
+def sent_inputs(params: BaseModel | None, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The inputs as validated (defaults filled in), as JSON data."""
+    if params is None:
+        return dict(given)
+    return params.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _plain(result: Any) -> dict[str, Any]:

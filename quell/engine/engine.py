@@ -27,6 +27,7 @@ from quell.clock import Clock
 from quell.connectors.instances import InstanceService
 from quell.connectors.registry import Registry
 from quell.engine.actions import ActionRunner, EnvSecrets
+from quell.engine.containment import ContainmentService
 from quell.engine.execution import Execution, Outcome, RunInfo, callback_secret
 from quell.engine.guardrails import Guardrails, GuardrailService
 from quell.engine.journal import (
@@ -103,6 +104,7 @@ class Engine:
             instances=instances,
         )
         self.guardrails = Guardrails(GuardrailService(db, clock))
+        self.containments = ContainmentService(db, clock)
         self.callback_secret = callback_secret(secret_key)
         self.public_url = public_url.rstrip("/")  # how callback links reach the API
         self.active: dict[str, Execution] = {}
@@ -399,6 +401,8 @@ class Engine:
                 expired = await asyncio.to_thread(waits.expire_due)
                 if woken or expired:
                     self.wake()
+                # Containments past their expiry are reverted (failed reverts retried).
+                await self.containments.revert_due(self.actions)
                 await self.on_tick()
             except Exception as exc:  # noqa: BLE001 - the next tick tries again
                 log.warning("tick_failed", error=type(exc).__name__)

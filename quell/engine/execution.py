@@ -39,6 +39,8 @@ import orjson
 import structlog
 from sqlalchemy import Connection, select, update
 
+from quell.engine.actions import sent_inputs
+from quell.engine.containment import ContainmentService
 from quell.engine.guardrails import Ruling, recheck_at
 from quell.engine.journal import Op, OpKind, release_params
 from quell.engine.notify import notify_ready
@@ -52,7 +54,7 @@ from quell.playbooks.expressions import (
     render_value,
 )
 from quell.playbooks.ir import ExpiryOutcome, Playbook, Step, StepKind, WaitKind
-from quell.sdk import ActionError, Landed, Reconciliation
+from quell.sdk import ActionContext, ActionError, Landed, Reconciliation
 from quell.store.dialect import insert_ignore
 from quell.store.schema import run_steps, waits
 
@@ -637,6 +639,9 @@ class Execution:
                 await self.pause_for(retry)
                 continue
             self.assign(assigned)
+            if definition.meta.reverts is not None:  # before the success: see containment
+                planned = sent_inputs(params, inputs)
+                await self.record_containment(definition, key, planned, output, ctx.instance)
             # A success is queued, not waited for: every later write of this run (the next
             # write's started record, the run's release) is committed after it, in order, and
             # waits. Lost in a crash, a read is simply read again, and a write's started record
@@ -693,6 +698,30 @@ class Execution:
             if approval is None or approval.status is not StepStatus.SUCCEEDED:
                 return await self.approval_gate(step, key, frame, reason=verdict.message)
         return False
+
+    async def record_containment(
+        self,
+        definition: ActionDef,
+        key: str,
+        inputs: dict[str, Any],
+        output: dict[str, Any],
+        instance: str,
+    ) -> None:
+        """Queue the active containment a write left (see :mod:`quell.engine.containment`),
+        ahead of the step's success: if the run stops between the two, the step is reconciled
+        and recorded again, which adds no second containment (one per run and step)."""
+        try:
+            row = await self.engine.actions.containment_row(
+                definition, inputs, output, instance=instance, run_id=self.run.id,
+                step_key=key, created_by=f"run:{self.run.id}", now=self.now(),
+            )  # fmt: skip
+        except ActionError as exc:  # its instance went away meanwhile: kept without a plan
+            log.warning("containment_unrecorded", run=self.run.id, step=key, error=exc.message)
+            return
+        if row is not None:
+            self.journal.queue(
+                self._op(OpKind.WORK, functools.partial(ContainmentService.insert, row=row))
+            )
 
     async def approval_gate(
         self, step: Step, key: str, frame: Frame, *, reason: str | None = None
@@ -767,6 +796,7 @@ class Execution:
                 params = self.engine.actions.validate(definition, record.inputs)
             except ActionError:
                 params = None
+        ctx: ActionContext | None = None
         try:
             ctx = await self.engine.actions.context(
                 definition,
@@ -785,6 +815,10 @@ class Execution:
             output = answer.output or {}
             assigned = self.out(step, frame, output)
             self.assign(assigned)
+            if definition.meta.reverts is not None and record.inputs is not None:
+                await self.record_containment(
+                    definition, key, dict(record.inputs), output, ctx.instance if ctx else ""
+                )  # fmt: skip
             await self.close(
                 record,
                 StepStatus.SUCCEEDED,

@@ -89,6 +89,7 @@ class ActionMeta:
     idempotent: bool = False  # repeating it with the same input changes nothing more
     supports_dry_run: bool = False  # it can be called with ctx.dry_run and only pretend
     reverts: str | None = None  # the action (of the same connector) that undoes it
+    revert_with: str | None = None  # a method (params, output) -> the revert action's input
     reconcile: str | None = None  # a method telling whether an attempt landed
     openc2: tuple[str, str, str] | None = None  # (action, target, profile)
     concurrency: int | None = None  # calls at once, across all workers
@@ -103,6 +104,7 @@ def action(
     idempotent: bool = False,
     supports_dry_run: bool = False,
     reverts: str | None = None,
+    revert_with: str | None = None,
     reconcile: str | None = None,
     openc2: tuple[str, str, str] | None = None,
     concurrency: int | None = None,
@@ -116,6 +118,7 @@ def action(
         idempotent=idempotent,
         supports_dry_run=supports_dry_run,
         reverts=reverts,
+        revert_with=revert_with,
         reconcile=reconcile,
         openc2=openc2,
         concurrency=concurrency,

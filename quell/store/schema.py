@@ -435,3 +435,33 @@ guard_events = Table(
 )
 
 Index("ix_guard_events_scope_at", guard_events.c.scope, guard_events.c.at)
+
+# Containments a run (or a person) put in place and that can be undone: what, where, by whom,
+# since and until when, and how to revert it; reverted by a person or, at expiry, by the engine.
+containments = Table(
+    "containments",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("action", String(128), nullable=False),  # the action that contained
+    Column("instance", String(64), nullable=True),  # its connector instance ("" unconfigured)
+    Column("target", _json(), nullable=False),  # the action's inputs
+    Column("output", _json(), nullable=True),  # what the peer answered (a rule number, …)
+    Column("revert_action", String(128), nullable=False),
+    Column("revert_input", _json(), nullable=True),  # None: a person must revert it
+    Column("run_id", String(32), nullable=True),
+    Column("step_key", String(512), nullable=True),
+    Column("created_by", String(128), nullable=False),  # run:<id> or a person
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("status", String(16), nullable=False),  # active, reverted, failed
+    Column("attempts", Integer, nullable=False, default=0),  # reverts tried
+    Column("next_attempt_at", UTCDateTime(), nullable=True),  # a failed revert's retry
+    Column("claimed_until", UTCDateTime(), nullable=True),  # a revert in progress holds it
+    Column("last_error", _json(), nullable=True),
+    Column("reverted_at", UTCDateTime(), nullable=True),
+    Column("reverted_by", String(128), nullable=True),
+)
+
+Index("ix_containments_status_expires", containments.c.status, containments.c.expires_at)
+# One containment per step of a run: a step recorded again (a replay, a reconcile) adds none.
+Index("uq_containments_run_step", containments.c.run_id, containments.c.step_key, unique=True)

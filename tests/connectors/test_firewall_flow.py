@@ -60,10 +60,12 @@ def test_deny_and_delete_by_hand_block_and_free_real_traffic(
     assert [(r["rule_number"], r["verdict"]) for r in rules["rules"]] == [(rule, "drop")]
     assert lab.client_v4 in rules["rules"][0]["match"]
 
-    deleted = invoke(
-        "action", "run", "nftables.delete", "--input", json.dumps({"rule_number": rule})
-    )
-    assert deleted.exit_code == 0, deleted.output
+    (item,) = json.loads(invoke("containment", "list", "--json").stdout)
+    assert item["action"] == "nftables.deny"
+    assert item["instance"] == edge
+    assert item["revert"] == {"action": "nftables.delete", "input": {"rule_number": rule}}
+    reverted = invoke("containment", "revert", item["id"])
+    assert reverted.exit_code == 0, reverted.output
     assert lab.reachable(lab.fw_v4, PORTS[0])
 
     again = invoke("action", "run", "nftables.delete", "--input", json.dumps({"rule_number": rule}))

@@ -39,6 +39,11 @@ class TargetIn(ActionInput):
     target: str
     hold: bool = False  # block until released, before the peer applies it
     hold_after: bool = False  # block until released, after the peer applied it
+    expires_in: int | None = None  # seconds until the containment should be reverted
+
+
+class ReleaseIn(ActionInput):
+    target: str
 
 
 class TargetOut(ActionOutput):
@@ -55,6 +60,8 @@ class Peer:
     most_in_flight: ClassVar[int] = 0
     entered: ClassVar[asyncio.Event | None] = None
     release: ClassVar[asyncio.Event | None] = None
+    released: ClassVar[list[str]] = []  # targets whose containment was reverted
+    release_failures: ClassVar[int] = 0  # the next reverts that fail
 
     @classmethod
     async def wait_released(cls) -> None:
@@ -72,6 +79,8 @@ class Peer:
         cls.most_in_flight = 0
         cls.entered = None
         cls.release = None
+        cls.released = []
+        cls.release_failures = 0
 
 
 class Test(Connector):
@@ -106,7 +115,7 @@ class Test(Connector):
     async def boom(self, ctx: ActionContext, params: ValueIn) -> ValueOut:
         raise RuntimeError("a connector bug with a secret-looking message hunter2")
 
-    @action("contain", risk=RiskLevel.HIGH, reconcile="contained")
+    @action("contain", risk=RiskLevel.HIGH, reconcile="contained", reverts="release")
     async def contain(self, ctx: ActionContext, params: TargetIn) -> TargetOut:
         if params.hold:
             await Peer.wait_released()
@@ -114,6 +123,15 @@ class Test(Connector):
         Peer.calls[f"contain:{params.target}"] += 1
         if params.hold_after:
             await Peer.wait_released()
+        return TargetOut(target=params.target)
+
+    @action("release", risk=RiskLevel.MEDIUM, idempotent=True)
+    async def release_target(self, ctx: ActionContext, params: ReleaseIn) -> TargetOut:
+        """Undo ``contain``."""
+        if Peer.release_failures > 0:
+            Peer.release_failures -= 1
+            raise TransientError("the peer is busy")
+        Peer.released.append(params.target)
         return TargetOut(target=params.target)
 
     async def contained(self, ctx: ActionContext, params: TargetIn) -> Reconciliation:
