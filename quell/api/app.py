@@ -22,6 +22,7 @@ from quell.api.routes import (
     guardrails,
     health,
     ingest,
+    openc2,
     playbooks,
     runs,
     sources,
@@ -115,6 +116,7 @@ def create_app(
     app.include_router(connectors.router)
     app.include_router(containments.router)
     app.include_router(guardrails.router)
+    app.include_router(openc2.router)
     app.include_router(fallback.router)  # last: it matches every path
     app.add_middleware(EdgeGuardMiddleware)  # inner: runs after the request id is set
     app.add_middleware(RequestContextMiddleware, clock=runtime.clock)

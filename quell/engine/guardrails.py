@@ -338,7 +338,7 @@ class GuardrailService:
         action: str,
         risk: RiskLevel,
         inputs: Any,
-        run_id: str,
+        run_id: str | None,
         playbook_id: str,
     ) -> Verdict:
         """What the policy says about this write now (and, when it is allowed and limited,
@@ -401,7 +401,7 @@ class GuardrailService:
         )
         return True
 
-    def _count(self, limits: list[Limit], run_id: str) -> Verdict:
+    def _count(self, limits: list[Limit], run_id: str | None) -> Verdict:
         now = self.clock.now()
         since = now - timedelta(hours=1)
         with self.db.write() as conn:
