@@ -1,5 +1,8 @@
 """The HTTP client actions get: pooled aiohttp, with timeouts, and guarded against SSRF.
 
+Connections that cannot be made (refused, reset, unreachable) are tried again, up to three
+times with a short backoff: nothing has been sent yet, so a write cannot land twice.
+
 An action's URL often comes from alert data, which an attacker can shape. Every destination is
 checked before a connection is made: loopback, private, link-local (cloud metadata at
 169.254.169.254), multicast, reserved and unspecified addresses are refused unless the
@@ -16,6 +19,7 @@ here aiohttp spends a tenth of the CPU per request.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -33,6 +37,8 @@ from yarl import URL
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+CONNECT_ATTEMPTS = 3  # tries to open a connection (connect errors only: nothing sent yet)
+CONNECT_BACKOFF = 0.1  # seconds before the second try, doubled before each next one
 
 
 class OutboundBlocked(aiohttp.ClientOSError):
@@ -130,6 +136,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         super().__init__(resolver=GuardedResolver(policy), **options)
         self.policy = policy
         self._allowed: set[tuple[str, str]] = set()
+        self.connect_retries = 0  # connections tried again (for tests and diagnostics)
 
     async def connect(
         self,
@@ -145,7 +152,18 @@ class GuardedConnector(aiohttp.TCPConnector):
             if len(self._allowed) >= self._REMEMBERED:
                 self._allowed.clear()
             self._allowed.add(seen)
-        return await super().connect(req, traces, timeout)
+        # A connection that could not be made is tried again (nothing was sent yet, so a
+        # write cannot land twice): a peer restarting or a dropped SYN costs a retry, not a
+        # failed step. A refusal by the outbound policy is never retried.
+        for attempt in range(CONNECT_ATTEMPTS):
+            try:
+                return await super().connect(req, traces, timeout)
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.__cause__, OutboundBlocked) or attempt + 1 == CONNECT_ATTEMPTS:
+                    raise
+                self.connect_retries += 1
+                await asyncio.sleep(CONNECT_BACKOFF * 2**attempt)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def guard(policy: OutboundPolicy) -> aiohttp.ClientSession:

@@ -17,7 +17,7 @@ from aiohttp import web
 from quell import aio
 from quell.connectors.http import Http, RequestIn
 from quell.sdk import ActionContext, PermanentError
-from quell.sdk.http import OutboundBlocked, OutboundPolicy, guard
+from quell.sdk.http import GuardedConnector, OutboundBlocked, OutboundPolicy, guard
 
 LOOPBACK_ONLY = OutboundPolicy.parse(["127.0.0.1"])
 
@@ -161,3 +161,26 @@ def test_the_event_loop_setting_picks_the_loop() -> None:
     assert aio.run(kind(), EventLoop.UVLOOP) == "uvloop"
     assert aio.loop_name(EventLoop.AUTO) == "uvloop"
     assert uvloop is not None
+
+
+def test_a_connection_that_cannot_be_made_is_tried_again_before_failing() -> None:
+    import socket
+
+    async def scenario() -> tuple[int, int]:
+        with socket.socket() as probe:  # a port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        session = guard(LOOPBACK_ONLY)
+        connector = session.connector
+        assert isinstance(connector, GuardedConnector)
+        async with session:
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await _get(session, f"http://127.0.0.1:{port}/")
+            refused = connector.connect_retries
+            with pytest.raises(OutboundBlocked):  # a refusal by policy: no retry
+                await _get(session, "http://10.0.0.1/")
+        return refused, connector.connect_retries
+
+    refused, after = aio.run(scenario())
+    assert refused == 2  # three attempts in all
+    assert after == 2
