@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from quell.engine.containment import ContainmentService
     from quell.engine.guardrails import GuardrailService
     from quell.engine.store import PlaybookStore
+    from quell.governance.audit import AuditLog
     from quell.governance.secrets import SecretBox
     from quell.ingest.alerts import AlertService
     from quell.ingest.checkpoints import DbCheckpointStore
@@ -147,14 +148,23 @@ class Runtime:
         """Configured connector instances, their secrets sealed."""
         from quell.connectors.instances import InstanceService
 
-        return InstanceService(self.db, self.clock, self.secret_box, self.registry)
+        return InstanceService(
+            self.db, self.clock, self.secret_box, self.registry, audit=self.audit
+        )
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        """The hash-chained audit trail."""
+        from quell.governance.audit import AuditLog
+
+        return AuditLog(self.db, self.clock)
 
     @cached_property
     def guardrails(self) -> GuardrailService:
         """The guardrail policy: kill switch, hourly limits, protected assets, breaker."""
         from quell.engine.guardrails import GuardrailService
 
-        return GuardrailService(self.db, self.clock)
+        return GuardrailService(self.db, self.clock, audit=self.audit)
 
     def action_runner(self, owner: str) -> ActionRunner:
         """An action runner as the engine has one (instances, limits, SSRF guard), for calls
@@ -170,6 +180,7 @@ class Runtime:
             limits=SharedLimits(self.db, self.clock, owner),
             instances=self.connector_instances,
             containments=self.containments,
+            audit=self.audit,
         )
 
     @cached_property
@@ -177,7 +188,7 @@ class Runtime:
         """What runs and people contained, and reverting it."""
         from quell.engine.containment import ContainmentService
 
-        return ContainmentService(self.db, self.clock)
+        return ContainmentService(self.db, self.clock, audit=self.audit)
 
     def close(self) -> None:
         """Release the database connections."""

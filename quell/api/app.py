@@ -15,6 +15,7 @@ from quell.api.problems import install_problem_handler
 from quell.api.routes import (
     alerts,
     approvals,
+    audit,
     callbacks,
     connectors,
     containments,
@@ -112,6 +113,7 @@ def create_app(
     app.include_router(playbooks.router)
     app.include_router(runs.router)
     app.include_router(approvals.router)
+    app.include_router(audit.router)
     app.include_router(callbacks.router)
     app.include_router(connectors.router)
     app.include_router(containments.router)

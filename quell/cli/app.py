@@ -14,6 +14,7 @@ import click
 from quell import __version__
 from quell.cli import (
     alerts,
+    audit,
     config,
     connectors,
     db,
@@ -116,5 +117,6 @@ cli.add_command(connectors.connector_group)
 cli.add_command(connectors.action_group)
 cli.add_command(connectors.containment_group)
 cli.add_command(guardrails.guardrail_group)
+cli.add_command(audit.audit_group)
 cli.add_command(serve.serve_command)
 cli.add_command(serve.demo_command)

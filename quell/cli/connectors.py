@@ -216,7 +216,7 @@ def update(
     runtime = state.runtime()
     service = _instances(runtime, _registry(runtime))
     config = _object(config_text, "--config") if config_text else None
-    changed = service.update(name, config=config, replace=replace, enabled=enabled)
+    changed = service.update(name, config=config, replace=replace, enabled=enabled, by=actor())
     if as_json:
         print_json(changed.as_dict())
     else:
@@ -241,7 +241,7 @@ def set_secret(
         pairs = (f"{key}={variable}",) if variable else ()
         value = _secrets(pairs, key if from_stdin else None)[key]
     runtime = state.runtime()
-    _instances(runtime, _registry(runtime)).set_secret(name, key, value)
+    _instances(runtime, _registry(runtime)).set_secret(name, key, value, by=actor())
     click.echo(f"{'cleared' if clear else 'set'} {name} secret {key}")
 
 
@@ -251,7 +251,7 @@ def set_secret(
 def remove(state: CliState, name: str) -> None:
     """Delete instance NAME and its secrets."""
     runtime = state.runtime()
-    _instances(runtime, _registry(runtime)).remove(name)
+    _instances(runtime, _registry(runtime)).remove(name, by=actor())
     click.echo(f"removed {name}")
 
 

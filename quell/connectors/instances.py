@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from quell.clock import Clock
 from quell.connectors.registry import Registry
 from quell.errors import ConfigurationError, Conflict, InvalidInput, NotFound
+from quell.governance.audit import AuditLog
 from quell.governance.secrets import SecretBox
 from quell.ids import new_id
 from quell.sdk.actions import Connector
@@ -130,11 +131,20 @@ def check_config(connector: type[Connector], config: Mapping[str, Any] | None) -
 class InstanceService:
     """Create, change, list and remove instances; resolve one for an action call."""
 
-    def __init__(self, db: Database, clock: Clock, box: SecretBox, registry: Registry) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        box: SecretBox,
+        registry: Registry,
+        *,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.db = db
         self.clock = clock
         self.box = box
         self.registry = registry
+        self.audit = audit or AuditLog(db, clock)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -208,6 +218,10 @@ class InstanceService:
             raise Conflict(
                 f"a connector instance named {name!r} exists", field="name", value=name
             ) from None
+        self.audit.record(
+            created_by or "unknown", "connector.create", name,
+            {"connector": connector, "config": checked, "secrets": sorted(given)},
+        )  # fmt: skip
         return self.get(name)
 
     def update(
@@ -217,6 +231,7 @@ class InstanceService:
         config: Mapping[str, Any] | None = None,
         replace: bool = False,
         enabled: bool | None = None,
+        by: str = "unknown",
     ) -> Instance:
         """Change the config (merged into the current one, or ``replace``d) or turn it on/off."""
         current = self.get(name)
@@ -232,9 +247,13 @@ class InstanceService:
                 .where(connector_instances.c.name == name)
                 .values(**values)
             )
+        shown = {k: v for k, v in values.items() if k in ("config", "enabled")}
+        self.audit.record(by, "connector.update", name, shown)
         return self.get(name)
 
-    def set_secret(self, name: str, key: str, value: SecretValue | None) -> Instance:
+    def set_secret(
+        self, name: str, key: str, value: SecretValue | None, *, by: str = "unknown"
+    ) -> Instance:
         """Set (or, with None, clear) one of the instance's secrets."""
         current = self.get(name)
         self._check_secret_names(self.connector_of(current.connector), {key: value})
@@ -255,9 +274,11 @@ class InstanceService:
                     updated_at=self.clock.now(),
                 )
             )
+        # The secret's name only, never its value.
+        self.audit.record(by, "connector.secret", name, {"secret": key, "set": value is not None})
         return self.get(name)
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, *, by: str = "unknown") -> None:
         """Delete an instance and its secrets."""
         with self.db.write() as conn:
             gone = conn.execute(
@@ -265,6 +286,7 @@ class InstanceService:
             ).rowcount
         if not gone:
             raise NotFound(f"no connector instance named {name!r}", field="name", value=name)
+        self.audit.record(by, "connector.remove", name, {})
 
     # -- resolving for a call ---------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from quell.connectors.registry import ActionDef, Registry
 from quell.engine.containment import ContainmentService, expiry_of, revert_plan
 from quell.engine.limits import SharedLimits
 from quell.errors import QuellError
+from quell.governance.audit import AuditLog
 from quell.ids import new_id
 from quell.sdk import ActionContext, ActionError, Connector, Landed, Reconciliation, SecretValue
 from quell.sdk.errors import PermanentError, TransientError
@@ -107,10 +108,12 @@ class ActionRunner:
         limits: SharedLimits | None = None,
         instances: InstanceService | None = None,
         containments: ContainmentService | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.registry = registry
         # Where calls made by hand record what they contained (runs record it in their journal).
         self.containments = containments
+        self.audit = audit  # where calls made by hand are recorded
         # Configured instances (settings and sealed secrets in the database); without them,
         # every connector runs unconfigured, with secrets from the environment only.
         self.instances = instances
@@ -324,7 +327,12 @@ class ActionRunner:
             dry_run=dry_run,
             instance=instance,
         )
-        output = await self.call(definition, params, ctx, limit=limit)
+        try:
+            output = await self.call(definition, params, ctx, limit=limit)
+        except ActionError as exc:
+            await self._audit_by_hand(actor, key, instance, dry_run, call_id, exc.to_dict())
+            raise
+        await self._audit_by_hand(actor, key, instance, dry_run, call_id, None)
         if self.containments is not None and not dry_run:
             service = self.containments
             row = await self.containment_row(
@@ -340,6 +348,20 @@ class ActionRunner:
 
                 await asyncio.to_thread(record)
         return output
+
+    async def _audit_by_hand(
+        self,
+        actor: str,
+        key: str,
+        instance: str | None,
+        dry_run: bool,
+        call_id: str,
+        error: dict[str, Any] | None,
+    ) -> None:
+        if self.audit is None:
+            return
+        detail = {"call": call_id, "instance": instance, "dry_run": dry_run, "error": error}
+        await asyncio.to_thread(self.audit.record, actor, "action.run_by_hand", key, detail)
 
     async def health(
         self, connector: type[Connector], instance: str | None = None, limit: float = 30.0

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, insert, or_, select, update
 
 from quell.clock import Clock
 from quell.errors import Conflict, NotFound
+from quell.governance.audit import AuditLog
 from quell.ids import new_id
 from quell.sdk.errors import ActionError, TargetNotFound
 from quell.store.database import Backend, Database
@@ -179,9 +180,10 @@ def expiry_of(now: datetime, inputs: dict[str, Any], output: dict[str, Any]) -> 
 class ContainmentService:
     """Record, list and revert containments."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, *, audit: AuditLog | None = None) -> None:
         self.db = db
         self.clock = clock
+        self.audit = audit or AuditLog(db, clock)
 
     @staticmethod
     def row(
@@ -350,7 +352,20 @@ class ContainmentService:
         else:
             log.info("containment_reverted", containment=item.id, by=by)
             await asyncio.to_thread(self._finish, item, by, None)
-        return await asyncio.to_thread(self.get, item.id)
+        after = await asyncio.to_thread(self.get, item.id)
+        await asyncio.to_thread(
+            self.audit.record,
+            by,
+            "containment.revert",
+            item.id,
+            {
+                "action": item.revert_action,
+                "of": item.action,
+                "status": after.status.value,
+                "error": after.last_error,
+            },
+        )
+        return after
 
     async def revert_due(self, runner: ActionRunner) -> int:
         """Revert what has expired (and retry failed reverts that are due); how many tried."""

@@ -678,6 +678,14 @@ class Execution:
         gate = f"{key}#guard"
         held = self.records.get(gate)
         holding = held is not None and held.status is StepStatus.WAITING_TIMER
+        if verdict.outcome is not Ruling.ALLOW and not holding:
+            await asyncio.to_thread(
+                self.engine.guardrails.service.audit.record,
+                f"run:{self.run.id}",
+                f"guardrail.{verdict.outcome.value}",
+                f"{self.run.id}/{key}",
+                {"rule": verdict.code, "message": verdict.message, "action": definition.key},
+            )
         if verdict.outcome is Ruling.HOLD:
             wake = recheck_at(self.now())
             if not holding:

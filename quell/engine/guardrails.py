@@ -36,6 +36,7 @@ from sqlalchemy import delete, func, insert, select, update
 from quell.clock import Clock
 from quell.engine.states import RunStatus, StepStatus
 from quell.errors import InvalidInput, NotFound
+from quell.governance.audit import AuditLog
 from quell.ids import new_id
 from quell.sdk.actions import RiskLevel
 from quell.store.database import Backend, Database
@@ -188,9 +189,10 @@ def _check_protected_entry(entry: str) -> str:
 class GuardrailService:
     """Reads and changes the policy (people), and checks a write against it (workers)."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, *, audit: AuditLog | None = None) -> None:
         self.db = db
         self.clock = clock
+        self.audit = audit or AuditLog(db, clock)
 
     # -- policy ---------------------------------------------------------------------------------
 
@@ -219,6 +221,9 @@ class GuardrailService:
             },
         )
 
+    def _audit(self, by: str, action: str, subject: str | None, detail: dict[str, Any]) -> None:
+        self.audit.record(by, f"guardrail.{action}", subject, detail)
+
     def _put(self, name: str, value: Any, by: str) -> None:
         row = {"name": name, "value": value, "updated_by": by, "updated_at": self.clock.now()}
         statement = upsert(
@@ -242,10 +247,13 @@ class GuardrailService:
             }
             self._put(KILL_SWITCH, value, by)
             log.warning("guardrail", rule="kill_switch", on=True, by=by, reason=value["reason"])
+            self._audit(by, "kill_switch_on", None, {"reason": value["reason"]})
             return 0
         self._drop(KILL_SWITCH)
         log.warning("guardrail", rule="kill_switch", on=False, by=by)
-        return self.release_held()
+        woken = self.release_held()
+        self._audit(by, "kill_switch_off", None, {"released_runs": woken})
+        return woken
 
     def add_limit(
         self, per_hour: int, *, by: str, action: str | None = None, risk: str | None = None
@@ -264,6 +272,7 @@ class GuardrailService:
         limit = Limit(per_hour=per_hour, action=action, risk=level)
         kept = [item for item in self.policy().limits if item.scope != limit.scope]
         self._put(LIMITS, [item.as_dict() for item in [*kept, limit]], by)
+        self._audit(by, "limit_set", limit.scope, limit.as_dict())
         return limit
 
     def remove_limit(self, *, by: str, action: str | None = None, risk: str | None = None) -> None:
@@ -274,6 +283,7 @@ class GuardrailService:
         if len(kept) == len(limits):
             raise NotFound(f"no limit for {scope}", field="limit")
         self._put(LIMITS, [item.as_dict() for item in kept], by)
+        self._audit(by, "limit_removed", scope, {})
 
     def protect(self, entries: Iterable[str], *, by: str) -> tuple[str, ...]:
         """Add protected assets; the whole list."""
@@ -283,6 +293,7 @@ class GuardrailService:
             if checked not in current:
                 current.append(checked)
         self._put(PROTECTED, current, by)
+        self._audit(by, "protected", None, {"protected": current})
         return tuple(current)
 
     def unprotect(self, entries: Iterable[str], *, by: str) -> tuple[str, ...]:
@@ -290,16 +301,19 @@ class GuardrailService:
         gone = {entry.strip() for entry in entries}
         current = [entry for entry in self.policy().protected if entry not in gone]
         self._put(PROTECTED, current, by)
+        self._audit(by, "unprotected", None, {"protected": current, "removed": sorted(gone)})
         return tuple(current)
 
     def set_breaker(self, breaker: Breaker | None, *, by: str) -> None:
         """Turn the circuit breaker on with these thresholds, or off (None)."""
         if breaker is None:
             self._drop(BREAKER)
+            self._audit(by, "breaker_off", None, {})
             return
         if not 0 < breaker.failure_rate <= 1 or breaker.min_runs < 1 or breaker.window_minutes < 1:
             raise InvalidInput("failure_rate is in (0, 1], min_runs and window_minutes at least 1")
         self._put(BREAKER, breaker.as_dict(), by)
+        self._audit(by, "breaker_set", None, breaker.as_dict())
 
     def reset_breaker(self, playbook_id: str, *, by: str) -> int:
         """Close a playbook's open circuit; its held runs go on at once. Runs woken."""
@@ -308,7 +322,9 @@ class GuardrailService:
         # Only failures after the reset count towards opening it again.
         self._put(_BREAKER_RESET + playbook_id, {"at": self.clock.now().isoformat()}, by)
         log.warning("guardrail", rule="circuit_breaker", playbook=playbook_id, reset_by=by)
-        return self.release_held()
+        woken = self.release_held()
+        self._audit(by, "circuit_reset", playbook_id, {"released_runs": woken})
+        return woken
 
     def release_held(self) -> int:
         """Wake every run whose write is held, so it is checked again now."""
@@ -398,6 +414,9 @@ class GuardrailService:
         )
         log.warning(
             "guardrail", rule="circuit_breaker", playbook=playbook_id, failed=failed, ended=total
+        )
+        self._audit(
+            "circuit_breaker", "circuit_open", playbook_id, {"failed": failed, "ended": total}
         )
         return True
 

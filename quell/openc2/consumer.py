@@ -360,6 +360,13 @@ class Consumer:
         if verdict.outcome is Ruling.ALLOW:
             return None
         log.warning("openc2_guardrail", action=plan.key, rule=verdict.code, actor=actor)
+        await asyncio.to_thread(
+            guardrails.audit.record,
+            f"openc2:{actor}",
+            f"guardrail.{verdict.outcome.value}",
+            plan.key,
+            {"rule": verdict.code, "message": verdict.message, "inputs": plan.inputs},
+        )
         status = 403 if verdict.outcome is Ruling.APPROVE else 503
         return Reply(status, f"{verdict.code}: {verdict.message}")
 

@@ -465,3 +465,24 @@ containments = Table(
 Index("ix_containments_status_expires", containments.c.status, containments.c.expires_at)
 # One containment per step of a run: a step recorded again (a replay, a reconcile) adds none.
 Index("uq_containments_run_step", containments.c.run_id, containments.c.step_key, unique=True)
+
+# The audit trail: who did what to which, and why; each event's hash covers the one before it,
+# so an edited, removed or reordered event breaks the chain (quell.governance.audit).
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column(
+        "seq",
+        BigInteger().with_variant(Integer(), "sqlite"),  # SQLite: the rowid, so it counts
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("id", String(32), nullable=False, unique=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(160), nullable=False),
+    Column("action", String(64), nullable=False),  # guardrail.hold, connector.create, ...
+    Column("subject", String(512), nullable=True),  # a run, an instance, a containment
+    Column("detail", _json(), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)

@@ -46,3 +46,22 @@ def test_the_person_on_shift_pulls_the_kill_switch_and_admins_set_policy(
     assert missing.status_code == 404
     assert admin.delete("/api/guardrails/limits", params={"risk": "high"}).status_code == 204
     assert auditor.get("/api/guardrails").json()["limits"] == []
+
+
+def test_the_audit_trail_shows_who_pulled_the_switch_and_its_chain_holds(
+    live_server: LiveServer, role_tokens: dict[Role, str]
+) -> None:
+    analyst = live_server.client(role_tokens[Role.ANALYST])
+    auditor = live_server.client(role_tokens[Role.AUDITOR])
+    analyst.put("/api/guardrails/kill-switch", json={"on": True, "reason": "drill"})
+    analyst.put("/api/guardrails/kill-switch", json={"on": False})
+    assert analyst.get("/api/audit").status_code == 403
+    events = auditor.get("/api/audit", params={"action": "guardrail."}).json()
+    assert [(e["actor"], e["action"]) for e in events] == [
+        ("test-analyst", "guardrail.kill_switch_off"),
+        ("test-analyst", "guardrail.kill_switch_on"),
+    ]
+    assert events[0]["prev_hash"] == events[1]["hash"]
+    assert auditor.get("/api/audit/verify").json() == {
+        "checked": 2, "intact": True, "first_broken_seq": None,
+    }  # fmt: skip

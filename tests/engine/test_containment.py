@@ -53,6 +53,9 @@ def test_a_containment_is_recorded_with_its_run_and_reverted_by_a_person(
             assert after.status is ContainmentStatus.REVERTED
             assert after.reverted_by == "cli:alice"
             assert Peer.released == ["ws-7"]
+            (audited,) = runtime.audit.list_all(action="containment.revert")
+            assert (audited.actor, audited.subject) == ("cli:alice", item.id)
+            assert audited.detail["status"] == "reverted"
             with pytest.raises(Conflict, match="already reverted by cli:alice"):
                 await service.revert(harness.engine.actions, item.id, by="cli:bob")
             assert service.list_all() == []  # reverted ones only on request

@@ -66,6 +66,10 @@ def test_the_kill_switch_holds_writes_until_it_is_turned_off(
             assert hold.error["code"] == "kill_switch"
             assert "bad rule pushed" in hold.error["message"]
             assert Peer.applied == {}
+            (audited,) = runtime.audit.list_all(action="guardrail.hold")
+            assert audited.subject == f"{run_id}/isolate"
+            assert audited.actor == f"run:{run_id}"
+            assert audited.detail["rule"] == "kill_switch"
             # Reads and dry runs are not held.
             assert (await harness.run(READ_ONLY)).status == "succeeded"
             dry = await harness.run(CONTAIN, {"host": "ws-8"}, dry_run=True)
@@ -100,6 +104,8 @@ def test_an_hourly_limit_refuses_the_write_beyond_it_for_every_worker(
             assert refused.error["code"] == "guardrail_limit"
             assert "action:test.contain reached its limit of 2" in refused.error["message"]
             assert statuses(refused)["isolate"] == "failed"
+            (audited,) = runtime.audit.list_all(action="guardrail.refuse")
+            assert audited.detail["rule"] == "guardrail_limit"
             assert len(Peer.applied) == 2
             clock.advance(timedelta(minutes=61))  # an hour later, there is room again
             assert (await first.run(CONTAIN, {"host": "ws-9"})).status == "succeeded"

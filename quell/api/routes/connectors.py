@@ -130,12 +130,12 @@ async def create_instance(
 
 @router.patch("/connectors/{name}", summary="Change an instance")
 async def update_instance(
-    name: Name, body: InstanceChange, runtime: RuntimeDep, _: CanManage
+    name: Name, body: InstanceChange, runtime: RuntimeDep, who: CanManage
 ) -> dict[str, Any]:
     """Change an instance's config, or turn it on or off."""
     changed = await run_in_threadpool(
         lambda: runtime.connector_instances.update(
-            name, config=body.config, replace=body.replace, enabled=body.enabled
+            name, config=body.config, replace=body.replace, enabled=body.enabled, by=who.name
         )
     )
     return changed.as_dict()
@@ -153,9 +153,9 @@ async def set_secret(
 @router.delete(
     "/connectors/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove an instance"
 )
-async def remove_instance(name: Name, runtime: RuntimeDep, _: CanManage) -> None:
+async def remove_instance(name: Name, runtime: RuntimeDep, who: CanManage) -> None:
     """Delete an instance and its secrets."""
-    await run_in_threadpool(runtime.connector_instances.remove, name)
+    await run_in_threadpool(lambda: runtime.connector_instances.remove(name, by=who.name))
 
 
 @router.post("/connectors/{name}/test", summary="Run a health check")
