@@ -18,39 +18,26 @@ sent in the token request's form only, and never logged nor put in an error.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
-import orjson
-from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from quell.connectors import rest
 from quell.sdk import (
     ActionContext,
     ActionInput,
     ActionOutput,
-    AuthError,
     Connector,
     Landed,
     PermanentError,
-    RateLimited,
     Reconciliation,
     RiskLevel,
-    SecretValue,
     TargetNotFound,
-    TransientError,
     action,
 )
-from quell.sdk.http import OutboundBlocked
 
 VENDOR = "crowdstrike"
-MAX_BODY = 4 * 1024 * 1024
-MAX_PAGES = 50  # pages a listing follows at most
-_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
-_EARLY = 60.0  # a token is fetched again this many seconds before it expires
+MAX_PAGES = rest.MAX_PAGES  # pages a listing follows at most
 _HOSTNAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
 _DEVICE_ID = r"^[0-9a-fA-F]{32}$"
 _CONTAINED = frozenset({"contained", "containment_pending"})
@@ -243,34 +230,7 @@ class DeleteIocsOut(ActionOutput):
 # -- HTTP -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: Any  # parsed JSON, or None
-    text: str
-
-
-@dataclass
-class _Token:
-    client_id: SecretValue
-    client_secret: SecretValue
-    value: SecretValue
-    expires: float  # time.monotonic()
-
-
-def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
-    """Seconds to wait: ``Retry-After``, else Falcon's ``X-RateLimit-RetryAfter`` (epoch)."""
-    value = headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    epoch = headers.get("X-RateLimit-RetryAfter", "").strip()
-    if epoch.isdigit():
-        return max(0.0, float(epoch) - time.time())
-    return None
-
-
-def _message(reply: _Reply) -> str:
+def _message(reply: rest.Reply) -> str:
     """Falcon's error message(s), trimmed."""
     body = reply.body
     if isinstance(body, dict):
@@ -289,76 +249,7 @@ def _message(reply: _Reply) -> str:
     return reply.text.strip()[:200] or f"HTTP {reply.status}"
 
 
-def _scrub(text: str, secrets: tuple[SecretValue, ...]) -> str:
-    for secret in secrets:
-        plain = secret.reveal()
-        if plain and plain in text:
-            text = text.replace(plain, "**********")
-    return text
-
-
-async def _exchange(
-    ctx: ActionContext,
-    method: str,
-    url: str,
-    *,
-    headers: dict[str, str],
-    params: list[tuple[str, str]] | None = None,
-    payload: Any = None,
-    form: dict[str, str] | None = None,
-) -> _Reply:
-    """One request; transport failures become Transient/PermanentError (never the URL query)."""
-    data: Any = None
-    if payload is not None:
-        data = orjson.dumps(payload)
-        headers = {**headers, "Content-Type": "application/json"}
-    elif form is not None:
-        data = aiohttp.FormData(form)
-    try:
-        async with ctx.client.request(
-            method,
-            url,
-            headers={"Accept": "application/json", **headers},
-            params=params,
-            data=data,
-            allow_redirects=False,
-            timeout=_TIMEOUT,
-        ) as response:
-            content = await response.content.read(MAX_BODY)
-            status, reply_headers = response.status, response.headers
-    except OutboundBlocked as exc:
-        raise PermanentError(str(exc), code="outbound_blocked") from None
-    except TimeoutError:
-        raise TransientError(f"{VENDOR}: {method} timed out") from None
-    except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-        if isinstance(exc.__cause__, OutboundBlocked):
-            raise PermanentError(str(exc.__cause__), code="outbound_blocked") from None
-        raise TransientError(f"{VENDOR}: {method} failed: {type(exc).__name__}") from None
-    text = content.decode("utf-8", "replace")
-    body: Any = None
-    if content:
-        try:
-            body = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            body = None
-    return _Reply(status, reply_headers, body, text)
-
-
-def _raise_for(reply: _Reply, what: str, secrets: tuple[SecretValue, ...]) -> None:
-    """Map a non-2xx reply to the SDK's errors; ``what`` names the request (and target)."""
-    if 200 <= reply.status < 300:
-        return
-    message = _scrub(_message(reply), secrets)
-    text = f"{VENDOR}: {what}: HTTP {reply.status}: {message}"
-    if reply.status == 429:
-        raise RateLimited(text, retry_after=_retry_after(reply.headers))
-    if reply.status >= 500:
-        raise TransientError(text)
-    if reply.status in (401, 403):
-        raise AuthError(text, details={"status": reply.status})
-    if reply.status == 404:
-        raise TargetNotFound(text, details={"status": reply.status})
-    raise PermanentError(text, details={"status": reply.status})
+_FALCON = rest.Vendor(VENDOR, _message, reset_header="X-RateLimit-RetryAfter")
 
 
 # -- the connector --------------------------------------------------------------------------------
@@ -375,55 +266,20 @@ class Crowdstrike(Connector):
     def __init__(self, config: BaseModel | None = None) -> None:
         super().__init__(config)
         self.settings = config if isinstance(config, CrowdstrikeConfig) else CrowdstrikeConfig()
-        self._token: _Token | None = None
-        self.token_requests = 0  # how many tokens were fetched (for health and tests)
-
-    # -- auth ------------------------------------------------------------------------------
-
-    def _credentials(self, ctx: ActionContext) -> tuple[SecretValue, SecretValue]:
-        return ctx.secret("client_id"), ctx.secret("client_secret")
-
-    async def _bearer(self, ctx: ActionContext, *, fresh: bool = False) -> SecretValue:
-        """A valid token for the context's credentials: the cached one, else a new one."""
-        client_id, client_secret = self._credentials(ctx)
-        token = self._token
-        if (
-            not fresh
-            and token is not None
-            and token.client_id == client_id
-            and token.client_secret == client_secret
-            and token.expires > time.monotonic()
-        ):
-            return token.value
-        self._token = None
-        self.token_requests += 1
-        reply = await _exchange(
-            ctx,
-            "POST",
+        self._auth = rest.ClientCredentials(
+            _FALCON,
             f"{self.settings.base_url}/oauth2/token",
-            headers={},
-            form={"client_id": client_id.reveal(), "client_secret": client_secret.reveal()},
+            lambda status, message: (
+                f"the API client credentials were refused (HTTP {status}: {message}); "
+                "check client_id and client_secret"
+            ),
+            lifetime=1799.0,
         )
-        secrets = (client_id, client_secret)
-        if reply.status in (400, 401, 403):
-            raise AuthError(
-                f"{VENDOR}: the API client credentials were refused (HTTP {reply.status}: "
-                f"{_scrub(_message(reply), secrets)}); check client_id and client_secret"
-            )
-        _raise_for(reply, "token request", secrets)
-        body = reply.body if isinstance(reply.body, dict) else {}
-        value = body.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise PermanentError(f"{VENDOR}: the token answer has no access_token")
-        lifetime = body.get("expires_in")
-        seconds = float(lifetime) if isinstance(lifetime, int | float) else 1799.0
-        self._token = _Token(
-            client_id,
-            client_secret,
-            SecretValue(value),
-            time.monotonic() + max(0.0, seconds - min(_EARLY, seconds / 2)),
-        )
-        return self._token.value
+
+    @property
+    def token_requests(self) -> int:
+        """How many tokens were fetched (for health and tests)."""
+        return self._auth.requests
 
     async def _api(
         self,
@@ -432,32 +288,12 @@ class Crowdstrike(Connector):
         path: str,
         what: str,
         *,
-        params: list[tuple[str, str]] | None = None,
+        params: rest.Params | None = None,
         payload: Any = None,
-    ) -> _Reply:
+    ) -> rest.Reply:
         """An authenticated call; a 401 fetches a new token and tries once more."""
-        secrets = self._credentials(ctx)
         url = f"{self.settings.base_url}{path}"
-        for attempt in range(2):
-            token = await self._bearer(ctx, fresh=attempt > 0)
-            reply = await _exchange(
-                ctx,
-                method,
-                url,
-                headers={"Authorization": f"Bearer {token.reveal()}"},
-                params=params,
-                payload=payload,
-            )
-            if reply.status != 401:
-                break
-            self._token = None
-        if reply.status == 401:
-            raise AuthError(
-                f"{VENDOR}: {what}: the API refused a fresh token (HTTP 401: "
-                f"{_scrub(_message(reply), secrets)})"
-            )
-        _raise_for(reply, what, secrets)
-        return reply
+        return await self._auth.call(ctx, method, url, what, params=params, json=payload)
 
     # -- hosts -----------------------------------------------------------------------------
 
@@ -707,9 +543,9 @@ class Crowdstrike(Connector):
                 "read IOCs",
                 params=[("ids", ioc) for ioc in params.ids],
             )
+            resources = reply.mapping().get("resources")
         except TargetNotFound:
-            reply = _Reply(404, CIMultiDictProxy(CIMultiDict()), None, "")
-        resources = reply.body.get("resources") if isinstance(reply.body, dict) else None
+            resources = None
         left = [item.get("id") for item in resources or [] if isinstance(item, dict)]
         if left:
             return Reconciliation(Landed.NOT_LANDED, detail=f"{len(left)} IOC(s) left")

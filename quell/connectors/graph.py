@@ -17,49 +17,28 @@ nor put in an error.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-import orjson
-from multidict import CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from yarl import URL
 
+from quell.connectors import rest
 from quell.sdk import (
     ActionContext,
     ActionInput,
     ActionOutput,
-    AuthError,
     Connector,
     Landed,
     PermanentError,
-    RateLimited,
     Reconciliation,
     RiskLevel,
-    SecretValue,
-    TargetNotFound,
-    TransientError,
     action,
 )
-from quell.sdk.http import OutboundBlocked
 
 VENDOR = "graph"
 SCOPE = "https://graph.microsoft.com/.default"
-MAX_BODY = 4 * 1024 * 1024
-MAX_PAGES = 50  # pages a listing follows at most
-_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
-_EARLY = 60.0  # a token is fetched again this many seconds before it expires
+MAX_PAGES = rest.MAX_PAGES  # pages a listing follows at most
 _USER = r"^[^\s/\\?#]{1,255}$"  # an object id or a userPrincipalName
-
-
-def _http_url(value: str) -> str:
-    if not value.startswith(("https://", "http://")):
-        raise ValueError("must be an http(s) URL")
-    return value.rstrip("/")
 
 
 class GraphConfig(BaseModel):
@@ -87,7 +66,7 @@ class GraphConfig(BaseModel):
     @field_validator("base_url", "login_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _http_url(value)
+        return rest.http_url(value)
 
 
 # -- inputs and outputs ---------------------------------------------------------------------------
@@ -158,124 +137,6 @@ class UserOut(ActionOutput):
     account_enabled: bool | None = None
 
 
-# -- HTTP -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: Any  # parsed JSON, or None
-    text: str
-
-
-@dataclass
-class _Token:
-    client_id: SecretValue
-    client_secret: SecretValue
-    value: SecretValue
-    expires: float  # time.monotonic()
-
-
-def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
-    value = headers.get("Retry-After", "").strip()
-    return float(value) if value.isdigit() else None
-
-
-def _message(reply: _Reply) -> str:
-    """Microsoft's error message, trimmed."""
-    body = reply.body
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            code, message = error.get("code"), error.get("message")
-            text = f"{code}: {message}" if code and message else str(message or code or "")
-            if text:
-                return text[:300]
-        if isinstance(error, str):
-            description = str(body.get("error_description") or "").split("\n", 1)[0].strip()
-            return f"{error}: {description}"[:300] if description else error[:300]
-    return reply.text.strip()[:200] or f"HTTP {reply.status}"
-
-
-def _scrub(text: str, secrets: tuple[SecretValue, ...]) -> str:
-    for secret in secrets:
-        plain = secret.reveal()
-        if plain and plain in text:
-            text = text.replace(plain, "**********")
-    return text
-
-
-async def _exchange(
-    ctx: ActionContext,
-    method: str,
-    url: str,
-    *,
-    headers: dict[str, str],
-    params: list[tuple[str, str]] | None = None,
-    payload: Any = None,
-    form: dict[str, str] | None = None,
-) -> _Reply:
-    """One request; transport failures become Transient/PermanentError (never the URL query)."""
-    data: Any = None
-    if payload is not None:
-        data = orjson.dumps(payload)
-        headers = {**headers, "Content-Type": "application/json"}
-    elif form is not None:
-        data = aiohttp.FormData(form)
-    try:
-        async with ctx.client.request(
-            method,
-            url,
-            headers={"Accept": "application/json", **headers},
-            params=params,
-            data=data,
-            allow_redirects=False,
-            timeout=_TIMEOUT,
-        ) as response:
-            content = await response.content.read(MAX_BODY)
-            status, reply_headers = response.status, response.headers
-    except OutboundBlocked as exc:
-        raise PermanentError(str(exc), code="outbound_blocked") from None
-    except TimeoutError:
-        raise TransientError(f"{VENDOR}: {method} timed out") from None
-    except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-        if isinstance(exc.__cause__, OutboundBlocked):
-            raise PermanentError(str(exc.__cause__), code="outbound_blocked") from None
-        raise TransientError(f"{VENDOR}: {method} failed: {type(exc).__name__}") from None
-    text = content.decode("utf-8", "replace")
-    body: Any = None
-    if content:
-        try:
-            body = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            body = None
-    return _Reply(status, reply_headers, body, text)
-
-
-def _raise_for(reply: _Reply, what: str, secrets: tuple[SecretValue, ...]) -> None:
-    """Map a non-2xx reply to the SDK's errors; ``what`` names the request (and target)."""
-    if 200 <= reply.status < 300:
-        return
-    message = _scrub(_message(reply), secrets)
-    text = f"{VENDOR}: {what}: HTTP {reply.status}: {message}"
-    if reply.status == 429:
-        raise RateLimited(text, retry_after=_retry_after(reply.headers))
-    if reply.status >= 500:
-        raise TransientError(text)
-    if reply.status in (401, 403):
-        raise AuthError(text, details={"status": reply.status})
-    if reply.status == 404:
-        raise TargetNotFound(text, details={"status": reply.status})
-    raise PermanentError(text, details={"status": reply.status})
-
-
-def _same_origin(link: str, base: str) -> bool:
-    """Whether a next-page link points at the configured API (the token goes nowhere else)."""
-    there, here = URL(link), URL(base)
-    return (there.scheme, there.host, there.port) == (here.scheme, here.host, here.port)
-
-
 # -- the connector --------------------------------------------------------------------------------
 
 
@@ -298,123 +159,14 @@ class Graph(Connector):
                 f"{VENDOR} needs configuration (tenant_id): quell connector add ... --type graph"
             )
         self.settings = config
-        self._token: _Token | None = None
-
-    # -- auth ------------------------------------------------------------------------------
-
-    def _credentials(self, ctx: ActionContext) -> tuple[SecretValue, SecretValue]:
-        return ctx.secret("client_id"), ctx.secret("client_secret")
-
-    async def _bearer(self, ctx: ActionContext, *, fresh: bool = False) -> SecretValue:
-        """A valid token for the context's credentials: the cached one, else a new one."""
-        client_id, client_secret = self._credentials(ctx)
-        token = self._token
-        if (
-            not fresh
-            and token is not None
-            and token.client_id == client_id
-            and token.client_secret == client_secret
-            and token.expires > time.monotonic()
-        ):
-            return token.value
-        self._token = None
-        settings = self.settings
-        reply = await _exchange(
-            ctx,
-            "POST",
-            f"{settings.login_url}/{settings.tenant_id}/oauth2/v2.0/token",
-            headers={},
-            form={
-                "grant_type": "client_credentials",
-                "client_id": client_id.reveal(),
-                "client_secret": client_secret.reveal(),
-                "scope": SCOPE,
-            },
+        self._api = rest.MicrosoftApi.for_tenant(
+            VENDOR, config.base_url, config.login_url, config.tenant_id, SCOPE
         )
-        secrets = (client_id, client_secret)
-        if reply.status in (400, 401, 403):
-            raise AuthError(
-                f"{VENDOR}: Entra ID refused the app's credentials for tenant "
-                f"{settings.tenant_id} (HTTP {reply.status}: {_scrub(_message(reply), secrets)}); "
-                "check tenant_id, client_id and client_secret"
-            )
-        _raise_for(reply, "token request", secrets)
-        body = reply.body if isinstance(reply.body, dict) else {}
-        value = body.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise PermanentError(f"{VENDOR}: the token answer has no access_token")
-        lifetime = body.get("expires_in")
-        seconds = float(lifetime) if isinstance(lifetime, int | float) else 3599.0
-        self._token = _Token(
-            client_id,
-            client_secret,
-            SecretValue(value),
-            time.monotonic() + max(0.0, seconds - min(_EARLY, seconds / 2)),
-        )
-        return self._token.value
-
-    async def _api(
-        self,
-        ctx: ActionContext,
-        method: str,
-        path_or_url: str,
-        what: str,
-        *,
-        params: list[tuple[str, str]] | None = None,
-        payload: Any = None,
-    ) -> _Reply:
-        """An authenticated call; a 401 fetches a new token and tries once more."""
-        secrets = self._credentials(ctx)
-        url = path_or_url if "://" in path_or_url else f"{self.settings.base_url}{path_or_url}"
-        for attempt in range(2):
-            token = await self._bearer(ctx, fresh=attempt > 0)
-            reply = await _exchange(
-                ctx,
-                method,
-                url,
-                headers={"Authorization": f"Bearer {token.reveal()}"},
-                params=params,
-                payload=payload,
-            )
-            if reply.status != 401:
-                break
-            self._token = None
-        if reply.status == 401:
-            raise AuthError(
-                f"{VENDOR}: {what}: the API refused a fresh token (HTTP 401: "
-                f"{_scrub(_message(reply), secrets)})"
-            )
-        _raise_for(reply, what, secrets)
-        return reply
-
-    async def _pages(
-        self, ctx: ActionContext, path: str, what: str, params: list[tuple[str, str]], most: int
-    ) -> tuple[list[dict[str, Any]], bool]:
-        """Items of an OData listing, following ``@odata.nextLink`` (bounded); and whether
-        more were left."""
-        items: list[dict[str, Any]] = []
-        url: str | None = path
-        query: list[tuple[str, str]] | None = params
-        for _page in range(MAX_PAGES):
-            if url is None:
-                break
-            reply = await self._api(ctx, "GET", url, what, params=query)
-            body = reply.body if isinstance(reply.body, dict) else {}
-            items.extend(item for item in body.get("value") or [] if isinstance(item, dict))
-            link = body.get("@odata.nextLink")
-            url, query = None, None
-            if isinstance(link, str) and link:
-                if not _same_origin(link, self.settings.base_url):
-                    raise PermanentError(f"{VENDOR}: {what}: a next page on another host")
-                url = link
-            if len(items) >= most:
-                break
-        return items[:most], url is not None or len(items) > most
 
     # -- users -----------------------------------------------------------------------------
 
     async def _read_user(self, ctx: ActionContext, user: str) -> dict[str, Any]:
-        reply = await self._api(
+        reply = await self._api.call(
             ctx,
             "GET",
             _path(user),
@@ -431,8 +183,8 @@ class Graph(Connector):
         if ctx.dry_run:  # reading the user would need a token, which is a POST
             sent = {"method": "PATCH", "path": _path(params.user), "body": body}
             return AccountOut(user=params.user, action=name, simulated=True, would_send=sent)
-        await self._api(
-            ctx, "PATCH", _path(params.user), f"{name} user {params.user}", payload=body
+        await self._api.call(
+            ctx, "PATCH", _path(params.user), f"{name} user {params.user}", json=body
         )
         ctx.log.info("graph_account_changed", action=name)
         return AccountOut(user=params.user, account_enabled=enabled, action=name)
@@ -475,7 +227,7 @@ class Graph(Connector):
         """Invalidate the user's refresh tokens and session cookies: they must sign in again."""
         if ctx.dry_run:
             return RevokeOut(user=params.user, revoked=False, simulated=True)
-        reply = await self._api(
+        reply = await self._api.call(
             ctx,
             "POST",
             f"{_path(params.user)}/revokeSignInSessions",
@@ -499,7 +251,7 @@ class Graph(Connector):
     @action("list_groups", risk=RiskLevel.READ, idempotent=True, title="List a user's groups")
     async def list_groups(self, ctx: ActionContext, params: GroupsIn) -> GroupsOut:
         """The groups and directory roles the user is a direct member of (paged)."""
-        items, more = await self._pages(
+        items, more = await self._api.pages(
             ctx,
             f"{_path(params.user)}/memberOf",
             f"list groups of {params.user}",
@@ -520,7 +272,7 @@ class Graph(Connector):
 
     async def health(self, ctx: ActionContext) -> str:
         """A token is granted and the user list can be read."""
-        await self._api(
+        await self._api.call(
             ctx, "GET", "/v1.0/users", "list users", params=[("$top", "1"), ("$select", "id")]
         )
         return (

@@ -22,35 +22,24 @@ the method, path and Jira's own message, never a credential.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import email.utils
-import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
-import aiohttp
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from quell.connectors import rest
 from quell.sdk import (
-    REDACTED,
     ActionContext,
     ActionInput,
     ActionOutput,
-    AuthError,
     Connector,
     Landed,
     PermanentError,
-    RateLimited,
     Reconciliation,
     RiskLevel,
-    TargetNotFound,
-    TransientError,
     action,
 )
-from quell.sdk.http import OutboundBlocked
 
 MAX_BODY = 4 * 1024 * 1024
 _API = "/rest/api/3"
@@ -109,22 +98,7 @@ def adf_text(document: Any) -> str:
 
 def key_hash(idempotency_key: str) -> str:
     """A short, stable, label-safe digest of an idempotency key."""
-    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return rest.idempotency_tag(idempotency_key)
 
 
 def jira_message(body: Any, text: str) -> str:
@@ -325,7 +299,7 @@ class Jira(Connector):
             raise PermanentError("jira: the instance needs a config with base_url")
         self.settings = config
         self.base = str(config.base_url).rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self._site = rest.Site("jira", self.base, config.timeout, MAX_BODY)
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -353,56 +327,24 @@ class Jira(Connector):
     ) -> Any:
         """Send one request; the parsed JSON answer (None when empty), or an ActionError."""
         headers, token = self._headers(ctx)
-        data: bytes | None = None
-        if body is not None:
-            data = orjson.dumps(body)
-            headers["Content-Type"] = "application/json"
         where = f"jira: {method} {path}"
-        try:
-            async with ctx.client.request(
-                method,
-                self.base + path,
-                headers=headers,
-                params=params,
-                data=data,
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as response:
-                status = response.status
-                content = await response.content.read(MAX_BODY)
-                retry_after = response.headers.get("Retry-After")
-        except OutboundBlocked as exc:
-            raise PermanentError(str(exc), code="outbound_blocked") from None
-        except TimeoutError:
-            raise TransientError(f"{where}: timed out") from None
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            if isinstance(exc.__cause__, OutboundBlocked):
-                raise PermanentError(str(exc.__cause__), code="outbound_blocked") from None
-            raise TransientError(f"{where}: {type(exc).__name__}") from None
-        text = content.decode("utf-8", "replace")
-        try:
-            parsed: Any = orjson.loads(content) if content.strip() else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        if 200 <= status < 300:
-            return parsed
-        message = jira_message(parsed, text)
-        if token:
-            message = message.replace(token, REDACTED)
-        detail = f" ({message})" if message else ""
-        if status == 401:
-            raise AuthError(
-                f"{where}: HTTP 401: Jira refused the credentials (check email and api_token)"
-            )
-        if status == 403:
-            raise AuthError(f"{where}: HTTP 403: the account may not do this{detail}")
-        if status == 404:
-            raise TargetNotFound(f"jira: {what} not found{detail}", details={"status": 404})
-        if status == 429:
-            raise RateLimited(f"{where}: rate limited", retry_after=_retry_after(retry_after))
-        if status >= 500:
-            raise TransientError(f"{where}: HTTP {status}{detail}")
-        raise PermanentError(f"{where}: HTTP {status}{detail}", details={"status": status})
+        reply = await self._site.request(
+            ctx,
+            method,
+            path,
+            headers=headers,
+            params=params,
+            json=body,
+        )
+        rest.raise_for_call(
+            reply,
+            vendor="jira",
+            where=where,
+            what=what,
+            message=rest.scrub(jira_message(reply.body, reply.text), (token,)),
+            unauthorized="Jira refused the credentials (check email and api_token)",
+        )
+        return reply.body
 
     def _url(self, key: str) -> str:
         return f"{self.base}/browse/{key}"

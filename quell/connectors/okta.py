@@ -14,44 +14,29 @@ nor put in an error.
 
 from __future__ import annotations
 
-import asyncio
-import re
-import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-import orjson
-from multidict import CIMultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from yarl import URL
 
+from quell.connectors import rest
 from quell.sdk import (
     ActionContext,
     ActionInput,
     ActionOutput,
-    AuthError,
     Connector,
     Landed,
     PermanentError,
-    RateLimited,
     Reconciliation,
     RiskLevel,
-    SecretValue,
     TargetNotFound,
-    TransientError,
     action,
 )
-from quell.sdk.http import OutboundBlocked
 
 VENDOR = "okta"
-MAX_BODY = 4 * 1024 * 1024
-MAX_PAGES = 50  # pages a listing follows at most
-_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+MAX_PAGES = rest.MAX_PAGES  # pages a listing follows at most
 _USER_ID = r"^[A-Za-z0-9]{1,64}$"
 _LOGIN = r"^[^\"\\\s]{1,255}$"  # no quote, backslash or space: it goes into a search string
-_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
 
 
 class OktaConfig(BaseModel):
@@ -157,26 +142,7 @@ class GetUserIn(ActionInput):
 # -- HTTP -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: Any  # parsed JSON, or None
-    text: str
-
-
-def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
-    """Seconds to wait: ``Retry-After``, else Okta's ``X-Rate-Limit-Reset`` (epoch)."""
-    value = headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    reset = headers.get("X-Rate-Limit-Reset", "").strip()
-    if reset.isdigit():
-        return max(1.0, float(reset) - time.time())
-    return None
-
-
-def _message(reply: _Reply) -> str:
+def _message(reply: rest.Reply) -> str:
     """Okta's error summary (and first cause), trimmed."""
     body = reply.body
     if isinstance(body, dict) and body.get("errorSummary"):
@@ -190,83 +156,20 @@ def _message(reply: _Reply) -> str:
     return reply.text.strip()[:200] or f"HTTP {reply.status}"
 
 
-def _scrub(text: str, secrets: tuple[SecretValue, ...]) -> str:
-    for secret in secrets:
-        plain = secret.reveal()
-        if plain and plain in text:
-            text = text.replace(plain, "**********")
-    return text
+# a 429's wait: ``Retry-After``, else ``X-Rate-Limit-Reset`` (epoch), at least a second
+_OKTA = rest.Vendor(
+    VENDOR,
+    _message,
+    reset_header="X-Rate-Limit-Reset",
+    reset_floor=1.0,
+    unauthorized_hint="; check the instance's api_token",
+)
 
 
-async def _exchange(
-    ctx: ActionContext,
-    method: str,
-    url: str,
-    *,
-    headers: dict[str, str],
-    params: list[tuple[str, str]] | None = None,
-    payload: Any = None,
-) -> _Reply:
-    """One request; transport failures become Transient/PermanentError (never the URL query)."""
-    data: Any = None
-    if payload is not None:
-        data = orjson.dumps(payload)
-        headers = {**headers, "Content-Type": "application/json"}
-    try:
-        async with ctx.client.request(
-            method,
-            url,
-            headers={"Accept": "application/json", **headers},
-            params=params,
-            data=data,
-            allow_redirects=False,
-            timeout=_TIMEOUT,
-        ) as response:
-            content = await response.content.read(MAX_BODY)
-            status, reply_headers = response.status, response.headers
-    except OutboundBlocked as exc:
-        raise PermanentError(str(exc), code="outbound_blocked") from None
-    except TimeoutError:
-        raise TransientError(f"{VENDOR}: {method} timed out") from None
-    except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-        if isinstance(exc.__cause__, OutboundBlocked):
-            raise PermanentError(str(exc.__cause__), code="outbound_blocked") from None
-        raise TransientError(f"{VENDOR}: {method} failed: {type(exc).__name__}") from None
-    text = content.decode("utf-8", "replace")
-    body: Any = None
-    if content:
-        try:
-            body = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            body = None
-    return _Reply(status, reply_headers, body, text)
-
-
-def _raise_for(reply: _Reply, what: str, secrets: tuple[SecretValue, ...]) -> None:
-    """Map a non-2xx reply to the SDK's errors; ``what`` names the request (and target)."""
-    if 200 <= reply.status < 300:
-        return
-    message = _scrub(_message(reply), secrets)
-    text = f"{VENDOR}: {what}: HTTP {reply.status}: {message}"
-    if reply.status == 429:
-        raise RateLimited(text, retry_after=_retry_after(reply.headers))
-    if reply.status >= 500:
-        raise TransientError(text)
-    if reply.status == 401:
-        raise AuthError(f"{text}; check the instance's api_token", details={"status": 401})
-    if reply.status == 403:
-        raise AuthError(text, details={"status": reply.status})
-    if reply.status == 404:
-        raise TargetNotFound(text, details={"status": reply.status})
-    raise PermanentError(text, details={"status": reply.status})
-
-
-def _next_link(headers: CIMultiDictProxy[str]) -> str | None:
-    for value in headers.getall("Link", []):
-        found = _NEXT.search(value)
-        if found:
-            return found.group(1)
-    return None
+def _page(reply: rest.Reply) -> rest.Page:
+    if not isinstance(reply.body, list):
+        raise PermanentError(f"{VENDOR}: search users: the answer is not a list")
+    return [item for item in reply.body if isinstance(item, dict)], rest.next_link(reply.headers)
 
 
 def _user(item: dict[str, Any]) -> User:
@@ -307,39 +210,33 @@ class Okta(Connector):
         path_or_url: str,
         what: str,
         *,
-        params: list[tuple[str, str]] | None = None,
-    ) -> _Reply:
+        params: rest.Params | None = None,
+    ) -> rest.Reply:
         token = ctx.secret("api_token")
         url = path_or_url if "://" in path_or_url else f"{self.settings.base_url}{path_or_url}"
-        reply = await _exchange(
+        reply = await _OKTA.request(
             ctx, method, url, headers={"Authorization": f"SSWS {token.reveal()}"}, params=params
         )
-        _raise_for(reply, what, (token,))
+        _OKTA.check(reply, what, (token,))
         return reply
 
     async def _search(
         self, ctx: ActionContext, search: str, page_size: int, most: int
     ) -> tuple[list[dict[str, Any]], bool]:
         """Users matching an Okta search expression, following ``rel="next"`` (bounded)."""
-        items: list[dict[str, Any]] = []
-        url: str | None = "/api/v1/users"
-        query: list[tuple[str, str]] | None = [("search", search), ("limit", str(page_size))]
-        base = URL(self.settings.base_url)
-        for _page in range(MAX_PAGES):
-            if url is None:
-                break
-            reply = await self._api(ctx, "GET", url, "search users", params=query)
-            if not isinstance(reply.body, list):
-                raise PermanentError(f"{VENDOR}: search users: the answer is not a list")
-            items.extend(item for item in reply.body if isinstance(item, dict))
-            url, query = _next_link(reply.headers), None
-            if url is not None:
-                there = URL(url)
-                if (there.scheme, there.host, there.port) != (base.scheme, base.host, base.port):
-                    raise PermanentError(f"{VENDOR}: search users: a next page on another host")
-            if len(items) >= most:
-                break
-        return items[:most], url is not None or len(items) > most
+
+        async def fetch(url: str, query: rest.Params | None) -> rest.Reply:
+            return await self._api(ctx, "GET", url, "search users", params=query)
+
+        return await rest.follow_links(
+            fetch,
+            "/api/v1/users",
+            [("search", search), ("limit", str(page_size))],
+            page=_page,
+            origin=self.settings.base_url,
+            most=most,
+            elsewhere=f"{VENDOR}: search users: a next page on another host",
+        )
 
     async def _user_of(self, ctx: ActionContext, params: UserIn) -> dict[str, Any]:
         """The user as Okta describes it (a GET: dry runs may call it)."""

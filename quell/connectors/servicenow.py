@@ -17,35 +17,24 @@ Authentication is basic (config ``username``, secret ``password``) or an OAuth b
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import email.utils
-import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
-import aiohttp
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from quell.connectors import rest
 from quell.sdk import (
-    REDACTED,
     ActionContext,
     ActionInput,
     ActionOutput,
-    AuthError,
     Connector,
     Landed,
     PermanentError,
-    RateLimited,
     Reconciliation,
     RiskLevel,
-    TargetNotFound,
-    TransientError,
     action,
 )
-from quell.sdk.http import OutboundBlocked
 
 MAX_BODY = 8 * 1024 * 1024
 _SYS_ID = r"^[0-9a-f]{32}$"
@@ -75,22 +64,7 @@ class ServiceNowConfig(BaseModel):
 
 def correlation_id(idempotency_key: str) -> str:
     """The ``correlation_id`` a step's incident carries."""
-    return CORRELATION_PREFIX + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return CORRELATION_PREFIX + rest.idempotency_tag(idempotency_key)
 
 
 def servicenow_message(body: Any, text: str) -> str:
@@ -258,7 +232,7 @@ class ServiceNow(Connector):
             raise PermanentError("servicenow: the instance needs a config with base_url")
         self.settings = config
         self.base = str(config.base_url).rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self._site = rest.Site("servicenow", self.base, config.timeout, MAX_BODY)
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -286,62 +260,27 @@ class ServiceNow(Connector):
     ) -> tuple[Any, Mapping[str, str]]:
         """Send one request; the parsed answer and its headers, or an ActionError."""
         headers, token = self._headers(ctx)
-        data: bytes | None = None
-        if body is not None:
-            data = orjson.dumps(body)
-            headers["Content-Type"] = "application/json"
         where = f"servicenow: {method} {path}"
-        try:
-            async with ctx.client.request(
-                method,
-                self.base + path,
-                headers=headers,
-                params=params,
-                data=data,
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as response:
-                status = response.status
-                content = await response.content.read(MAX_BODY)
-                reply = {
-                    name: response.headers[name]
-                    for name in ("Link", "X-Total-Count", "Retry-After")
-                    if name in response.headers
-                }
-        except OutboundBlocked as exc:
-            raise PermanentError(str(exc), code="outbound_blocked") from None
-        except TimeoutError:
-            raise TransientError(f"{where}: timed out") from None
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            if isinstance(exc.__cause__, OutboundBlocked):
-                raise PermanentError(str(exc.__cause__), code="outbound_blocked") from None
-            raise TransientError(f"{where}: {type(exc).__name__}") from None
-        try:
-            parsed: Any = orjson.loads(content) if content.strip() else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        if 200 <= status < 300:
-            return parsed, reply
-        message = servicenow_message(parsed, content.decode("utf-8", "replace"))
-        if token:
-            message = message.replace(token, REDACTED)
-        detail = f" ({message})" if message else ""
-        if status == 401:
-            raise AuthError(
-                f"{where}: HTTP 401: ServiceNow refused the credentials{detail} "
+        reply = await self._site.request(
+            ctx,
+            method,
+            path,
+            headers=headers,
+            params=params,
+            json=body,
+        )
+        rest.raise_for_call(
+            reply,
+            vendor="servicenow",
+            where=where,
+            what=what,
+            message=rest.scrub(servicenow_message(reply.body, reply.text), (token,)),
+            unauthorized=(
+                "ServiceNow refused the credentials{detail} "
                 "(check username and password, or the OAuth token)"
-            )
-        if status == 403:
-            raise AuthError(f"{where}: HTTP 403: the account may not do this{detail}")
-        if status == 404:
-            raise TargetNotFound(f"servicenow: {what} not found{detail}", details={"status": 404})
-        if status == 429:
-            raise RateLimited(
-                f"{where}: rate limited", retry_after=_retry_after(reply.get("Retry-After"))
-            )
-        if status >= 500:
-            raise TransientError(f"{where}: HTTP {status}{detail}")
-        raise PermanentError(f"{where}: HTTP {status}{detail}", details={"status": status})
+            ),
+        )
+        return reply.body, reply.headers
 
     def _url(self, sys_id: str) -> str:
         return f"{self.base}/nav_to.do?uri=incident.do?sys_id={sys_id}"

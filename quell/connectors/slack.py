@@ -20,16 +20,13 @@ The token goes in the ``Authorization`` header only and is never logged or put i
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from quell.connectors import rest
 from quell.sdk import (
     REDACTED,
     ActionContext,
@@ -46,7 +43,6 @@ from quell.sdk import (
     TransientError,
     action,
 )
-from quell.sdk.http import OutboundBlocked
 
 MAX_BODY = 8 * 1024 * 1024
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
@@ -85,16 +81,7 @@ class SlackConfig(BaseModel):
 
 def key_hash(idempotency_key: str) -> str:
     """A short, stable digest of an idempotency key."""
-    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value.strip()))
-    except ValueError:
-        return None
+    return rest.idempotency_tag(idempotency_key)
 
 
 class MessageIn(ActionInput):
@@ -154,7 +141,7 @@ class Slack(Connector):
         super().__init__(config)
         self.settings = config if isinstance(config, SlackConfig) else SlackConfig()
         self.base = str(self.settings.base_url).rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
+        self._site = rest.Site("slack", self.base, self.settings.timeout, MAX_BODY)
         self._channels: dict[str, str] = {}  # name -> id, as resolved
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -172,48 +159,31 @@ class Slack(Connector):
         ``ok`` answer, or an ActionError for Slack's error."""
         token = ctx.secret("bot_token").reveal()
         headers = {"Authorization": f"Bearer {token}"}
-        data: bytes | None = None
         method = "GET"
         if body is not None:
             method = "POST"
-            data = orjson.dumps(body)
             headers["Content-Type"] = "application/json; charset=utf-8"
         where = f"slack: {api_method}"
-        try:
-            async with ctx.client.request(
-                method,
-                f"{self.base}/api/{api_method}",
-                headers=headers,
-                params=params,
-                data=data,
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as response:
-                status = response.status
-                content = await response.content.read(MAX_BODY)
-                retry_after = response.headers.get("Retry-After")
-        except OutboundBlocked as exc:
-            raise PermanentError(str(exc), code="outbound_blocked") from None
-        except TimeoutError:
-            raise TransientError(f"{where}: timed out") from None
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            if isinstance(exc.__cause__, OutboundBlocked):
-                raise PermanentError(str(exc.__cause__), code="outbound_blocked") from None
-            raise TransientError(f"{where}: {type(exc).__name__}") from None
-        try:
-            parsed: Any = orjson.loads(content) if content.strip() else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        answer = parsed if isinstance(parsed, dict) else {}
+        reply = await self._site.request(
+            ctx,
+            method,
+            f"/api/{api_method}",
+            headers=headers,
+            params=params,
+            json=body,
+            where=where,
+        )
+        status, answer = reply.status, reply.mapping()
         error = str(answer.get("error") or "")
         if token:
             error = error.replace(token, REDACTED)[:100]
         if status == 429 or error == "ratelimited":
-            raise RateLimited(f"{where}: rate limited", retry_after=_retry_after(retry_after))
+            wait = rest.retry_after(reply.headers.get("Retry-After"))
+            raise RateLimited(f"{where}: rate limited", retry_after=wait)
         if status >= 500:
             raise TransientError(f"{where}: HTTP {status}")
         if status != 200:
-            detail = error or content.decode("utf-8", "replace").strip()[:100]
+            detail = error or reply.text.strip()[:100]
             if token:
                 detail = detail.replace(token, REDACTED)
             raise PermanentError(f"{where}: HTTP {status} ({detail})", details={"status": status})

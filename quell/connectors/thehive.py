@@ -18,34 +18,23 @@ Authentication is ``Authorization: Bearer <api_key>`` (secret ``api_key``), with
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
-import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from quell.connectors import rest
 from quell.sdk import (
-    REDACTED,
     ActionContext,
     ActionInput,
     ActionOutput,
-    AuthError,
     Connector,
     Landed,
     PermanentError,
-    RateLimited,
     Reconciliation,
     RiskLevel,
-    TargetNotFound,
-    TransientError,
     action,
 )
-from quell.sdk.http import OutboundBlocked
 
 MAX_BODY = 8 * 1024 * 1024
 _ID = r"^~?[A-Za-z0-9_-]{1,64}$"
@@ -70,22 +59,7 @@ class TheHiveConfig(BaseModel):
 
 def key_hash(idempotency_key: str) -> str:
     """A short, stable digest of an idempotency key."""
-    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return rest.idempotency_tag(idempotency_key)
 
 
 def thehive_message(body: Any, text: str) -> str:
@@ -259,7 +233,7 @@ class TheHive(Connector):
             raise PermanentError("thehive: the instance needs a config with base_url")
         self.settings = config
         self.base = str(config.base_url).rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self._site = rest.Site("thehive", self.base, config.timeout, MAX_BODY)
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -272,52 +246,26 @@ class TheHive(Connector):
         headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
         if self.settings.organisation:
             headers["X-Organisation"] = self.settings.organisation
-        data: bytes | None = None
-        if body is not None:
-            data = orjson.dumps(body)
-            headers["Content-Type"] = "application/json"
         where = f"thehive: {method} {path}"
-        try:
-            async with ctx.client.request(
-                method,
-                self.base + path,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as response:
-                status = response.status
-                content = await response.content.read(MAX_BODY)
-                retry_after = response.headers.get("Retry-After")
-        except OutboundBlocked as exc:
-            raise PermanentError(str(exc), code="outbound_blocked") from None
-        except TimeoutError:
-            raise TransientError(f"{where}: timed out") from None
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            if isinstance(exc.__cause__, OutboundBlocked):
-                raise PermanentError(str(exc.__cause__), code="outbound_blocked") from None
-            raise TransientError(f"{where}: {type(exc).__name__}") from None
-        try:
-            parsed: Any = orjson.loads(content) if content.strip() else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        message = thehive_message(parsed, content.decode("utf-8", "replace"))
-        if key:
-            message = message.replace(key, REDACTED)
-        if 200 <= status < 300 or status == 400:
-            return status, parsed, message
-        detail = f" ({message})" if message else ""
-        if status == 401:
-            raise AuthError(f"{where}: HTTP 401: TheHive refused the API key{detail}")
-        if status == 403:
-            raise AuthError(f"{where}: HTTP 403: the key may not do this{detail}")
-        if status == 404:
-            raise TargetNotFound(f"thehive: {what} not found{detail}", details={"status": 404})
-        if status == 429:
-            raise RateLimited(f"{where}: rate limited", retry_after=_retry_after(retry_after))
-        if status >= 500:
-            raise TransientError(f"{where}: HTTP {status}{detail}")
-        raise PermanentError(f"{where}: HTTP {status}{detail}", details={"status": status})
+        reply = await self._site.request(
+            ctx,
+            method,
+            path,
+            headers=headers,
+            json=body,
+        )
+        message = rest.scrub(thehive_message(reply.body, reply.text), (key,))
+        if reply.status != 400:
+            rest.raise_for_call(
+                reply,
+                vendor="thehive",
+                where=where,
+                what=what,
+                message=message,
+                unauthorized="TheHive refused the API key{detail}",
+                forbidden="the key may not do this{detail}",
+            )
+        return reply.status, reply.body, message
 
     async def _ok(
         self, ctx: ActionContext, method: str, path: str, *, what: str, body: Any = None

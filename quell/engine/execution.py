@@ -28,6 +28,7 @@ import asyncio
 import functools
 import hashlib
 import hmac
+import math
 import random
 from base64 import urlsafe_b64decode, urlsafe_b64encode
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -784,8 +785,9 @@ class Execution:
         ceiling = min(policy.maximum, policy.initial * policy.multiplier ** (attempt - 1))
         delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
         retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            delay = max(delay, float(retry_after))
+        if retry_after is not None and math.isfinite(float(retry_after)):
+            # A peer's wait is honoured, up to a day (a durable timer; the run holds nothing).
+            delay = max(delay, min(float(retry_after), 86_400.0))
         return delay
 
     async def pause_for(self, seconds: float) -> None:
