@@ -132,15 +132,21 @@ class ActionRunner:
         """The action ``key`` (NotFound when unknown)."""
         return self.registry.get(key)
 
+    def _cached(self, definition: ActionDef, instance: str | None) -> Resolved | None:
+        cached = self._resolved.get((definition.connector.name, instance))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        return None
+
     async def resolve(self, definition: ActionDef, instance: str | None = None) -> Resolved:
         """The instance an action of ``definition`` runs against (read again every few
         seconds, so a changed configuration takes effect without a restart); PermanentError
         when it cannot be (an unknown or disabled instance, a connector that needs one)."""
+        cached = self._cached(definition, instance)
+        if cached is not None:
+            return cached
         key = (definition.connector.name, instance)
         now = time.monotonic()
-        cached = self._resolved.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
         try:
             if self.instances is None:
                 resolved = Resolved(
@@ -182,7 +188,7 @@ class ActionRunner:
     ) -> ActionContext:
         """The context an attempt is called with: the instance's secrets over the
         environment's; PermanentError when the instance cannot be resolved."""
-        resolved = await self.resolve(definition, instance)
+        resolved = self._cached(definition, instance) or await self.resolve(definition, instance)
         secrets = self.secrets.for_connector(definition.connector)
         if resolved.secrets:
             secrets = {**secrets, **resolved.secrets}
@@ -220,8 +226,12 @@ class ActionRunner:
         limit: float | None = None,
     ) -> dict[str, Any]:
         """Call the action (at most ``limit`` seconds); its output as data, or an ActionError."""
-        resolved = await self.resolve(definition, ctx.instance or None)
-        method = getattr(await self._instance(definition, resolved), definition.method)
+        instance = ctx.instance or None
+        resolved = self._cached(definition, instance) or await self.resolve(definition, instance)
+        target = self._instances.get((definition.connector.name, resolved.name))
+        if target is None or target.config != resolved.config:
+            target = await self._instance(definition, resolved)
+        method = getattr(target, definition.method)
         gates = self._gates.get(definition.key)
         if gates is None:
             gates = self._gates[definition.key] = self._limits_of(definition)

@@ -586,6 +586,12 @@ class Execution:
                 raise self.failed(step, frame, key, error) from None
             ikey = self.idempotency_key(key, attempt)
             guarded = not definition.is_read and not self.run.dry_run
+            if (
+                guarded
+                and self.engine.guardrails.nothing_set()
+                and key + "#guard" not in self.records
+            ):
+                guarded = False  # no policy is set: nothing to check (and no hold to release)
             if guarded and await self.guard(step, key, frame, definition, inputs, attempt):
                 frame.steps[step.id] = {"status": StepStatus.SKIPPED.value, "output": None}
                 return None

@@ -466,6 +466,14 @@ class Guardrails:
             self._read_at = now
         return self._policy
 
+    def nothing_set(self) -> bool:
+        """Whether the policy read less than :data:`POLICY_TTL` ago is empty (every write
+        passes: the check needs no await at all)."""
+        policy = self._policy
+        return (
+            policy is not None and policy.empty and time.monotonic() - self._read_at <= POLICY_TTL
+        )
+
     async def check(
         self, *, action: str, risk: RiskLevel, inputs: Any, run_id: str, playbook_id: str
     ) -> Verdict:
