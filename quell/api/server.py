@@ -57,7 +57,7 @@ def serve(runtime: Runtime, sock: socket.socket, *, embedded_worker: bool | None
     With ``embedded_worker`` (default: the ``embedded_worker`` setting) the same process runs
     playbooks too; on shutdown it hands the runs it still holds back to the database.
     """
-    from quell.aio import loop_name
+    from quell.aio import loop_name, tune_gc
     from quell.api.app import create_app  # the whole API, only when serving
 
     if embedded_worker is None:
@@ -79,6 +79,7 @@ def serve(runtime: Runtime, sock: socket.socket, *, embedded_worker: bool | None
         server_header=False,
         lifespan="on",
     )
+    tune_gc()  # after the app (and its engine's registry) is built: see quell.aio
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:

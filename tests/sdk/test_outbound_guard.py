@@ -155,6 +155,10 @@ def test_the_event_loop_setting_picks_the_loop() -> None:
         return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
     assert aio.run(kind(), EventLoop.ASYNCIO) == "asyncio"
+    import gc
+
+    assert gc.get_threshold() == aio.GC_THRESHOLDS  # the process is tuned for an engine
+    assert gc.get_freeze_count() > 0
     assert aio.loop_name(EventLoop.ASYNCIO) == "asyncio"
     uvloop = pytest.importorskip("uvloop")
     assert aio.run(kind(), EventLoop.AUTO) == "uvloop"
