@@ -35,7 +35,15 @@ from quell.engine.limits import SharedLimits
 from quell.errors import QuellError
 from quell.governance.audit import AuditLog
 from quell.ids import new_id
-from quell.sdk import ActionContext, ActionError, Connector, Landed, Reconciliation, SecretValue
+from quell.sdk import (
+    ActionContext,
+    ActionError,
+    Connector,
+    Landed,
+    Reconciliation,
+    RiskLevel,
+    SecretValue,
+)
 from quell.sdk.errors import PermanentError, TransientError
 from quell.sdk.http import OutboundPolicy, guard
 
@@ -43,6 +51,7 @@ log = structlog.get_logger(__name__)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 _SLOT_HOLD = timedelta(minutes=2)  # a cluster slot's hold, extended while its call runs
 _RESOLVE_TTL = 5.0  # seconds an instance's configuration is used before it is read again
+_RETIRE_AFTER = 120.0  # seconds a replaced instance lives on for the calls that hold it
 
 
 def _env_name(connector: str, secret: str) -> str:
@@ -127,6 +136,8 @@ class ActionRunner:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._gates: dict[str, list[_Gate]] = {}  # by action key: its limits, built once
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired: set[Connector] = set()  # replaced instances not closed yet
 
     def action(self, key: str) -> ActionDef:
         """The action ``key`` (NotFound when unknown)."""
@@ -165,10 +176,27 @@ class ActionRunner:
         key = (definition.connector.name, resolved.name)
         found = self._instances.get(key)
         if found is None or found.config != resolved.config:
-            if found is not None:  # its configuration changed: a fresh one from now on
-                await found.aclose()
-            found = self._instances[key] = definition.connector(resolved.config)
+            old, found = found, definition.connector(resolved.config)
+            self._instances[key] = found  # swapped before any await: one new instance
+            if old is not None:  # its configuration changed: closed once its calls are done
+                self._retire(old)
         return found
+
+    def _retire(self, connector: Connector) -> None:
+        """Close a replaced instance later, after calls already holding it have ended."""
+
+        async def close() -> None:
+            await asyncio.sleep(_RETIRE_AFTER)
+            self._retired.discard(connector)
+            try:
+                await connector.aclose()
+            except Exception as exc:  # noqa: BLE001 - a connector's close fails nothing else
+                log.warning("connector_close_failed", error=type(exc).__name__)
+
+        self._retired.add(connector)
+        task = asyncio.get_running_loop().create_task(close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -289,7 +317,7 @@ class ActionRunner:
             return None
         revert_key = f"{definition.connector.name}.{reverts}"
         revert = self.registry.actions.get(revert_key)
-        if revert is None:
+        if revert is None or not contains(definition, revert):
             return None
         resolved = await self.resolve(definition, instance or None)
         target = await self._instance(definition, resolved)
@@ -317,6 +345,7 @@ class ActionRunner:
         instance: str | None = None,
         actor: str = "unknown",
         limit: float | None = 60.0,
+        record: bool = True,
     ) -> dict[str, Any]:
         """Call one action by hand (``quell action run``, ``POST /api/actions/{key}/run``):
         the same validation, instance, secrets, limits and SSRF guard as in a run. In dry-run a
@@ -343,7 +372,7 @@ class ActionRunner:
             await self._audit_by_hand(actor, key, instance, dry_run, call_id, exc.to_dict())
             raise
         await self._audit_by_hand(actor, key, instance, dry_run, call_id, None)
-        if self.containments is not None and not dry_run:
+        if self.containments is not None and record and not dry_run:
             service = self.containments
             row = await self.containment_row(
                 definition, sent_inputs(params, inputs), output,
@@ -352,11 +381,11 @@ class ActionRunner:
             )  # fmt: skip
             if row is not None:
 
-                def record() -> None:
+                def store_row() -> None:
                     with service.db.write() as conn:
                         service.insert(conn, row)
 
-                await asyncio.to_thread(record)
+                await asyncio.to_thread(store_row)
         return output
 
     async def _audit_by_hand(
@@ -456,9 +485,12 @@ class ActionRunner:
         return _Gate(key, slot, concurrency, rate, bucket)
 
     async def aclose(self) -> None:
-        """Close the connector instances and the HTTP pool."""
-        for instance in self._instances.values():
+        """Close the connector instances (replaced ones too) and the HTTP pool."""
+        for task in list(self._retiring):
+            task.cancel()
+        for instance in [*self._retired, *self._instances.values()]:
             await instance.aclose()
+        self._retired.clear()
         if self._http is not None:
             await self._http.close()
 
@@ -552,6 +584,18 @@ class _Limit:
             for gate in reversed(entered):
                 if gate.slot is not None:
                     gate.slot.release()
+
+
+_RISK_ORDER = {level: rank for rank, level in enumerate(RiskLevel)}
+
+
+def contains(definition: ActionDef, revert: ActionDef) -> bool:
+    """Whether a successful ``definition`` is a containment to record: it names its revert,
+    and it is not itself the undoing side of a pair that name each other (``unsuspend`` names
+    ``suspend`` too: of the two, the riskier one contains)."""
+    if revert.meta.reverts != definition.method and revert.meta.reverts != definition.meta.name:
+        return True
+    return _RISK_ORDER[definition.meta.risk] > _RISK_ORDER[revert.meta.risk]
 
 
 def sent_inputs(params: BaseModel | None, given: Mapping[str, Any]) -> dict[str, Any]:

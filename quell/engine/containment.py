@@ -22,11 +22,10 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from pydantic import ValidationError
 from sqlalchemy import Connection, insert, or_, select, update
 
 from quell.clock import Clock
-from quell.errors import Conflict, NotFound
+from quell.errors import Conflict, NotFound, QuellError
 from quell.governance.audit import AuditLog
 from quell.ids import new_id
 from quell.sdk.errors import ActionError, TargetNotFound
@@ -160,7 +159,7 @@ def revert_plan(
                         break
         if revert.input_model is not None:
             revert.input_model.model_validate(candidate)
-    except (ValidationError, TypeError, ValueError, KeyError, AttributeError):
+    except Exception:  # noqa: BLE001 - a hook's bug leaves the containment for a person
         return None
     return candidate
 
@@ -342,6 +341,7 @@ class ContainmentService:
                 item.revert_input,
                 instance=item.instance,
                 actor=by,
+                record=False,  # undoing a containment is not one
             )
         except TargetNotFound as exc:  # already gone at the peer: nothing left to undo
             detail = {"code": exc.code, "message": f"already gone: {exc.message}"}
@@ -349,6 +349,9 @@ class ContainmentService:
         except ActionError as exc:
             log.warning("containment_revert_failed", containment=item.id, error=exc.message)
             await asyncio.to_thread(self._failed, item, exc.to_dict())
+        except QuellError as exc:  # the revert action is gone, its instance is misconfigured
+            log.warning("containment_revert_failed", containment=item.id, error=exc.message)
+            await asyncio.to_thread(self._failed, item, {"code": exc.code, "message": exc.message})
         else:
             log.info("containment_reverted", containment=item.id, by=by)
             await asyncio.to_thread(self._finish, item, by, None)
@@ -375,6 +378,8 @@ class ContainmentService:
                 await self.revert(runner, item.id, by="expiry")
             except Conflict:  # reverted meanwhile by someone else
                 continue
+            except Exception as exc:  # noqa: BLE001 - one bad containment stops no other
+                log.error("containment_revert_crashed", containment=item.id, error=repr(exc))
         return len(due)
 
 

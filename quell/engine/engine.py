@@ -300,6 +300,7 @@ class Engine:
         loops = [
             asyncio.create_task(self._renew_loop(stop), name="engine-renew"),
             asyncio.create_task(self._tick_loop(stop), name="engine-tick"),
+            asyncio.create_task(self._revert_loop(stop), name="engine-revert"),
             asyncio.create_task(listen(self.db, self.wake, stop), name="engine-listen"),
         ]
         try:
@@ -360,6 +361,10 @@ class Engine:
                     )
                 except Exception as exc:  # noqa: BLE001 - the database may be back next time
                     log.warning("claim_failed", error=type(exc).__name__)
+            if stop.is_set() and claimed:
+                # Claimed as the engine stops: not started (a write begun now would be cut off
+                # mid-call); shutdown hands them back at once.
+                claimed = []
             for item in claimed:
                 stale = self._by_run.get(item.id)
                 if stale is None or stale.done():
@@ -401,11 +406,19 @@ class Engine:
                 expired = await asyncio.to_thread(waits.expire_due)
                 if woken or expired:
                     self.wake()
-                # Containments past their expiry are reverted (failed reverts retried).
-                await self.containments.revert_due(self.actions)
                 await self.on_tick()
             except Exception as exc:  # noqa: BLE001 - the next tick tries again
                 log.warning("tick_failed", error=type(exc).__name__)
+            await asyncio.sleep(self.tick)
+
+    async def _revert_loop(self, stop: asyncio.Event) -> None:
+        """Revert containments past their expiry (and retry failed reverts), on a loop of its
+        own: a slow peer delays reverts, never timers, expiries or schedules."""
+        while not stop.is_set():
+            try:
+                await self.containments.revert_due(self.actions)
+            except Exception as exc:  # noqa: BLE001 - the next turn tries again
+                log.warning("revert_loop_failed", error=type(exc).__name__)
             await asyncio.sleep(self.tick)
 
     async def on_tick(self) -> None:

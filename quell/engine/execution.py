@@ -730,8 +730,8 @@ class Execution:
                 definition, inputs, output, instance=instance, run_id=self.run.id,
                 step_key=key, created_by=f"run:{self.run.id}", now=self.now(),
             )  # fmt: skip
-        except ActionError as exc:  # its instance went away meanwhile: kept without a plan
-            log.warning("containment_unrecorded", run=self.run.id, step=key, error=exc.message)
+        except Exception as exc:  # noqa: BLE001 - the write landed: never fail the run now
+            log.warning("containment_unrecorded", run=self.run.id, step=key, error=repr(exc))
             return
         if row is not None:
             self.journal.queue(

@@ -53,6 +53,7 @@ PROTECTED = "protected"
 BREAKER = "breaker"
 _BREAKER_OPEN = "breaker:"
 _BREAKER_RESET = "breaker-reset:"  # when a person last closed a playbook's circuit
+_BREAKER_LOCK = 0x51E12  # orders opening and resetting circuits on PostgreSQL
 
 
 class Ruling(StrEnum):
@@ -317,10 +318,26 @@ class GuardrailService:
 
     def reset_breaker(self, playbook_id: str, *, by: str) -> int:
         """Close a playbook's open circuit; its held runs go on at once. Runs woken."""
-        if not self._drop(_BREAKER_OPEN + playbook_id):
+        # One transaction: the reset's time is set before the open circuit goes, so a check
+        # running meanwhile counts only failures after it and cannot open it again at once.
+        now = self.clock.now()
+        reset = upsert(
+            self.db.backend, guardrails, keys=["name"], update=["value", "updated_by", "updated_at"]
+        ).values(
+            name=_BREAKER_RESET + playbook_id,
+            value={"at": now.isoformat()},
+            updated_by=by,
+            updated_at=now,
+        )
+        with self.db.write() as conn:
+            if self.db.backend is Backend.POSTGRESQL:
+                conn.execute(select(func.pg_advisory_xact_lock(_BREAKER_LOCK)))
+            conn.execute(reset)
+            gone = conn.execute(
+                delete(guardrails).where(guardrails.c.name == _BREAKER_OPEN + playbook_id)
+            ).rowcount
+        if not gone:
             raise NotFound(f"the circuit of playbook {playbook_id!r} is not open", field="playbook")
-        # Only failures after the reset count towards opening it again.
-        self._put(_BREAKER_RESET + playbook_id, {"at": self.clock.now().isoformat()}, by)
         log.warning("guardrail", rule="circuit_breaker", playbook=playbook_id, reset_by=by)
         woken = self.release_held()
         self._audit(by, "circuit_reset", playbook_id, {"released_runs": woken})
@@ -388,7 +405,9 @@ class GuardrailService:
             return False
         since = self.clock.now() - timedelta(minutes=breaker.window_minutes)
         ended = runs.c.finished_at >= since
-        with self.db.read() as conn:
+        with self.db.write() as conn:
+            if self.db.backend is Backend.POSTGRESQL:
+                conn.execute(select(func.pg_advisory_xact_lock(_BREAKER_LOCK)))
             # Read here, not from the cached policy: a reset a moment ago must count.
             reset_row = conn.execute(
                 select(guardrails.c.value).where(guardrails.c.name == _BREAKER_RESET + playbook_id)
@@ -403,15 +422,22 @@ class GuardrailService:
                     .group_by(runs.c.status)
                 ).all()
             )
-        total = sum(counts.values())
-        failed = counts.get(RunStatus.FAILED.value, 0)
-        if total < breaker.min_runs or failed / total < breaker.failure_rate:
-            return False
-        self._put(
-            _BREAKER_OPEN + playbook_id,
-            {"since": self.clock.now().isoformat(), "failed": failed, "ended": total},
-            "circuit_breaker",
-        )
+            total = sum(counts.values())
+            failed = counts.get(RunStatus.FAILED.value, 0)
+            if total < breaker.min_runs or failed / total < breaker.failure_rate:
+                return False
+            now = self.clock.now()
+            conn.execute(
+                upsert(
+                    self.db.backend, guardrails, keys=["name"],
+                    update=["value", "updated_by", "updated_at"],
+                ).values(
+                    name=_BREAKER_OPEN + playbook_id,
+                    value={"since": now.isoformat(), "failed": failed, "ended": total},
+                    updated_by="circuit_breaker",
+                    updated_at=now,
+                )
+            )  # fmt: skip
         log.warning(
             "guardrail", rule="circuit_breaker", playbook=playbook_id, failed=failed, ended=total
         )

@@ -106,6 +106,7 @@ class AuditLog:
     ) -> AuditEvent:
         """Append one event; the event as stored."""
         plain = dict(orjson.loads(orjson.dumps(dict(detail or {}), default=str)))
+        actor = actor[:160]  # as stored, so the hash covers what is kept
         # Times are stored to the microsecond in UTC on both backends; hash what reads back.
         at = self.clock.now()
         event_id = new_id("aud")
@@ -119,7 +120,7 @@ class AuditLog:
             digest = _digest(prev_hash, event_id, at, actor, action, subject, plain)
             conn.execute(
                 insert(audit_events).values(
-                    id=event_id, at=at, actor=actor[:160], action=action, subject=subject,
+                    id=event_id, at=at, actor=actor, action=action, subject=subject,
                     detail=plain, prev_hash=prev_hash, hash=digest,
                 )
             )  # fmt: skip

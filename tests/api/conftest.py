@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
 from quell.api.app import create_app
@@ -27,3 +28,17 @@ def engine_server(engine_runtime: Runtime) -> Iterator[LiveServer]:
     server = start_server(create_app(engine_runtime, embedded_worker=True))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def closing() -> Iterator[Callable[[httpx.Client], httpx.Client]]:
+    """``closing(server.client(token))``: the client, closed when the test ends."""
+    opened: list[httpx.Client] = []
+
+    def keep(client: httpx.Client) -> httpx.Client:
+        opened.append(client)
+        return client
+
+    yield keep
+    for client in opened:
+        client.close()

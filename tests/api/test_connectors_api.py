@@ -4,8 +4,9 @@ and actions called by hand under the caller's permissions."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
 from quell.api.app import create_app
@@ -24,11 +25,13 @@ def server(runtime: Runtime) -> Iterator[LiveServer]:
 
 
 def test_an_instance_is_configured_used_and_never_shows_its_secret(
-    server: LiveServer, role_tokens: dict[Role, str]
+    server: LiveServer,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    admin = server.client(role_tokens[Role.ADMIN])
-    auditor = server.client(role_tokens[Role.AUDITOR])
-    analyst = server.client(role_tokens[Role.ANALYST])
+    admin = closing(server.client(role_tokens[Role.ADMIN]))
+    auditor = closing(server.client(role_tokens[Role.AUDITOR]))
+    analyst = closing(server.client(role_tokens[Role.ANALYST]))
 
     listed = auditor.get("/api/connectors").json()
     assert {"core", "http", "nftables", "echo"} <= {c["name"] for c in listed["connectors"]}
@@ -74,9 +77,11 @@ def test_an_instance_is_configured_used_and_never_shows_its_secret(
 
 
 def test_bad_instances_are_refused_naming_the_field(
-    server: LiveServer, role_tokens: dict[Role, str]
+    server: LiveServer,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    admin = server.client(role_tokens[Role.ADMIN])
+    admin = closing(server.client(role_tokens[Role.ADMIN]))
     bad = admin.post(
         "/api/connectors",
         json={"name": "x", "connector": "echo", "config": {"base_url": "ftp://no"}},
@@ -98,11 +103,13 @@ def test_bad_instances_are_refused_naming_the_field(
 
 
 def test_a_write_by_hand_needs_the_manage_permission_unless_it_is_a_dry_run(
-    server: LiveServer, role_tokens: dict[Role, str]
+    server: LiveServer,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    admin = server.client(role_tokens[Role.ADMIN])
-    analyst = server.client(role_tokens[Role.ANALYST])
-    auditor = server.client(role_tokens[Role.AUDITOR])
+    admin = closing(server.client(role_tokens[Role.ADMIN]))
+    analyst = closing(server.client(role_tokens[Role.ANALYST]))
+    auditor = closing(server.client(role_tokens[Role.AUDITOR]))
     admin.post(
         "/api/connectors",
         json={"name": "echo", "connector": "echo", "config": {"base_url": "https://b"}},
@@ -127,9 +134,11 @@ def test_a_write_by_hand_needs_the_manage_permission_unless_it_is_a_dry_run(
 
 
 def test_an_action_by_hand_is_guarded_against_ssrf_and_fails_clearly(
-    server: LiveServer, role_tokens: dict[Role, str]
+    server: LiveServer,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    analyst = server.client(role_tokens[Role.ANALYST])
+    analyst = closing(server.client(role_tokens[Role.ANALYST]))
     answer = analyst.post(
         "/api/actions/http.get/run",
         json={"input": {"url": "http://169.254.169.254/latest/meta-data/?token=abc"}},

@@ -4,8 +4,9 @@ made it, listed, and reverted by someone allowed to control runs."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
 from quell.api.app import create_app
@@ -25,11 +26,13 @@ def server(runtime: Runtime) -> Iterator[LiveServer]:
 
 
 def test_a_containment_made_by_hand_is_listed_and_reverted(
-    server: LiveServer, role_tokens: dict[Role, str]
+    server: LiveServer,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    admin = server.client(role_tokens[Role.ADMIN])
-    analyst = server.client(role_tokens[Role.ANALYST])
-    auditor = server.client(role_tokens[Role.AUDITOR])
+    admin = closing(server.client(role_tokens[Role.ADMIN]))
+    analyst = closing(server.client(role_tokens[Role.ANALYST]))
+    auditor = closing(server.client(role_tokens[Role.AUDITOR]))
     made = admin.post("/api/actions/test.contain/run", json={"input": {"target": "ws-3"}}).json()
     assert made["ok"] is True, made
     (item,) = auditor.get("/api/containments").json()

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import httpx
+
 from quell.governance.permissions import Role
 from tests.fixtures.servers import LiveServer
 
 
 def test_the_person_on_shift_pulls_the_kill_switch_and_admins_set_policy(
-    live_server: LiveServer, role_tokens: dict[Role, str]
+    live_server: LiveServer,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    analyst = live_server.client(role_tokens[Role.ANALYST])
-    auditor = live_server.client(role_tokens[Role.AUDITOR])
-    admin = live_server.client(role_tokens[Role.ADMIN])
+    analyst = closing(live_server.client(role_tokens[Role.ANALYST]))
+    auditor = closing(live_server.client(role_tokens[Role.AUDITOR]))
+    admin = closing(live_server.client(role_tokens[Role.ADMIN]))
 
     assert auditor.put("/api/guardrails/kill-switch", json={"on": True}).status_code == 403
     pulled = analyst.put("/api/guardrails/kill-switch", json={"on": True, "reason": "drill"})
@@ -49,10 +55,12 @@ def test_the_person_on_shift_pulls_the_kill_switch_and_admins_set_policy(
 
 
 def test_the_audit_trail_shows_who_pulled_the_switch_and_its_chain_holds(
-    live_server: LiveServer, role_tokens: dict[Role, str]
+    live_server: LiveServer,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    analyst = live_server.client(role_tokens[Role.ANALYST])
-    auditor = live_server.client(role_tokens[Role.AUDITOR])
+    analyst = closing(live_server.client(role_tokens[Role.ANALYST]))
+    auditor = closing(live_server.client(role_tokens[Role.AUDITOR]))
     analyst.put("/api/guardrails/kill-switch", json={"on": True, "reason": "drill"})
     analyst.put("/api/guardrails/kill-switch", json={"on": False})
     assert analyst.get("/api/audit").status_code == 403

@@ -125,7 +125,7 @@ class Test(Connector):
             await Peer.wait_released()
         return TargetOut(target=params.target)
 
-    @action("release", risk=RiskLevel.MEDIUM, idempotent=True)
+    @action("release", risk=RiskLevel.MEDIUM, idempotent=True, reverts="contain")
     async def release_target(self, ctx: ActionContext, params: ReleaseIn) -> TargetOut:
         """Undo ``contain``."""
         if Peer.release_failures > 0:

@@ -125,3 +125,27 @@ def test_a_containment_is_recorded_once_however_its_step_is_recorded(
     (item,) = service.list_all()
     assert item.run_id == run_id
     assert item.revert_input == {"target": "ws-7"}
+
+
+def test_undoing_is_not_a_containment(runtime: Runtime, service: ContainmentService) -> None:
+    """``release`` and ``contain`` name each other as their revert: only the riskier side is
+    recorded, whether the undoing comes from a playbook or from a revert."""
+    lift = """
+id: lift
+name: Lift
+steps:
+  - {id: free, action: test.release, with: {target: ws-5}}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            assert (await harness.run(lift)).status == "succeeded"
+            assert service.list_all(include_reverted=True) == []
+            done = await harness.run(CONTAIN, {"host": "ws-6"})
+            (item,) = service.list_all()
+            await service.revert(harness.engine.actions, item.id, by="cli:alice")
+            assert done.status == "succeeded"
+        assert [c.action for c in service.list_all(include_reverted=True)] == ["test.contain"]
+        assert Peer.released == ["ws-5", "ws-6"]
+
+    asyncio.run(scenario())

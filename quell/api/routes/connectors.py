@@ -143,10 +143,12 @@ async def update_instance(
 
 @router.put("/connectors/{name}/secrets/{key}", summary="Set or clear a secret")
 async def set_secret(
-    name: Name, key: SecretKey, body: SecretIn, runtime: RuntimeDep, _: CanManage
+    name: Name, key: SecretKey, body: SecretIn, runtime: RuntimeDep, who: CanManage
 ) -> dict[str, Any]:
     """Set (or, with null, clear) one secret of an instance; it is stored encrypted."""
-    changed = await run_in_threadpool(runtime.connector_instances.set_secret, name, key, body.value)
+    changed = await run_in_threadpool(
+        lambda: runtime.connector_instances.set_secret(name, key, body.value, by=who.name)
+    )
     return changed.as_dict()
 
 
