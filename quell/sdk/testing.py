@@ -105,6 +105,7 @@ class Harness:
         await self.instance.aclose()
         if self._session is not None:
             await self._session.close()
+            await asyncio.sleep(0)  # let the pooled connections' transports finish closing
 
     def _method(self, name: str) -> tuple[Any, Any]:
         attribute = self._actions.get(name)
