@@ -36,6 +36,9 @@ def show(state: CliState, as_json: bool) -> None:
         scope = f"action {limit['action']}" if limit["action"] else f"risk {limit['risk']}"
         click.echo(f"limit: {scope}: {limit['per_hour']} per hour")
     click.echo(f"protected: {', '.join(policy['protected']) or 'none'}")
+    click.echo(f"protected tags: {', '.join(policy['protected_tags']) or 'none'}")
+    for entry, tags in sorted(policy["asset_tags"].items()):
+        click.echo(f"asset: {entry}: {', '.join(tags)}")
     breaker = policy["breaker"]
     click.echo(
         f"circuit breaker: opens at {breaker['failure_rate']:.0%} failed of at least "
@@ -91,21 +94,47 @@ def remove_limit(state: CliState, action: str | None, risk: str | None) -> None:
 
 
 @guardrail_group.command("protect")
-@click.argument("entries", nargs=-1, required=True)
+@click.argument("entries", nargs=-1)
+@click.option("--tag", "tags", multiple=True, help="Protect every asset with this tag.")
 @pass_state
-def protect(state: CliState, entries: tuple[str, ...]) -> None:
-    """Protect assets (addresses, networks, host names): writes naming them need approval."""
-    listed = state.runtime().guardrails.protect(entries, by=actor())
-    click.echo(f"protected: {', '.join(listed)}")
+def protect(state: CliState, entries: tuple[str, ...], tags: tuple[str, ...]) -> None:
+    """Protect assets (addresses, networks, host names, or --tag TAG): writes naming them need
+    a person's approval."""
+    if not entries and not tags:
+        raise click.UsageError("give assets to protect, or --tag TAG")
+    guardrails = state.runtime().guardrails
+    if entries:
+        click.echo(f"protected: {', '.join(guardrails.protect(entries, by=actor()))}")
+    if tags:
+        click.echo(f"protected tags: {', '.join(guardrails.protect_tags(tags, by=actor()))}")
 
 
 @guardrail_group.command("unprotect")
-@click.argument("entries", nargs=-1, required=True)
+@click.argument("entries", nargs=-1)
+@click.option("--tag", "tags", multiple=True, help="Stop protecting assets with this tag.")
 @pass_state
-def unprotect(state: CliState, entries: tuple[str, ...]) -> None:
-    """Stop protecting assets."""
-    listed = state.runtime().guardrails.unprotect(entries, by=actor())
-    click.echo(f"protected: {', '.join(listed) or 'none'}")
+def unprotect(state: CliState, entries: tuple[str, ...], tags: tuple[str, ...]) -> None:
+    """Stop protecting assets (or --tag TAG)."""
+    if not entries and not tags:
+        raise click.UsageError("give assets, or --tag TAG")
+    guardrails = state.runtime().guardrails
+    if entries:
+        listed = guardrails.unprotect(entries, by=actor())
+        click.echo(f"protected: {', '.join(listed) or 'none'}")
+    if tags:
+        left = guardrails.protect_tags(tags, by=actor(), remove=True)
+        click.echo(f"protected tags: {', '.join(left) or 'none'}")
+
+
+@guardrail_group.command("tag")
+@click.argument("entry")
+@click.argument("tags", nargs=-1)
+@pass_state
+def tag(state: CliState, entry: str, tags: tuple[str, ...]) -> None:
+    """Tag an asset (an address, network or host name): ``tag dc01.corp domain-controller
+    crown-jewel``. No tags removes it."""
+    assets = state.runtime().guardrails.tag_asset(entry, tags, by=actor())
+    click.echo(f"{entry}: {', '.join(assets.get(entry.strip(), [])) or 'no tags'}")
 
 
 @guardrail_group.group("breaker")

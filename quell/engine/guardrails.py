@@ -23,6 +23,7 @@ logged as a ``guardrail`` event. Dry runs and reads are never held: they change 
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -50,10 +51,16 @@ POLICY_TTL = 2.0  # seconds a worker uses the policy it read before reading it a
 KILL_SWITCH = "kill_switch"
 LIMITS = "limits"
 PROTECTED = "protected"
+PROTECTED_TAGS = "protected_tags"
+ASSET_TAGS = "asset_tags"  # address, network or host name -> its tags
+_TAG = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,63}$")
 BREAKER = "breaker"
 _BREAKER_OPEN = "breaker:"
 _BREAKER_RESET = "breaker-reset:"  # when a person last closed a playbook's circuit
 _BREAKER_LOCK = 0x51E12  # orders opening and resetting circuits on PostgreSQL
+# Policy changes made in this process: an engine here re-reads the policy at once (engines in
+# other processes within POLICY_TTL).
+_changes = [0]
 
 
 class Ruling(StrEnum):
@@ -124,6 +131,8 @@ class Policy:
     kill_switch: dict[str, Any] | None = None  # {"reason", "by", "at"} while it is on
     limits: tuple[Limit, ...] = ()
     protected: tuple[str, ...] = ()
+    protected_tags: tuple[str, ...] = ()
+    asset_tags: dict[str, list[str]] = field(default_factory=dict)
     breaker: Breaker | None = None
     open_circuits: dict[str, dict[str, Any]] = field(default_factory=dict)  # by playbook id
 
@@ -131,8 +140,23 @@ class Policy:
     def empty(self) -> bool:
         """Whether nothing is set (the fast path: no check at all)."""
         return not (
-            self.kill_switch or self.limits or self.protected or self.breaker or self.open_circuits
+            self.kill_switch
+            or self.limits
+            or self.protected
+            or self.protected_tags
+            or self.breaker
+            or self.open_circuits
         )
+
+    def protected_entries(self) -> dict[str, str]:
+        """Every protected address, network or name, with why: listed, or tagged so."""
+        found = dict.fromkeys(self.protected, "listed")
+        wanted = set(self.protected_tags)
+        for entry, tags in self.asset_tags.items():
+            hit = sorted(wanted.intersection(tags))
+            if hit and entry not in found:
+                found[entry] = f"tagged {', '.join(hit)}"
+        return found
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -140,6 +164,8 @@ class Policy:
             "kill_switch": {"on": self.kill_switch is not None, **(self.kill_switch or {})},
             "limits": [limit.as_dict() for limit in self.limits],
             "protected": list(self.protected),
+            "protected_tags": list(self.protected_tags),
+            "asset_tags": self.asset_tags,
             "breaker": self.breaker.as_dict() if self.breaker else None,
             "open_circuits": self.open_circuits,
         }
@@ -180,6 +206,15 @@ def _protected_hit(protected: Iterable[str], inputs: Any) -> str | None:
     return None
 
 
+def _check_tag(tag: str) -> str:
+    text = tag.strip().lower()
+    if not _TAG.match(text):
+        raise InvalidInput(
+            f"{tag!r} is not a tag (lowercase letters, digits, . _ : -)", field="tag"
+        )
+    return text
+
+
 def _check_protected_entry(entry: str) -> str:
     text = entry.strip()
     if not text or len(text) > 253 or any(c.isspace() for c in text):
@@ -214,6 +249,8 @@ class GuardrailService:
             kill_switch=rows.get(KILL_SWITCH) or None,
             limits=limits,
             protected=tuple(rows.get(PROTECTED, [])),
+            protected_tags=tuple(rows.get(PROTECTED_TAGS, [])),
+            asset_tags={key: list(value) for key, value in rows.get(ASSET_TAGS, {}).items()},
             breaker=breaker,
             open_circuits={
                 name[len(_BREAKER_OPEN) :]: value
@@ -225,6 +262,9 @@ class GuardrailService:
     def _audit(self, by: str, action: str, subject: str | None, detail: dict[str, Any]) -> None:
         self.audit.record(by, f"guardrail.{action}", subject, detail)
 
+    def _changed(self) -> None:
+        _changes[0] += 1
+
     def _put(self, name: str, value: Any, by: str) -> None:
         row = {"name": name, "value": value, "updated_by": by, "updated_at": self.clock.now()}
         statement = upsert(
@@ -232,10 +272,13 @@ class GuardrailService:
         )
         with self.db.write() as conn:
             conn.execute(statement.values(**row))
+        self._changed()
 
     def _drop(self, name: str) -> bool:
         with self.db.write() as conn:
-            return bool(conn.execute(delete(guardrails).where(guardrails.c.name == name)).rowcount)
+            gone = conn.execute(delete(guardrails).where(guardrails.c.name == name)).rowcount
+        self._changed()
+        return bool(gone)
 
     def kill_switch(self, on: bool, *, by: str, reason: str = "") -> int:
         """Turn the kill switch on or off; off wakes every held run at once. The number of
@@ -305,6 +348,35 @@ class GuardrailService:
         self._audit(by, "unprotected", None, {"protected": current, "removed": sorted(gone)})
         return tuple(current)
 
+    def protect_tags(
+        self, tags: Iterable[str], *, by: str, remove: bool = False
+    ) -> tuple[str, ...]:
+        """Protect (or, with ``remove``, stop protecting) every asset carrying these tags."""
+        current = list(self.policy().protected_tags)
+        for tag in tags:
+            checked = _check_tag(tag)
+            if remove and checked in current:
+                current.remove(checked)
+            elif not remove and checked not in current:
+                current.append(checked)
+        self._put(PROTECTED_TAGS, current, by)
+        self._audit(by, "protected_tags", None, {"protected_tags": current})
+        return tuple(current)
+
+    def tag_asset(self, entry: str, tags: Iterable[str], *, by: str) -> dict[str, list[str]]:
+        """Give an address, network or host name its tags (replacing any it had; none
+        removes it); the whole asset list."""
+        checked = _check_protected_entry(entry)
+        assets = dict(self.policy().asset_tags)
+        given = sorted({_check_tag(tag) for tag in tags})
+        if given:
+            assets[checked] = given
+        else:
+            assets.pop(checked, None)
+        self._put(ASSET_TAGS, assets, by)
+        self._audit(by, "asset_tags", checked, {"tags": given})
+        return assets
+
     def set_breaker(self, breaker: Breaker | None, *, by: str) -> None:
         """Turn the circuit breaker on with these thresholds, or off (None)."""
         if breaker is None:
@@ -336,6 +408,7 @@ class GuardrailService:
             gone = conn.execute(
                 delete(guardrails).where(guardrails.c.name == _BREAKER_OPEN + playbook_id)
             ).rowcount
+        self._changed()
         if not gone:
             raise NotFound(f"the circuit of playbook {playbook_id!r} is not open", field="playbook")
         log.warning("guardrail", rule="circuit_breaker", playbook=playbook_id, reset_by=by)
@@ -388,10 +461,15 @@ class GuardrailService:
                 "circuit_open",
                 f"playbook {playbook_id} failed too often: its circuit is open until reset",
             )
-        hit = _protected_hit(policy.protected, inputs)
+        protected = policy.protected_entries()
+        hit = _protected_hit(protected, inputs)
         if hit is not None:
+            why = protected.get(hit, "listed")
+            reason = "" if why == "listed" else f" ({why})"
             return Verdict(
-                Ruling.APPROVE, "protected_asset", f"{hit} is protected: a person must approve"
+                Ruling.APPROVE,
+                "protected_asset",
+                f"{hit} is protected{reason}: a person must approve",
             )
         limits = [item for item in policy.limits if item.action == action or item.risk is risk]
         if limits:
@@ -482,12 +560,15 @@ class Guardrails:
         self.service = service
         self._policy: Policy | None = None
         self._read_at = 0.0
+        self._seen = -1  # the policy changes of this process it has read
 
     async def _current(self, *, fresh: bool = False) -> Policy:
         import asyncio
 
         now = time.monotonic()
-        if fresh or self._policy is None or now - self._read_at > POLICY_TTL:
+        stale = self._seen != _changes[0] or now - self._read_at > POLICY_TTL
+        if fresh or self._policy is None or stale:
+            self._seen = _changes[0]
             self._policy = await asyncio.to_thread(self.service.policy)
             self._read_at = now
         return self._policy
@@ -497,7 +578,10 @@ class Guardrails:
         passes: the check needs no await at all)."""
         policy = self._policy
         return (
-            policy is not None and policy.empty and time.monotonic() - self._read_at <= POLICY_TTL
+            policy is not None
+            and policy.empty
+            and self._seen == _changes[0]
+            and time.monotonic() - self._read_at <= POLICY_TTL
         )
 
     async def check(

@@ -40,10 +40,17 @@ def test_the_person_on_shift_pulls_the_kill_switch_and_admins_set_policy(
     protected = admin.patch(
         "/api/guardrails/protected", json={"add": ["10.0.0.0/8", "dc01.corp"]}
     ).json()
-    assert protected == {"protected": ["10.0.0.0/8", "dc01.corp"]}
+    assert protected == {"protected": ["10.0.0.0/8", "dc01.corp"], "protected_tags": []}
     assert admin.patch("/api/guardrails/protected", json={"remove": ["dc01.corp"]}).json() == {
-        "protected": ["10.0.0.0/8"]
-    }
+        "protected": ["10.0.0.0/8"], "protected_tags": [],
+    }  # fmt: skip
+    tagged = admin.patch("/api/guardrails/protected", json={"add_tags": ["crown-jewel"]})
+    assert tagged.json()["protected_tags"] == ["crown-jewel"]
+    assets = admin.put("/api/guardrails/assets", json={"entry": "db01", "tags": ["crown-jewel"]})
+    assert assets.json() == {"asset_tags": {"db01": ["crown-jewel"]}}
+    assert analyst.put("/api/guardrails/assets", json={"entry": "x", "tags": []}).status_code == 403
+    bad_tag = admin.put("/api/guardrails/assets", json={"entry": "db01", "tags": ["Bad Tag"]})
+    assert bad_tag.status_code == 422
     assert admin.put("/api/guardrails/breaker", json={"min_runs": 5}).status_code == 200
     policy = auditor.get("/api/guardrails").json()
     assert policy["breaker"] == {"failure_rate": 0.5, "min_runs": 5, "window_minutes": 15}

@@ -151,8 +151,15 @@ def test_a_write_naming_a_protected_asset_waits_for_a_person(
             done = await harness.settle(run_id, until=ENDED)
             by_name = await harness.start(CONTAIN, {"host": "DC01.corp.example"})
             assert (await harness.settle(by_name)).status == "waiting"
+            guards.tag_asset("db-07", ["crown-jewel", "pci"], by="admin")
+            assert (await harness.run(CONTAIN, {"host": "db-07"})).status == "succeeded"
+            guards.protect_tags(["crown-jewel"], by="admin")
+            by_tag = await harness.start(CONTAIN, {"host": "db-07"})
+            assert (await harness.settle(by_tag)).status == "waiting"
+            prompts = [w.prompt or "" for w in harness.waits.list_all(kind="approval")]
+            assert any("db-07 is protected (tagged crown-jewel)" in p for p in prompts)
         assert done.status == "succeeded", done.error
-        assert sorted(Peer.applied.values()) == ["10.0.0.5", "ws-1"]
+        assert sorted(Peer.applied.values()) == ["10.0.0.5", "db-07", "ws-1"]
 
     asyncio.run(scenario())
 

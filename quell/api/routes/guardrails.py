@@ -40,10 +40,19 @@ class LimitIn(BaseModel):
 
 
 class ProtectedChange(BaseModel):
-    """Assets to protect, and to stop protecting."""
+    """Assets (and asset tags) to protect, and to stop protecting."""
 
     add: list[str] = Field(default_factory=list, max_length=1000)
     remove: list[str] = Field(default_factory=list, max_length=1000)
+    add_tags: list[str] = Field(default_factory=list, max_length=100)
+    remove_tags: list[str] = Field(default_factory=list, max_length=100)
+
+
+class AssetTags(BaseModel):
+    """An asset's tags (none removes it)."""
+
+    entry: str = Field(min_length=1, max_length=253)
+    tags: list[str] = Field(default_factory=list, max_length=50)
 
 
 class BreakerIn(BaseModel):
@@ -101,13 +110,28 @@ async def change_protected(
     """Add and remove protected addresses, networks and host names; the whole list."""
     guardrails = runtime.guardrails
 
-    def change() -> tuple[str, ...]:
-        listed = guardrails.protect(body.add, by=who.name) if body.add else ()
+    def change() -> dict[str, Any]:
+        if body.add:
+            guardrails.protect(body.add, by=who.name)
         if body.remove:
-            listed = guardrails.unprotect(body.remove, by=who.name)
-        return listed or guardrails.policy().protected
+            guardrails.unprotect(body.remove, by=who.name)
+        if body.add_tags:
+            guardrails.protect_tags(body.add_tags, by=who.name)
+        if body.remove_tags:
+            guardrails.protect_tags(body.remove_tags, by=who.name, remove=True)
+        policy = guardrails.policy()
+        return {"protected": list(policy.protected), "protected_tags": list(policy.protected_tags)}
 
-    return {"protected": list(await run_in_threadpool(change))}
+    return await run_in_threadpool(change)
+
+
+@router.put("/assets", summary="Tag an asset")
+async def tag_asset(body: AssetTags, runtime: RuntimeDep, who: CanManage) -> dict[str, Any]:
+    """Give an address, network or host name its tags (protected tags make it protected)."""
+    assets = await run_in_threadpool(
+        lambda: runtime.guardrails.tag_asset(body.entry, body.tags, by=who.name)
+    )
+    return {"asset_tags": assets}
 
 
 @router.put("/breaker", summary="Set or turn off the circuit breaker")
