@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import re
+import ssl
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -75,6 +76,11 @@ class Openc2Config(BaseModel):
 
     url: HttpUrl = Field(description="The consumer's OpenC2 endpoint, e.g. https://fw/openc2.")
     timeout: float = Field(30.0, gt=0, le=300, description="Seconds per command.")
+    ca_file: str | None = Field(
+        None,
+        description="PEM file of the CA that signed the consumer's certificate (default: the "
+        "system's CAs). The certificate and host name are always verified.",
+    )
 
 
 class CommandIn(ActionInput):
@@ -164,6 +170,22 @@ class Openc2(Connector):
     def __init__(self, config: BaseModel | None = None) -> None:
         super().__init__(config)
         self.settings = config if isinstance(config, Openc2Config) else None
+        self._context: ssl.SSLContext | None = None
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        """The TLS context for the consumer: its CA file when one is set, else the system's
+        (True); verification is never turned off."""
+        if self.settings is None or self.settings.ca_file is None:
+            return True
+        if self._context is None:
+            try:
+                self._context = ssl.create_default_context(cafile=self.settings.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise PermanentError(
+                    f"ca_file {self.settings.ca_file}: cannot be read as PEM CAs ({exc})",
+                    code="bad_ca_file",
+                ) from None
+        return self._context
 
     @action("command", risk=RiskLevel.HIGH, title="Send an OpenC2 command")
     async def command(self, ctx: ActionContext, params: CommandIn) -> CommandOut:
@@ -220,6 +242,7 @@ class Openc2(Connector):
                 headers=headers,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=settings.timeout),
+                ssl=self._tls(),
             ) as answer:
                 http_status = answer.status
                 body = await answer.content.read(MAX_RESPONSE)
@@ -227,6 +250,12 @@ class Openc2(Connector):
                 retry_after = answer.headers.get("Retry-After")
         except OutboundBlocked as exc:
             raise PermanentError(str(exc), code="outbound_blocked") from None
+        except aiohttp.ClientConnectorCertificateError:
+            raise PermanentError(
+                f"OpenC2 consumer {host}: its certificate is not trusted (set ca_file to the CA "
+                "that signed it)",
+                code="tls_untrusted",
+            ) from None
         except TimeoutError:
             raise TransientError(f"OpenC2 consumer {host}: no answer in time") from None
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:

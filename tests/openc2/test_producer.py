@@ -316,3 +316,62 @@ def test_quell_talks_openc2_to_quell_through_a_configured_instance(
             }
     finally:
         server.stop()
+
+
+def test_commands_go_over_https_to_a_consumer_whose_certificate_is_verified(
+    runtime: Runtime, role_tokens: dict[Role, str], tmp_path: Path
+) -> None:
+    """Quell's consumer served over TLS (a test CA): the producer trusts it through ca_file,
+    and refuses it, naming why, without."""
+    import threading
+
+    import uvicorn
+
+    from quell.api.server import bind_socket
+    from tests.ingest.dovecot import _write_certificates
+
+    ca = _write_certificates(tmp_path / "tls")
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(runtime), log_config=None, access_log=False,
+        ssl_certfile=str(tmp_path / "tls" / "server.pem"),
+        ssl_keyfile=str(tmp_path / "tls" / "server.key"),
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(500):  # bounded: about 10 s
+        if server.started:
+            break
+        threading.Event().wait(0.02)
+    url = f"https://127.0.0.1:{port}/api/openc2"
+    token = role_tokens[Role.ADMIN]
+
+    async def call(ca_file: str | None) -> CommandOut:
+        session = guard(OutboundPolicy.parse(["127.0.0.1"]))
+        connector = Openc2(Openc2.Config(url=url, ca_file=ca_file))
+        ctx = ActionContext(
+            run_id="run-tls", step_id="ask", attempt=1, idempotency_key="run-tls:ask:1",
+            secrets={"token": SecretValue(token)}, http=session,
+        )  # fmt: skip
+        try:
+            return await connector.query_features(ctx, FeaturesIn())
+        finally:
+            await connector.aclose()
+            await session.close()
+            await asyncio.sleep(0)
+
+    try:
+        answered = _run(call(str(ca)))
+        assert answered.http_status == 200
+        assert answered.status == 200
+        assert answered.results is not None
+        assert answered.results["profiles"] == ["slpf"]
+        with pytest.raises(PermanentError) as untrusted:
+            _run(call(None))
+        assert untrusted.value.code == "tls_untrusted"
+        assert "certificate is not trusted" in untrusted.value.message
+    finally:
+        server.should_exit = True
+        thread.join(10)
