@@ -166,6 +166,13 @@ class GuardedConnector(aiohttp.TCPConnector):
         raise AssertionError("unreachable")  # the loop returns or raises
 
 
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        """Close the pooled connections, and let their transports finish closing (one more
+        turn of the loop), so a loop that ends next leaves no socket behind."""
+        await super().close(abort_ssl=abort_ssl)
+        await asyncio.sleep(0)
+
+
 def guard(policy: OutboundPolicy) -> aiohttp.ClientSession:
     """A pooled session whose every destination passes the outbound policy (in a loop)."""
     return aiohttp.ClientSession(
