@@ -165,7 +165,6 @@ class GuardedConnector(aiohttp.TCPConnector):
                 await asyncio.sleep(CONNECT_BACKOFF * 2**attempt)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-
     async def close(self, *, abort_ssl: bool = False) -> None:
         """Close the pooled connections, and let their transports finish closing (one more
         turn of the loop), so a loop that ends next leaves no socket behind."""
