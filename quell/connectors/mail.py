@@ -855,8 +855,11 @@ class Mail(Connector):
             await smtp.connect()
             if settings.username is not None and password is not None:
                 await smtp.login(settings.username, password.reveal())
-        except BaseException:
+        except BaseException as exc:
+            protocol = smtp.protocol
             smtp.close()
+            if not isinstance(exc, asyncio.CancelledError):
+                await _gone(protocol)
             raise
         return smtp
 
@@ -1335,10 +1338,21 @@ class Mail(Connector):
 
 async def _smtp_quit(smtp: aiosmtplib.SMTP) -> None:
     """End the session politely; a failure to say goodbye loses nothing."""
+    protocol = smtp.protocol
     try:
         await smtp.quit()
     except (aiosmtplib.SMTPException, OSError, TimeoutError):
         smtp.close()
+    await _gone(protocol)
+
+
+async def _gone(protocol: Any) -> None:
+    """Wait, briefly and bounded, until a closed connection is really gone: a TLS session's
+    shutdown takes a few turns of the loop, and a loop that ends first leaves its socket open."""
+    for _ in range(100):  # at most about a second
+        if protocol is None or getattr(protocol, "transport", None) is None:
+            return
+        await asyncio.sleep(0.01)
 
 
 __all__ = [
