@@ -27,7 +27,7 @@ import inspect
 import json
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ValidationError
 
@@ -211,10 +211,14 @@ def check_contract(connector: type[Connector]) -> list[str]:
             problems.append(f"{key}: the input is not an ActionInput model")
         if outputs is None or not issubclass(outputs, ActionOutput):
             problems.append(f"{key}: the output is not an ActionOutput model")
-        for model in (inputs, outputs):
+        schemas: list[tuple[type[BaseModel] | None, Literal["validation", "serialization"]]] = [
+            (inputs, "validation"),
+            (outputs, "serialization"),
+        ]
+        for model, mode in schemas:
             if model is not None:
                 try:
-                    json.dumps(model.model_json_schema(by_alias=True))
+                    json.dumps(model.model_json_schema(by_alias=True, mode=mode))
                 except Exception as exc:  # noqa: BLE001 - reported, not raised
                     problems.append(f"{key}: {model.__name__}'s schema does not export: {exc}")
         if not (inspect.getdoc(method) or "").strip():
@@ -230,8 +234,12 @@ def check_contract(connector: type[Connector]) -> list[str]:
             getattr(connector, meta.revert_with, None)
         ):
             problems.append(f"{key}: no revert_with hook {meta.revert_with!r}")
-        if meta.openc2 is not None and meta.openc2[0] not in OPENC2_ACTIONS:
-            problems.append(f"{key}: {meta.openc2[0]!r} is not an OpenC2 action")
+        if meta.openc2 is not None:
+            verb, target, profile = meta.openc2
+            if verb not in OPENC2_ACTIONS:
+                problems.append(f"{key}: {verb!r} is not an OpenC2 action")
+            if not target or not profile:
+                problems.append(f"{key}: an OpenC2 pair needs a target and a profile")
         if meta.supports_dry_run:
             if meta.risk is RiskLevel.READ:
                 problems.append(f"{key}: a read needs no dry-run flag")

@@ -9,7 +9,6 @@ import pytest
 from aiohttp import web
 
 from quell.connectors.notify import Notify
-from quell.connectors.registry import Registry
 from quell.sdk import ActionContext, ActionError, Connector, Landed, PermanentError, RiskLevel
 from quell.sdk.actions import ActionInput, ActionOutput, action
 from quell.sdk.testing import Harness, check_contract
@@ -89,10 +88,7 @@ def test_reconcile_and_a_crash_are_as_in_a_run() -> None:
     asyncio.run(scenario())
 
 
-def test_the_contract_holds_for_every_built_in_connector_and_names_what_breaks_it() -> None:
-    for connector in Registry.discover().connectors.values():
-        assert check_contract(connector) == [], connector.name
-
+def test_the_contract_check_names_what_breaks_it() -> None:
     problems = check_contract(Broken)
     assert "broken: no docstring" in problems
     assert "broken.undo_nothing: the output is not an ActionOutput model" in problems
