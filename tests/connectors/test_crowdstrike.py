@@ -43,6 +43,7 @@ from quell.sdk import (
     TransientError,
 )
 from quell.sdk.http import OutboundPolicy, guard
+from tests.fixtures.webapp import serving
 
 CLIENT_ID = "cid-0123456789"
 CLIENT_SECRET = "s3cr3t-falcon-key-XYZ"
@@ -179,15 +180,8 @@ Body = Callable[[str, Falcon], Awaitable[Any]]
 
 
 async def _serve(falcon: Falcon, body: Body) -> Any:
-    runner = web.AppRunner(falcon.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        return await body(f"http://127.0.0.1:{port}", falcon)
-    finally:
-        await runner.cleanup()
+    async with serving(falcon.app()) as base:
+        return await body(base, falcon)
 
 
 def _falcon() -> Falcon:

@@ -44,6 +44,7 @@ from quell.sdk import (
     TransientError,
 )
 from quell.sdk.http import OutboundPolicy, guard
+from tests.fixtures.webapp import serving
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "app-0123"
@@ -177,16 +178,9 @@ class Mde:
 
 
 async def _serve(mde: Mde, body: Callable[[str, Mde], Awaitable[Any]]) -> Any:
-    runner = web.AppRunner(mde.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    mde.base = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(mde.app()) as base:
+        mde.base = base
         return await body(mde.base, mde)
-    finally:
-        await runner.cleanup()
 
 
 def _mde() -> Mde:

@@ -34,6 +34,7 @@ from quell.sdk import (
     TransientError,
 )
 from quell.sdk.http import OutboundPolicy, guard
+from tests.fixtures.webapp import serving
 
 TENANT = "contoso.onmicrosoft.com"
 CLIENT_ID = "app-graph-0123"
@@ -178,16 +179,9 @@ def _tenant() -> Tenant:
 
 
 async def _serve(tenant: Tenant, body: Callable[[str, Tenant], Awaitable[Any]]) -> Any:
-    runner = web.AppRunner(tenant.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    tenant.base = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(tenant.app()) as base:
+        tenant.base = base
         return await body(tenant.base, tenant)
-    finally:
-        await runner.cleanup()
 
 
 def _ctx(

@@ -46,6 +46,7 @@ from quell.sdk import (
     TransientError,
 )
 from quell.sdk.http import OutboundPolicy, guard
+from tests.fixtures.webapp import serving
 
 EMAIL = "soc@example.com"
 TOKEN = "ATATT3xFfGF0-jira-token-value"
@@ -274,15 +275,8 @@ class FakeJira:
 @asynccontextmanager
 async def serve() -> AsyncIterator[tuple[FakeJira, str]]:
     fake = FakeJira()
-    runner = web.AppRunner(fake.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield fake, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(fake.app()) as base:
+        yield fake, base
 
 
 @asynccontextmanager

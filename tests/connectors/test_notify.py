@@ -23,6 +23,7 @@ from quell.engine.actions import ActionRunner, EnvSecrets
 from quell.runtime import Runtime
 from quell.sdk import ActionError, AuthError, PermanentError, RateLimited, SecretValue
 from quell.sdk.http import OutboundPolicy
+from tests.fixtures.webapp import serving
 
 MESSAGE = {
     "title": "Blocked 203.0.113.7",
@@ -98,15 +99,8 @@ async def _serve(body: Callable[[str, list[dict[str, Any]]], Awaitable[Any]]) ->
     app.router.add_post("/hooks/secret789", mattermost)
     app.router.add_post("/services/revoked", revoked)
     app.router.add_post("/services/busy", busy)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        return await body(f"http://127.0.0.1:{port}", seen)
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        return await body(base, seen)
 
 
 @pytest.fixture

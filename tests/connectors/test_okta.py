@@ -36,6 +36,7 @@ from quell.sdk import (
     TransientError,
 )
 from quell.sdk.http import OutboundPolicy, guard
+from tests.fixtures.webapp import serving
 
 TOKEN = "00aBcDeFgHiJkLmNoPqRsTuVwXyZ-okta-token"
 JDOE = "00u1jdoe0000000000a7"
@@ -159,16 +160,9 @@ def _org() -> Org:
 
 
 async def _serve(org: Org, body: Callable[[str, Org], Awaitable[Any]]) -> Any:
-    runner = web.AppRunner(org.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    org.base = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(org.app()) as base:
+        org.base = base
         return await body(org.base, org)
-    finally:
-        await runner.cleanup()
 
 
 def _ctx(

@@ -44,6 +44,7 @@ from quell.sdk import (
     TransientError,
 )
 from quell.sdk.http import OutboundPolicy, guard
+from tests.fixtures.webapp import serving
 
 USER = "quell.integration"
 PASSWORD = "Sn0w-pa55word-value"
@@ -184,15 +185,8 @@ class FakeServiceNow:
 @asynccontextmanager
 async def serve() -> AsyncIterator[tuple[FakeServiceNow, str]]:
     fake = FakeServiceNow()
-    runner = web.AppRunner(fake.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield fake, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(fake.app()) as base:
+        yield fake, base
 
 
 @asynccontextmanager

@@ -34,6 +34,7 @@ from quell.sdk import (
     TransientError,
 )
 from quell.sdk.http import OutboundPolicy, guard
+from tests.fixtures.webapp import serving
 
 TOKEN = "xoxb-1234-5678-slacktokenvalue"
 REGISTRY = Registry()
@@ -132,15 +133,8 @@ class FakeSlack:
 @asynccontextmanager
 async def serve() -> AsyncIterator[tuple[FakeSlack, str]]:
     fake = FakeSlack()
-    runner = web.AppRunner(fake.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield fake, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(fake.app()) as base:
+        yield fake, base
 
 
 @asynccontextmanager

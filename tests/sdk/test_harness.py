@@ -14,6 +14,7 @@ from quell.sdk.actions import ActionInput, ActionOutput, action
 from quell.sdk.testing import Harness, check_contract
 from tests.engine import peer
 from tests.engine.peer import Peer
+from tests.fixtures.webapp import serving
 
 
 class NoOut(ActionInput):
@@ -38,17 +39,12 @@ def test_an_action_runs_with_its_config_secrets_and_the_guarded_client() -> None
 
         app = web.Application()
         app.router.add_post("/hook", hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         message = {"title": "t", "text": "hello"}
-        try:
+        async with serving(app) as base:
             async with Harness(
                 Notify,
                 config={"format": "mattermost", "username": "quell"},
-                secrets={"webhook_url": f"http://127.0.0.1:{port}/hook"},
+                secrets={"webhook_url": f"{base}/hook"},
                 allow=["127.0.0.1"],
             ) as harness:
                 sent = await harness.call("message", message)
@@ -58,13 +54,11 @@ def test_an_action_runs_with_its_config_secrets_and_the_guarded_client() -> None
                 with pytest.raises(KeyError, match="no action 'shout'"):
                     await harness.call("shout", {})
             async with Harness(
-                Notify, secrets={"webhook_url": f"http://127.0.0.1:{port}/hook"}
+                Notify, secrets={"webhook_url": f"{base}/hook"}
             ) as guarded:  # nothing allowed: loopback is refused, as in production
                 with pytest.raises(PermanentError) as blocked:
                     await guarded.call("message", message)
                 assert blocked.value.code == "outbound_blocked"
-        finally:
-            await runner.cleanup()
         return seen, sent, pretend
 
     seen, sent, pretend = asyncio.run(scenario())

@@ -18,6 +18,7 @@ from quell import aio
 from quell.connectors.http import Http, RequestIn
 from quell.sdk import ActionContext, PermanentError
 from quell.sdk.http import GuardedConnector, OutboundBlocked, OutboundPolicy, guard
+from tests.fixtures.webapp import serving
 
 LOOPBACK_ONLY = OutboundPolicy.parse(["127.0.0.1"])
 
@@ -39,15 +40,8 @@ async def _with_server(
     app = web.Application()
     app.router.add_get("/ok", ok)
     app.router.add_get("/bounce", bounce)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        return await body(f"http://127.0.0.1:{port}", hits)
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        return await body(base, hits)
 
 
 def _run(body: Callable[[str, list[str]], Awaitable[Any]]) -> Any:
