@@ -486,3 +486,123 @@ audit_events = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+# -- threat intelligence -------------------------------------------------------------------------
+
+# One row per indicator a source gave: the same value from two feeds is two rows, so a verdict
+# can say which source said what. ``key`` is the match key (quell.intel.model); ``digest``
+# hashes the content fields, so a re-import tells unchanged from updated without comparing them.
+indicators = Table(
+    "indicators",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("source", String(128), nullable=False),
+    Column("key", String(2100), nullable=False),
+    Column("type", String(16), nullable=False),  # ipv4, ipv6, domain, url, md5, sha1, ...
+    Column("match", String(16), nullable=False),  # exact, cidr, subdomain
+    Column("value", String(2048), nullable=False),  # canonical
+    Column("confidence", SmallInteger, nullable=True),  # 0-100
+    Column("severity_id", SmallInteger, nullable=True),  # OCSF scale
+    Column("tlp", SmallInteger, nullable=False),  # quell.intel.model.Tlp
+    Column("first_seen", UTCDateTime(), nullable=True),
+    Column("last_seen", UTCDateTime(), nullable=True),
+    Column("valid_until", UTCDateTime(), nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("tags", _json(), nullable=False),
+    Column("kill_chain", _json(), nullable=False),
+    Column("stix_ids", _json(), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("digest", String(32), nullable=False),
+    Column("sightings", Integer, nullable=False, default=0),
+    Column("last_sighted_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+Index("uq_indicators_source_key", indicators.c.source, indicators.c.key, unique=True)
+Index("ix_indicators_key", indicators.c.key)
+Index("ix_indicators_updated_at", indicators.c.updated_at)
+
+# A sighting: an indicator seen in an alert (or reported seen by the source that gave it).
+indicator_sightings = Table(
+    "indicator_sightings",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("indicator_id", String(32), ForeignKey("indicators.id"), nullable=False, index=True),
+    Column("seen_at", UTCDateTime(), nullable=False),
+    Column("alert_id", String(32), nullable=True, index=True),
+    Column("observable", String(2048), nullable=False),
+    Column("reported_by", String(256), nullable=True),  # who reported an outside sighting
+)
+
+# Known-good values: a match makes an observable safe, whatever else says otherwise.
+intel_allowlist = Table(
+    "intel_allowlist",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("key", String(2100), nullable=False, unique=True),
+    Column("type", String(16), nullable=False),
+    Column("match", String(16), nullable=False),
+    Column("value", String(2048), nullable=False),
+    Column("reason", String(512), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Feeds pulled on a schedule (HTTP files, MISP feeds, TAXII collections), with what the last
+# pull said: conditional-request validators, TAXII checkpoint, last success and last error.
+intel_feeds = Table(
+    "intel_feeds",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),  # url, misp-feed, taxii
+    Column("format", String(16), nullable=False),  # stix, misp, csv, ...
+    Column("url", String(2048), nullable=False),
+    Column("settings", _json(), nullable=False),  # mapping, tlp, confidence, collection, ...
+    Column("secret", LargeBinary, nullable=True),  # sealed credentials
+    Column("interval_s", Integer, nullable=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("etag", String(512), nullable=True),
+    Column("last_modified", String(64), nullable=True),
+    Column("checkpoint", _json(), nullable=True),
+    Column("next_pull_at", UTCDateTime(), nullable=True),
+    Column("claimed_until", UTCDateTime(), nullable=True),
+    Column("last_attempt_at", UTCDateTime(), nullable=True),
+    Column("last_success_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", UTCDateTime(), nullable=True),
+    Column("last_report", _json(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# External lookups already made, until their source's TTL ends.
+intel_cache = Table(
+    "intel_cache",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("key", String(2100), primary_key=True),
+    Column("answer", _json(), nullable=False),
+    Column("fetched_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+# Calls made to an external source in the current quota window, shared by every worker.
+intel_quota = Table(
+    "intel_quota",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("window_start", UTCDateTime(), primary_key=True),
+    Column("used", Integer, nullable=False),
+)
+
+# The verdict of an alert (its worst observable) with its reasons, from enrichment.
+alert_verdicts = Table(
+    "alert_verdicts",
+    metadata,
+    Column("alert_id", String(32), ForeignKey("alerts.id"), primary_key=True),
+    Column("verdict", SmallInteger, nullable=False),  # quell.intel.model.Verdict
+    Column("score", SmallInteger, nullable=False),
+    Column("reasons", _json(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)

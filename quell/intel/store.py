@@ -1,0 +1,576 @@
+"""The indicator store in the database: imports, lookups, sightings and the allow-list.
+
+An import is one write transaction: either every indicator of the input is kept, or (on any
+error) none is, and the store is as it was. Re-importing the same input changes nothing: each
+row keeps a digest of its content fields, and a row whose digest is unchanged is not written.
+
+Lookups here go to the database (the CLI, the API, one-off checks). The enrichment of every
+alert uses :class:`quell.intel.index.IntelIndex`, the same keys held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, delete, func, or_, select, update
+
+from quell.clock import Clock, SystemClock
+from quell.errors import NotFound
+from quell.ids import new_id
+from quell.intel.model import (
+    ImportReport,
+    IndicatorRecord,
+    IndicatorType,
+    IntelError,
+    MatchKind,
+    Parsed,
+    Probe,
+    Tlp,
+    Unsupported,
+    indicator_key,
+    keyed,
+    probe,
+)
+from quell.store.bulk import bulk_insert, bulk_update
+from quell.store.database import Database
+from quell.store.schema import indicator_sightings, indicators, intel_allowlist
+
+_CHUNK = 500  # keys per IN (...) when reading existing rows
+_WHOLE_SOURCE = 20_000  # from this many input keys, read the source's rows in one pass
+
+_INSERT_COLUMNS = (
+    "id",
+    "source",
+    "key",
+    "type",
+    "match",
+    "value",
+    "confidence",
+    "severity_id",
+    "tlp",
+    "first_seen",
+    "last_seen",
+    "valid_until",
+    "revoked",
+    "tags",
+    "kill_chain",
+    "stix_ids",
+    "description",
+    "digest",
+    "sightings",
+    "created_at",
+    "updated_at",
+)
+_UPDATE_COLUMNS = (*_INSERT_COLUMNS[6:18], "updated_at")
+
+
+@dataclass(slots=True, frozen=True)
+class Hit:
+    """An indicator that matched an observable."""
+
+    indicator_id: str | None
+    source: str
+    key: str
+    type: str
+    match: str
+    value: str
+    confidence: int | None
+    severity_id: int | None
+    tlp: Tlp
+    valid_until: datetime | None
+    tags: tuple[str, ...] = ()
+    last_seen: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "indicator_id": self.indicator_id,
+            "source": self.source,
+            "type": self.type,
+            "match": self.match,
+            "value": self.value,
+            "confidence": self.confidence,
+            "severity_id": self.severity_id,
+            "tlp": self.tlp.label,
+            "valid_until": self.valid_until,
+            "tags": list(self.tags),
+            "last_seen": self.last_seen,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class Allowed:
+    """An allow-list entry."""
+
+    id: str
+    key: str
+    type: str
+    match: str
+    value: str
+    reason: str
+    created_by: str
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "match": self.match,
+            "value": self.value,
+            "reason": self.reason,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+        }
+
+
+def digest_of(record: IndicatorRecord, key: str) -> str:
+    """A hash of the fields an import writes, to tell an unchanged indicator from a new one."""
+    content = (
+        key,
+        record.confidence,
+        record.severity_id,
+        int(record.tlp),
+        record.first_seen,
+        record.last_seen,
+        record.valid_until,
+        record.revoked,
+        record.tags,
+        record.kill_chain,
+        record.stix_ids,
+        record.description,
+    )
+    return hashlib.blake2b(orjson.dumps(content), digest_size=16).hexdigest()
+
+
+def is_expired(record: IndicatorRecord, now: datetime) -> bool:
+    """Revoked, or valid only until a time already past."""
+    return record.revoked or (record.valid_until is not None and record.valid_until <= now)
+
+
+class IntelStore:
+    """Indicators, their sightings and the allow-list, in ``db``."""
+
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+        self.db = db
+        self.clock = clock or SystemClock()
+        self._insert = bulk_insert(db, indicators, _INSERT_COLUMNS)
+        self._update = bulk_update(db, indicators, _UPDATE_COLUMNS, key="id")
+
+    # -- import ----------------------------------------------------------------------------------
+
+    def apply(self, source: str, parsed: Parsed) -> ImportReport:
+        """Keep ``parsed``'s indicators under ``source``, in one transaction, and count them.
+
+        Indicators are counted once per distinct key (a value given twice in one input is one
+        indicator, the later one winning). An expired or revoked indicator is kept, so that it
+        stops matching, and counted ``expired``."""
+        source = check_source(source)
+        report = ImportReport(source)
+        now = self.clock.now()
+        wanted: dict[str, tuple[IndicatorRecord, IndicatorType, MatchKind, str]] = {}
+        for record in parsed.records:
+            try:
+                key, type_, match, value = keyed(record)
+            except IntelError as exc:
+                report.unsupported_items.append(
+                    Unsupported(record.origin or record.type, exc.message, record.value[:200])
+                )
+                continue
+            wanted[key] = (record, type_, match, value)
+        report.unsupported_items.extend(parsed.unsupported)
+        report.unsupported = len(report.unsupported_items)
+        with self.db.write() as conn:
+            existing = self._existing(conn, source, wanted)
+            inserts: list[tuple[Any, ...]] = []
+            updates: list[tuple[Any, ...]] = []
+            for key, (record, type_, match, value) in wanted.items():
+                digest = digest_of(record, key)
+                expired = is_expired(record, now)
+                known = existing.get(key)
+                if known is not None and known[1] == digest:
+                    if expired:
+                        report.expired += 1
+                    else:
+                        report.unchanged += 1
+                    continue
+                if expired:
+                    report.expired += 1
+                elif known is None:
+                    report.added += 1
+                else:
+                    report.updated += 1
+                content = (
+                    record.confidence,
+                    record.severity_id,
+                    int(record.tlp),
+                    record.first_seen,
+                    record.last_seen,
+                    record.valid_until,
+                    record.revoked,
+                    list(record.tags),
+                    list(record.kill_chain),
+                    list(record.stix_ids),
+                    record.description,
+                    digest,
+                )
+                if known is None:
+                    row_id = new_id("ind")
+                    existing[key] = (row_id, digest)
+                    inserts.append(
+                        (row_id, source, key, str(type_), str(match), value, *content, 0, now, now)
+                    )
+                else:
+                    updates.append((*content, now, known[0]))
+                if len(inserts) >= 5000:
+                    self._insert.run(conn, inserts)
+                    inserts = []
+            self._insert.run(conn, inserts)
+            self._update.run(conn, updates)
+            report.sightings = self._source_sightings(conn, source, parsed, existing)
+        return report
+
+    def _existing(
+        self, conn: Connection, source: str, wanted: dict[str, Any]
+    ) -> dict[str, tuple[str, str]]:
+        query = select(indicators.c.key, indicators.c.id, indicators.c.digest).where(
+            indicators.c.source == source
+        )
+        if len(wanted) >= _WHOLE_SOURCE:
+            return {key: (row_id, digest) for key, row_id, digest in conn.execute(query)}
+        found: dict[str, tuple[str, str]] = {}
+        keys = list(wanted)
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            for key, row_id, digest in conn.execute(query.where(indicators.c.key.in_(chunk))):
+                found[key] = (row_id, digest)
+        return found
+
+    def _source_sightings(
+        self,
+        conn: Connection,
+        source: str,
+        parsed: Parsed,
+        rows: dict[str, tuple[str, str]],
+    ) -> int:
+        """Keep the sightings the input reported; the same sighting imported again is one."""
+        fresh: dict[str, tuple[Any, ...]] = {}
+        for key, seen_at, where in parsed.sightings:
+            row = rows.get(key)
+            if row is None:
+                continue
+            tag = f"{row[0]}|{seen_at.isoformat()}|{where or source}"
+            sighting_id = "sig_" + hashlib.blake2b(tag.encode(), digest_size=14).hexdigest()
+            fresh[sighting_id] = (sighting_id, row[0], seen_at, None, key, where or source)
+        if not fresh:
+            return 0
+        ids = list(fresh)
+        known: set[str] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            known.update(
+                conn.scalars(
+                    select(indicator_sightings.c.id).where(indicator_sightings.c.id.in_(chunk))
+                )
+            )
+        new = [row for sighting_id, row in fresh.items() if sighting_id not in known]
+        if new:
+            _insert_sightings(conn, new)
+        return len(new)
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def lookup(self, type_: str, value: str, *, include_expired: bool = False) -> list[Hit]:
+        """Every indicator that matches the observable (exact, range or parent domain)."""
+        found = probe(type_, value)
+        if found is None:
+            return []
+        return self.lookup_probe(found, include_expired=include_expired)
+
+    def lookup_probe(self, found: Probe, *, include_expired: bool = False) -> list[Hit]:
+        now = self.clock.now()
+        query = select(indicators).where(indicators.c.key.in_(found.candidates()))
+        if not include_expired:
+            query = query.where(
+                indicators.c.revoked.is_(False),
+                or_(indicators.c.valid_until.is_(None), indicators.c.valid_until > now),
+            )
+        with self.db.read() as conn:
+            rows = conn.execute(query.order_by(indicators.c.source)).all()
+        return [_hit(row) for row in rows]
+
+    def get(self, indicator_id: str) -> dict[str, Any]:
+        """One indicator, whole, with its latest sightings."""
+        with self.db.read() as conn:
+            row = conn.execute(select(indicators).where(indicators.c.id == indicator_id)).first()
+            if row is None:
+                raise NotFound(f"no indicator {indicator_id}")
+            seen = conn.execute(
+                select(indicator_sightings)
+                .where(indicator_sightings.c.indicator_id == indicator_id)
+                .order_by(indicator_sightings.c.seen_at.desc())
+                .limit(50)
+            ).all()
+        return {**_row_dict(row), "recent_sightings": [dict(s._mapping) for s in seen]}
+
+    def search(
+        self,
+        *,
+        source: str | None = None,
+        type_: str | None = None,
+        contains: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Indicators by source, type or part of the value, in id order (``after`` pages)."""
+        query = select(indicators).order_by(indicators.c.id).limit(max(1, min(limit, 1000)))
+        if source:
+            query = query.where(indicators.c.source == source)
+        if type_:
+            query = query.where(indicators.c.type == type_)
+        if contains:
+            query = query.where(indicators.c.value.contains(contains, autoescape=True))
+        if after:
+            query = query.where(indicators.c.id > after)
+        with self.db.read() as conn:
+            return [_row_dict(row) for row in conn.execute(query)]
+
+    def counts(self) -> dict[str, Any]:
+        """Indicators by source and type, and how many are live now."""
+        now = self.clock.now()
+        live = (~indicators.c.revoked) & or_(
+            indicators.c.valid_until.is_(None), indicators.c.valid_until > now
+        )
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(
+                    indicators.c.source,
+                    indicators.c.type,
+                    func.count(),
+                    func.sum(func.cast(live, indicators.c.sightings.type)),
+                ).group_by(indicators.c.source, indicators.c.type)
+            ).all()
+        return {
+            "sources": [
+                {"source": s, "type": t, "indicators": n, "live": int(live_n or 0)}
+                for s, t, n, live_n in rows
+            ],
+            "total": sum(row[2] for row in rows),
+        }
+
+    def iter_live(self, *, since: datetime | None = None) -> Iterator[Sequence[Any]]:
+        """(key, source, confidence, severity_id, tlp, valid_until, revoked, updated_at) of
+        every indicator (changed since ``since``), for building the in-memory index."""
+        query = select(
+            indicators.c.key,
+            indicators.c.source,
+            indicators.c.confidence,
+            indicators.c.severity_id,
+            indicators.c.tlp,
+            indicators.c.valid_until,
+            indicators.c.revoked,
+            indicators.c.updated_at,
+        )
+        if since is not None:
+            query = query.where(indicators.c.updated_at >= since)
+        with self.db.read() as conn:
+            result = conn.execution_options(yield_per=10_000).execute(query)
+            yield from result
+
+    def rows_for(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Hit]:
+        """The stored indicators for (source, key) pairs (what the in-memory index matched)."""
+        pairs = list(set(pairs))
+        found: dict[tuple[str, str], Hit] = {}
+        with self.db.read() as conn:
+            for start in range(0, len(pairs), _CHUNK):
+                chunk = pairs[start : start + _CHUNK]
+                keys = {key for _source, key in chunk}
+                for row in conn.execute(select(indicators).where(indicators.c.key.in_(keys))):
+                    if (row.source, row.key) in chunk:
+                        found[(row.source, row.key)] = _hit(row)
+        return found
+
+    # -- sightings ------------------------------------------------------------------------------
+
+    def record_sightings(
+        self, sightings: Iterable[tuple[str, str, str | None]], *, at: datetime | None = None
+    ) -> int:
+        """Record (indicator id, observable value, alert id) sightings; count them on each
+        indicator. Returns how many were recorded."""
+        rows = list(sightings)
+        if not rows:
+            return 0
+        seen_at = at or self.clock.now()
+        with self.db.write() as conn:
+            _insert_sightings(
+                conn,
+                [
+                    (new_id("sig"), indicator_id, seen_at, alert_id, value[:2048], None)
+                    for indicator_id, value, alert_id in rows
+                ],
+            )
+            counts: dict[str, int] = {}
+            for indicator_id, _value, _alert in rows:
+                counts[indicator_id] = counts.get(indicator_id, 0) + 1
+            for indicator_id, count in counts.items():
+                conn.execute(
+                    update(indicators)
+                    .where(indicators.c.id == indicator_id)
+                    .values(
+                        sightings=indicators.c.sightings + count,
+                        last_sighted_at=seen_at,
+                    )
+                )
+        return len(rows)
+
+    def sightings_of(self, indicator_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(indicator_sightings)
+                .where(indicator_sightings.c.indicator_id == indicator_id)
+                .order_by(indicator_sightings.c.seen_at.desc())
+                .limit(limit)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    # -- allow-list ------------------------------------------------------------------------------
+
+    def allow(
+        self,
+        type_: IndicatorType | str,
+        value: str,
+        reason: str,
+        *,
+        by: str,
+        match: MatchKind | str | None = None,
+    ) -> Allowed:
+        """Add a known-good value. Domains match with their subdomains unless ``match`` says
+        ``exact``; an IP given with a prefix is a range."""
+        kind = IndicatorType(type_)
+        if not reason.strip():
+            raise IntelError("an allow-list entry needs a reason")
+        wanted = MatchKind(match) if match else None
+        if wanted is None:
+            wanted = MatchKind.SUBDOMAIN if kind is IndicatorType.DOMAIN else MatchKind.EXACT
+        if kind in (IndicatorType.IPV4, IndicatorType.IPV6) and wanted is MatchKind.CIDR:
+            wanted = MatchKind.EXACT  # the prefix in the value says it
+        key, kind, found_match, canonical = indicator_key(kind, value, wanted)
+        entry = Allowed(
+            new_id("alw"),
+            key,
+            str(kind),
+            str(found_match),
+            canonical,
+            reason.strip()[:512],
+            by,
+            self.clock.now(),
+        )
+        with self.db.write() as conn:
+            conn.execute(delete(intel_allowlist).where(intel_allowlist.c.key == key))
+            conn.execute(
+                intel_allowlist.insert().values(
+                    id=entry.id,
+                    key=key,
+                    type=entry.type,
+                    match=entry.match,
+                    value=canonical,
+                    reason=entry.reason,
+                    created_by=by,
+                    created_at=entry.created_at,
+                )
+            )
+        return entry
+
+    def disallow(self, entry_id_or_value: str) -> Allowed:
+        """Remove an allow-list entry by id or by value."""
+        with self.db.write() as conn:
+            row = conn.execute(
+                select(intel_allowlist).where(
+                    or_(
+                        intel_allowlist.c.id == entry_id_or_value,
+                        intel_allowlist.c.value == entry_id_or_value.strip().lower(),
+                    )
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"no allow-list entry {entry_id_or_value!r}")
+            conn.execute(delete(intel_allowlist).where(intel_allowlist.c.id == row.id))
+        return _allowed(row)
+
+    def allowlist(self) -> list[Allowed]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(intel_allowlist).order_by(intel_allowlist.c.value)).all()
+        return [_allowed(row) for row in rows]
+
+    def allowed(self, found: Probe) -> Allowed | None:
+        """The allow-list entry that covers the observable, if any."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(intel_allowlist)
+                .where(intel_allowlist.c.key.in_(found.candidates()))
+                .limit(1)
+            ).first()
+        return None if row is None else _allowed(row)
+
+
+def check_source(source: str) -> str:
+    """A source name: 1-128 printable characters."""
+    name = source.strip()
+    if not name or len(name) > 128 or not name.isprintable():
+        raise IntelError(f"a source name is 1-128 printable characters, not {source!r}")
+    return name
+
+
+def _insert_sightings(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    conn.execute(
+        indicator_sightings.insert(),
+        [
+            {
+                "id": r[0],
+                "indicator_id": r[1],
+                "seen_at": r[2],
+                "alert_id": r[3],
+                "observable": r[4],
+                "reported_by": r[5],
+            }
+            for r in rows
+        ],
+    )
+
+
+def _hit(row: Any) -> Hit:
+    return Hit(
+        indicator_id=row.id,
+        source=row.source,
+        key=row.key,
+        type=row.type,
+        match=row.match,
+        value=row.value,
+        confidence=row.confidence,
+        severity_id=row.severity_id,
+        tlp=Tlp(row.tlp),
+        valid_until=row.valid_until,
+        tags=tuple(row.tags or ()),
+        last_seen=row.last_seen,
+    )
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    data = dict(row._mapping)
+    data["tlp"] = Tlp(data["tlp"]).label
+    data.pop("digest", None)
+    return data
+
+
+def _allowed(row: Any) -> Allowed:
+    return Allowed(
+        row.id, row.key, row.type, row.match, row.value, row.reason, row.created_by, row.created_at
+    )
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime (a naive one is taken as UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
