@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from quell.ingest.deadletters import DeadLetterService
     from quell.ingest.pipeline import IngestPipeline
     from quell.ingest.sources import SourceService
+    from quell.intel.enrich import Enricher
+    from quell.intel.store import IntelStore
 
 
 @dataclass
@@ -182,6 +184,20 @@ class Runtime:
             containments=self.containments,
             audit=self.audit,
         )
+
+    @cached_property
+    def intel(self) -> IntelStore:
+        """The indicator store and the allow-list."""
+        from quell.intel.store import IntelStore
+
+        return IntelStore(self.db, self.clock)
+
+    @cached_property
+    def enricher(self) -> Enricher:
+        """Verdicts on observables: the store, the allow-list and outside services."""
+        from quell.intel.enrich import Enricher
+
+        return Enricher(self)
 
     @cached_property
     def containments(self) -> ContainmentService:

@@ -55,6 +55,8 @@ from quell.ingest.staging import (
     StagingPool,
     StagingSpec,
 )
+from quell.intel.enrich import AlertEnricher
+from quell.intel.store import IntelStore
 from quell.store.bulk import bulk_insert, bulk_update
 from quell.store.database import Backend, Database
 from quell.store.schema import (
@@ -110,6 +112,7 @@ class IngestPipeline:
         self.clock = clock
         self.sources = sources
         self.correlator = Correlator(db, clock)
+        self.enricher = AlertEnricher(IntelStore(db, clock))
         self.dead_letters = DeadLetterService(db)
         self._stagers: dict[str, Stager] = {}
         self._insert_alerts = bulk_insert(db, alerts, ALERT_COLUMNS)
@@ -378,6 +381,9 @@ class IngestPipeline:
             conn, [AlertKeys(item, item.keys, window, item.last_seen) for item in fresh]
         )
         self._insert(conn, fresh + closed)
+        self.enricher.enrich(
+            conn, [(row[2], row[0], row[1]) for item in fresh for row in item.observables], now
+        )
         self._record_repeats(conn, repeats, grouping.merged_into, now)
         self._announce(conn, fresh, grouping, now)
         if batch.dead:

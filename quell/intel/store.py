@@ -11,7 +11,7 @@ alert uses :class:`quell.intel.index.IntelIndex`, the same keys held in memory.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -162,12 +162,19 @@ class IntelStore:
 
     # -- import ----------------------------------------------------------------------------------
 
-    def apply(self, source: str, parsed: Parsed) -> ImportReport:
+    def apply(
+        self,
+        source: str,
+        parsed: Parsed,
+        *,
+        also: Callable[[Connection, ImportReport], None] | None = None,
+    ) -> ImportReport:
         """Keep ``parsed``'s indicators under ``source``, in one transaction, and count them.
 
         Indicators are counted once per distinct key (a value given twice in one input is one
         indicator, the later one winning). An expired or revoked indicator is kept, so that it
-        stops matching, and counted ``expired``."""
+        stops matching, and counted ``expired``. ``also`` runs in the same transaction after
+        the writes (a feed's checkpoint moves with the indicators it covers, or not at all)."""
         source = check_source(source)
         report = ImportReport(source)
         now = self.clock.now()
@@ -231,6 +238,8 @@ class IntelStore:
             self._insert.run(conn, inserts)
             self._update.run(conn, updates)
             report.sightings = self._source_sightings(conn, source, parsed, existing)
+            if also is not None:
+                also(conn, report)
         return report
 
     def _existing(
