@@ -26,7 +26,6 @@ import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -215,51 +214,108 @@ def keyed(record: IndicatorRecord) -> tuple[str, IndicatorType, MatchKind, str]:
     return indicator_key(record.type, record.value, record.match)
 
 
-@lru_cache(maxsize=65536)
 def indicator_key(
-    type_: IndicatorType, value: str, match: MatchKind = MatchKind.EXACT
+    type_: IndicatorType | str, value: str, match: MatchKind | str = MatchKind.EXACT
 ) -> tuple[str, IndicatorType, MatchKind, str]:
-    """See :func:`keyed`."""
+    """See :func:`keyed`. No cache: a feed's values are all different, and the common forms
+    (dotted IPv4, lower-case hex, plain URLs) take a short path of plain string operations."""
     text = value.strip()
     if not text:
         raise IntelError(f"empty {type_} value")
     if len(text) > MAX_VALUE_CHARS:
         raise IntelError(f"{type_} value longer than {MAX_VALUE_CHARS} characters")
-    if type_ in (IndicatorType.IPV4, IndicatorType.IPV6):
-        return _ip_key(type_, refang(text), match)
-    if type_ is IndicatorType.DOMAIN:
-        host = canonical_host(refang(text).removeprefix("*."))
-        if host is None or "." not in host:
-            raise IntelError(f"not a domain name: {value!r}")
-        if match is MatchKind.CIDR:
-            raise IntelError("a domain cannot match as a network range")
-        wild = match is MatchKind.SUBDOMAIN or text.startswith("*.")
-        if wild:
-            return f"dn*:{host}", type_, MatchKind.SUBDOMAIN, host
-        return f"dn:{host}", type_, MatchKind.EXACT, host
-    if match is not MatchKind.EXACT:
-        raise IntelError(f"a {type_} indicator matches exactly, not by {match}")
-    if type_ is IndicatorType.URL:
-        url = normalize_url(text)
-        if url is None:
-            raise IntelError(f"not a URL: {value!r}")
-        return f"url:{url}", type_, match, url
-    if type_ is IndicatorType.EMAIL:
-        email = clean_email(refang(text))
-        if email is None:
-            raise IntelError(f"not an e-mail address: {value!r}")
-        return f"email:{email}", type_, match, email
+    kind = _TYPES.get(type_)
+    if kind is None:
+        raise IntelError(f"unknown indicator type {type_!r}")
+    how = _MATCHES.get(match)
+    if how is None:
+        raise IntelError(f"unknown match {match!r}: use exact, cidr or subdomain")
+    return _KEYERS[kind](kind, text, how)
+
+
+def _hash_key(
+    kind: IndicatorType, text: str, how: MatchKind
+) -> tuple[str, IndicatorType, MatchKind, str]:
+    _exact_only(kind, how)
     digest = text.lower()
-    if len(digest) != HASH_TYPES[type_] or not _HEX.issuperset(digest):
-        raise IntelError(f"not a {type_} digest ({HASH_TYPES[type_]} hex digits): {value!r}")
-    return f"{type_}:{digest}", type_, match, digest
+    if len(digest) != HASH_TYPES[kind] or not _HEX.issuperset(digest):
+        raise IntelError(f"not a {kind} digest ({HASH_TYPES[kind]} hex digits): {text!r}")
+    return f"{kind}:{digest}", kind, how, digest
+
+
+def _domain_key(
+    kind: IndicatorType, text: str, how: MatchKind
+) -> tuple[str, IndicatorType, MatchKind, str]:
+    if how is MatchKind.CIDR:
+        raise IntelError("a domain cannot match as a network range")
+    wild = how is MatchKind.SUBDOMAIN or text.startswith("*.")
+    host = canonical_host(_fanged(text).removeprefix("*."))
+    if host is None or "." not in host:
+        raise IntelError(f"not a domain name: {text!r}")
+    if wild:
+        return f"dn*:{host}", kind, MatchKind.SUBDOMAIN, host
+    return f"dn:{host}", kind, MatchKind.EXACT, host
+
+
+def _url_key(
+    kind: IndicatorType, text: str, how: MatchKind
+) -> tuple[str, IndicatorType, MatchKind, str]:
+    _exact_only(kind, how)
+    url = normalize_url(text)
+    if url is None:
+        raise IntelError(f"not a URL: {text!r}")
+    return f"url:{url}", kind, how, url
+
+
+def _email_key(
+    kind: IndicatorType, text: str, how: MatchKind
+) -> tuple[str, IndicatorType, MatchKind, str]:
+    _exact_only(kind, how)
+    email = clean_email(_fanged(text))
+    if email is None:
+        raise IntelError(f"not an e-mail address: {text!r}")
+    return f"email:{email}", kind, how, email
+
+
+def _exact_only(kind: IndicatorType, how: MatchKind) -> None:
+    if how is not MatchKind.EXACT:
+        raise IntelError(f"a {kind} indicator matches exactly, not by {how}")
+
+
+def _fanged(text: str) -> str:
+    """``refang`` only when something in the text could be defanged (most values are not)."""
+    if "[" in text or "(" in text or "{" in text or "hxx" in text or "fxp" in text:
+        return refang(text)
+    return text
+
+
+def ipv4_int(text: str) -> int | None:
+    """A dotted-quad IPv4 address as an integer, without ``ipaddress`` (ten times faster);
+    None for anything else (leading zeros too, as ``ipaddress`` refuses them)."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    number = 0
+    for part in parts:
+        if not (0 < len(part) <= 3 and part.isascii() and part.isdigit()):
+            return None
+        if len(part) > 1 and part[0] == "0":
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        number = number << 8 | octet
+    return number
 
 
 def _ip_key(
-    type_: IndicatorType, text: str, match: MatchKind
+    kind: IndicatorType, text: str, how: MatchKind
 ) -> tuple[str, IndicatorType, MatchKind, str]:
-    if match is MatchKind.SUBDOMAIN:
+    if how is MatchKind.SUBDOMAIN:
         raise IntelError("an IP address cannot match by subdomain")
+    text = _fanged(text)
+    if kind is IndicatorType.IPV4 and "/" not in text and ipv4_int(text) is not None:
+        return f"ip:{text}", kind, MatchKind.EXACT, text
     try:
         if "/" in text:
             network = ipaddress.ip_network(text, strict=False)
@@ -268,47 +324,95 @@ def _ip_key(
     except ValueError:
         raise IntelError(f"not an IP address or network: {text!r}") from None
     found = IndicatorType.IPV4 if network.version == 4 else IndicatorType.IPV6
-    if found is not type_:
-        raise IntelError(f"{text!r} is an {found} value, not {type_}")
+    if found is not kind:
+        raise IntelError(f"{text!r} is an {found} value, not {kind}")
     if network.num_addresses == 1:
         address = str(network.network_address)
-        return f"ip:{address}", type_, MatchKind.EXACT, address
-    return f"net:{network}", type_, MatchKind.CIDR, str(network)
+        return f"ip:{address}", kind, MatchKind.EXACT, address
+    return f"net:{network}", kind, MatchKind.CIDR, str(network)
+
+
+_TYPES: dict[str, IndicatorType] = {str(t): t for t in IndicatorType}
+_MATCHES: dict[str, MatchKind] = {str(m): m for m in MatchKind}
+_KEYERS = {
+    IndicatorType.IPV4: _ip_key,
+    IndicatorType.IPV6: _ip_key,
+    IndicatorType.DOMAIN: _domain_key,
+    IndicatorType.URL: _url_key,
+    IndicatorType.EMAIL: _email_key,
+    IndicatorType.MD5: _hash_key,
+    IndicatorType.SHA1: _hash_key,
+    IndicatorType.SHA256: _hash_key,
+}
 
 
 def normalize_url(text: str) -> str | None:
     """A URL as the store matches it: refanged; scheme and host lower-case; default port,
-    fragment and user info dropped; an empty path is ``/``. None when it is not a URL."""
-    return _normalize_url(text) if len(text) <= MAX_VALUE_CHARS else None
+    fragment and user info dropped; an empty path is ``/``. None when it is not a URL.
 
-
-@lru_cache(maxsize=16384)
-def _normalize_url(text: str) -> str | None:
-    raw = refang(text.strip())
-    if "://" not in raw:
+    The common form (``scheme://host[:port]/path?query``, no user info, no IPv6 brackets,
+    no defanging) is split by hand; anything else goes through ``urlsplit``."""
+    if len(text) > MAX_VALUE_CHARS:
         return None
+    raw = _fanged(text.strip())
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        return None
+    scheme = scheme.lower()
+    if scheme not in _SCHEMES:
+        return None
+    end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if found != -1 and found < end:
+            end = found
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority or "[" in authority or "\\" in authority:
+        return _normalize_url_slowly(raw)
+    host, colon, port_text = authority.partition(":")
+    port: int | None = None
+    if colon:
+        if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+            return None
+        port = int(port_text)
+    shown = _url_host(host)
+    if shown is None:
+        return None
+    if port is not None and _DEFAULT_PORTS.get(scheme) != port:
+        shown = f"{shown}:{port}"
+    tail = tail.partition("#")[0]
+    if not tail or tail[0] == "?":
+        tail = "/" + tail
+    return f"{scheme}://{shown}{tail}"
+
+
+def _url_host(host: str) -> str | None:
+    if host and host[-1].isdigit() and ipv4_int(host) is not None:
+        return host
+    info = ip_info(host) if host and (host[-1].isdigit() or ":" in host) else None
+    if info is not None:
+        return info[1] if ":" not in info[1] else f"[{info[1]}]"
+    return canonical_host(host) if host else None
+
+
+def _normalize_url_slowly(raw: str) -> str | None:
     try:
         parts = urlsplit(raw)
         port = parts.port
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https", "ftp", "ftps", "sftp", "ws", "wss") or not parts.hostname:
+    if scheme not in _SCHEMES or not parts.hostname:
         return None
-    host = parts.hostname
-    info = ip_info(host)
-    if info is not None:
-        shown = info[1] if ":" not in info[1] else f"[{info[1]}]"
-    else:
-        canonical = canonical_host(host)
-        if canonical is None:
-            return None
-        shown = canonical
+    shown = _url_host(parts.hostname)
+    if shown is None:
+        return None
     if port is not None and _DEFAULT_PORTS.get(scheme) != port:
         shown = f"{shown}:{port}"
     return urlunsplit((scheme, shown, parts.path or "/", parts.query, ""))
 
 
+_SCHEMES = frozenset(("http", "https", "ftp", "ftps", "sftp", "ws", "wss"))
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "ws": 80, "wss": 443}
 
 # -- probing ---------------------------------------------------------------------------------------
@@ -327,17 +431,31 @@ OBSERVABLE_TYPES = {
 }
 
 
-@dataclass(slots=True, frozen=True)
 class Probe:
     """An observable ready to look up: its canonical value, its exact key, and for IPs the
-    integer and version the range search needs, for domains the parents to try."""
+    integer and version the range search needs, for domains the ``dn*:`` keys of the name and
+    every parent domain. (A plain slotted class: built once per lookup, so it must be cheap.)"""
 
-    type: IndicatorType
-    value: str
-    key: str
-    ip: int | None = None
-    version: int | None = None
-    parents: tuple[str, ...] = ()  # "dn*:" keys of the name and every parent domain
+    __slots__ = ("ip", "key", "parents", "type", "value", "version")
+
+    def __init__(
+        self,
+        type_: IndicatorType,
+        value: str,
+        key: str,
+        ip: int | None = None,
+        version: int | None = None,
+        parents: tuple[str, ...] = (),
+    ) -> None:
+        self.type = type_
+        self.value = value
+        self.key = key
+        self.ip = ip
+        self.version = version
+        self.parents = parents
+
+    def __repr__(self) -> str:
+        return f"Probe({self.type}, {self.value!r})"
 
     def candidates(self, prefixes: dict[int, tuple[int, ...]] | None = None) -> list[str]:
         """Every key that could match: exact, subdomain parents, and each network of the
@@ -357,22 +475,26 @@ def _v4(number: int) -> str:
     return f"{number >> 24}.{(number >> 16) & 255}.{(number >> 8) & 255}.{number & 255}"
 
 
-@lru_cache(maxsize=65536)
 def probe(type_: str, value: str) -> Probe | None:
     """The probe for an observable (``type_`` an indicator or ingest observable type), or None
     when the type cannot carry an indicator or the value is not well formed."""
     kind = OBSERVABLE_TYPES.get(type_)
     if kind is None:
         return None
+    text = value.strip()
+    if kind is IndicatorType.IPV4:
+        number = ipv4_int(text)
+        if number is not None:  # the common case, without the general path's checks
+            return Probe(kind, text, "ip:" + text, number, 4)
     try:
-        key, kind, _, canonical = indicator_key(kind, value)
+        key, kind, _, canonical = _KEYERS[kind](kind, text, MatchKind.EXACT)
     except IntelError:
         return None
-    if key.startswith("ip:"):
+    if kind is IndicatorType.IPV4 or kind is IndicatorType.IPV6:
         address = ipaddress.ip_address(canonical)
         return Probe(kind, canonical, key, int(address), address.version)
-    if key.startswith("dn:"):
+    if kind is IndicatorType.DOMAIN:
         labels = canonical.split(".")
-        parents = tuple("dn*:" + ".".join(labels[i:]) for i in range(len(labels) - 1))
+        parents = tuple(["dn*:" + ".".join(labels[i:]) for i in range(len(labels) - 1)])
         return Probe(kind, canonical, key, parents=parents)
     return Probe(kind, canonical, key)

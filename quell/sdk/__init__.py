@@ -26,6 +26,7 @@ from quell.sdk.errors import (
     TargetNotFound,
     TransientError,
 )
+from quell.sdk.intel import Enrichment, LookupIn, LookupOut, verdict_for_score
 from quell.sdk.secret import REDACTED, SecretValue
 
 __all__ = [
@@ -37,7 +38,10 @@ __all__ = [
     "ActionOutput",
     "AuthError",
     "Connector",
+    "Enrichment",
     "Landed",
+    "LookupIn",
+    "LookupOut",
     "PermanentError",
     "RateLimited",
     "Reconciliation",
@@ -47,4 +51,5 @@ __all__ = [
     "TargetNotFound",
     "TransientError",
     "action",
+    "verdict_for_score",
 ]
