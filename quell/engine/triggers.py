@@ -139,16 +139,25 @@ class Dispatcher:
         """The alerts and incidents the events are about, as the API shows them."""
         from quell.cases.incidents import IncidentService
         from quell.ingest.alerts import AlertService, render_alert
+        from quell.intel.enrich import verdicts_of_alerts
 
         alert_ids = [e.subject_id for e in events if e.kind.startswith("alert.")]
         incident_ids = {e.subject_id for e in events if e.kind.startswith("incident.")}
         found: dict[str, dict[str, Any]] = {}
         if alert_ids:
+            verdicts = verdicts_of_alerts(self.engine.db, alert_ids)
             for alert_id, alert in AlertService(self.engine.db).get_many(alert_ids).items():
                 payload = _plain(render_alert(alert))
                 # OCSF's pair: the id to compare (>= severity('high')), the label to show.
                 payload["severity_id"] = int(alert.severity)
                 payload["severity"] = alert.severity.label
+                # Enrichment's word, there since the alert was stored: `alert.verdict`.
+                verdict = verdicts.get(alert_id)
+                payload["verdict"] = verdict["verdict"] if verdict else "info"
+                payload["verdict_score"] = verdict["score"] if verdict else 0
+                payload["verdict_reasons"] = (
+                    _plain({"r": verdict["reasons"]})["r"] if verdict else []
+                )
                 found[alert_id] = payload
         if incident_ids:
             incidents = IncidentService(self.engine.db)

@@ -46,6 +46,7 @@ from quell.intel.verdicts import (
     summarize,
 )
 from quell.sdk import ActionError
+from quell.store.database import Database
 from quell.store.dialect import insert_ignore, upsert
 from quell.store.schema import (
     alert_verdicts,
@@ -471,6 +472,21 @@ class Enricher:
             summary.score = max(summary.score, row.score)
             summary.reasons.extend({"alert_id": row.alert_id, **r} for r in row.reasons)
         return summary.as_dict()
+
+
+def verdicts_of_alerts(db: Database, alert_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The stored verdicts of these alerts (those enrichment found something for)."""
+    found: dict[str, dict[str, Any]] = {}
+    ids = list(alert_ids)
+    with db.read() as conn:
+        for start in range(0, len(ids), 500):
+            for row in conn.execute(
+                select(alert_verdicts).where(
+                    alert_verdicts.c.alert_id.in_(ids[start : start + 500])
+                )
+            ):
+                found[row.alert_id] = _summary_dict(row)
+    return found
 
 
 def _summary_dict(row: Any) -> dict[str, Any]:

@@ -3,15 +3,18 @@ transaction; the allow-list settles a value as safe; lookups give the reasons.""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from quell.intel.model import IndicatorRecord, IndicatorType, MatchKind, Parsed, Tlp, Verdict
 from quell.runtime import Runtime
-from quell.store.schema import indicator_sightings
+from quell.store.schema import indicator_sightings, runs
+from tests.engine.harness import ENDED, Harness, eventually
 
 MAPPING = {
     "fields": {
@@ -112,3 +115,43 @@ def test_a_lookup_gives_every_reason_and_the_highest_tlp(fed: Runtime) -> None:
     assert verdict.tlp is Tlp.RED
     assert [r.source for r in verdict.reasons] == ["abuse-feed", "partner"]
     assert "range" in verdict.reasons[0].says
+
+
+ON_MALICIOUS = """
+id: on-malicious
+name: Act on what intel calls malicious
+trigger: {on: alert.created, if: "alert.verdict == 'malicious'"}
+steps:
+  - id: note
+    action: core.log
+    with: {message: "{{ alert.title }}: {{ alert.verdict }} {{ alert.verdict_score }}"}
+"""
+
+
+def test_a_playbook_triggers_on_the_verdict_the_alert_was_stored_with(fed: Runtime) -> None:
+    async def scenario() -> list[Any]:
+        async with Harness(fed) as harness:
+            harness.add(ON_MALICIOUS, activate=True)
+            fed.pipeline.ingest(
+                "edr",
+                [
+                    _alert("c2 beacon", "203.0.113.5", "cdn.evil.example"),
+                    _alert("printer", "192.0.2.1", "printer.corp.example"),
+                ],
+            )
+            await eventually(lambda: _ended(fed) >= 1, "the run")
+            (run,) = harness.runs.list_all()  # the printer's alert started nothing
+            return [run, harness.runs.get(run.id)]
+
+    run, shown = asyncio.run(scenario())
+    assert run.status == "succeeded"
+    assert shown.steps[0].output == {"message": "c2 beacon: malicious 90"}
+
+
+def _ended(runtime: Runtime) -> int:
+    with runtime.db.read() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(runs).where(runs.c.status.in_(ENDED))
+            ).scalar_one()
+        )
