@@ -25,18 +25,20 @@ import ipaddress
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from quell.intel.model import Probe, probe
+from quell.intel.model import HASH_TYPES, Probe, ipv4_int, probe
 
 Entry = tuple[str, int | None, int | None, int, float | None]
 
+_HASH_LENGTHS = {str(kind): length for kind, length in HASH_TYPES.items()}
+_HEX = frozenset("0123456789abcdef")
 
-@dataclass(slots=True, frozen=True)
-class IndexHit:
-    """A live indicator that matched: its key and its entry."""
+
+class IndexHit(NamedTuple):
+    """A live indicator that matched: its key and its entry. (A named tuple: one is built per
+    match, on the enrichment hot path.)"""
 
     key: str
     source: str
@@ -54,6 +56,11 @@ class IntelIndex:
         self._exact: dict[str, tuple[Entry, ...]] = {}
         self._nets: dict[tuple[int, int], dict[int, tuple[Entry, ...]]] = {}
         self._lengths: dict[int, tuple[int, ...]] = {4: (), 6: ()}
+        # Per IP version, (prefix length, shift, table) longest first: what a lookup walks.
+        self._ranges: dict[int, tuple[tuple[int, int, dict[int, tuple[Entry, ...]]], ...]] = {
+            4: (),
+            6: (),
+        }
         self._allowed: dict[str, str] = {}  # key -> reason
         self._allowed_lengths: dict[int, tuple[int, ...]] = {4: (), 6: ()}
         self._interned: dict[Entry, Entry] = {}
@@ -95,8 +102,10 @@ class IntelIndex:
         table = self._nets.get((found.version, length))
         if table is None:
             table = self._nets[(found.version, length)] = {}
-            self._lengths[found.version] = tuple(
-                sorted({*self._lengths[found.version], length}, reverse=True)
+            lengths = tuple(sorted({*self._lengths[found.version], length}, reverse=True))
+            self._lengths[found.version] = lengths
+            self._ranges[found.version] = tuple(
+                (n, bits - n, self._nets[(found.version, n)]) for n in lengths
             )
         return table, found.ip >> (bits - length)
 
@@ -134,12 +143,33 @@ class IntelIndex:
     # -- lookups --------------------------------------------------------------------------------
 
     def lookup(self, type_: str, value: str, *, now: float | None = None) -> list[IndexHit]:
-        """Live indicators matching the observable (exact, parent domain or range)."""
+        """Live indicators matching the observable (exact, parent domain or range).
+
+        Hashes and dotted IPv4 addresses, most of what alerts carry, take a short path that
+        builds no :class:`~quell.intel.model.Probe`; the rest go through :func:`probe`."""
+        length = _HASH_LENGTHS.get(type_)
+        if length is not None:
+            digest = value.strip().lower()
+            if len(digest) != length or not _HEX.issuperset(digest):
+                return []
+            key = f"{type_}:{digest}"
+            entries = self._exact.get(key)
+            hits: list[IndexHit] = []
+            if entries:
+                _collect(hits, key, entries, time.time() if now is None else now)
+            return hits
+        if type_ == "ipv4":
+            text = value.strip()
+            number = ipv4_int(text)
+            if number is not None:
+                return self._ip(4, number, "ip:" + text, time.time() if now is None else now)
         found = probe(type_, value)
         return [] if found is None else self.lookup_probe(found, now=now)
 
     def lookup_probe(self, found: Probe, *, now: float | None = None) -> list[IndexHit]:
         cutoff = time.time() if now is None else now
+        if found.ip is not None and found.version is not None:
+            return self._ip(found.version, found.ip, found.key, cutoff)
         hits: list[IndexHit] = []
         exact = self._exact
         entries = exact.get(found.key)
@@ -149,15 +179,17 @@ class IntelIndex:
             entries = exact.get(parent)
             if entries:
                 _collect(hits, parent, entries, cutoff)
-        if found.ip is not None and found.version is not None:
-            bits = 32 if found.version == 4 else 128
-            nets = self._nets
-            for length in self._lengths[found.version]:
-                table = nets[(found.version, length)]
-                entries = table.get(found.ip >> (bits - length))
-                if entries:
-                    network = found.ip >> (bits - length) << (bits - length)
-                    _collect(hits, _net_key(found.version, network, length), entries, cutoff)
+        return hits
+
+    def _ip(self, version: int, number: int, key: str, cutoff: float) -> list[IndexHit]:
+        hits: list[IndexHit] = []
+        entries = self._exact.get(key)
+        if entries:
+            _collect(hits, key, entries, cutoff)
+        for length, shift, table in self._ranges[version]:
+            entries = table.get(number >> shift)
+            if entries:
+                _collect(hits, _net_key(version, number >> shift << shift, length), entries, cutoff)
         return hits
 
     def allowed(self, found: Probe) -> str | None:

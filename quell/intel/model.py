@@ -494,7 +494,10 @@ def probe(type_: str, value: str) -> Probe | None:
         address = ipaddress.ip_address(canonical)
         return Probe(kind, canonical, key, int(address), address.version)
     if kind is IndicatorType.DOMAIN:
-        labels = canonical.split(".")
-        parents = tuple(["dn*:" + ".".join(labels[i:]) for i in range(len(labels) - 1)])
-        return Probe(kind, canonical, key, parents=parents)
+        parents: list[str] = []  # the name and each parent, down to a registrable name
+        start = 0
+        while (dot := canonical.find(".", start)) != -1:
+            parents.append("dn*:" + canonical[start:])
+            start = dot + 1
+        return Probe(kind, canonical, key, parents=tuple(parents))
     return Probe(kind, canonical, key)

@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy import Connection, delete, func, or_, select, update
 
 from quell.clock import Clock, SystemClock
+from quell.codec import column_json
 from quell.errors import NotFound
 from quell.ids import new_id
 from quell.intel.model import (
@@ -41,7 +42,6 @@ from quell.store.database import Database
 from quell.store.schema import indicator_sightings, indicators, intel_allowlist
 
 _CHUNK = 500  # keys per IN (...) when reading existing rows
-_WHOLE_SOURCE = 20_000  # from this many input keys, read the source's rows in one pass
 
 _INSERT_COLUMNS = (
     "id",
@@ -146,6 +146,17 @@ def digest_of(record: IndicatorRecord, key: str) -> str:
     return hashlib.blake2b(orjson.dumps(content), digest_size=16).hexdigest()
 
 
+def indicator_id_of(source: str, key: str) -> str:
+    """An indicator's id, from its source and key: the same indicator always has the same id
+    (and no id needs a lock or a clock to make)."""
+    tag = hashlib.blake2b(f"{source}\x00{key}".encode(), digest_size=13).hexdigest()
+    return f"ind_{tag}"
+
+
+def _json_list(values: tuple[str, ...]) -> str:
+    return "[]" if not values else column_json(list(values))
+
+
 def is_expired(record: IndicatorRecord, now: datetime) -> bool:
     """Revoked, or valid only until a time already past."""
     return record.revoked or (record.valid_until is not None and record.valid_until <= now)
@@ -159,6 +170,9 @@ class IntelStore:
         self.clock = clock or SystemClock()
         self._insert = bulk_insert(db, indicators, _INSERT_COLUMNS)
         self._update = bulk_update(db, indicators, _UPDATE_COLUMNS, key="id")
+        # Rows are built converted and in column order (see apply).
+        if not (self._insert.in_order and self._update.in_order):
+            raise RuntimeError("the indicator statements must take their columns in order")
 
     # -- import ----------------------------------------------------------------------------------
 
@@ -190,6 +204,8 @@ class IntelStore:
             wanted[key] = (record, type_, match, value)
         report.unsupported_items.extend(parsed.unsupported)
         report.unsupported = len(report.unsupported_items)
+        to_time = self._insert.convert
+        stamp = to_time("created_at", now)
         with self.db.write() as conn:
             existing = self._existing(conn, source, wanted)
             inserts: list[tuple[Any, ...]] = []
@@ -210,33 +226,35 @@ class IntelStore:
                     report.added += 1
                 else:
                     report.updated += 1
+                # Converted here, as the bulk statements store them (no per-value dispatch).
                 content = (
                     record.confidence,
                     record.severity_id,
                     int(record.tlp),
-                    record.first_seen,
-                    record.last_seen,
-                    record.valid_until,
+                    to_time("first_seen", record.first_seen),
+                    to_time("last_seen", record.last_seen),
+                    to_time("valid_until", record.valid_until),
                     record.revoked,
-                    list(record.tags),
-                    list(record.kill_chain),
-                    list(record.stix_ids),
+                    _json_list(record.tags),
+                    _json_list(record.kill_chain),
+                    _json_list(record.stix_ids),
                     record.description,
                     digest,
                 )
                 if known is None:
-                    row_id = new_id("ind")
+                    row_id = indicator_id_of(source, key)
                     existing[key] = (row_id, digest)
                     inserts.append(
-                        (row_id, source, key, str(type_), str(match), value, *content, 0, now, now)
-                    )
+                        (row_id, source, key, str(type_), str(match), value, *content, 0, stamp,
+                         stamp)
+                    )  # fmt: skip
                 else:
-                    updates.append((*content, now, known[0]))
+                    updates.append((*content, stamp, known[0]))
                 if len(inserts) >= 5000:
-                    self._insert.run(conn, inserts)
+                    self._insert.run_converted(conn, inserts)
                     inserts = []
-            self._insert.run(conn, inserts)
-            self._update.run(conn, updates)
+            self._insert.run_converted(conn, inserts)
+            self._update.run_converted(conn, updates)
             report.sightings = self._source_sightings(conn, source, parsed, existing)
             if also is not None:
                 also(conn, report)
@@ -245,11 +263,12 @@ class IntelStore:
     def _existing(
         self, conn: Connection, source: str, wanted: dict[str, Any]
     ) -> dict[str, tuple[str, str]]:
+        """(id, digest) of the source's stored indicators among ``wanted``'s keys."""
         query = select(indicators.c.key, indicators.c.id, indicators.c.digest).where(
             indicators.c.source == source
         )
-        if len(wanted) >= _WHOLE_SOURCE:
-            return {key: (row_id, digest) for key, row_id, digest in conn.execute(query)}
+        if conn.execute(query.limit(1)).first() is None:
+            return {}  # a new source: nothing to compare with
         found: dict[str, tuple[str, str]] = {}
         keys = list(wanted)
         for start in range(0, len(keys), _CHUNK):

@@ -108,6 +108,12 @@ class BulkStatement:
         self._reorder = None if self._order == tuple(range(len(columns))) else self._order
         self._by_name = dict(zip(columns, converters, strict=True))
 
+    @property
+    def in_order(self) -> bool:
+        """True when the statement takes its values in the order it was built with, so that
+        :meth:`run_converted` can be given rows built in that order."""
+        return self._reorder is None
+
     def convert(self, column: str, value: Any) -> Any:
         """``value`` converted as this statement converts ``column``."""
         return self._by_name[column](value)

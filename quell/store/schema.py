@@ -518,8 +518,8 @@ indicators = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
-Index("uq_indicators_source_key", indicators.c.source, indicators.c.key, unique=True)
-Index("ix_indicators_key", indicators.c.key)
+# (key, source): unique per source, and the index every lookup by key uses.
+Index("uq_indicators_key_source", indicators.c.key, indicators.c.source, unique=True)
 Index("ix_indicators_updated_at", indicators.c.updated_at)
 
 # A sighting: an indicator seen in an alert (or reported seen by the source that gave it).

@@ -52,8 +52,7 @@ def upgrade() -> None:
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_indicators")),
     )
-    op.create_index("uq_indicators_source_key", "indicators", ["source", "key"], unique=True)
-    op.create_index("ix_indicators_key", "indicators", ["key"])
+    op.create_index("uq_indicators_key_source", "indicators", ["key", "source"], unique=True)
     op.create_index("ix_indicators_updated_at", "indicators", ["updated_at"])
     op.create_table(
         "indicator_sightings",
