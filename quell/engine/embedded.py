@@ -18,7 +18,7 @@ import structlog
 
 from quell.engine.engine import Engine
 from quell.engine.triggers import Dispatcher
-from quell.engine.worker import attach_dispatcher
+from quell.engine.worker import attach_dispatcher, start_feed_loop, stop_feed_loop
 
 if TYPE_CHECKING:
     from quell.runtime import Runtime
@@ -35,6 +35,8 @@ class EmbeddedEngine:
         self.grace = grace
         self._stop = asyncio.Event()
         self._serving: asyncio.Task[None] | None = None
+        self._feeds: asyncio.Task[None] | None = None
+        self._runtime = runtime
         self._stopped = False
 
     @property
@@ -46,6 +48,7 @@ class EmbeddedEngine:
         """Start serving in the running loop; returns at once."""
         await self.engine.__aenter__()
         self._serving = asyncio.create_task(self.engine.serve(self._stop), name="embedded-engine")
+        self._feeds = start_feed_loop(self._runtime, self._stop)
         log.info(
             "embedded_worker_started",
             owner=self.engine.owner,
@@ -64,6 +67,8 @@ class EmbeddedEngine:
             except Exception as exc:  # shutting down anyway; say why
                 log.error("embedded_worker_failed", error=type(exc).__name__, exc_info=exc)
         await self.engine.shutdown(self.grace)
+        if self._feeds is not None:
+            await stop_feed_loop(self._feeds, self.grace)
         log.info("embedded_worker_stopped", owner=self.engine.owner)
 
 

@@ -38,10 +38,34 @@ async def serve_worker(runtime: Runtime, stop: asyncio.Event, **options: Any) ->
     """Run an engine with triggers until ``stop`` is set."""
     engine = Engine.for_runtime(runtime, **options)
     attach_dispatcher(engine)
-    async with engine:
-        log.info("worker_started", owner=engine.owner, concurrency=engine.concurrency)
-        await engine.serve(stop)
+    feeds = start_feed_loop(runtime, stop)
+    try:
+        async with engine:
+            log.info("worker_started", owner=engine.owner, concurrency=engine.concurrency)
+            await engine.serve(stop)
+    finally:
+        stop.set()
+        await stop_feed_loop(feeds)
     log.info("worker_stopped", owner=engine.owner)
+
+
+async def stop_feed_loop(task: asyncio.Task[None], grace: float = 5.0) -> None:
+    """Let a pull in progress finish for ``grace`` seconds, then cancel it (its page's
+    transaction is not committed, and the next pull starts from the checkpoint)."""
+    _done, pending = await asyncio.wait({task}, timeout=grace)
+    for late in pending:
+        late.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def start_feed_loop(runtime: Runtime, stop: asyncio.Event) -> asyncio.Task[None]:
+    """Pull the intel feeds that are due, in the background, until ``stop`` is set: every
+    worker does (a feed is claimed by one at a time)."""
+    from quell.intel.feeds import FeedService, run_feed_loop
+
+    return asyncio.create_task(
+        run_feed_loop(FeedService.for_runtime(runtime), stop), name="intel-feeds"
+    )
 
 
 def run_worker(runtime: Runtime, *, concurrency: int | None = None) -> None:
@@ -60,4 +84,4 @@ def run_worker(runtime: Runtime, *, concurrency: int | None = None) -> None:
     aio.run(main(), runtime.settings.event_loop)
 
 
-__all__ = ["attach_dispatcher", "run_worker", "serve_worker"]
+__all__ = ["attach_dispatcher", "run_worker", "serve_worker", "start_feed_loop", "stop_feed_loop"]
