@@ -10,6 +10,7 @@ BENCHMARKS = {
     "ingest": "Synthetic alerts through the file and HTTP intake paths, dedup and correlation",
     "engine": "Alert to 5-step playbook: Quell on SQLite and PostgreSQL against Celery and DBOS",
     "waits": "10,000 runs waiting on approval: worker RSS growth, approve-to-finish latency",
+    "intel": "1,000,000 STIX indicators imported, then in-process lookups: rate, p99, memory",
 }
 
 

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8470",
         description="How others reach this server (callback links are built on it).",
     )
+    intel_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=2**31,
+        description="The largest intel import or feed download (bytes); larger is refused.",
+    )
     event_loop: EventLoop = Field(
         default=EventLoop.AUTO,
         description="auto (uvloop where installed, else asyncio), asyncio or uvloop: the loop "

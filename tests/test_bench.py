@@ -71,6 +71,22 @@ def test_ingest_benchmark_prints_a_table_then_its_figures(tmp_path: Path) -> Non
     assert figures["incidents"] > 0
 
 
+def test_intel_benchmark_imports_then_looks_up(tmp_path: Path) -> None:
+    result = _bench(
+        "intel", "--indicators", "4000", "--bundle-size", "1000", "--lookups", "3000",
+        "--workdir", str(tmp_path / "w"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("indicators", "import_per_s", "lookups_per_s", "p99_lookup_ms", "rss_mb"):
+        assert key in figures
+    # Every generated indicator is a kind the store takes, and a third of the lookups (plus
+    # every e-mail address, all of them listed) are built to match.
+    assert figures["indicators"] == 4000
+    assert figures["added"] >= 3990
+    assert 1000 <= figures["matched"] <= 1500
+
+
 ENGINE_KEYS = (
     "quell_sqlite_runs_per_s",
     "quell_sqlite_full_runs_per_s",

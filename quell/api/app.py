@@ -23,6 +23,7 @@ from quell.api.routes import (
     guardrails,
     health,
     ingest,
+    intel,
     openc2,
     playbooks,
     runs,
@@ -118,6 +119,7 @@ def create_app(
     app.include_router(connectors.router)
     app.include_router(containments.router)
     app.include_router(guardrails.router)
+    app.include_router(intel.router)
     app.include_router(openc2.router)
     app.include_router(fallback.router)  # last: it matches every path
     app.add_middleware(EdgeGuardMiddleware)  # inner: runs after the request id is set

@@ -69,8 +69,13 @@ def show_alert(state: CliState, alert_id: str, fmt: str) -> None:
     from quell.ingest.alerts import render_alert
     from quell.ingest.ocsf import to_ocsf
 
-    alert = state.runtime().alerts.get(alert_id)
-    print_json(to_ocsf(alert) if fmt == "ocsf" else render_alert(alert, with_raw=True))
+    runtime = state.runtime()
+    alert = runtime.alerts.get(alert_id)
+    if fmt == "ocsf":
+        print_json(to_ocsf(alert))
+        return
+    verdict = runtime.enricher.alert_verdict(alert_id)
+    print_json({**render_alert(alert, with_raw=True), "verdict": verdict})
 
 
 @click.group("incident")
@@ -127,11 +132,13 @@ def show_incident(state: CliState, incident_id: str, as_json: bool) -> None:
     alerts = runtime.alerts.list_all(incident_id=incident_id, limit=1000)
     keys = runtime.incidents.keys(incident_id)
     timeline = runtime.incidents.timeline(incident_id)
+    verdict = runtime.enricher.incident_verdict(incident_id)
     if as_json:
         print_json(
             {
                 **incident.as_dict(),
                 "keys": [{"type": t, "value": v} for t, v in keys],
+                "verdict": verdict,
                 "alerts": [render_alert(a) for a in alerts],
                 "timeline": [
                     {"id": e.id, "kind": e.kind, "at": e.at, "actor": e.actor, "data": e.data}
@@ -150,6 +157,9 @@ def show_incident(state: CliState, incident_id: str, as_json: bool) -> None:
     if incident.merged_into:
         click.echo(f"merged into {incident.merged_into}")
     click.echo("keys: " + (", ".join(f"{t}={v}" for t, v in keys) or "-"))
+    click.echo(f"verdict: {verdict['verdict']} (score {verdict['score']})")
+    for reason in verdict["reasons"][:10]:
+        click.echo(f"  {reason['observable']}: {reason['source']} says {reason['says']}")
     for event in timeline:
         click.echo(f"  {show_time(event.at)}  {event.kind}  {codec.dumps_str(event.data)}")
     for alert in alerts:

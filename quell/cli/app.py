@@ -20,6 +20,7 @@ from quell.cli import (
     db,
     guardrails,
     ingest,
+    intel,
     playbooks,
     serve,
     sources,
@@ -118,5 +119,6 @@ cli.add_command(connectors.action_group)
 cli.add_command(connectors.containment_group)
 cli.add_command(guardrails.guardrail_group)
 cli.add_command(audit.audit_group)
+cli.add_command(intel.intel_group)
 cli.add_command(serve.serve_command)
 cli.add_command(serve.demo_command)

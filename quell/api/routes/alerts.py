@@ -51,7 +51,8 @@ async def get_alert(
     alert = await run_in_threadpool(runtime.alerts.get, alert_id)
     if format is AlertFormat.OCSF:
         return to_ocsf(alert)
-    return render_alert(alert, with_raw=True)
+    verdict = await run_in_threadpool(runtime.enricher.alert_verdict, alert_id)
+    return {**render_alert(alert, with_raw=True), "verdict": verdict}
 
 
 @router.get("/incidents", summary="List incidents")
@@ -73,13 +74,15 @@ async def list_incidents(
 async def get_incident(
     incident_id: str, runtime: RuntimeDep, _: CanReadIncidents
 ) -> dict[str, Any]:
-    """An incident with its alerts, the keys it correlates on, and its timeline."""
+    """An incident with its alerts, the keys it correlates on, its timeline, and its verdict
+    (its worst alert's, with every alert's reasons)."""
 
     def load() -> dict[str, Any]:
         incident = runtime.incidents.get(incident_id)
         return {
             **incident.as_dict(),
             "keys": [{"type": t, "value": v} for t, v in runtime.incidents.keys(incident_id)],
+            "verdict": runtime.enricher.incident_verdict(incident_id),
             "alerts": [
                 render_alert(a)
                 for a in runtime.alerts.list_all(incident_id=incident_id, limit=1000)
