@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import click
 
 from quell import codec
@@ -120,14 +121,19 @@ async def _download(runtime: Any, url: str) -> bytes:
     """GET ``url`` through the outbound policy, refusing a body over the import limit."""
     from quell.intel.feeds import FeedError
     from quell.intel.taxii import display_url, read_limited
-    from quell.sdk.http import OutboundPolicy, guard
+    from quell.sdk.http import OutboundBlocked, OutboundPolicy, guard
 
     session = guard(OutboundPolicy.parse(runtime.settings.outbound_allow))
+    shown = display_url(url)
     try:
         async with session.get(url) as response:
             if response.status != 200:
-                raise FeedError(f"{display_url(url)} answered HTTP {response.status}")
-            return await read_limited(response, runtime.settings.intel_max_bytes, display_url(url))
+                raise FeedError(f"{shown} answered HTTP {response.status}")
+            return await read_limited(response, runtime.settings.intel_max_bytes, shown)
+    except OutboundBlocked as exc:
+        raise FeedError(f"{shown}: {exc}") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise FeedError(f"{shown} could not be read: {type(exc).__name__}") from None
     finally:
         await session.close()
 

@@ -315,6 +315,9 @@ class IngestPipeline:
         which is dead-lettered with the reason: one bad record never costs its neighbours. A
         database that is unavailable fails the whole batch, to be retried.
         """
+        # The intel index catches up first, outside the write lock (a first load of a large
+        # store takes seconds; nobody should wait for it).
+        self.enricher.refresh()
         try:
             with self.db.write() as conn:
                 result = self._commit(conn, source, staged, received_at)

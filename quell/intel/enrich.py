@@ -68,6 +68,7 @@ log = structlog.get_logger("quell.intel")
 _OVERLAP = timedelta(seconds=5)
 DEFAULT_CACHE_TTL = timedelta(days=1)
 DEFAULT_CEILING = Tlp.AMBER
+RATE_WAIT_S = 5.0  # a lookup waits this long at most for its source's rate; longer: not asked
 
 
 # -- enrichment of new alerts -----------------------------------------------------------------
@@ -138,8 +139,8 @@ class AlertEnricher:
         self, conn: Connection, observed: Sequence[tuple[str, str, str]], now: datetime
     ) -> int:
         """Enrich alerts from their observables, given as (alert id, type, value); returns how
-        many alerts got a verdict. Runs in the caller's transaction."""
-        self.refresh()
+        many alerts got a verdict. Runs in the caller's transaction, with the index as the last
+        :meth:`refresh` left it (the caller refreshes before it takes the write lock)."""
         if self.index.empty or not observed:
             return 0
         cutoff = now.timestamp()
@@ -374,8 +375,14 @@ class Enricher:
             wait = await asyncio.to_thread(
                 limits.take_token, f"intel:{name}", source.rate, max(1.0, source.rate)
             )
+            if wait > RATE_WAIT_S:
+                return Reason(
+                    name, "withheld", Verdict.INFO, 0,
+                    f"not asked: {name}'s rate limit is used up (the next lookup in "
+                    f"{wait:.0f} s)",
+                )  # fmt: skip
             if wait > 0:
-                await asyncio.sleep(min(wait, 60.0))
+                await asyncio.sleep(wait)
         try:
             answer = await runner.run_once(
                 f"{source.connector}.lookup",

@@ -18,16 +18,23 @@ FORMATS = ("stix", "misp", "csv", "list")
 
 
 def guess_format(data: bytes, name: str = "") -> str:
-    """The format of ``data`` from its name and first bytes: JSON is a STIX bundle when its
-    ``type`` says so, else a MISP event; ``.csv`` is CSV; anything else a plain list."""
+    """The format of ``data`` from its name and first bytes: JSON is STIX when it is a bundle
+    or STIX objects (a ``type`` and a ``type--uuid`` id), else MISP; ``.csv`` is CSV; anything
+    else a plain list."""
+    from quell.intel.stix import is_stix_object
+
     head = data.lstrip()[:1]
     if head in (b"{", b"["):
         try:
             document = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise IntelError(f"{name or 'input'} is not valid JSON: {exc}") from None
-        if isinstance(document, dict) and document.get("type") == "bundle":
+        if isinstance(document, dict) and (
+            document.get("type") == "bundle" or is_stix_object(document)
+        ):
             return "stix"
+        if isinstance(document, list) and document and isinstance(document[0], dict):
+            return "stix" if is_stix_object(document[0]) else "misp"
         return "misp"
     if name.lower().endswith(".csv"):
         return "csv"

@@ -1,7 +1,8 @@
 """STIX 2.1 in: the indicators of a bundle (or of a TAXII page of objects) as records.
 
-:func:`parse_bundle` reads a bundle's bytes; :func:`parse_objects` reads a list of objects
-(what a TAXII collection returns page by page). Both return :class:`~quell.intel.model.Parsed`.
+:func:`parse_bundle` reads a bundle's bytes (or one STIX object on its own, or a JSON list of
+objects, as some tools write them); :func:`parse_objects` reads a list of objects (what a TAXII
+collection returns page by page). Both return :class:`~quell.intel.model.Parsed`.
 
 **What is refused.** A malformed input raises :class:`~quell.intel.model.IntelError` naming what
 and where, and nothing of it is imported: not JSON, not a bundle, an object without ``type`` or
@@ -641,6 +642,8 @@ def parse_bundle(
             f"(character {exc.pos})",
             origin=origin,
         ) from None
+    if isinstance(document, list):  # a list of objects, as some tools write them
+        return parse_objects(document, default_tlp=default_tlp, origin=origin)
     if not isinstance(document, dict):
         raise IntelError(
             f"{origin} is not a STIX bundle: the JSON is {_json_kind(document)}, not an object",
@@ -648,10 +651,11 @@ def parse_bundle(
         )
     kind = document.get("type")
     if kind != "bundle":
+        if is_stix_object(document):  # one object on its own: a bundle of one
+            return parse_objects([document], default_tlp=default_tlp, origin=origin)
         shown = "no type" if kind is None else f"type {kind!r}"
         raise IntelError(
-            f"{origin} is not a STIX bundle: it has {shown}, not 'bundle' "
-            "(a lone object can be read with parse_objects([object]))",
+            f"{origin} is not a STIX bundle: it has {shown}, not 'bundle', and no STIX id",
             origin=origin,
         )
     objects = document.get("objects", [])
@@ -660,6 +664,12 @@ def parse_bundle(
             f"{origin}: the bundle's objects are {_json_kind(objects)}, not a list", origin=origin
         )
     return parse_objects(objects, default_tlp=default_tlp, origin=origin)
+
+
+def is_stix_object(document: dict[str, Any]) -> bool:
+    """A lone STIX object: a ``type`` and an ``id`` of the form ``type--uuid``."""
+    kind, ident = document.get("type"), document.get("id")
+    return isinstance(kind, str) and isinstance(ident, str) and ident.startswith(f"{kind}--")
 
 
 def parse_objects(

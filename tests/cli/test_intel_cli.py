@@ -3,7 +3,11 @@ verdict and its reasons, the allow-list settles values, export gives STIX back."
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +110,60 @@ def test_lookup_allow_list_and_export(invoke: Invoke, env: dict[str, str], tmp_p
     assert patterns == ["[ipv4-addr:value = '198.51.100.7']", "[ipv4-addr:value = '203.0.113.5']"]
     listed = invoke("intel", "list", "--source", "feodo", "--json", env=env)
     assert sorted(r["value"] for r in json.loads(listed.stdout)) == ["198.51.100.7", "203.0.113.5"]
+
+
+@pytest.fixture
+def web_folder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A folder served over HTTP on loopback: (base URL, folder)."""
+    folder = tmp_path / "www"
+    folder.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing on stderr."""
+
+
+def test_import_from_a_url_goes_through_the_outbound_policy(
+    invoke: Invoke, env: dict[str, str], web_folder: tuple[str, Path]
+) -> None:
+    base, folder = web_folder
+    (folder / "drop.txt").write_text(
+        "; Spamhaus DROP style\n192.0.2.0/24 ; SBL1\n198.51.100.0/25\n"
+    )
+    url = f"{base}/drop.txt"
+    blocked = invoke("intel", "import", url, env=env)
+    assert blocked.exit_code == 1
+    assert "127.0.0.1" in blocked.stderr  # loopback is private: not allowed by default
+    allowed = invoke("intel", "import", url, env={**env, "QUELL_OUTBOUND_ALLOW": "127.0.0.1"})
+    assert allowed.exit_code == 0, allowed.stderr
+    counts = _last_json(allowed.stdout)
+    assert (counts["source"], counts["added"]) == ("drop.txt", 2)
+    missing = invoke(
+        "intel", "import", f"{base}/nope.csv", env={**env, "QUELL_OUTBOUND_ALLOW": "127.0.0.1"}
+    )
+    assert missing.exit_code == 1
+    assert "HTTP 404" in missing.stderr
+
+
+def test_an_input_over_the_limit_is_refused_before_it_is_read(
+    invoke: Invoke, env: dict[str, str], tmp_path: Path
+) -> None:
+    big = tmp_path / "huge.csv"
+    with big.open("wb") as handle:
+        handle.truncate(100 * 1024 * 1024)  # 100 MB, sparse: nothing is written
+    refused = invoke("intel", "import", str(big), env=env)
+    assert refused.exit_code == 1
+    assert "huge.csv is 104,857,600 bytes; intel imports stop at 67,108,864" in refused.stderr
+    stats = json.loads(invoke("intel", "stats", "--json", env=env).stdout)
+    assert stats["total"] == 0

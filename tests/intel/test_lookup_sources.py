@@ -177,3 +177,20 @@ def test_allowlisted_values_ask_no_one_and_failures_stay_in_their_reason(
     assert failed.reasons[0].kind == "withheld"
     assert failed.reasons[0].says.startswith("abuse failed:")
     assert KEY not in failed.reasons[0].says
+
+
+def test_the_shared_rate_limit_holds_a_lookup_back(runtime: Runtime, recorder: Recorder) -> None:
+    async def scenario() -> list[Any]:
+        async with serving(_serve(recorder)) as base:
+            enricher = _enricher(runtime, base, rate="1/h")
+            first = await enricher.lookup("ipv4", "198.51.100.66")
+            # Another process's enricher shares the bucket (it lives in the database).
+            other = Enricher(enricher.runtime)
+            second = await other.lookup("ipv4", "198.51.100.67")
+            return [first, second]
+
+    first, second = asyncio.run(scenario())
+    assert first.reasons[0].kind == "lookup"
+    assert second.reasons[0].kind == "withheld"
+    assert "rate limit is used up" in second.reasons[0].says
+    assert len(recorder.requests) == 1
