@@ -22,6 +22,7 @@ from quell.store import migrate
 from quell.store.database import Database
 
 if TYPE_CHECKING:
+    from quell.cases.cases import CaseService
     from quell.cases.incidents import IncidentService
     from quell.connectors.instances import InstanceService
     from quell.connectors.registry import Registry
@@ -184,6 +185,13 @@ class Runtime:
             containments=self.containments,
             audit=self.audit,
         )
+
+    @cached_property
+    def cases(self) -> CaseService:
+        """Working incidents: status, assignment, notes, tasks (audited, on the timeline)."""
+        from quell.cases.cases import CaseService
+
+        return CaseService(self.db, self.clock, audit=self.audit)
 
     @cached_property
     def intel(self) -> IntelStore:

@@ -17,6 +17,7 @@ from quell.api.routes import (
     approvals,
     audit,
     callbacks,
+    cases,
     connectors,
     containments,
     fallback,
@@ -120,6 +121,7 @@ def create_app(
     app.include_router(containments.router)
     app.include_router(guardrails.router)
     app.include_router(intel.router)
+    app.include_router(cases.router)
     app.include_router(openc2.router)
     app.include_router(fallback.router)  # last: it matches every path
     app.add_middleware(EdgeGuardMiddleware)  # inner: runs after the request id is set

@@ -60,6 +60,16 @@ class Incident:
     created_at: datetime
     updated_at: datetime
     merged_into: str | None
+    priority: int | None = None
+    owner: str | None = None
+    assignee: str | None = None
+    tags: tuple[str, ...] = ()
+    techniques: tuple[str, ...] = ()
+    description: str | None = None
+    acknowledged_at: datetime | None = None
+    contained_at: datetime | None = None
+    closed_at: datetime | None = None
+    closed_by: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -76,6 +86,16 @@ class Incident:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "merged_into": self.merged_into,
+            "priority": self.priority,
+            "owner": self.owner,
+            "assignee": self.assignee,
+            "tags": list(self.tags),
+            "techniques": list(self.techniques),
+            "description": self.description,
+            "acknowledged_at": self.acknowledged_at,
+            "contained_at": self.contained_at,
+            "closed_at": self.closed_at,
+            "closed_by": self.closed_by,
         }
 
 
@@ -103,6 +123,16 @@ def _incident(row: Any) -> Incident:
         created_at=row.created_at,
         updated_at=row.updated_at,
         merged_into=row.merged_into,
+        priority=row.priority,
+        owner=row.owner,
+        assignee=row.assignee,
+        tags=tuple(row.tags or ()),
+        techniques=tuple(row.techniques or ()),
+        description=row.description,
+        acknowledged_at=row.acknowledged_at,
+        contained_at=row.contained_at,
+        closed_at=row.closed_at,
+        closed_by=row.closed_by,
     )
 
 

@@ -139,6 +139,8 @@ def show_incident(state: CliState, incident_id: str, as_json: bool) -> None:
                 **incident.as_dict(),
                 "keys": [{"type": t, "value": v} for t, v in keys],
                 "verdict": verdict,
+                "notes": [n.as_dict() for n in runtime.cases.notes(incident_id)],
+                "tasks": [t.as_dict() for t in runtime.cases.tasks(incident_id)],
                 "alerts": [render_alert(a) for a in alerts],
                 "timeline": [
                     {"id": e.id, "kind": e.kind, "at": e.at, "actor": e.actor, "data": e.data}
@@ -156,6 +158,13 @@ def show_incident(state: CliState, incident_id: str, as_json: bool) -> None:
     )
     if incident.merged_into:
         click.echo(f"merged into {incident.merged_into}")
+    click.echo(
+        f"priority {incident.priority or '-'}, owner {incident.owner or '-'}, "
+        f"assignee {incident.assignee or '-'}"
+    )
+    if incident.tags or incident.techniques:
+        click.echo(f"tags: {', '.join(incident.tags) or '-'}; "
+                   f"techniques: {', '.join(incident.techniques) or '-'}")  # fmt: skip
     click.echo("keys: " + (", ".join(f"{t}={v}" for t, v in keys) or "-"))
     click.echo(f"verdict: {verdict['verdict']} (score {verdict['score']})")
     for reason in verdict["reasons"][:10]:

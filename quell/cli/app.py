@@ -15,6 +15,7 @@ from quell import __version__
 from quell.cli import (
     alerts,
     audit,
+    cases,
     config,
     connectors,
     db,
@@ -109,6 +110,8 @@ cli.add_command(sources.source_group)
 cli.add_command(sources.suppression_group)
 cli.add_command(alerts.alert_group)
 cli.add_command(alerts.incident_group)
+for _command in cases.COMMANDS:
+    alerts.incident_group.add_command(_command)
 cli.add_command(playbooks.playbook_group)
 cli.add_command(playbooks.run_group)
 cli.add_command(playbooks.approval_group)

@@ -100,7 +100,8 @@ class Dispatcher:
                 for version, playbook, trigger in listening:
                     if trigger.on != event.kind:
                         continue
-                    scope = {subject: payload, "changes": payload.get("changes")}
+                    changes = (event.payload or {}).get("changes") or payload.get("changes")
+                    scope = {subject: payload, "changes": changes}
                     if trigger.condition:
                         try:
                             if not compile_expression(trigger.condition, "trigger.if").truthy(
@@ -118,7 +119,9 @@ class Dispatcher:
                             run_id,
                             version.id,
                             playbook.id,
-                            {subject: payload},
+                            {subject: payload, "changes": changes}
+                            if changes is not None
+                            else {subject: payload},
                             trigger=event.kind,
                             trigger_ref=event.subject_id,
                             dedupe_key=f"{version.id}:{event.id}",

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -104,6 +105,18 @@ incidents = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("merged_into", String(32), ForeignKey("incidents.id"), nullable=True),
+    # The case: who works it, how urgent, what it is about (correlation fills none of these).
+    Column("priority", SmallInteger, nullable=True),  # 1 (most urgent) to 4
+    Column("owner", String(128), nullable=True),
+    Column("assignee", String(128), nullable=True),
+    Column("tags", _json(), nullable=False, server_default=text("'[]'")),
+    Column("techniques", _json(), nullable=False, server_default=text("'[]'")),
+    Column("description", Text, nullable=True),
+    # When each SLA clock stopped: acknowledged (left new), contained, closed.
+    Column("acknowledged_at", UTCDateTime(), nullable=True),
+    Column("contained_at", UTCDateTime(), nullable=True),
+    Column("closed_at", UTCDateTime(), nullable=True),
+    Column("closed_by", String(128), nullable=True),
 )
 Index("ix_incidents_status_last_seen", incidents.c.status, incidents.c.last_seen)
 
@@ -605,4 +618,85 @@ alert_verdicts = Table(
     Column("score", SmallInteger, nullable=False),
     Column("reasons", _json(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+
+# -- cases -----------------------------------------------------------------------------------------
+
+# Notes people write on an incident; never edited, only added.
+incident_notes = Table(
+    "incident_notes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("incident_id", String(32), ForeignKey("incidents.id"), nullable=False, index=True),
+    Column("author", String(128), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Tasks on an incident: ad hoc (a person made it) or a playbook's manual step (run_id and
+# step_key set; the run waits until the task is completed).
+incident_tasks = Table(
+    "incident_tasks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("incident_id", String(32), ForeignKey("incidents.id"), nullable=False, index=True),
+    Column("title", String(512), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("status", String(16), nullable=False),  # open, done, cancelled
+    Column("assignee", String(128), nullable=True),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("due_at", UTCDateTime(), nullable=True),
+    Column("completed_by", String(128), nullable=True),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("result", Text, nullable=True),
+    Column("run_id", String(32), nullable=True),
+    Column("step_key", String(512), nullable=True),
+)
+
+# Evidence: content-addressed files (the bytes live once per SHA-256 in the data directory's
+# blob store); who added and who read each is the chain of custody.
+incident_evidence = Table(
+    "incident_evidence",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("incident_id", String(32), ForeignKey("incidents.id"), nullable=False, index=True),
+    Column("sha256", String(64), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("media_type", String(128), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("added_by", String(128), nullable=False),
+    Column("added_at", UTCDateTime(), nullable=False),
+)
+
+evidence_custody = Table(
+    "evidence_custody",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("evidence_id", String(32), ForeignKey("incident_evidence.id"), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(32), nullable=False),  # added, read, exported, moved
+    Column("detail", _json(), nullable=False),
+)
+Index("ix_evidence_custody_evidence_at", evidence_custody.c.evidence_id, evidence_custody.c.at)
+
+# SLA clocks of an incident: one per metric (acknowledge, contain, close), due by its severity's
+# policy; ``met_at`` when it stopped in time, ``breached_at`` when it did not.
+incident_slas = Table(
+    "incident_slas",
+    metadata,
+    Column("incident_id", String(32), ForeignKey("incidents.id"), primary_key=True),
+    Column("metric", String(16), primary_key=True),  # acknowledge, contain, close
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("met_at", UTCDateTime(), nullable=True),
+    Column("breached_at", UTCDateTime(), nullable=True),
+)
+Index(
+    "ix_incident_slas_due",
+    incident_slas.c.breached_at,
+    incident_slas.c.met_at,
+    incident_slas.c.due_at,
 )

@@ -74,8 +74,8 @@ async def list_incidents(
 async def get_incident(
     incident_id: str, runtime: RuntimeDep, _: CanReadIncidents
 ) -> dict[str, Any]:
-    """An incident with its alerts, the keys it correlates on, its timeline, and its verdict
-    (its worst alert's, with every alert's reasons)."""
+    """An incident with its alerts, the keys it correlates on, its timeline, notes and tasks,
+    and its verdict (its worst alert's, with every alert's reasons)."""
 
     def load() -> dict[str, Any]:
         incident = runtime.incidents.get(incident_id)
@@ -83,6 +83,8 @@ async def get_incident(
             **incident.as_dict(),
             "keys": [{"type": t, "value": v} for t, v in runtime.incidents.keys(incident_id)],
             "verdict": runtime.enricher.incident_verdict(incident_id),
+            "notes": [n.as_dict() for n in runtime.cases.notes(incident_id)],
+            "tasks": [t.as_dict() for t in runtime.cases.tasks(incident_id)],
             "alerts": [
                 render_alert(a)
                 for a in runtime.alerts.list_all(incident_id=incident_id, limit=1000)

@@ -1,0 +1,57 @@
+"""Working a case over real HTTP, on both backends: who may change what, and what comes back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import orjson
+
+from quell.governance.permissions import Role
+from quell.runtime import Runtime
+from tests.fixtures.servers import LiveServer
+
+MAPPING = {"fields": {"title": "title", "time": "ts", "src.ip": "src", "rule_name": "title"}}
+
+
+def test_an_analyst_works_the_case_and_an_auditor_only_reads(
+    live_server: LiveServer,
+    runtime: Runtime,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
+) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    alert = {"title": "beacon", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9"}
+    runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+    (incident,) = runtime.incidents.list_all()
+    analyst = closing(live_server.client(role_tokens[Role.ANALYST]))
+    auditor = closing(live_server.client(role_tokens[Role.AUDITOR]))
+    path = f"/api/incidents/{incident.id}"
+
+    assert auditor.patch(path, json={"status": "triage"}).status_code == 403
+    changed = analyst.patch(path, json={"status": "triage", "assignee": "test-analyst"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["changes"] == {
+        "status": ["new", "triage"],
+        "assignee": [None, "test-analyst"],
+    }
+    refused = analyst.patch(path, json={"status": "closed"})
+    assert refused.status_code == 422
+    assert "closing needs a resolution" in refused.json()["detail"]
+    unknown = analyst.patch(path, json={"colour": "red"})
+    assert unknown.status_code == 422
+
+    assert auditor.post(f"{path}/notes", json={"body": "x"}).status_code == 403
+    assert analyst.post(f"{path}/notes", json={"body": "user called"}).status_code == 201
+    task = analyst.post(f"{path}/tasks", json={"title": "Reimage", "assignee": "ops"}).json()
+    assert auditor.post(f"/api/incident-tasks/{task['id']}/complete", json={}).status_code == 403
+    done = analyst.post(f"/api/incident-tasks/{task['id']}/complete", json={"result": "ok"})
+    assert done.json()["status"] == "done"
+
+    shown = auditor.get(path).json()
+    assert (shown["status"], shown["assignee"]) == ("triage", "test-analyst")
+    assert [n["body"] for n in shown["notes"]] == ["user called"]
+    assert [(t["title"], t["status"]) for t in shown["tasks"]] == [("Reimage", "done")]
+    kinds = [e["kind"] for e in shown["timeline"]]
+    assert kinds[-4:] == ["updated", "note_added", "task_added", "task_done"]
+    assert analyst.get("/api/incidents/inc_00000000000000000000000000").status_code == 404
