@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
 from quell.cases.incidents import OPEN_STATUSES, IncidentStatus, Resolution
 from quell.clock import Clock
@@ -31,7 +31,16 @@ from quell.errors import Conflict, InvalidInput, NotFound
 from quell.governance.audit import AuditLog
 from quell.ids import new_id
 from quell.store.database import Database
-from quell.store.schema import incident_events, incident_notes, incident_tasks, incidents, outbox
+from quell.store.schema import (
+    alert_observables,
+    alerts,
+    incident_events,
+    incident_keys,
+    incident_notes,
+    incident_tasks,
+    incidents,
+    outbox,
+)
 
 MAX_TAGS = 50
 MAX_NOTE_CHARS = 20_000
@@ -375,6 +384,104 @@ class CaseService:
         with self.db.read() as conn:
             return [_task(row) for row in conn.execute(query.limit(1000))]
 
+    # -- merge and split -------------------------------------------------------------------------
+
+    def merge(self, incident_id: str, into: str, *, by: str, comment: str | None = None) -> None:
+        """Merge ``incident_id`` into ``into``: its alerts, correlation keys, notes and open
+        tasks move; it is closed as a duplicate pointing at ``into``. Later alerts sharing its
+        keys go to ``into``."""
+        if incident_id == into:
+            raise InvalidInput("an incident cannot be merged into itself", field="into")
+        now = self.clock.now()
+        with self.db.write() as conn:
+            loser = _locked(conn, incident_id)
+            survivor = _locked(conn, into)
+            for row in (loser, survivor):
+                if row.merged_into:
+                    raise Conflict(f"incident {row.id} was already merged into {row.merged_into}")
+            if survivor.status == IncidentStatus.CLOSED.value:
+                raise Conflict(f"incident {into} is closed; reopen it before merging into it")
+            conn.execute(update(alerts).where(alerts.c.incident_id == incident_id).values(
+                incident_id=into))  # fmt: skip
+            for table in (incident_notes, incident_tasks):
+                moved = update(table).where(table.c.incident_id == incident_id)
+                if table is incident_tasks:
+                    moved = moved.where(incident_tasks.c.status == TaskStatus.OPEN)
+                conn.execute(moved.values(incident_id=into))
+            _move_keys(conn, incident_id, into)
+            conn.execute(
+                update(incidents)
+                .where(incidents.c.id == incident_id)
+                .values(
+                    status=IncidentStatus.CLOSED.value,
+                    resolution=Resolution.DUPLICATE.value,
+                    merged_into=into,
+                    alert_count=0,
+                    closed_at=now if loser.closed_at is None else loser.closed_at,
+                    closed_by=loser.closed_by or by,
+                    updated_at=now,
+                )
+            )
+            _recount(conn, into, now)
+            detail = {"comment": comment[:2000]} if comment else {}
+            self._event(conn, into, "merged", by, {"merged": incident_id, **detail}, now)
+            self._event(conn, incident_id, "merged_into", by, {"into": into, **detail}, now)
+            self._announce(conn, into, {"changes": {"merged": [None, incident_id]}}, now)
+        self._audit(by, "incident.merge", incident_id, {"into": into, **detail})
+
+    def split(
+        self, incident_id: str, alert_ids: Iterable[str], *, by: str, title: str | None = None
+    ) -> str:
+        """Move ``alert_ids`` of ``incident_id`` to a new incident; returns its id. The
+        correlation keys that only the moved alerts carry move with them."""
+        wanted = sorted(set(alert_ids))
+        if not wanted:
+            raise InvalidInput("name the alerts to split off", field="alert_ids")
+        now = self.clock.now()
+        with self.db.write() as conn:
+            row = _locked(conn, incident_id)
+            if row.merged_into:
+                raise Conflict(f"incident {incident_id} was merged into {row.merged_into}")
+            found = conn.execute(
+                select(alerts.c.id, alerts.c.title, alerts.c.incident_id).where(
+                    alerts.c.id.in_(wanted)
+                )
+            ).all()
+            strangers = sorted(set(wanted) - {a.id for a in found if a.incident_id == incident_id})
+            if strangers:
+                raise InvalidInput(
+                    f"not alerts of {incident_id}: {', '.join(strangers[:10])}", field="alert_ids"
+                )
+            total = conn.execute(
+                select(func.count()).select_from(alerts).where(alerts.c.incident_id == incident_id)
+            ).scalar_one()
+            if len(wanted) >= total:
+                raise InvalidInput("a split leaves at least one alert behind", field="alert_ids")
+            new = new_id("inc")
+            first = min(found, key=lambda a: a.id)
+            conn.execute(
+                incidents.insert().values(
+                    id=new, title=(title or first.title)[:512], status=IncidentStatus.NEW.value,
+                    severity_id=row.severity_id, alert_count=0, first_seen=now, last_seen=now,
+                    created_at=now, updated_at=now, tags=list(row.tags or []),
+                    techniques=list(row.techniques or []),
+                )
+            )  # fmt: skip
+            conn.execute(update(alerts).where(alerts.c.id.in_(wanted)).values(incident_id=new))
+            _split_keys(conn, incident_id, new, wanted)
+            _recount(conn, incident_id, now)
+            _recount(conn, new, now)
+            self._event(conn, new, "split_from", by, {"from": incident_id, "alerts": wanted}, now)
+            self._event(conn, incident_id, "split_into", by, {"into": new, "alerts": wanted}, now)
+            conn.execute(
+                outbox.insert().values(
+                    id=new_id("evt"), kind="incident.created", subject_id=new, payload=None,
+                    created_at=now, processed_at=None,
+                )
+            )  # fmt: skip
+        self._audit(by, "incident.split", incident_id, {"into": new, "alerts": wanted})
+        return new
+
     # -- shared ---------------------------------------------------------------------------------
 
     def _event(
@@ -416,6 +523,86 @@ def _locked(conn: Connection, incident_id: str) -> Any:
     if row is None:
         raise NotFound(f"no incident {incident_id!r}", field="id")
     return row
+
+
+def _recount(conn: Connection, incident_id: str, now: datetime) -> None:
+    """An incident's alert count, first and last seen and severity, from its alerts."""
+    count, first, last, severity = conn.execute(
+        select(
+            func.count(), func.min(alerts.c.first_seen), func.max(alerts.c.last_seen),
+            func.max(alerts.c.severity_id),
+        ).where(alerts.c.incident_id == incident_id)
+    ).one()  # fmt: skip
+    values: dict[str, Any] = {"alert_count": count, "updated_at": now}
+    if count:
+        values.update(first_seen=first, last_seen=last, severity_id=severity)
+    conn.execute(update(incidents).where(incidents.c.id == incident_id).values(**values))
+
+
+def _move_keys(conn: Connection, loser: str, survivor: str) -> None:
+    """The loser's correlation keys become the survivor's (the later last-seen kept)."""
+    theirs = conn.execute(
+        select(incident_keys.c.type, incident_keys.c.value, incident_keys.c.last_seen).where(
+            incident_keys.c.incident_id == loser
+        )
+    ).all()
+    ours = {
+        (r.type, r.value): r.last_seen
+        for r in conn.execute(
+            select(incident_keys.c.type, incident_keys.c.value, incident_keys.c.last_seen).where(
+                incident_keys.c.incident_id == survivor
+            )
+        )
+    }
+    for type_, value, seen in theirs:
+        mine = ours.get((type_, value))
+        if mine is None:
+            conn.execute(incident_keys.insert().values(
+                incident_id=survivor, type=type_, value=value, last_seen=seen))  # fmt: skip
+        elif seen > mine:
+            conn.execute(
+                update(incident_keys)
+                .where(
+                    incident_keys.c.incident_id == survivor,
+                    incident_keys.c.type == type_,
+                    incident_keys.c.value == value,
+                )
+                .values(last_seen=seen)
+            )
+    conn.execute(delete(incident_keys).where(incident_keys.c.incident_id == loser))
+
+
+def _split_keys(conn: Connection, source: str, target: str, moved: list[str]) -> None:
+    """Keys of ``source`` whose value its moved alerts carry and its remaining alerts do not
+    go to ``target`` (keys are correlation kinds, ``src_ip`` and the like, over observable
+    values)."""
+
+    def values(condition: Any) -> set[str]:
+        rows = conn.execute(
+            select(alert_observables.c.value)
+            .join(alerts, alerts.c.id == alert_observables.c.alert_id)
+            .where(condition)
+        )
+        return {row.value for row in rows}
+
+    theirs = values(alerts.c.id.in_(moved))
+    staying = values(alerts.c.incident_id == source)
+    keys = conn.execute(
+        select(incident_keys.c.type, incident_keys.c.value).where(
+            incident_keys.c.incident_id == source
+        )
+    ).all()
+    for type_, value in keys:
+        if value in theirs and value not in staying:
+            conn.execute(
+                update(incident_keys)
+                .where(
+                    incident_keys.c.incident_id == source,
+                    incident_keys.c.type == type_,
+                    incident_keys.c.value == value,
+                )
+                .values(incident_id=target)
+            )
 
 
 def _status(text: str) -> IncidentStatus:

@@ -142,4 +142,26 @@ def done(state: CliState, task_id: str, result: str | None, cancel: bool) -> Non
     click.echo(f"task {task.id} {task.status}")
 
 
-COMMANDS = (update, note, notes, task_group)
+@click.command("merge")
+@click.argument("incident_id")
+@click.option("--into", required=True, help="The incident it merges into.")
+@click.option("--comment", help="Why.")
+@pass_state
+def merge(state: CliState, incident_id: str, into: str, comment: str | None) -> None:
+    """Merge an incident into another (it closes as a duplicate)."""
+    state.runtime().cases.merge(incident_id, into, by=actor(), comment=comment)
+    click.echo(f"{incident_id} merged into {into}")
+
+
+@click.command("split")
+@click.argument("incident_id")
+@click.argument("alert_ids", nargs=-1, required=True)
+@click.option("--title", help="The new incident's title (default: its first alert's).")
+@pass_state
+def split(state: CliState, incident_id: str, alert_ids: tuple[str, ...], title: str | None) -> None:
+    """Split alerts off an incident into a new one; prints the new id."""
+    new = state.runtime().cases.split(incident_id, alert_ids, by=actor(), title=title)
+    click.echo(new)
+
+
+COMMANDS = (update, note, notes, task_group, merge, split)

@@ -55,3 +55,29 @@ def test_an_analyst_works_the_case_and_an_auditor_only_reads(
     kinds = [e["kind"] for e in shown["timeline"]]
     assert kinds[-4:] == ["updated", "note_added", "task_added", "task_done"]
     assert analyst.get("/api/incidents/inc_00000000000000000000000000").status_code == 404
+
+
+def test_merge_and_split_over_http(
+    live_server: LiveServer,
+    runtime: Runtime,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
+) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    for title, src in (("beacon", "203.0.113.9"), ("scan", "198.51.100.4")):
+        alert = {"title": title, "ts": "2026-11-28T08:00:00Z", "src": src}
+        runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+    ids = {i.title: i.id for i in runtime.incidents.list_all()}
+    analyst = closing(live_server.client(role_tokens[Role.ANALYST]))
+    approver = closing(live_server.client(role_tokens[Role.APPROVER]))
+    body = {"into": ids["beacon"], "comment": "one actor"}
+    assert approver.post(f"/api/incidents/{ids['scan']}/merge", json=body).status_code == 403
+    merged = analyst.post(f"/api/incidents/{ids['scan']}/merge", json=body)
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["alert_count"] == 2
+    scan_alert = next(a.id for a in runtime.alerts.list_all() if a.title == "scan")
+    split = analyst.post(f"/api/incidents/{ids['beacon']}/split", json={"alert_ids": [scan_alert]})
+    assert split.status_code == 201, split.text
+    assert (split.json()["title"], split.json()["alert_count"]) == ("scan", 1)
+    again = analyst.post(f"/api/incidents/{ids['scan']}/merge", json=body)
+    assert again.status_code == 409

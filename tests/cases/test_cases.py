@@ -12,6 +12,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
+from quell.cases.incidents import Resolution
 from quell.clock import ManualClock
 from quell.errors import Conflict, InvalidInput
 from quell.runtime import Runtime
@@ -156,3 +157,70 @@ def _ended(runtime: Runtime) -> int:
                 select(func.count()).select_from(runs).where(runs.c.status.in_(ENDED))
             ).scalar_one()
         )
+
+
+def _two_incidents(runtime: Runtime) -> tuple[str, str]:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    runtime.pipeline.ingest(
+        "edr",
+        [
+            orjson.dumps({"title": "beacon", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9"}),
+            orjson.dumps({"title": "beacon", "ts": "2026-11-28T08:01:00Z", "src": "203.0.113.9"}),
+            orjson.dumps({"title": "scan", "ts": "2026-11-28T08:02:00Z", "src": "198.51.100.4"}),
+        ],
+    )
+    by_title = {i.title: i.id for i in runtime.incidents.list_all()}
+    return by_title["beacon"], by_title["scan"]
+
+
+def test_merge_moves_alerts_keys_notes_and_open_tasks(runtime: Runtime) -> None:
+    beacon, scan = _two_incidents(runtime)
+    cases = runtime.cases
+    cases.add_note(scan, "same actor", by="alice")
+    cases.add_task(scan, "check the scanner", by="alice")
+    cases.merge(scan, into=beacon, by="alice", comment="same campaign")
+    merged = runtime.incidents.get(scan)
+    assert (merged.status.value, merged.resolution, merged.merged_into) == (
+        "closed",
+        Resolution.DUPLICATE,
+        beacon,
+    )
+    survivor = runtime.incidents.get(beacon)
+    assert survivor.alert_count == 2  # the two beacons are one alert seen twice
+    assert ("src_ip", "198.51.100.4") in runtime.incidents.keys(beacon)
+    assert runtime.incidents.keys(scan) == []
+    assert [n.body for n in cases.notes(beacon)] == ["same actor"]
+    assert [t.title for t in cases.tasks(beacon)] == ["check the scanner"]
+    with pytest.raises(Conflict, match="already merged"):
+        cases.merge(scan, into=beacon, by="alice")
+    with pytest.raises(Conflict, match="merged into"):
+        cases.update(scan, by="alice", status="triage")
+    # A later alert from the merged incident's address joins the survivor.
+    later = {"title": "scan again", "ts": "2026-11-28T08:05:00Z", "src": "198.51.100.4"}
+    runtime.pipeline.ingest("edr", [orjson.dumps(later)])
+    assert runtime.incidents.get(beacon).alert_count == 3
+    kinds = [e.kind for e in runtime.incidents.timeline(scan)]
+    assert kinds[-1] == "merged_into"
+
+
+def test_split_moves_alerts_and_the_keys_only_they_carry(runtime: Runtime) -> None:
+    beacon, scan = _two_incidents(runtime)
+    runtime.cases.merge(scan, into=beacon, by="alice")
+    scan_alerts = [a.id for a in runtime.alerts.list_all(incident_id=beacon) if a.title == "scan"]
+    with pytest.raises(InvalidInput, match="at least one alert behind"):
+        runtime.cases.split(
+            beacon, [a.id for a in runtime.alerts.list_all(incident_id=beacon)], by="alice"
+        )
+    with pytest.raises(InvalidInput, match="not alerts of"):
+        runtime.cases.split(beacon, ["alr_nope"], by="alice")
+    new = runtime.cases.split(beacon, scan_alerts, by="alice", title="the scanner")
+    split_off = runtime.incidents.get(new)
+    assert (split_off.title, split_off.alert_count, split_off.status.value) == (
+        "the scanner",
+        1,
+        "new",
+    )
+    assert runtime.incidents.get(beacon).alert_count == 1
+    assert runtime.incidents.keys(new) == [("src_ip", "198.51.100.4")]
+    assert runtime.incidents.keys(beacon) == [("src_ip", "203.0.113.9")]
+    assert [e.kind for e in runtime.incidents.timeline(new)] == ["split_from"]

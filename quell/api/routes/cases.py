@@ -61,6 +61,20 @@ class TaskIn(BaseModel):
     due_at: datetime | None = None
 
 
+class MergeIn(BaseModel):
+    """The incident this one merges into."""
+
+    into: str = Field(pattern=r"^inc_[0-9a-z]{26}$")
+    comment: str | None = Field(None, max_length=2000)
+
+
+class SplitIn(BaseModel):
+    """The alerts that become a new incident."""
+
+    alert_ids: list[str] = Field(min_length=1, max_length=1000)
+    title: str | None = Field(None, max_length=512)
+
+
 class TaskDone(BaseModel):
     """How a task ended."""
 
@@ -138,3 +152,30 @@ async def complete_task(
         )
     )
     return task.as_dict()
+
+
+@router.post("/incidents/{incident_id}/merge", summary="Merge into another incident")
+async def merge(
+    incident_id: IncidentId, body: MergeIn, runtime: RuntimeDep, who: CanWrite
+) -> dict[str, Any]:
+    """Alerts, correlation keys, notes and open tasks move to ``into``; this incident is closed
+    as a duplicate of it."""
+    await run_in_threadpool(
+        lambda: runtime.cases.merge(incident_id, body.into, by=who.name, comment=body.comment)
+    )
+    return (await run_in_threadpool(runtime.incidents.get, body.into)).as_dict()
+
+
+@router.post(
+    "/incidents/{incident_id}/split",
+    status_code=status.HTTP_201_CREATED,
+    summary="Split alerts off into a new incident",
+)
+async def split(
+    incident_id: IncidentId, body: SplitIn, runtime: RuntimeDep, who: CanWrite
+) -> dict[str, Any]:
+    """The alerts named become a new incident (with the correlation keys only they carry)."""
+    new = await run_in_threadpool(
+        lambda: runtime.cases.split(incident_id, body.alert_ids, by=who.name, title=body.title)
+    )
+    return (await run_in_threadpool(runtime.incidents.get, new)).as_dict()
