@@ -23,7 +23,9 @@ from quell.store.database import Database
 
 if TYPE_CHECKING:
     from quell.cases.cases import CaseService
+    from quell.cases.evidence import EvidenceService
     from quell.cases.incidents import IncidentService
+    from quell.cases.sla import SlaService
     from quell.connectors.instances import InstanceService
     from quell.connectors.registry import Registry
     from quell.correlate.suppression import SuppressionService
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from quell.ingest.deadletters import DeadLetterService
     from quell.ingest.pipeline import IngestPipeline
     from quell.ingest.sources import SourceService
-    from quell.intel.enrich import Enricher
+    from quell.intel.enrich import Enricher, TlpGate
     from quell.intel.store import IntelStore
 
 
@@ -184,6 +186,7 @@ class Runtime:
             instances=self.connector_instances,
             containments=self.containments,
             audit=self.audit,
+            data_policy=self.data_policy,
         )
 
     @cached_property
@@ -192,6 +195,13 @@ class Runtime:
         from quell.cases.cases import CaseService
 
         return CaseService(self.db, self.clock, audit=self.audit)
+
+    @cached_property
+    def sla(self) -> SlaService:
+        """SLA policy per severity and the incidents' clocks (quell.cases.sla)."""
+        from quell.cases.sla import SlaService
+
+        return SlaService(self.db, self.clock, audit=self.audit)
 
     @cached_property
     def intel(self) -> IntelStore:
@@ -208,11 +218,32 @@ class Runtime:
         return Enricher(self)
 
     @cached_property
+    def data_policy(self) -> TlpGate:
+        """What may leave through an action: TLP-marked values never reach a service whose
+        ceiling they reach (every runner, the engine's and those of calls by hand)."""
+        from quell.intel.enrich import TlpGate
+
+        return TlpGate(self.intel)
+
+    @cached_property
     def containments(self) -> ContainmentService:
         """What runs and people contained, and reverting it."""
         from quell.engine.containment import ContainmentService
 
         return ContainmentService(self.db, self.clock, audit=self.audit)
+
+    @cached_property
+    def evidence(self) -> EvidenceService:
+        """Evidence attached to incidents: SHA-256-addressed blobs with a chain of custody."""
+        from quell.cases.evidence import EvidenceService
+
+        return EvidenceService(
+            self.db,
+            self.clock,
+            self.settings.data_dir / "evidence",
+            self.audit,
+            max_bytes=self.settings.evidence_max_bytes,
+        )
 
     def close(self) -> None:
         """Release the database connections."""

@@ -170,6 +170,12 @@ class Settings(BaseSettings):
         le=2**31,
         description="The largest intel import or feed download (bytes); larger is refused.",
     )
+    evidence_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        le=2**40,
+        description="The largest evidence file attached to an incident (bytes); larger is refused.",
+    )
     event_loop: EventLoop = Field(
         default=EventLoop.AUTO,
         description="auto (uvloop where installed, else asyncio), asyncio or uvloop: the loop "

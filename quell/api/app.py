@@ -20,6 +20,7 @@ from quell.api.routes import (
     cases,
     connectors,
     containments,
+    evidence,
     fallback,
     guardrails,
     health,
@@ -28,6 +29,7 @@ from quell.api.routes import (
     openc2,
     playbooks,
     runs,
+    sla,
     sources,
     system,
     tokens,
@@ -122,8 +124,12 @@ def create_app(
     app.include_router(guardrails.router)
     app.include_router(intel.router)
     app.include_router(cases.router)
+    app.include_router(sla.router)
+    app.include_router(evidence.router)
     app.include_router(openc2.router)
     app.include_router(fallback.router)  # last: it matches every path
-    app.add_middleware(EdgeGuardMiddleware)  # inner: runs after the request id is set
+    app.add_middleware(  # inner: runs after the request id is set
+        EdgeGuardMiddleware, evidence_limit=runtime.settings.evidence_max_bytes
+    )
     app.add_middleware(RequestContextMiddleware, clock=runtime.clock)
     return app

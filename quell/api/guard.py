@@ -23,6 +23,7 @@ from quell.errors import AuthenticationRequired, TooLarge
 
 INTAKE = re.compile(r"^/api/ingest/[^/]+$")  # POST: the intake; the other ingest routes are not
 CAPABILITY = re.compile(r"^/api/callbacks/[^/]+$")  # POST: a token in the path, no bearer
+EVIDENCE = re.compile(r"^/api/incidents/[^/]+/evidence$")  # POST: an upload, its own limit
 MAX_BODY = 1024 * 1024  # everything but the intake takes small JSON bodies
 MAX_INGEST_BODY = 16 * 1024 * 1024
 
@@ -30,8 +31,9 @@ MAX_INGEST_BODY = 16 * 1024 * 1024
 class EdgeGuardMiddleware:
     """401 without credentials and 413 over the body limit, before routing."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, evidence_limit: int = MAX_BODY) -> None:
         self.app = app
+        self.evidence_limit = evidence_limit  # settings.evidence_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
@@ -43,6 +45,8 @@ class EdgeGuardMiddleware:
         scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
         signed = intake and b"x-quell-signature" in headers
         capability = scope.get("method") == "POST" and CAPABILITY.match(path) is not None
+        upload = scope.get("method") == "POST" and EVIDENCE.match(path) is not None
+        limit = MAX_INGEST_BODY if intake else self.evidence_limit if upload else MAX_BODY
         error: Exception | None = None
         if (
             not signed
@@ -54,13 +58,11 @@ class EdgeGuardMiddleware:
             )
         else:
             declared = headers.get(b"content-length", b"")
-            limit = MAX_INGEST_BODY if intake else MAX_BODY
             if declared.isdigit() and int(declared) > limit:
                 error = TooLarge(
                     f"request body of {int(declared)} bytes exceeds the {limit}-byte limit"
                 )
         if error is None:
-            limit = MAX_INGEST_BODY if intake else MAX_BODY
             await self.app(scope, _counting(receive, limit), send)
             return
         state = scope.get("state") or {}

@@ -141,6 +141,8 @@ def show_incident(state: CliState, incident_id: str, as_json: bool) -> None:
                 "verdict": verdict,
                 "notes": [n.as_dict() for n in runtime.cases.notes(incident_id)],
                 "tasks": [t.as_dict() for t in runtime.cases.tasks(incident_id)],
+                "slas": [c.as_dict() for c in runtime.sla.clocks(incident_id)],
+                "evidence": [e.as_dict() for e in runtime.evidence.list(incident_id)],
                 "alerts": [render_alert(a) for a in alerts],
                 "timeline": [
                     {"id": e.id, "kind": e.kind, "at": e.at, "actor": e.actor, "data": e.data}
@@ -167,6 +169,8 @@ def show_incident(state: CliState, incident_id: str, as_json: bool) -> None:
                    f"techniques: {', '.join(incident.techniques) or '-'}")  # fmt: skip
     click.echo("keys: " + (", ".join(f"{t}={v}" for t, v in keys) or "-"))
     click.echo(f"verdict: {verdict['verdict']} (score {verdict['score']})")
+    for clock in runtime.sla.clocks(incident_id):
+        click.echo(f"sla {clock.metric}: {clock.state}, due {show_time(clock.due_at)}")
     for reason in verdict["reasons"][:10]:
         click.echo(f"  {reason['observable']}: {reason['source']} says {reason['says']}")
     for event in timeline:

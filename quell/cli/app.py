@@ -24,6 +24,7 @@ from quell.cli import (
     intel,
     playbooks,
     serve,
+    sla,
     sources,
     token,
 )
@@ -123,5 +124,6 @@ cli.add_command(connectors.containment_group)
 cli.add_command(guardrails.guardrail_group)
 cli.add_command(audit.audit_group)
 cli.add_command(intel.intel_group)
+cli.add_command(sla.sla_group)
 cli.add_command(serve.serve_command)
 cli.add_command(serve.demo_command)

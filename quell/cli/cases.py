@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from quell.cli.evidence import evidence_group
 from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.playbooks import actor
 from quell.cli.state import CliState, pass_state
@@ -164,4 +165,4 @@ def split(state: CliState, incident_id: str, alert_ids: tuple[str, ...], title: 
     click.echo(new)
 
 
-COMMANDS = (update, note, notes, task_group, merge, split)
+COMMANDS = (update, note, notes, task_group, merge, split, evidence_group)

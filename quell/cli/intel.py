@@ -6,6 +6,7 @@ import asyncio
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import click
@@ -85,7 +86,7 @@ def import_command(
     who = actor()
     if target.startswith(("http://", "https://")):
         data = asyncio.run(_download(runtime, target))
-        name = target.rsplit("/", 1)[-1] or "download"
+        name = urlsplit(target).path.rstrip("/").rsplit("/", 1)[-1] or "download"
         report = import_bytes(
             runtime, data, format_=format_, source=source or name, options=options, actor=who,
             name=name,

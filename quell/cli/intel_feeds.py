@@ -15,6 +15,7 @@ import click
 
 from quell import aio, codec
 from quell.cli.output import json_option, print_json, print_table, show_time
+from quell.cli.playbooks import actor
 from quell.cli.state import CliState, pass_state
 from quell.errors import InvalidInput
 from quell.sdk.secret import SecretValue
@@ -163,6 +164,7 @@ def add_feed(
         secret=secret or None,
         interval=interval,
         enabled=not disabled,
+        by=actor(),
     )
     if as_json:
         print_json(feed.as_dict())
@@ -244,7 +246,7 @@ def pull_feed(ctx: click.Context, state: CliState, name: str) -> None:
     """Pull NAME now. The last line is JSON with the counts; exit 1 when the pull failed."""
     runtime = state.runtime()
     service = _service(runtime)
-    outcome = aio.run(service.pull(name), runtime.settings.event_loop)
+    outcome = aio.run(service.pull(name, by=actor()), runtime.settings.event_loop)
     if outcome.error:
         click.echo(f"error: feed {name}: {outcome.error}", err=True)
     click.echo(codec.dumps_str(outcome.as_dict()))
@@ -257,7 +259,7 @@ def pull_feed(ctx: click.Context, state: CliState, name: str) -> None:
 @pass_state
 def enable_feed(state: CliState, name: str) -> None:
     """Pull NAME on schedule again."""
-    _service(state.runtime()).set_enabled(name, True)
+    _service(state.runtime()).set_enabled(name, True, by=actor())
     click.echo(f"enabled feed {name}")
 
 
@@ -266,7 +268,7 @@ def enable_feed(state: CliState, name: str) -> None:
 @pass_state
 def disable_feed(state: CliState, name: str) -> None:
     """Stop pulling NAME on schedule (it can still be pulled by hand)."""
-    _service(state.runtime()).set_enabled(name, False)
+    _service(state.runtime()).set_enabled(name, False, by=actor())
     click.echo(f"disabled feed {name}")
 
 
@@ -275,5 +277,5 @@ def disable_feed(state: CliState, name: str) -> None:
 @pass_state
 def remove_feed(state: CliState, name: str) -> None:
     """Forget NAME and its credentials (its indicators stay in the store)."""
-    _service(state.runtime()).remove(name)
+    _service(state.runtime()).remove(name, by=actor())
     click.echo(f"removed feed {name}")

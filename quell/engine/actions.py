@@ -19,7 +19,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -105,6 +105,10 @@ def parse_rate(text: str) -> float:
     return float(match[1]) / per
 
 
+DataPolicy = Callable[[ActionDef, BaseModel | None, Resolved], Awaitable[None]]
+"""Raises an ActionError when ``params`` may not go to the resolved instance."""
+
+
 class ActionRunner:
     """Calls actions for the engine; one connector instance per connector, one HTTP pool."""
 
@@ -118,8 +122,12 @@ class ActionRunner:
         instances: InstanceService | None = None,
         containments: ContainmentService | None = None,
         audit: AuditLog | None = None,
+        data_policy: DataPolicy | None = None,
     ) -> None:
         self.registry = registry
+        # Asked before every call with the resolved instance: may refuse to let the inputs
+        # leave (quell.intel.enrich.TlpGate keeps TLP-marked values from outside services).
+        self.data_policy = data_policy
         # Where calls made by hand record what they contained (runs record it in their journal).
         self.containments = containments
         self.audit = audit  # where calls made by hand are recorded
@@ -256,6 +264,8 @@ class ActionRunner:
         """Call the action (at most ``limit`` seconds); its output as data, or an ActionError."""
         instance = ctx.instance or None
         resolved = self._cached(definition, instance) or await self.resolve(definition, instance)
+        if self.data_policy is not None:
+            await self.data_policy(definition, params, resolved)
         target = self._instances.get((definition.connector.name, resolved.name))
         if target is None or target.config != resolved.config:
             target = await self._instance(definition, resolved)

@@ -26,7 +26,7 @@ import structlog
 from quell.clock import Clock
 from quell.connectors.instances import InstanceService
 from quell.connectors.registry import Registry
-from quell.engine.actions import ActionRunner, EnvSecrets
+from quell.engine.actions import ActionRunner, DataPolicy, EnvSecrets
 from quell.engine.containment import ContainmentService
 from quell.engine.execution import Execution, Outcome, RunInfo, callback_secret
 from quell.engine.guardrails import Guardrails, GuardrailService
@@ -80,6 +80,7 @@ class Engine:
         outbound: OutboundPolicy | None = None,
         public_url: str = "http://127.0.0.1:8470",
         instances: InstanceService | None = None,
+        data_policy: DataPolicy | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -102,6 +103,7 @@ class Engine:
             outbound=outbound,
             limits=SharedLimits(db, clock, self.owner),
             instances=instances,
+            data_policy=data_policy,
         )
         self.guardrails = Guardrails(GuardrailService(db, clock))
         self.containments = ContainmentService(db, clock)
@@ -133,6 +135,7 @@ class Engine:
                 "instances",
                 InstanceService(runtime.db, runtime.clock, runtime.secret_box, registry),
             )
+            options.setdefault("data_policy", runtime.data_policy)
         return cls(
             runtime.db,
             runtime.clock,

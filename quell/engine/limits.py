@@ -140,6 +140,17 @@ class SharedLimits:
 
     def take_token(self, key: str, rate: float, capacity: float) -> float:
         """Take a token from ``key``'s bucket; the seconds to wait before calling (0: now)."""
+        wait = self._take(key, rate, capacity, None)
+        return 0.0 if wait is None else wait
+
+    def try_take_token(
+        self, key: str, rate: float, capacity: float, max_wait: float
+    ) -> float | None:
+        """Like :meth:`take_token`, but a token that would come later than ``max_wait`` is not
+        taken (the bucket is left as it was): None, and the caller gives up without spending."""
+        return self._take(key, rate, capacity, max_wait)
+
+    def _take(self, key: str, rate: float, capacity: float, max_wait: float | None) -> float | None:
         now = self.clock.now()
         with self.db.write() as conn:
             seed = insert_ignore(self.db.backend, rate_buckets, keys=["key"])
@@ -153,12 +164,15 @@ class SharedLimits:
             # A clock behind the bucket's (another worker's) adds nothing, never removes.
             elapsed = max(0.0, (now - updated_at).total_seconds())
             left = min(capacity, tokens + elapsed * rate) - 1.0
+            wait = 0.0 if left >= 0 else -left / rate
+            if max_wait is not None and wait > max_wait:
+                return None
             conn.execute(
                 update(rate_buckets)
                 .where(rate_buckets.c.key == key)
                 .values(tokens=left, updated_at=max(now, updated_at))
             )
-        return 0.0 if left >= 0 else -left / rate
+        return wait
 
 
 __all__ = ["SharedLimits"]

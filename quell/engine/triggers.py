@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 BATCH = 500
+# The outbox events playbooks trigger on; ``incident.sla_breached`` (quell.cases.sla) also gives
+# the run ``sla``: ``{"metric", "due_at", "breached_at"}``.
+EVENT_KINDS = ("alert.created", "incident.created", "incident.updated", "incident.sla_breached")
 
 
 def next_fire(cron: str, after: datetime, timezone: str = "UTC") -> datetime:
@@ -77,7 +80,7 @@ class Dispatcher:
             (version, playbook, trigger)
             for version, playbook in active
             for trigger in playbook.triggers
-            if trigger.on in ("alert.created", "incident.created", "incident.updated")
+            if trigger.on in EVENT_KINDS
         ]
         with engine.db.write() as conn:
             events = list(
@@ -101,7 +104,10 @@ class Dispatcher:
                     if trigger.on != event.kind:
                         continue
                     changes = (event.payload or {}).get("changes") or payload.get("changes")
+                    sla = (event.payload or {}).get("sla")
                     scope = {subject: payload, "changes": changes}
+                    if sla is not None:
+                        scope["sla"] = sla
                     if trigger.condition:
                         try:
                             if not compile_expression(trigger.condition, "trigger.if").truthy(
@@ -114,14 +120,19 @@ class Dispatcher:
                             )
                             continue
                     run_id = new_id("run")
+                    inputs = (
+                        {subject: payload, "changes": changes}
+                        if changes is not None
+                        else {subject: payload}
+                    )
+                    if sla is not None:
+                        inputs["sla"] = sla
                     rows.append(
                         engine.run_row(
                             run_id,
                             version.id,
                             playbook.id,
-                            {subject: payload, "changes": changes}
-                            if changes is not None
-                            else {subject: payload},
+                            inputs,
                             trigger=event.kind,
                             trigger_ref=event.subject_id,
                             dedupe_key=f"{version.id}:{event.id}",

@@ -24,10 +24,15 @@ log = structlog.get_logger(__name__)
 
 
 def attach_dispatcher(engine: Engine) -> Dispatcher:
-    """Make the engine's tick also turn events and schedules into runs."""
+    """Make the engine's tick also turn events and schedules into runs, after checking the
+    incidents' SLA clocks (at most every few seconds: a breach is an event it then sees)."""
+    from quell.cases.sla import SlaService
+
     dispatcher = Dispatcher(engine)
+    sla = SlaService(engine.db, engine.clock)
 
     async def on_tick() -> None:
+        await asyncio.to_thread(sla.check_due)
         await asyncio.to_thread(dispatcher.dispatch)
 
     engine.on_tick = on_tick  # type: ignore[method-assign]

@@ -317,7 +317,10 @@ class IngestPipeline:
         """
         # The intel index catches up first, outside the write lock (a first load of a large
         # store takes seconds; nobody should wait for it).
-        self.enricher.refresh()
+        try:
+            self.enricher.refresh()
+        except (SQLAlchemyError, StorageUnavailable) as exc:  # enrich from the index as it is
+            log.warning("intel_index_refresh_failed", error=type(exc).__name__)
         try:
             with self.db.write() as conn:
                 result = self._commit(conn, source, staged, received_at)
@@ -384,9 +387,7 @@ class IngestPipeline:
             conn, [AlertKeys(item, item.keys, window, item.last_seen) for item in fresh]
         )
         self._insert(conn, fresh + closed)
-        self.enricher.enrich(
-            conn, [(row[2], row[0], row[1]) for item in fresh for row in item.observables], now
-        )
+        self._enrich(conn, fresh, now)
         self._record_repeats(conn, repeats, grouping.merged_into, now)
         self._announce(conn, fresh, grouping, now)
         if batch.dead:
@@ -407,6 +408,18 @@ class IngestPipeline:
             suppressed=suppressed,
             dead_lettered=len(batch.dead),
         )
+
+    def _enrich(self, conn: Connection, fresh: list[Staged], now: datetime) -> None:
+        """Verdicts and sightings for the new alerts, in a savepoint: enrichment that fails
+        costs the alerts their verdicts, never the alerts."""
+        observed = [(row[2], row[0], row[1]) for item in fresh for row in item.observables]
+        if not observed:
+            return
+        try:
+            with conn.begin_nested():
+                self.enricher.enrich(conn, observed, now)
+        except (SQLAlchemyError, ValueError, TypeError) as exc:
+            log.error("alert_enrichment_failed", error=type(exc).__name__, alerts=len(fresh))
 
     def _announce(
         self, conn: Connection, fresh: list[Staged], grouping: GroupingResult, now: datetime

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from sqlalchemy import Connection, and_, delete, func, select, update
+from sqlalchemy import Connection, and_, delete, select, update
 
 from quell.durations import parse_duration
 from quell.errors import NotFound
 from quell.ids import new_id
-from quell.intel.index import IntelIndex
-from quell.intel.model import Probe, Tlp, Verdict, probe
+from quell.intel.index import IndexHit, IntelIndex
+from quell.intel.model import OBSERVABLE_TYPES, Tlp, Verdict, probe
 from quell.intel.store import IntelStore
 from quell.intel.verdicts import (
     ObservableVerdict,
@@ -45,7 +45,7 @@ from quell.intel.verdicts import (
     indicator_verdict,
     summarize,
 )
-from quell.sdk import ActionError
+from quell.sdk import ActionError, PermanentError
 from quell.store.database import Database
 from quell.store.dialect import insert_ignore, upsert
 from quell.store.schema import (
@@ -64,10 +64,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("quell.intel")
 
-# Changes are re-read from a little before the last refresh: other workers' clocks differ.
-_OVERLAP = timedelta(seconds=5)
 DEFAULT_CACHE_TTL = timedelta(days=1)
 DEFAULT_CEILING = Tlp.AMBER
+_FAST_TYPES = frozenset({"md5", "sha1", "sha256", "ipv4"})  # the index's short paths
 RATE_WAIT_S = 5.0  # a lookup waits this long at most for its source's rate; longer: not asked
 
 
@@ -83,36 +82,54 @@ class AlertEnricher:
     def __init__(self, store: IntelStore) -> None:
         self.store = store
         self.index = IntelIndex()
-        self._since: datetime | None = None
-        self._allow_mark: tuple[Any, ...] = ()
+        self._revision = 0
 
     def refresh(self) -> None:
-        """Bring the index up to date with the database: the indicators changed since the last
-        refresh (an indexed range read, empty most of the time) and, when it changed, the
-        allow-list. Called before each batch, so a change is seen by the next batch."""
+        """Bring the index up to date with the database: the indicators of every revision
+        committed since the last refresh, and the allow-list when it changed. One small read
+        when nothing changed; called before each ingest batch."""
+        revision = self.store.revision()
+        if revision == self._revision:
+            return
         now = self.store.clock.now()
-        since = None if self._since is None else self._since - _OVERLAP
-        self.index.load(self.store.iter_live(since=since), now=now)
-        self._since = now
+        self.index.load(self.store.iter_live(after=self._revision, upto=revision), now=now)
         with self.store.db.read() as conn:
-            mark = tuple(
-                conn.execute(select(func.count(), func.max(intel_allowlist.c.created_at))).one()
-            )
-            if mark != self._allow_mark:
-                rows = conn.execute(select(intel_allowlist.c.key, intel_allowlist.c.reason)).all()
-                self.index.set_allowlist((key, reason) for key, reason in rows)
-                self._allow_mark = mark
+            rows = conn.execute(select(intel_allowlist.c.key, intel_allowlist.c.reason)).all()
+        self.index.set_allowlist((key, reason) for key, reason in rows)
+        self._revision = revision
 
-    def verdict(self, found: Probe, now: float) -> ObservableVerdict | None:
-        """The local verdict on one observable; None when nothing is known of it."""
-        reason = self.index.allowed(found)
-        result = ObservableVerdict(str(found.type), found.value)
+    def match(self, type_: str, value: str, now: float) -> tuple[str | None, list[IndexHit]]:
+        """The allow-list's reason for the observable (then nothing else is looked at), or the
+        live indicators it matches. One normalization of the value for both; hashes and
+        dotted IPv4 addresses need none. What ``python -m bench intel`` measures."""
+        index = self.index
+        if type_ in _FAST_TYPES:
+            if index.has_allowlist:
+                reason = index.allowed_value(type_, value)
+                if reason is not None:
+                    return reason, []
+            return None, index.lookup(type_, value, now=now)
+        found = probe(type_, value)
+        if found is None:
+            return None, []
+        if index.has_allowlist:
+            reason = index.allowed(found)
+            if reason is not None:
+                return reason, []
+        return None, index.lookup_probe(found, now=now)
+
+    def judge(self, type_: str, value: str, now: float) -> ObservableVerdict | None:
+        """The local verdict on one observable (:meth:`match`, then the reasons); None when
+        nothing is known of it. What enrichment does per observable."""
+        reason, hits = self.match(type_, value, now)
+        kind = str(OBSERVABLE_TYPES.get(type_, type_))  # a hostname is a domain here
         if reason is not None:
+            result = ObservableVerdict(kind, value.strip())
             result.add(Reason("allowlist", "allowlist", Verdict.SAFE, 0, f"allow-listed: {reason}"))
             return result
-        hits = self.index.lookup_probe(found, now=now)
         if not hits:
             return None
+        result = ObservableVerdict(kind, value.strip())
         for hit in hits:
             verdict, score = indicator_verdict(hit.confidence)
             match = (
@@ -129,7 +146,7 @@ class AlertEnricher:
                     "indicator",
                     verdict,
                     score,
-                    indicator_says(str(found.type), match, shown, hit.confidence, tlp),
+                    indicator_says(kind, match, shown, hit.confidence, tlp),
                     ref=hit.key,
                 )
             )
@@ -145,22 +162,25 @@ class AlertEnricher:
             return 0
         cutoff = now.timestamp()
         per_alert: dict[str, list[ObservableVerdict]] = {}
-        sightings: list[tuple[str, str, str, str]] = []  # (source, key, value, alert)
+        # (source, key, alert) -> the value seen: one sighting per indicator and alert, even
+        # when the alert carries the value twice (a host and the domain of its URL).
+        sightings: dict[tuple[str, str, str], str] = {}
         for alert_id, type_, value in observed:
-            found = probe(type_, value)
-            if found is None:
-                continue
-            result = self.verdict(found, cutoff)
+            result = self.judge(type_, value, cutoff)
             if result is None:
                 continue
             per_alert.setdefault(alert_id, []).append(result)
             for reason in result.reasons:
                 if reason.kind == "indicator" and reason.ref is not None:
-                    sightings.append((reason.source, reason.ref, found.value, alert_id))
+                    sightings.setdefault((reason.source, reason.ref, alert_id), result.value)
         if not per_alert:
             return 0
         write_verdicts(conn, {a: summarize(v) for a, v in per_alert.items()}, now)
-        record_alert_sightings(conn, sightings, now)
+        record_alert_sightings(
+            conn,
+            [(source, key, value, alert) for (source, key, alert), value in sightings.items()],
+            now,
+        )
         return len(per_alert)
 
 
@@ -238,6 +258,36 @@ def _backend(conn: Connection) -> Any:
     return Backend.POSTGRESQL if conn.dialect.name == "postgresql" else Backend.SQLITE
 
 
+# -- what may leave -------------------------------------------------------------------------------
+
+
+class TlpGate:
+    """The data policy of every action runner: an enrichment connector's ``lookup`` (any
+    action whose connector has ``lookup_types``) is refused when its value's TLP is at or above
+    the instance's ``tlp_ceiling`` (default amber; TLP:RED always), whoever calls it: a
+    playbook step, ``quell action run``, the API, or :class:`Enricher`. The value's TLP is
+    :meth:`~quell.intel.store.IntelStore.tlp_of`."""
+
+    def __init__(self, store: IntelStore) -> None:
+        self.store = store
+
+    async def __call__(self, definition: Any, params: Any, resolved: Any) -> None:
+        if not getattr(definition.connector, "lookup_types", None) or params is None:
+            return
+        value, kind = getattr(params, "value", None), getattr(params, "type", None)
+        if not isinstance(value, str) or not isinstance(kind, str):
+            return
+        tlp = await asyncio.to_thread(self.store.tlp_of, kind, value)
+        config = resolved.config
+        ceiling = min(Tlp.parse(getattr(config, "tlp_ceiling", None), DEFAULT_CEILING), Tlp.RED)
+        if tlp >= ceiling:
+            raise PermanentError(
+                f"{definition.key}: not sent to {resolved.name}: the value is {tlp.label}, "
+                f"at or above its ceiling {ceiling.label}",
+                code="tlp_withheld",
+            )
+
+
 # -- lookups -----------------------------------------------------------------------------------
 
 
@@ -296,7 +346,9 @@ class Enricher:
         found = probe(type_, value)
         if found is None:
             raise NotFound(f"{value!r} is not a {type_} value Quell can look up")
-        result = ObservableVerdict(str(found.type), found.value, tlp=tlp)
+        result = ObservableVerdict(
+            str(found.type), found.value, tlp=self.store.tlp_of(type_, value, tlp)
+        )
         allowed = self.store.allowed(found)
         if allowed is not None:
             result.add(
@@ -304,10 +356,9 @@ class Enricher:
                        f"allow-listed: {allowed.reason}", at=allowed.created_at, ref=allowed.id)
             )  # fmt: skip
             return result
-        for hit in self.store.lookup_probe(found, include_expired=True):
-            result.tlp = max(result.tlp, hit.tlp)  # even an expired RED indicator keeps it RED
-            expired = hit.valid_until is not None and hit.valid_until <= self.store.clock.now()
-            if expired:
+        now = self.store.clock.now()
+        for hit in self.store.lookup_probe(found):
+            if hit.valid_until is not None and hit.valid_until <= now:
                 continue
             verdict, score = indicator_verdict(hit.confidence)
             says = indicator_says(hit.type, hit.match, hit.value, hit.confidence, hit.tlp)
@@ -343,12 +394,23 @@ class Enricher:
         runner = self.runtime.action_runner(actor)
         try:
             answers = await asyncio.gather(
-                *(self._ask(runner, source, result, actor) for source in sources)
+                *(self._ask(runner, source, result, actor) for source in sources),
+                return_exceptions=True,
             )
         finally:
             await runner.aclose()
-        for reason in answers:
-            result.add(reason)
+        for source, answer in zip(sources, answers, strict=True):
+            if isinstance(answer, Reason):
+                result.add(answer)
+            elif isinstance(answer, Exception):  # one source's trouble is its own reason only
+                log.warning("intel_lookup_failed", source=source.instance,
+                            error=type(answer).__name__)  # fmt: skip
+                result.add(
+                    Reason(source.instance, "withheld", Verdict.INFO, 0,
+                           f"{source.instance} failed: {type(answer).__name__}")
+                )  # fmt: skip
+            else:
+                raise answer
         return result
 
     async def _ask(
@@ -365,24 +427,24 @@ class Enricher:
         cached = await asyncio.to_thread(self._cached, name, key)
         if cached is not None:
             return _answer_reason(name, cached, cached=True)
+        if source.rate is not None:
+            rate = source.rate
+            wait = await asyncio.to_thread(
+                runner.limits.try_take_token, f"intel:{name}", rate, max(1.0, rate), RATE_WAIT_S
+            )
+            if wait is None:
+                return Reason(
+                    name, "withheld", Verdict.INFO, 0,
+                    f"not asked: {name}'s rate limit is used up for now",
+                )  # fmt: skip
+            if wait > 0:
+                await asyncio.sleep(wait)
+        # The quota is charged last, for a call that is going to be made.
         if not await asyncio.to_thread(self._charge_quota, source):
             return Reason(
                 name, "withheld", Verdict.INFO, 0,
                 f"not asked: {name}'s quota of {source.quota_per_day} lookups a day is used up",
             )  # fmt: skip
-        if source.rate is not None:
-            limits = runner.limits
-            wait = await asyncio.to_thread(
-                limits.take_token, f"intel:{name}", source.rate, max(1.0, source.rate)
-            )
-            if wait > RATE_WAIT_S:
-                return Reason(
-                    name, "withheld", Verdict.INFO, 0,
-                    f"not asked: {name}'s rate limit is used up (the next lookup in "
-                    f"{wait:.0f} s)",
-                )  # fmt: skip
-            if wait > 0:
-                await asyncio.sleep(wait)
         try:
             answer = await runner.run_once(
                 f"{source.connector}.lookup",

@@ -56,6 +56,7 @@ from sqlalchemy.exc import IntegrityError
 from quell.clock import Clock
 from quell.durations import parse_duration
 from quell.errors import Conflict, InvalidInput, NotFound, QuellError
+from quell.governance.audit import AuditLog
 from quell.governance.secrets import SecretBox
 from quell.ids import new_id
 from quell.intel import taxii
@@ -165,7 +166,7 @@ class Feed:
             "name": self.name,
             "kind": self.kind,
             "format": self.format,
-            "url": self.url,
+            "url": display_url(self.url),  # a query may hold a key: never shown back
             "settings": self.settings,
             "auth": self.auth,
             "interval_s": self.interval_s,
@@ -282,7 +283,11 @@ class FeedService:
         store: IntelStore | None = None,
         lease: timedelta = DEFAULT_LEASE,
         concurrency: int = 4,
+        audit: AuditLog | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
+        self.audit = audit  # configuration changes and every pull's outcome
+        self.max_bytes = max_bytes  # a feed's own max_bytes setting wins
         self.db = db
         self.clock = clock
         self.box = box
@@ -299,6 +304,8 @@ class FeedService:
             runtime.clock,
             runtime.secret_box,
             outbound=OutboundPolicy.parse(runtime.settings.outbound_allow),
+            audit=runtime.audit,
+            max_bytes=runtime.settings.intel_max_bytes,
         )
 
     # -- configuration -----------------------------------------------------------------------------
@@ -314,6 +321,7 @@ class FeedService:
         secret: Mapping[str, str | SecretValue] | None = None,
         interval: timedelta | int | str = DEFAULT_INTERVAL,
         enabled: bool = True,
+        by: str = "unknown",
     ) -> Feed:
         """Keep a new feed, due at once. ``secret``: ``{"username", "password"}`` or
         ``{"token"}``, sealed; ``interval``: a timedelta, seconds or ``15m``/``24h``."""
@@ -354,6 +362,8 @@ class FeedService:
                 conn.execute(insert(intel_feeds).values(**row))
         except IntegrityError:
             raise Conflict(f"a feed named {name!r} exists", field="name", value=name) from None
+        self._audit(by, "intel.feed_add", name, {"kind": kind, "format": fmt,
+                    "url": display_url(url), "settings": checked})  # fmt: skip
         return self.get(name)
 
     def list(self) -> builtins.list[Feed]:
@@ -370,14 +380,15 @@ class FeedService:
             raise NotFound(f"no intel feed named {name!r}", field="name", value=name)
         return _feed(row)
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, *, by: str = "unknown") -> None:
         """Forget a feed and its credentials (its indicators stay in the store)."""
         with self.db.write() as conn:
             gone = conn.execute(delete(intel_feeds).where(intel_feeds.c.name == name)).rowcount
         if not gone:
             raise NotFound(f"no intel feed named {name!r}", field="name", value=name)
+        self._audit(by, "intel.feed_remove", name, {})
 
-    def set_enabled(self, name: str, enabled: bool) -> Feed:
+    def set_enabled(self, name: str, enabled: bool, *, by: str = "unknown") -> Feed:
         """Turn scheduled pulls of a feed on or off."""
         with self.db.write() as conn:
             done = conn.execute(
@@ -387,6 +398,7 @@ class FeedService:
             ).rowcount
         if not done:
             raise NotFound(f"no intel feed named {name!r}", field="name", value=name)
+        self._audit(by, "intel.feed_enable" if enabled else "intel.feed_disable", name, {})
         return self.get(name)
 
     def _seal(
@@ -529,11 +541,11 @@ class FeedService:
 
     # -- pulling ---------------------------------------------------------------------------------
 
-    async def pull(self, name: str) -> FeedPull:
+    async def pull(self, name: str, *, by: str = "feeds") -> FeedPull:
         """Pull ``name`` now (due or not; Conflict while another worker pulls it)."""
         claim = await asyncio.to_thread(self._claim_one, name)
         async with guard(self.outbound) as session:
-            return await self._run(session, claim)
+            return await self._run(session, claim, by=by)
 
     async def pull_due(self, *, limit: int = 50) -> builtins.list[FeedPull]:
         """Claim the feeds that are due (up to ``limit``) and pull them, a few at a time."""
@@ -558,7 +570,9 @@ class FeedService:
                 raise outcome  # cancelled: let it through
         return pulled
 
-    async def _run(self, session: aiohttp.ClientSession, claim: _Claim) -> FeedPull:
+    async def _run(
+        self, session: aiohttp.ClientSession, claim: _Claim, *, by: str = "feeds"
+    ) -> FeedPull:
         feed = claim.feed
         try:
             if feed.kind == "url":
@@ -578,6 +592,9 @@ class FeedService:
                 log.exception("intel feed pull failed", feed=feed.name, error=message)
             failure = {"last_error": message, "last_error_at": self.clock.now()}
             await asyncio.to_thread(self._finish, claim, failure, failed=True)
+            await asyncio.to_thread(
+                self._audit, by, "intel.feed_pull", feed.name, {"ok": False, "error": message}
+            )
             return FeedPull(feed.name, False, claim.running, error=message)
         now = self.clock.now()
         values: dict[str, Any] = {
@@ -590,7 +607,16 @@ class FeedService:
                 "not_modified": outcome.not_modified,
             }
         await asyncio.to_thread(self._finish, claim, values)
+        await asyncio.to_thread(
+            self._audit, by, "intel.feed_pull", feed.name,
+            {"ok": True, **{k: v for k, v in _report_dict(claim.running).items()
+                            if isinstance(v, int)}},
+        )  # fmt: skip
         return outcome
+
+    def _audit(self, actor: str, action: str, subject: str, detail: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.record(actor, action, subject, detail)
 
     def _message(self, exc: BaseException, claim: _Claim) -> str:
         secrets: tuple[str, ...] = ()
@@ -641,7 +667,7 @@ class FeedService:
     async def _pull_url(self, session: aiohttp.ClientSession, claim: _Claim) -> FeedPull:
         feed = claim.feed
         options = self._options(feed)
-        limit = int(options.get("max_bytes") or DEFAULT_MAX_BYTES)
+        limit = int(options.get("max_bytes") or self.max_bytes)
         headers = {"Accept": "*/*"}
         if feed.etag:
             headers["If-None-Match"] = feed.etag
@@ -698,7 +724,7 @@ class FeedService:
         fetch = _Fetcher(
             session,
             self._credentials(claim),
-            int(options.get("max_bytes") or DEFAULT_MAX_BYTES),
+            int(options.get("max_bytes") or self.max_bytes),
             _timeout(options),
         )
         manifest_url = urljoin(base, "manifest.json")
@@ -706,7 +732,7 @@ class FeedService:
         if raw_manifest is None:
             raise FeedError(f"{display_url(manifest_url)} does not exist (HTTP 404)", status=404)
         try:
-            manifest = orjson.loads(raw_manifest)
+            manifest = await asyncio.to_thread(orjson.loads, raw_manifest)
         except orjson.JSONDecodeError:
             raise FeedError(f"the manifest.json of feed {feed.name} is not valid JSON") from None
         position: dict[str, Any] = dict((feed.checkpoint or {}).get("misp") or {})
@@ -763,7 +789,7 @@ class FeedService:
         client = taxii.TaxiiClient(
             session,
             credentials=self._credentials(claim),
-            max_bytes=int(options.get("max_bytes") or DEFAULT_MAX_BYTES),
+            max_bytes=int(options.get("max_bytes") or self.max_bytes),
             timeout=_timeout(options),
         )
         pulled = await taxii.pull(

@@ -192,6 +192,35 @@ class IntelIndex:
                 _collect(hits, _net_key(version, number >> shift << shift, length), entries, cutoff)
         return hits
 
+    @property
+    def has_allowlist(self) -> bool:
+        return bool(self._allowed)
+
+    def allowed_value(self, type_: str, value: str) -> str | None:
+        """The reason an observable is allow-listed, or None; hashes and dotted IPv4 addresses
+        without building a probe."""
+        allowed = self._allowed
+        if not allowed:
+            return None
+        length = _HASH_LENGTHS.get(type_)
+        if length is not None:
+            return allowed.get(f"{type_}:{value.strip().lower()}")
+        if type_ == "ipv4":
+            text = value.strip()
+            number = ipv4_int(text)
+            if number is not None:
+                reason = allowed.get("ip:" + text)
+                if reason is not None:
+                    return reason
+                for length in self._allowed_lengths[4]:
+                    shift = 32 - length
+                    reason = allowed.get(_net_key(4, number >> shift << shift, length))
+                    if reason is not None:
+                        return reason
+                return None
+        found = probe(type_, value)
+        return None if found is None else self.allowed(found)
+
     def allowed(self, found: Probe) -> str | None:
         """The reason the observable is allow-listed, or None."""
         allowed = self._allowed

@@ -506,7 +506,8 @@ class _EventReader:
                 value=value,
                 confidence=level.confidence if level.confidence is not None else self.confidence,
                 severity_id=self.severity,
-                tlp=level.tlp if level.tlp is not None else self.tlp,
+                # The higher of the attribute's and the event's: a tag never lowers it.
+                tlp=self.tlp if level.tlp is None else max(level.tlp, self.tlp),
                 first_seen=first_seen,
                 last_seen=last_seen,
                 tags=tuple(tags),

@@ -383,7 +383,8 @@ def normalize_url(text: str) -> str | None:
     tail = tail.partition("#")[0]
     if not tail or tail[0] == "?":
         tail = "/" + tail
-    return f"{scheme}://{shown}{tail}"
+    url = f"{scheme}://{shown}{tail}"
+    return url if len(url) <= MAX_VALUE_CHARS else None
 
 
 def _url_host(host: str) -> str | None:
@@ -409,7 +410,8 @@ def _normalize_url_slowly(raw: str) -> str | None:
         return None
     if port is not None and _DEFAULT_PORTS.get(scheme) != port:
         shown = f"{shown}:{port}"
-    return urlunsplit((scheme, shown, parts.path or "/", parts.query, ""))
+    url = urlunsplit((scheme, shown, parts.path or "/", parts.query, ""))
+    return url if len(url) <= MAX_VALUE_CHARS else None
 
 
 _SCHEMES = frozenset(("http", "https", "ftp", "ftps", "sftp", "ws", "wss"))
@@ -466,7 +468,7 @@ class Probe:
             lengths = range(bits) if prefixes is None else prefixes.get(self.version, ())
             for length in lengths:
                 network = self.ip >> (bits - length) << (bits - length)
-                address = ipaddress.ip_address(network) if self.version == 6 else _v4(network)
+                address = ipaddress.IPv6Address(network) if self.version == 6 else _v4(network)
                 found.append(f"net:{address}/{length}")
         return found
 
@@ -486,6 +488,10 @@ def probe(type_: str, value: str) -> Probe | None:
         number = ipv4_int(text)
         if number is not None:  # the common case, without the general path's checks
             return Probe(kind, text, "ip:" + text, number, 4)
+    if kind is IndicatorType.URL and "://" not in text:
+        # Alerts keep a URL written without a scheme (evil.example/login) as it was; feeds
+        # that list one mean http.
+        text = "http://" + text
     try:
         key, kind, _, canonical = _KEYERS[kind](kind, text, MatchKind.EXACT)
     except IntelError:

@@ -217,6 +217,9 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
+MAX_PATTERN_CHARS = 256 * 1024  # a longer pattern is listed as unsupported, not parsed
+
+
 class PatternSyntaxError(Exception):
     """The pattern does not parse; the message is the parser's."""
 
@@ -782,8 +785,22 @@ class _Reader:
                 )
             )
             return
+        if len(pattern) > MAX_PATTERN_CHARS:
+            self.parsed.unsupported.append(
+                Unsupported(object_id, f"a pattern longer than {MAX_PATTERN_CHARS:,} characters",
+                            pattern[:_TEXT_CHARS])
+            )  # fmt: skip
+            return
         try:
             found, reasons = pattern_indicators(pattern)
+        except RecursionError:
+            # Valid, but nested deeper than the tree walk goes (thousands of ORs in one
+            # observation): listed, never a crash of the whole import.
+            self.parsed.unsupported.append(
+                Unsupported(object_id, "a pattern nested too deeply to read",
+                            pattern[:_TEXT_CHARS])
+            )  # fmt: skip
+            return
         except PatternSyntaxError as exc:
             raise IntelError(
                 f"{where}: the pattern does not parse ({exc}): {pattern[:_TEXT_CHARS]}",

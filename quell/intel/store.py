@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from sqlalchemy import Connection, delete, func, or_, select, update
 
 from quell.clock import Clock, SystemClock
 from quell.codec import column_json
-from quell.errors import NotFound
+from quell.errors import Conflict, NotFound
 from quell.ids import new_id
 from quell.intel.model import (
     ImportReport,
@@ -34,12 +35,19 @@ from quell.intel.model import (
     Tlp,
     Unsupported,
     indicator_key,
+    ipv4_int,
     keyed,
     probe,
 )
 from quell.store.bulk import bulk_insert, bulk_update
-from quell.store.database import Database
-from quell.store.schema import indicator_sightings, indicators, intel_allowlist
+from quell.store.database import Backend, Database
+from quell.store.dialect import insert_ignore
+from quell.store.schema import (
+    indicator_sightings,
+    indicators,
+    intel_allowlist,
+    intel_revision,
+)
 
 _CHUNK = 500  # keys per IN (...) when reading existing rows
 
@@ -65,8 +73,9 @@ _INSERT_COLUMNS = (
     "sightings",
     "created_at",
     "updated_at",
+    "rev",
 )
-_UPDATE_COLUMNS = (*_INSERT_COLUMNS[6:18], "updated_at")
+_UPDATE_COLUMNS = (*_INSERT_COLUMNS[6:18], "updated_at", "rev")
 
 
 @dataclass(slots=True, frozen=True)
@@ -201,12 +210,17 @@ class IntelStore:
                     Unsupported(record.origin or record.type, exc.message, record.value[:200])
                 )
                 continue
+            earlier = wanted.get(key)
+            if earlier is not None and earlier[0].tlp > record.tlp:
+                # The later record wins, but never lowers how far the value may go.
+                record.tlp = earlier[0].tlp
             wanted[key] = (record, type_, match, value)
         report.unsupported_items.extend(parsed.unsupported)
         report.unsupported = len(report.unsupported_items)
         to_time = self._insert.convert
         stamp = to_time("created_at", now)
         with self.db.write() as conn:
+            rev = next_revision(conn)
             existing = self._existing(conn, source, wanted)
             inserts: list[tuple[Any, ...]] = []
             updates: list[tuple[Any, ...]] = []
@@ -246,10 +260,10 @@ class IntelStore:
                     existing[key] = (row_id, digest)
                     inserts.append(
                         (row_id, source, key, str(type_), str(match), value, *content, 0, stamp,
-                         stamp)
+                         stamp, rev)
                     )  # fmt: skip
                 else:
-                    updates.append((*content, stamp, known[0]))
+                    updates.append((*content, stamp, rev, known[0]))
                 if len(inserts) >= 5000:
                     self._insert.run_converted(conn, inserts)
                     inserts = []
@@ -330,6 +344,31 @@ class IntelStore:
             rows = conn.execute(query.order_by(indicators.c.source)).all()
         return [_hit(row) for row in rows]
 
+    def tlp_of(self, type_: str, value: str, given: Tlp = Tlp.CLEAR) -> Tlp:
+        """How far a value may go: the highest of ``given`` and the TLP of every stored
+        indicator it matches (expired and revoked ones too: a partner's word on a value does
+        not lapse), for a URL also its host's, for an e-mail address its domain's."""
+        found = probe(type_, value)
+        if found is None:
+            return given
+        probes = [found]
+        if found.type is IndicatorType.URL:
+            host = urlsplit(found.value).hostname or ""
+            kind = "ipv4" if ipv4_int(host) is not None else "ipv6" if ":" in host else "domain"
+            related = probe(kind, host)
+            if related is not None:
+                probes.append(related)
+        elif found.type is IndicatorType.EMAIL:
+            related = probe("domain", found.value.rpartition("@")[2])
+            if related is not None:
+                probes.append(related)
+        keys = [key for item in probes for key in item.candidates()]
+        with self.db.read() as conn:
+            highest = conn.execute(
+                select(func.max(indicators.c.tlp)).where(indicators.c.key.in_(keys))
+            ).scalar_one_or_none()
+        return max(given, Tlp(highest)) if highest is not None else given
+
     def get(self, indicator_id: str) -> dict[str, Any]:
         """One indicator, whole, with its latest sightings."""
         with self.db.read() as conn:
@@ -389,9 +428,19 @@ class IntelStore:
             "total": sum(row[2] for row in rows),
         }
 
-    def iter_live(self, *, since: datetime | None = None) -> Iterator[Sequence[Any]]:
-        """(key, source, confidence, severity_id, tlp, valid_until, revoked, updated_at) of
-        every indicator (changed since ``since``), for building the in-memory index."""
+    def revision(self) -> int:
+        """The revision of the last committed change to indicators or the allow-list."""
+        with self.db.read() as conn:
+            return int(
+                conn.execute(
+                    select(intel_revision.c.rev).where(intel_revision.c.id == 1)
+                ).scalar_one_or_none()
+                or 0
+            )
+
+    def iter_live(self, *, after: int = 0, upto: int | None = None) -> Iterator[Sequence[Any]]:
+        """(key, source, confidence, severity_id, tlp, valid_until, revoked, rev) of every
+        indicator written after revision ``after`` (up to ``upto``), for the in-memory index."""
         query = select(
             indicators.c.key,
             indicators.c.source,
@@ -400,10 +449,10 @@ class IntelStore:
             indicators.c.tlp,
             indicators.c.valid_until,
             indicators.c.revoked,
-            indicators.c.updated_at,
-        )
-        if since is not None:
-            query = query.where(indicators.c.updated_at >= since)
+            indicators.c.rev,
+        ).where(indicators.c.rev > after)
+        if upto is not None:
+            query = query.where(indicators.c.rev <= upto)
         with self.db.read() as conn:
             result = conn.execution_options(yield_per=10_000).execute(query)
             yield from result
@@ -497,6 +546,7 @@ class IntelStore:
             self.clock.now(),
         )
         with self.db.write() as conn:
+            next_revision(conn)
             conn.execute(delete(intel_allowlist).where(intel_allowlist.c.key == key))
             conn.execute(
                 intel_allowlist.insert().values(
@@ -512,19 +562,26 @@ class IntelStore:
             )
         return entry
 
-    def disallow(self, entry_id_or_value: str) -> Allowed:
-        """Remove an allow-list entry by id or by value."""
+    def disallow(self, entry: str, *, type_: str | None = None) -> Allowed:
+        """Remove an allow-list entry by its id, or by its value (as shown in the list; with
+        ``type_`` when two entries share it)."""
         with self.db.write() as conn:
-            row = conn.execute(
-                select(intel_allowlist).where(
-                    or_(
-                        intel_allowlist.c.id == entry_id_or_value,
-                        intel_allowlist.c.value == entry_id_or_value.strip().lower(),
-                    )
+            query = select(intel_allowlist)
+            if entry.startswith("alw_"):
+                query = query.where(intel_allowlist.c.id == entry)
+            else:
+                query = query.where(intel_allowlist.c.value == entry.strip())
+                if type_:
+                    query = query.where(intel_allowlist.c.type == type_)
+            rows = conn.execute(query.limit(3)).all()
+            if not rows:
+                raise NotFound(f"no allow-list entry {entry!r}")
+            if len(rows) > 1:
+                raise Conflict(
+                    f"{len(rows)} allow-list entries have the value {entry!r}: remove by id"
                 )
-            ).first()
-            if row is None:
-                raise NotFound(f"no allow-list entry {entry_id_or_value!r}")
+            (row,) = rows
+            next_revision(conn)
             conn.execute(delete(intel_allowlist).where(intel_allowlist.c.id == row.id))
         return _allowed(row)
 
@@ -542,6 +599,22 @@ class IntelStore:
                 .limit(1)
             ).first()
         return None if row is None else _allowed(row)
+
+
+def next_revision(conn: Connection) -> int:
+    """Take the next intel revision in the caller's write transaction (writers queue on the
+    row until they commit, so revisions become visible in order)."""
+    conn.execute(insert_ignore(_backend(conn), intel_revision, keys=["id"]), [{"id": 1, "rev": 0}])
+    conn.execute(
+        update(intel_revision).where(intel_revision.c.id == 1).values(rev=intel_revision.c.rev + 1)
+    )
+    return int(
+        conn.execute(select(intel_revision.c.rev).where(intel_revision.c.id == 1)).scalar_one()
+    )
+
+
+def _backend(conn: Connection) -> Backend:
+    return Backend.POSTGRESQL if conn.dialect.name == "postgresql" else Backend.SQLITE
 
 
 def check_source(source: str) -> str:

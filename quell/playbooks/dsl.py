@@ -45,7 +45,14 @@ from quell.errors import InvalidInput
 STEP_ID = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 PLAYBOOK_ID = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 VARIABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-TRIGGERS = ("alert.created", "incident.created", "incident.updated", "schedule", "manual")
+TRIGGERS = (
+    "alert.created",
+    "incident.created",
+    "incident.updated",
+    "incident.sla_breached",
+    "schedule",
+    "manual",
+)
 SCHEMA_ID = "https://quell.dev/schemas/playbook-1.json"
 
 
@@ -104,7 +111,10 @@ class TriggerModel(_Model):
     """When the playbook starts by itself."""
 
     on: Literal[TRIGGERS] = Field(  # type: ignore[valid-type]
-        description="alert.created, incident.created, incident.updated, schedule or manual."
+        description=(
+            "alert.created, incident.created, incident.updated, incident.sla_breached (an SLA "
+            "clock ran out: `sla.metric` is acknowledge, contain or close), schedule or manual."
+        )
     )
     if_: str | None = Field(None, alias="if", description="A condition on the event.")
     cron: str | None = Field(None, description="schedule: a cron expression (5 fields).")

@@ -189,7 +189,7 @@ class Variable:
 class Trigger:
     """When the playbook starts by itself."""
 
-    on: str  # alert.created, incident.created, incident.updated, schedule, manual
+    on: str  # alert.created, incident.created, incident.updated, incident.sla_breached, ...
     condition: str | None = None
     cron: str | None = None  # schedule
     timezone: str = "UTC"

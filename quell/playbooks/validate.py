@@ -31,6 +31,7 @@ TRIGGER_NAMES = {
     "alert.created": frozenset({"alert"}),
     "incident.created": frozenset({"incident"}),
     "incident.updated": frozenset({"incident", "changes"}),
+    "incident.sla_breached": frozenset({"incident", "sla"}),
     "schedule": frozenset({"schedule"}),
     "manual": frozenset(),
 }

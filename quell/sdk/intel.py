@@ -198,8 +198,8 @@ class EnrichmentPolicy(BaseModel):
     )
     rate: str | None = Field(
         None,
-        pattern=r"^\s*\d+(?:\.\d+)?\s*/\s*[smh]\s*$",
-        description="Lookups per second, minute or hour (4/m), all workers together.",
+        pattern=r"^\s*(?:0*[1-9]\d*(?:\.\d+)?|0*\.\d*[1-9]\d*)\s*/\s*[smh]\s*$",
+        description="Lookups per second, minute or hour (4/m; more than 0), all workers together.",
     )
     tlp_ceiling: Literal["clear", "green", "amber", "amber+strict", "red"] = Field(
         "amber",

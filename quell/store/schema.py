@@ -530,10 +530,23 @@ indicators = Table(
     Column("last_sighted_at", UTCDateTime(), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The intel revision of the transaction that last wrote the row (``intel_revision``): the
+    # in-memory indexes load what changed by revision, never missing a long import's rows.
+    Column("rev", BigInteger, nullable=False),
 )
 # (key, source): unique per source, and the index every lookup by key uses.
 Index("uq_indicators_key_source", indicators.c.key, indicators.c.source, unique=True)
-Index("ix_indicators_updated_at", indicators.c.updated_at)
+Index("ix_indicators_rev", indicators.c.rev)
+
+# One row: the revision of the last committed change to indicators or the allow-list. A write
+# takes the next one first (an UPDATE: writers queue on the row until they commit), so a
+# reader that sees revision N has every row of revisions up to N committed.
+intel_revision = Table(
+    "intel_revision",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("rev", BigInteger, nullable=False),
+)
 
 # A sighting: an indicator seen in an alert (or reported seen by the source that gave it).
 indicator_sightings = Table(
@@ -690,6 +703,7 @@ incident_slas = Table(
     metadata,
     Column("incident_id", String(32), ForeignKey("incidents.id"), primary_key=True),
     Column("metric", String(16), primary_key=True),  # acknowledge, contain, close
+    Column("severity_id", SmallInteger, nullable=False),  # the severity due_at is computed for
     Column("due_at", UTCDateTime(), nullable=False),
     Column("met_at", UTCDateTime(), nullable=True),
     Column("breached_at", UTCDateTime(), nullable=True),
@@ -699,4 +713,17 @@ Index(
     incident_slas.c.breached_at,
     incident_slas.c.met_at,
     incident_slas.c.due_at,
+)
+
+# A severity's SLA targets where they differ from the defaults (quell.cases.sla), in seconds;
+# NULL: no SLA for that metric.
+sla_policies = Table(
+    "sla_policies",
+    metadata,
+    Column("severity_id", SmallInteger, primary_key=True, autoincrement=False),  # OCSF 1..6
+    Column("acknowledge_s", Integer, nullable=True),
+    Column("contain_s", Integer, nullable=True),
+    Column("close_s", Integer, nullable=True),
+    Column("updated_by", String(128), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )

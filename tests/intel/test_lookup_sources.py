@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from sqlalchemy import select
 
 from quell.clock import ManualClock
+from quell.engine.engine import Engine
 from quell.intel.enrich import Enricher
 from quell.intel.model import IndicatorRecord, IndicatorType, Parsed, Tlp, Verdict
 from quell.runtime import Runtime
-from quell.sdk import SecretValue
+from quell.sdk import ActionError, SecretValue
+from quell.store.schema import intel_quota
 from tests.fixtures.webapp import serving
 
 KEY = "abuse-key-5d1e8c0b7a9f"
@@ -182,7 +185,7 @@ def test_allowlisted_values_ask_no_one_and_failures_stay_in_their_reason(
 def test_the_shared_rate_limit_holds_a_lookup_back(runtime: Runtime, recorder: Recorder) -> None:
     async def scenario() -> list[Any]:
         async with serving(_serve(recorder)) as base:
-            enricher = _enricher(runtime, base, rate="1/h")
+            enricher = _enricher(runtime, base, rate="1/h", quota_per_day=10)
             first = await enricher.lookup("ipv4", "198.51.100.66")
             # Another process's enricher shares the bucket (it lives in the database).
             other = Enricher(enricher.runtime)
@@ -194,3 +197,63 @@ def test_the_shared_rate_limit_holds_a_lookup_back(runtime: Runtime, recorder: R
     assert second.reasons[0].kind == "withheld"
     assert "rate limit is used up" in second.reasons[0].says
     assert len(recorder.requests) == 1
+    with runtime.db.read() as conn:  # a lookup held back by the rate spends no quota
+        assert conn.execute(select(intel_quota.c.used)).scalars().all() == [1]
+
+
+def test_every_call_of_a_lookup_action_passes_the_tlp_gate(
+    partner_red: Runtime, recorder: Recorder
+) -> None:
+    """Not only the enricher: a playbook step or a call by hand of ``abuseipdb.lookup`` with a
+    TLP:RED value (or a URL on a TLP:RED host) is refused before anything is sent."""
+
+    async def scenario() -> list[Any]:
+        async with serving(_serve(recorder)) as base:
+            enricher = _enricher(partner_red, base, tlp_ceiling="red")
+            runner = enricher.runtime.action_runner("cli:test")
+            found: list[Any] = []
+            try:
+                for value in ("203.0.113.5", "198.51.100.66"):
+                    try:
+                        found.append(
+                            await runner.run_once(
+                                "abuseipdb.lookup", {"type": "ipv4", "value": value},
+                                instance="abuse",
+                            )
+                        )  # fmt: skip
+                    except ActionError as exc:
+                        found.append(exc)
+            finally:
+                await runner.aclose()
+            return found
+
+    refused, answered = asyncio.run(scenario())
+    assert isinstance(refused, ActionError)
+    assert refused.code == "tlp_withheld"
+    assert "the value is TLP:RED" in refused.message
+    assert answered["verdict"] == "malicious"
+    assert "203.0.113.5" not in recorder.received()
+    # The engine's runner has the same gate.
+    engine = Engine.for_runtime(partner_red)
+    assert engine.actions.data_policy is partner_red.data_policy
+
+
+def test_a_value_takes_the_tlp_of_its_host_and_of_expired_indicators(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    runtime.intel.apply(
+        "partner",
+        Parsed(
+            [
+                IndicatorRecord(IndicatorType.DOMAIN, "secret.example", tlp=Tlp.RED),
+                IndicatorRecord(
+                    IndicatorType.IPV4, "192.0.2.1", tlp=Tlp.AMBER,
+                    valid_until=clock.now() - timedelta(days=1),
+                ),
+            ]
+        ),
+    )  # fmt: skip
+    assert runtime.intel.tlp_of("url", "https://secret.example/login?x=1") is Tlp.RED
+    assert runtime.intel.tlp_of("email", "ceo@secret.example") is Tlp.RED
+    assert runtime.intel.tlp_of("ipv4", "192.0.2.1") is Tlp.AMBER  # expired, still AMBER
+    assert runtime.intel.tlp_of("ipv4", "192.0.2.2") is Tlp.CLEAR

@@ -54,6 +54,11 @@ CORPUS_COUNTS = {
 
 
 @pytest.mark.requires("corpus")
+def test_the_counts_cover_every_event_file_of_the_corpus() -> None:
+    assert {p.name for p in (corpus_path() / "misp").glob("*.json")} == set(CORPUS_COUNTS)
+
+
+@pytest.mark.requires("corpus")
 @pytest.mark.parametrize("name", sorted(CORPUS_COUNTS))
 def test_every_corpus_event_imports_with_exact_counts(
     database: Database, clock: ManualClock, name: str
@@ -124,7 +129,7 @@ def _event(*attributes: dict[str, Any], **extra: Any) -> dict[str, Any]:
     }
 
 
-def test_tlp_tags_set_the_level_attribute_first_highest_wins() -> None:
+def test_tlp_tags_set_the_level_and_never_lower_the_events() -> None:
     event = _event(
         _attribute("ip-dst", "203.0.113.1"),
         _attribute("ip-dst", "203.0.113.2", Tag=[{"name": "tlp:red"}, {"name": "apt"}]),
@@ -136,7 +141,7 @@ def test_tlp_tags_set_the_level_attribute_first_highest_wins() -> None:
     records = {r.value: r for r in parse_event(event, default_tlp=Tlp.RED).records}
     assert records["203.0.113.1"].tlp is Tlp.AMBER  # the event's highest
     assert records["203.0.113.2"].tlp is Tlp.RED
-    assert records["203.0.113.3"].tlp is Tlp.CLEAR  # the attribute's, though lower
+    assert records["203.0.113.3"].tlp is Tlp.AMBER  # an attribute's lower tag lowers nothing
     assert records["203.0.113.4"].tlp is Tlp.AMBER_STRICT
     assert records["203.0.113.5"].tlp is Tlp.AMBER  # an extension tag is not a level
     assert records["203.0.113.2"].tags == ("osint", "apt")  # TLP tags are the level, not tags

@@ -275,7 +275,7 @@ def test_the_ir_round_trips_through_json() -> None:
             ("trigger: {on: alert.created,", "trigger: {on: alert.deleted,"),
             (
                 "pb.yaml:8:11: trigger.on: Input should be 'alert.created', 'incident.created', "
-                "'incident.updated', 'schedule' or 'manual'"
+                "'incident.updated', 'incident.sla_breached', 'schedule' or 'manual'"
             ),
         ),
     ],

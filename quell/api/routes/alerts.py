@@ -85,6 +85,8 @@ async def get_incident(
             "verdict": runtime.enricher.incident_verdict(incident_id),
             "notes": [n.as_dict() for n in runtime.cases.notes(incident_id)],
             "tasks": [t.as_dict() for t in runtime.cases.tasks(incident_id)],
+            "slas": [c.as_dict() for c in runtime.sla.clocks(incident_id)],
+            "evidence": [e.as_dict() for e in runtime.evidence.list(incident_id)],
             "alerts": [
                 render_alert(a)
                 for a in runtime.alerts.list_all(incident_id=incident_id, limit=1000)

@@ -1,9 +1,9 @@
 """Threat intel over HTTP: verdicts, indicators, imports, the allow-list, feeds and export.
 
-Reading (lookups that ask only the store, indicators, the allow-list, feeds) needs
-``intel:read``. A lookup that may ask outside services spends their quota, so it needs
-``intel:read`` too but is audited as an action call; imports, allow-list changes and feed
-pulls need ``intel:manage``.
+Reading (``GET /lookup``, which asks only the store, indicators, the allow-list, feeds) needs
+``intel:read``. ``POST /lookup`` also asks outside services: it sends values out and spends
+their quota, as calling an action does, so it needs ``runs:execute``. Imports, allow-list
+changes and feed pulls need ``intel:manage``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from quell.api.auth import Authorize, RuntimeDep
@@ -25,30 +25,52 @@ router = APIRouter(prefix="/api/intel", tags=["intel"])
 
 CanRead = Annotated[Principal, Depends(Authorize(Permission.INTEL_READ))]
 CanManage = Annotated[Principal, Depends(Authorize(Permission.INTEL_MANAGE))]
+CanAskOutside = Annotated[Principal, Depends(Authorize(Permission.RUNS_EXECUTE))]
 TypeName = Literal["ipv4", "ipv6", "domain", "url", "md5", "sha1", "sha256", "email"]
 TlpName = Literal["clear", "white", "green", "amber", "amber+strict", "red"]
 SourceName = Annotated[str, Query(min_length=1, max_length=128)]
 
 
-@router.get("/lookup", summary="The verdict on a value")
+@router.get("/lookup", summary="The verdict on a value, from the store")
 async def lookup(
     runtime: RuntimeDep,
-    principal: CanRead,
+    _: CanRead,
     value: Annotated[str, Query(min_length=1, max_length=2048)],
     type: TypeName | None = None,
-    tlp: TlpName = "clear",
-    external: bool = True,
-    source: Annotated[list[str] | None, Query(max_length=20)] = None,
 ) -> dict[str, Any]:
-    """The verdict (info, safe, suspicious, malicious), its score and every reason: the
-    allow-list, the store's indicators, and each configured enrichment service the value may
-    go to (``tlp`` is the value's own; a service whose ceiling it reaches is not asked)."""
+    """The verdict (info, safe, suspicious, malicious), its score and every reason from the
+    allow-list and the store's indicators. Nothing leaves Quell: ``POST`` asks the outside
+    services too."""
+    result = await run_in_threadpool(
+        lambda: runtime.enricher.local(type or guess_type(value), value)
+    )
+    return result.as_dict()
+
+
+class LookupIn(BaseModel):
+    """A value to look up everywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: str = Field(min_length=1, max_length=2048)
+    type: TypeName | None = None
+    tlp: TlpName = "clear"
+    sources: list[str] | None = Field(None, max_length=20)
+
+
+@router.post("/lookup", summary="The verdict on a value, asking outside services too")
+async def lookup_everywhere(
+    body: LookupIn, runtime: RuntimeDep, principal: CanAskOutside
+) -> dict[str, Any]:
+    """Like ``GET``, then each configured enrichment service the value may go to (``tlp`` is
+    the value's own; a service whose ceiling it reaches is not asked). Sending values out and
+    spending quota is calling actions, so it needs ``runs:execute``; each call is audited."""
     result = await runtime.enricher.lookup(
-        type or guess_type(value),
-        value,
-        tlp=Tlp.parse(tlp),
-        external=external,
-        only=source,
+        body.type or guess_type(body.value),
+        body.value,
+        tlp=Tlp.parse(body.tlp),
+        external=True,
+        only=body.sources,
         actor=f"api:{principal.name}",
     )
     return result.as_dict()
@@ -163,7 +185,7 @@ async def add_allowed(body: AllowIn, runtime: RuntimeDep, principal: CanManage) 
 async def remove_allowed(
     runtime: RuntimeDep,
     principal: CanManage,
-    entry_id: Annotated[str, Path(min_length=1, max_length=64)],
+    entry_id: Annotated[str, Path(pattern=r"^alw_[0-9a-z]{26}$")],
 ) -> None:
     """Remove an allow-list entry by its id."""
     await run_in_threadpool(lambda: disallow(runtime, entry_id, actor=f"api:{principal.name}"))
@@ -181,14 +203,14 @@ async def feeds(runtime: RuntimeDep, _: CanRead) -> list[dict[str, Any]]:
 @router.post("/feeds/{name}/pull", summary="Pull a feed now")
 async def pull_feed(
     runtime: RuntimeDep,
-    _: CanManage,
+    principal: CanManage,
     name: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
 ) -> dict[str, Any]:
     """Pull the feed at once (not waiting for its schedule); what it imported or its error."""
     from quell.intel.feeds import FeedService
 
     service = FeedService.for_runtime(runtime)
-    return (await service.pull(name)).as_dict()
+    return (await service.pull(name, by=f"api:{principal.name}")).as_dict()
 
 
 __all__ = ["IMPORT_FORMATS", "router"]

@@ -96,8 +96,8 @@ def _add_hostname(found: Collector, value: str, role: str | None) -> None:
         # Not a DNS name ("John's MacBook Pro", a NetBIOS name with odd characters): still the
         # name the source correlates on, so kept, lowercase, if it is a plausible one.
         host = name.rstrip(".").lower()
-        if len(host) > 253 or not host.isprintable():
-            return
+        if not host or len(host) > 253 or not host.isprintable():
+            return  # nothing left ("."), or not a name
     found.add(ObservableType.HOSTNAME, host, role)
 
 

@@ -50,10 +50,18 @@ def upgrade() -> None:
         sa.Column("last_sighted_at", UTCDateTime(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.Column("rev", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_indicators")),
     )
     op.create_index("uq_indicators_key_source", "indicators", ["key", "source"], unique=True)
-    op.create_index("ix_indicators_updated_at", "indicators", ["updated_at"])
+    op.create_index("ix_indicators_rev", "indicators", ["rev"])
+    revisions = op.create_table(
+        "intel_revision",
+        sa.Column("id", sa.SmallInteger(), autoincrement=False, nullable=False),
+        sa.Column("rev", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_intel_revision")),
+    )
+    op.bulk_insert(revisions, [{"id": 1, "rev": 0}])
     op.create_table(
         "indicator_sightings",
         sa.Column("id", sa.String(32), nullable=False),
@@ -150,6 +158,7 @@ def downgrade() -> None:
         "intel_feeds",
         "intel_allowlist",
         "indicator_sightings",
+        "intel_revision",
         "indicators",
     ):
         op.drop_table(table)

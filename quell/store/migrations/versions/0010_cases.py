@@ -119,6 +119,7 @@ def upgrade() -> None:
         "incident_slas",
         sa.Column("incident_id", sa.String(32), nullable=False),
         sa.Column("metric", sa.String(16), nullable=False),
+        sa.Column("severity_id", sa.SmallInteger(), nullable=False),
         sa.Column("due_at", UTCDateTime(), nullable=False),
         sa.Column("met_at", UTCDateTime(), nullable=True),
         sa.Column("breached_at", UTCDateTime(), nullable=True),
@@ -128,10 +129,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("incident_id", "metric", name=op.f("pk_incident_slas")),
     )
     op.create_index("ix_incident_slas_due", "incident_slas", ["breached_at", "met_at", "due_at"])
+    op.create_table(
+        "sla_policies",
+        sa.Column("severity_id", sa.SmallInteger(), autoincrement=False, nullable=False),
+        sa.Column("acknowledge_s", sa.Integer(), nullable=True),
+        sa.Column("contain_s", sa.Integer(), nullable=True),
+        sa.Column("close_s", sa.Integer(), nullable=True),
+        sa.Column("updated_by", sa.String(128), nullable=True),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("severity_id", name=op.f("pk_sla_policies")),
+    )
 
 
 def downgrade() -> None:
     for table in (
+        "sla_policies",
         "incident_slas",
         "evidence_custody",
         "incident_evidence",
