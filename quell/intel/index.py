@@ -63,6 +63,7 @@ class IntelIndex:
         }
         self._allowed: dict[str, str] = {}  # key -> reason
         self._allowed_lengths: dict[int, tuple[int, ...]] = {4: (), 6: ()}
+        self._allowed_ranges: dict[int, tuple[tuple[int, dict[int, str]], ...]] = {4: (), 6: ()}
         self._interned: dict[Entry, Entry] = {}
         self._lock = threading.Lock()
         self.size = 0
@@ -125,15 +126,30 @@ class IntelIndex:
         return count
 
     def set_allowlist(self, entries: Iterable[tuple[str, str]]) -> None:
-        """Replace the allow-list with (key, reason) pairs."""
+        """Replace the allow-list with (key, reason) pairs. Ranges are kept as the indicators'
+        are: per IP version, (shift, table of network integers) longest prefix first."""
         allowed = dict(entries)
         lengths: dict[int, set[int]] = {4: set(), 6: set()}
-        for key in allowed:
+        tables: dict[tuple[int, int], dict[int, str]] = {}
+        for key, reason in allowed.items():
             if key.startswith("net:"):
-                network, _, length = key[4:].rpartition("/")
-                lengths[6 if ":" in network else 4].add(int(length))
+                network, _, length_text = key[4:].rpartition("/")
+                found = probe("ipv6" if ":" in network else "ipv4", network)
+                if found is None or found.ip is None or found.version is None:
+                    continue
+                length = int(length_text)
+                bits = 32 if found.version == 4 else 128
+                lengths[found.version].add(length)
+                tables.setdefault((found.version, length), {})[found.ip >> (bits - length)] = reason
         self._allowed = allowed
         self._allowed_lengths = {v: tuple(sorted(n, reverse=True)) for v, n in lengths.items()}
+        self._allowed_ranges = {
+            version: tuple(
+                ((32 if version == 4 else 128) - n, tables[(version, n)])
+                for n in self._allowed_lengths[version]
+            )
+            for version in (4, 6)
+        }
 
     @property
     def empty(self) -> bool:
@@ -196,47 +212,66 @@ class IntelIndex:
     def has_allowlist(self) -> bool:
         return bool(self._allowed)
 
-    def allowed_value(self, type_: str, value: str) -> str | None:
-        """The reason an observable is allow-listed, or None; hashes and dotted IPv4 addresses
-        without building a probe."""
+    def match(self, type_: str, value: str, now: float) -> tuple[str | None, list[IndexHit]]:
+        """The allow-list's reason for the observable (and then no hits: it settles it), or the
+        live indicators it matches. The value is normalized once for both; hashes and dotted
+        IPv4 addresses take the short path."""
         allowed = self._allowed
-        if not allowed:
-            return None
         length = _HASH_LENGTHS.get(type_)
         if length is not None:
-            return allowed.get(f"{type_}:{value.strip().lower()}")
+            digest = value.strip().lower()
+            if len(digest) != length or not _HEX.issuperset(digest):
+                return None, []
+            key = f"{type_}:{digest}"
+            if allowed:
+                reason = allowed.get(key)
+                if reason is not None:
+                    return reason, []
+            hits: list[IndexHit] = []
+            entries = self._exact.get(key)
+            if entries:
+                _collect(hits, key, entries, now)
+            return None, hits
         if type_ == "ipv4":
             text = value.strip()
             number = ipv4_int(text)
             if number is not None:
-                reason = allowed.get("ip:" + text)
-                if reason is not None:
-                    return reason
-                for length in self._allowed_lengths[4]:
-                    shift = 32 - length
-                    reason = allowed.get(_net_key(4, number >> shift << shift, length))
+                key = "ip:" + text
+                if allowed:
+                    reason = allowed.get(key) or self._allowed_range(4, number)
                     if reason is not None:
-                        return reason
-                return None
+                        return reason, []
+                return None, self._ip(4, number, key, now)
         found = probe(type_, value)
-        return None if found is None else self.allowed(found)
+        if found is None:
+            return None, []
+        if allowed:
+            reason = self.allowed(found)
+            if reason is not None:
+                return reason, []
+        return None, self.lookup_probe(found, now=now)
+
+    def _allowed_range(self, version: int, number: int) -> str | None:
+        for shift, table in self._allowed_ranges[version]:
+            reason = table.get(number >> shift)
+            if reason is not None:
+                return reason
+        return None
 
     def allowed(self, found: Probe) -> str | None:
         """The reason the observable is allow-listed, or None."""
         allowed = self._allowed
         if not allowed:
             return None
-        for key in (found.key, *found.parents):
-            reason = allowed.get(key)
+        reason = allowed.get(found.key)
+        if reason is not None:
+            return reason
+        for parent in found.parents:
+            reason = allowed.get(parent)
             if reason is not None:
                 return reason
         if found.ip is not None and found.version is not None:
-            bits = 32 if found.version == 4 else 128
-            for length in self._allowed_lengths[found.version]:
-                network = found.ip >> (bits - length) << (bits - length)
-                reason = allowed.get(_net_key(found.version, network, length))
-                if reason is not None:
-                    return reason
+            return self._allowed_range(found.version, found.ip)
         return None
 
 

@@ -488,6 +488,18 @@ def probe(type_: str, value: str) -> Probe | None:
         number = ipv4_int(text)
         if number is not None:  # the common case, without the general path's checks
             return Probe(kind, text, "ip:" + text, number, 4)
+    if kind is IndicatorType.DOMAIN:
+        name = text.rstrip(".").lower()
+        # The common case: already a plain ASCII name. Only what the index could hold is
+        # looked for, so a name that is not one (a stray character) takes the full path.
+        if 3 <= len(name) <= 253 and "." in name and _HOST_CHARS.issuperset(name):
+            return _domain_probe(name)
+    elif kind is IndicatorType.EMAIL:
+        address = text.lower()
+        if address.count("@") == 1 and _EMAIL_CHARS.issuperset(address):
+            host = address.rpartition("@")[2]
+            if "." in host and not host.startswith(".") and not address.startswith("@"):
+                return Probe(kind, address, "email:" + address)
     if kind is IndicatorType.URL and "://" not in text:
         # Alerts keep a URL written without a scheme (evil.example/login) as it was; feeds
         # that list one mean http.
@@ -500,10 +512,18 @@ def probe(type_: str, value: str) -> Probe | None:
         address = ipaddress.ip_address(canonical)
         return Probe(kind, canonical, key, int(address), address.version)
     if kind is IndicatorType.DOMAIN:
-        parents: list[str] = []  # the name and each parent, down to a registrable name
-        start = 0
-        while (dot := canonical.find(".", start)) != -1:
-            parents.append("dn*:" + canonical[start:])
-            start = dot + 1
-        return Probe(kind, canonical, key, parents=tuple(parents))
+        return _domain_probe(canonical)
     return Probe(kind, canonical, key)
+
+
+def _domain_probe(name: str) -> Probe:
+    parents: list[str] = []  # the name and each parent, down to a registrable name
+    start = 0
+    while (dot := name.find(".", start)) != -1:
+        parents.append("dn*:" + name[start:])
+        start = dot + 1
+    return Probe(IndicatorType.DOMAIN, name, "dn:" + name, parents=tuple(parents))
+
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
+_EMAIL_CHARS = _HOST_CHARS | frozenset("+@")
