@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from quell.cases.cases import CaseService
     from quell.cases.evidence import EvidenceService
     from quell.cases.incidents import IncidentService
+    from quell.cases.search import IncidentSearch
     from quell.cases.sla import SlaService
     from quell.connectors.instances import InstanceService
     from quell.connectors.registry import Registry
@@ -202,6 +203,13 @@ class Runtime:
         from quell.cases.sla import SlaService
 
         return SlaService(self.db, self.clock, audit=self.audit)
+
+    @cached_property
+    def incident_search(self) -> IncidentSearch:
+        """Full-text search over incidents."""
+        from quell.cases.search import IncidentSearch
+
+        return IncidentSearch(self.db, self.clock)
 
     @cached_property
     def intel(self) -> IntelStore:

@@ -339,6 +339,9 @@ class CaseService:
             self._event(
                 conn, incident_id, "task_added", by, {"task_id": task.id, "title": text}, now
             )
+            conn.execute(
+                update(incidents).where(incidents.c.id == incident_id).values(updated_at=now)
+            )
         self._audit(by, "incident.task_add", incident_id, {"task_id": task.id, "title": text})
         return task
 

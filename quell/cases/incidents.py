@@ -168,6 +168,16 @@ class IncidentService:
             raise NotFound(f"no incident {incident_id!r}", field="id")
         return _incident(row)
 
+    def get_many(self, incident_ids: list[str]) -> dict[str, Incident]:
+        """The incidents of these ids that exist, by id."""
+        found: dict[str, Incident] = {}
+        with self.db.read() as conn:
+            for start in range(0, len(incident_ids), 500):
+                chunk = incident_ids[start : start + 500]
+                for row in conn.execute(select(*incidents.c).where(incidents.c.id.in_(chunk))):
+                    found[row.id] = _incident(row)
+        return found
+
     def keys(self, incident_id: str) -> list[tuple[str, str]]:
         """The observables the incident correlates on, as (type, value)."""
         with self.db.read() as conn:

@@ -165,4 +165,24 @@ def split(state: CliState, incident_id: str, alert_ids: tuple[str, ...], title: 
     click.echo(new)
 
 
-COMMANDS = (update, note, notes, task_group, merge, split, evidence_group)
+@click.command("search")
+@click.argument("words", nargs=-1, required=True)
+@click.option("--limit", type=click.IntRange(1, 500), default=20, help="At most this many.")
+@json_option
+@pass_state
+def search(state: CliState, words: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Incidents whose text (title, notes, tasks, tags, alerts, observables) has every word."""
+    found = state.runtime().incident_search.search(" ".join(words), limit=limit)
+    if as_json:
+        print_json([{**incident.as_dict(), "rank": rank} for incident, rank in found])
+        return
+    print_table(
+        ["ID", "STATUS", "SEV", "LAST SEEN", "TITLE"],
+        [
+            [i.id, i.status.value, i.severity.label.lower(), show_time(i.last_seen), i.title[:60]]
+            for i, _rank in found
+        ],
+    )
+
+
+COMMANDS = (update, note, notes, task_group, merge, split, search, evidence_group)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -22,18 +23,27 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+SEARCH_INDEX_EVERY_S = 30.0  # the tick keeps incident search warm; a search catches up anyway
+
 
 def attach_dispatcher(engine: Engine) -> Dispatcher:
     """Make the engine's tick also turn events and schedules into runs, after checking the
-    incidents' SLA clocks (at most every few seconds: a breach is an event it then sees)."""
+    incidents' SLA clocks (at most every few seconds: a breach is an event it then sees), and
+    now and then index changed incidents for search."""
+    from quell.cases.search import IncidentSearch
     from quell.cases.sla import SlaService
 
     dispatcher = Dispatcher(engine)
     sla = SlaService(engine.db, engine.clock)
+    search = IncidentSearch(engine.db, engine.clock)
+    indexed = [0.0]  # when the search index last caught up (monotonic)
 
     async def on_tick() -> None:
         await asyncio.to_thread(sla.check_due)
         await asyncio.to_thread(dispatcher.dispatch)
+        if time.monotonic() - indexed[0] >= SEARCH_INDEX_EVERY_S:
+            indexed[0] = time.monotonic()
+            await asyncio.to_thread(search.refresh, rounds=2)
 
     engine.on_tick = on_tick  # type: ignore[method-assign]
     return dispatcher

@@ -509,8 +509,8 @@ def probe(type_: str, value: str) -> Probe | None:
     except IntelError:
         return None
     if kind is IndicatorType.IPV4 or kind is IndicatorType.IPV6:
-        address = ipaddress.ip_address(canonical)
-        return Probe(kind, canonical, key, int(address), address.version)
+        ip = ipaddress.ip_address(canonical)
+        return Probe(kind, canonical, key, int(ip), ip.version)
     if kind is IndicatorType.DOMAIN:
         return _domain_probe(canonical)
     return Probe(kind, canonical, key)

@@ -727,3 +727,16 @@ sla_policies = Table(
     Column("updated_by", String(128), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+# The text each incident is found by (title, description, tags, notes, tasks, alerts' titles
+# and rules, correlation values), rebuilt when the incident changed since ``indexed_at``. Full
+# text search runs on the database's own engine: an FTS5 table ``incident_fts`` on SQLite and a
+# GIN index over ``to_tsvector('simple', body)`` on PostgreSQL, both made by migration 0011
+# (``quell.cases.search``).
+incident_documents = Table(
+    "incident_documents",
+    metadata,
+    Column("incident_id", String(32), ForeignKey("incidents.id"), primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("indexed_at", UTCDateTime(), nullable=False),
+)

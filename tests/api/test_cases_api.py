@@ -81,3 +81,20 @@ def test_merge_and_split_over_http(
     assert (split.json()["title"], split.json()["alert_count"]) == ("scan", 1)
     again = analyst.post(f"/api/incidents/{ids['scan']}/merge", json=body)
     assert again.status_code == 409
+
+
+def test_incidents_are_searched_with_q(
+    live_server: LiveServer,
+    runtime: Runtime,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
+) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    alert = {"title": "Ransom note dropped", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9"}
+    runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+    auditor = closing(live_server.client(role_tokens[Role.AUDITOR]))
+    (found,) = auditor.get("/api/incidents", params={"q": "ransom"}).json()
+    assert found["title"] == "Ransom note dropped"
+    assert found["rank"] > 0
+    assert auditor.get("/api/incidents", params={"q": "nothing-like-it"}).json() == []
+    assert auditor.get("/api/incidents", params={"q": "..."}).status_code == 422

@@ -57,3 +57,5 @@ def test_a_case_worked_from_the_command_line(
     assert shown["closed_by"].startswith("cli:")
     listed = json.loads(invoke("incident", "list", "--json", env=env).stdout)
     assert [i["id"] for i in listed] == [incident.id]
+    found = json.loads(invoke("incident", "search", "blocked", "edge", "--json", env=env).stdout)
+    assert [i["id"] for i in found] == [incident.id]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from starlette.concurrency import run_in_threadpool
 
 from quell.api.auth import Authorize, RuntimeDep
@@ -55,19 +55,27 @@ async def get_alert(
     return {**render_alert(alert, with_raw=True), "verdict": verdict}
 
 
-@router.get("/incidents", summary="List incidents")
+@router.get("/incidents", summary="List or search incidents")
 async def list_incidents(
     runtime: RuntimeDep,
     _: CanReadIncidents,
     status: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
+    q: Annotated[str | None, Query(max_length=500, description="Words to search for.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
-    """Incidents, most recently active first; ``status=open`` for the open ones."""
-    found = await run_in_threadpool(
+    """Incidents, most recently active first; ``status=open`` for the open ones. With ``q``,
+    the incidents whose text (title, notes, tasks, tags, alerts, observables …) has every
+    word, best match first, each with its ``rank``."""
+    if q is not None:
+        found = await run_in_threadpool(
+            lambda: runtime.incident_search.search(q, limit=min(limit, 500))
+        )
+        return [{**incident.as_dict(), "rank": rank} for incident, rank in found]
+    listed = await run_in_threadpool(
         runtime.incidents.list_all, status=status, limit=limit, offset=offset
     )
-    return [incident.as_dict() for incident in found]
+    return [incident.as_dict() for incident in listed]
 
 
 @router.get("/incidents/{incident_id}", summary="Show an incident")

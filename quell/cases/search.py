@@ -1,0 +1,180 @@
+"""Full-text search over incidents, on the database's own engine.
+
+Each incident has one document (``incident_documents``): its title, description, status and
+resolution, owner and assignee, tags and techniques, notes, task titles, correlation values, and
+the titles, rules and observables of its alerts. Documents are rebuilt for the incidents that
+changed since they were indexed (their ``updated_at`` moved past ``indexed_at``), in bounded
+batches, before each search and on the engine's tick; ingest never waits for it.
+
+- **SQLite:** an FTS5 table ``incident_fts`` (``unicode61``, diacritics folded), ranked by bm25.
+- **PostgreSQL:** a GIN index over ``to_tsvector('simple', body)``, ranked by ``ts_rank``.
+
+A query is words: each must appear (``203.0.113.9``, ``phishing``, ``alice``); quotes, operators
+and other syntax of either engine are not passed through, so no query is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import Connection, select, text
+
+from quell.cases.incidents import Incident, IncidentService
+from quell.clock import Clock
+from quell.errors import InvalidInput
+from quell.store.database import Backend, Database
+from quell.store.dialect import upsert
+from quell.store.schema import (
+    alert_observables,
+    alerts,
+    incident_documents,
+    incident_keys,
+    incident_notes,
+    incident_tasks,
+    incidents,
+)
+
+# The engines' own objects, made by migration 0011 (the schema comparison leaves them out).
+ENGINE_OBJECTS = frozenset({"incident_fts", "ix_incident_documents_fts"})
+BATCH = 500  # incidents re-indexed per round
+MAX_ALERTS = 200  # alerts of an incident that go into its document
+MAX_BODY_CHARS = 200_000
+_WORD = re.compile(r"[\w@.:/+-]+", re.UNICODE)
+
+
+def words(query: str) -> list[str]:
+    """The words of a query (at most 20, each at most 100 characters)."""
+    found = [w.strip(".:/-") for w in _WORD.findall(query)]
+    return [w[:100] for w in found if w][:20]
+
+
+class IncidentSearch:
+    """Index incidents' text and search it."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    def refresh(self, *, rounds: int = 20) -> int:
+        """Re-index the incidents changed since they were last indexed (at most ``rounds``
+        batches); returns how many were."""
+        done = 0
+        for _ in range(rounds):
+            with self.db.write() as conn:
+                stale = list(
+                    conn.execute(
+                        select(incidents.c.id)
+                        .select_from(
+                            incidents.outerjoin(
+                                incident_documents,
+                                incident_documents.c.incident_id == incidents.c.id,
+                            )
+                        )
+                        .where(
+                            incident_documents.c.indexed_at.is_(None)
+                            | (incident_documents.c.indexed_at < incidents.c.updated_at)
+                        )
+                        .limit(BATCH)
+                    ).scalars()
+                )
+                if not stale:
+                    break
+                self._index(conn, stale, self.clock.now())
+            done += len(stale)
+            if len(stale) < BATCH:
+                break
+        return done
+
+    def search(self, query: str, *, limit: int = 50) -> list[tuple[Incident, float]]:
+        """Incidents whose text has every word of ``query``, best first, with their rank."""
+        terms = words(query)
+        if not terms:
+            raise InvalidInput("a search needs at least one word", field="q")
+        self.refresh()
+        limit = max(1, min(limit, 500))
+        with self.db.read() as conn:
+            if self.db.backend is Backend.POSTGRESQL:
+                rows = conn.execute(
+                    text(
+                        "SELECT d.incident_id, ts_rank(to_tsvector('simple', d.body), q) AS rank "
+                        "FROM incident_documents d, plainto_tsquery('simple', :q) q "
+                        "WHERE to_tsvector('simple', d.body) @@ q "
+                        "ORDER BY rank DESC, d.incident_id LIMIT :limit"
+                    ),
+                    {"q": " ".join(terms), "limit": limit},
+                ).all()
+                ranked = [(row[0], float(row[1])) for row in rows]
+            else:
+                match = " AND ".join('"' + term.replace('"', '""') + '"' for term in terms)
+                rows = conn.execute(
+                    text(
+                        "SELECT incident_id, bm25(incident_fts) AS rank FROM incident_fts "
+                        "WHERE incident_fts MATCH :q ORDER BY rank LIMIT :limit"
+                    ),
+                    {"q": match, "limit": limit},
+                ).all()
+                ranked = [(row[0], -float(row[1])) for row in rows]  # bm25: lower is better
+        found = IncidentService(self.db).get_many([incident_id for incident_id, _ in ranked])
+        return [(found[i], rank) for i, rank in ranked if i in found]
+
+    def _index(self, conn: Connection, ids: list[str], now: datetime) -> None:
+        bodies = {incident_id: _document(conn, incident_id) for incident_id in ids}
+        conn.execute(
+            upsert(
+                Backend.POSTGRESQL if conn.dialect.name == "postgresql" else Backend.SQLITE,
+                incident_documents,
+                keys=["incident_id"],
+                update=["body", "indexed_at"],
+            ),
+            [{"incident_id": i, "body": body, "indexed_at": now} for i, body in bodies.items()],
+        )
+        if conn.dialect.name != "postgresql":
+            conn.execute(
+                text("DELETE FROM incident_fts WHERE incident_id = :id"),
+                [{"id": i} for i in ids],
+            )
+            conn.execute(
+                text("INSERT INTO incident_fts (incident_id, body) VALUES (:id, :body)"),
+                [{"id": i, "body": body} for i, body in bodies.items()],
+            )
+
+
+def _document(conn: Connection, incident_id: str) -> str:
+    row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).one()
+    parts: list[str] = [
+        row.id, row.title, row.description or "", row.status, row.resolution or "",
+        row.owner or "", row.assignee or "", *(row.tags or []), *(row.techniques or []),
+    ]  # fmt: skip
+    parts += conn.execute(
+        select(incident_notes.c.body).where(incident_notes.c.incident_id == incident_id)
+    ).scalars()
+    parts += conn.execute(
+        select(incident_tasks.c.title).where(incident_tasks.c.incident_id == incident_id)
+    ).scalars()
+    parts += conn.execute(
+        select(incident_keys.c.value).where(incident_keys.c.incident_id == incident_id)
+    ).scalars()
+    alert_rows = conn.execute(
+        select(alerts.c.id, alerts.c.title, alerts.c.rule_name)
+        .where(alerts.c.incident_id == incident_id)
+        .order_by(alerts.c.id)
+        .limit(MAX_ALERTS)
+    ).all()
+    parts += _flatten((a.id, a.title, a.rule_name or "") for a in alert_rows)
+    if alert_rows:
+        parts += conn.execute(
+            select(alert_observables.c.value)
+            .where(alert_observables.c.alert_id.in_([a.id for a in alert_rows]))
+            .distinct()
+            .limit(2000)
+        ).scalars()
+    return "\n".join(p for p in parts if p)[:MAX_BODY_CHARS]
+
+
+def _flatten(rows: Iterable[tuple[str, ...]]) -> list[str]:
+    return [value for row in rows for value in row]
+
+
+__all__ = ["ENGINE_OBJECTS", "IncidentSearch", "words"]
