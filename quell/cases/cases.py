@@ -40,6 +40,7 @@ from quell.store.schema import (
     incident_tasks,
     incidents,
     outbox,
+    waits,
 )
 
 MAX_TAGS = 50
@@ -348,7 +349,20 @@ class CaseService:
     def complete_task(
         self, task_id: str, *, by: str, result: str | None = None, cancel: bool = False
     ) -> Task:
-        """Mark an open task done (or cancelled), with an optional result."""
+        """Mark an open task done (or cancelled), with an optional result. A playbook's manual
+        step is completed with it (its run goes on); it cannot be cancelled here (cancel the
+        run instead)."""
+        task = self.task(task_id)
+        if task.run_id is not None and task.step_key is not None:
+            if cancel:
+                raise Conflict(
+                    f"task {task_id} is a step of run {task.run_id}: complete it, or cancel "
+                    "the run",
+                    field="id",
+                )
+            if task.status == TaskStatus.OPEN:
+                self._complete_step(task, by, result)
+                return self.task(task_id)
         now = self.clock.now()
         status = TaskStatus.CANCELLED if cancel else TaskStatus.DONE
         with self.db.write() as conn:
@@ -370,6 +384,28 @@ class CaseService:
             self._event(conn, row.incident_id, f"task_{status}", by, {"task_id": task_id}, now)
         self._audit(by, f"incident.task_{status}", row.incident_id, {"task_id": task_id})
         return self.task(task_id)
+
+    def _complete_step(self, task: Task, by: str, result: str | None) -> None:
+        """Complete the manual step's wait (which closes this task in its transaction)."""
+        from quell.engine.waits import WaitService
+
+        with self.db.read() as conn:
+            wait_id = conn.execute(
+                select(waits.c.id).where(
+                    waits.c.run_id == task.run_id,
+                    waits.c.step_key == task.step_key,
+                    waits.c.kind == "task",
+                    waits.c.status == "pending",
+                )
+            ).scalar_one_or_none()
+        if wait_id is None:
+            raise Conflict(f"the run's step for task {task.id} is not waiting any more")
+        WaitService(self.db, self.clock).complete(wait_id, by, result)
+        now = self.clock.now()
+        with self.db.write() as conn:
+            self._event(conn, task.incident_id, "task_done", by,
+                        {"task_id": task.id, "run_id": task.run_id}, now)  # fmt: skip
+        self._audit(by, "incident.task_done", task.incident_id, {"task_id": task.id})
 
     def task(self, task_id: str) -> Task:
         with self.db.read() as conn:

@@ -17,7 +17,15 @@ from sqlalchemy import func, select
 from quell.errors import InvalidInput, NotFound
 from quell.ingest.model import Severity
 from quell.store.database import Database
-from quell.store.schema import incident_events, incident_keys, incidents
+from quell.store.schema import (
+    alerts,
+    incident_events,
+    incident_keys,
+    incidents,
+    run_steps,
+    runs,
+    waits,
+)
 
 
 class IncidentStatus(StrEnum):
@@ -110,6 +118,18 @@ class IncidentEvent:
     data: dict[str, Any]
 
 
+_TIE_ORDER = {
+    "created": 0, "alert": 1, "run_started": 2, "approval_requested": 3,
+    "approval_decided": 4, "action": 5, "run_ended": 9,
+}  # fmt: skip
+
+
+def _entry(
+    at: datetime, kind: str, actor: str | None, data: dict[str, Any], ref: str
+) -> dict[str, Any]:
+    return {"id": ref, "at": at, "kind": kind, "actor": actor, "data": data}
+
+
 def _incident(row: Any) -> Incident:
     return Incident(
         id=row.id,
@@ -197,6 +217,71 @@ class IncidentService:
                 .order_by(incident_events.c.at, incident_events.c.id)
             )
             return [IncidentEvent(r.id, r.kind, r.at, r.actor, dict(r.data)) for r in rows]
+
+    def full_timeline(self, incident_id: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """Everything that happened to the incident, oldest first: its own events (status,
+        notes, tasks, evidence, merges, SLA breaches), its alerts, the runs its alerts and it
+        started, each action those runs called, and their approvals."""
+        entries: list[dict[str, Any]] = []
+        with self.db.read() as conn:
+            for row in conn.execute(
+                select(*incident_events.c)
+                .where(incident_events.c.incident_id == incident_id)
+                .order_by(incident_events.c.at, incident_events.c.id)
+            ):
+                entries.append(_entry(row.at, row.kind, row.actor, dict(row.data), row.id))
+            alert_rows = conn.execute(
+                select(alerts.c.id, alerts.c.title, alerts.c.received_at, alerts.c.source)
+                .where(alerts.c.incident_id == incident_id)
+                .order_by(alerts.c.id)
+                .limit(limit)
+            ).all()
+            for a in alert_rows:
+                data = {"alert_id": a.id, "title": a.title}
+                entries.append(_entry(a.received_at, "alert", f"source:{a.source}", data, a.id))
+            refs = [incident_id, *(a.id for a in alert_rows)]
+            run_rows = conn.execute(
+                select(runs.c.id, runs.c.playbook_id, runs.c.status, runs.c.trigger,
+                       runs.c.created_at, runs.c.finished_at, runs.c.dry_run)
+                .where(runs.c.trigger_ref.in_(refs))
+                .limit(limit)
+            ).all()  # fmt: skip
+            for r in run_rows:
+                data = {"run_id": r.id, "playbook": r.playbook_id, "trigger": r.trigger}
+                entries.append(_entry(r.created_at, "run_started", "engine", data, r.id))
+                if r.finished_at is not None:
+                    ended = {**data, "status": r.status, "dry_run": r.dry_run}
+                    entries.append(_entry(r.finished_at, "run_ended", "engine", ended, r.id))
+            run_ids = [r.id for r in run_rows]
+            if run_ids:
+                for step in conn.execute(
+                    select(run_steps.c.run_id, run_steps.c.key, run_steps.c.action,
+                           run_steps.c.status, run_steps.c.finished_at, run_steps.c.simulated)
+                    .where(run_steps.c.run_id.in_(run_ids), run_steps.c.action.is_not(None),
+                           run_steps.c.finished_at.is_not(None))
+                    .limit(limit)
+                ):  # fmt: skip
+                    data = {"run_id": step.run_id, "step": step.key, "action": step.action,
+                            "status": step.status, "simulated": step.simulated}  # fmt: skip
+                    entries.append(_entry(step.finished_at, "action", "engine", data, step.key))
+                for wait in conn.execute(
+                    select(waits.c.id, waits.c.run_id, waits.c.kind, waits.c.status,
+                           waits.c.created_at, waits.c.decided_at, waits.c.decided_by,
+                           waits.c.comment)
+                    .where(waits.c.run_id.in_(run_ids), waits.c.kind == "approval")
+                ):  # fmt: skip
+                    data = {"run_id": wait.run_id, "wait_id": wait.id}
+                    entries.append(
+                        _entry(wait.created_at, "approval_requested", "engine", data, wait.id)
+                    )
+                    if wait.decided_at is not None:
+                        decided = {**data, "status": wait.status, "comment": wait.comment}
+                        entries.append(_entry(wait.decided_at, "approval_decided",
+                                              wait.decided_by, decided, wait.id))  # fmt: skip
+        # By time; at one instant, in the order things happen (and the incident's own events
+        # in theirs: the sort is stable).
+        entries.sort(key=lambda e: (e["at"], _TIE_ORDER.get(e["kind"], 6)))
+        return entries[:limit]
 
     def count(self) -> int:
         """How many incidents exist (merged ones included)."""

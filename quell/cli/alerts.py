@@ -131,7 +131,7 @@ def show_incident(state: CliState, incident_id: str, as_json: bool) -> None:
     incident = runtime.incidents.get(incident_id)
     alerts = runtime.alerts.list_all(incident_id=incident_id, limit=1000)
     keys = runtime.incidents.keys(incident_id)
-    timeline = runtime.incidents.timeline(incident_id)
+    timeline = runtime.incidents.full_timeline(incident_id)
     verdict = runtime.enricher.incident_verdict(incident_id)
     if as_json:
         print_json(
@@ -139,15 +139,13 @@ def show_incident(state: CliState, incident_id: str, as_json: bool) -> None:
                 **incident.as_dict(),
                 "keys": [{"type": t, "value": v} for t, v in keys],
                 "verdict": verdict,
+                "observables": runtime.enricher.incident_observables(incident_id),
                 "notes": [n.as_dict() for n in runtime.cases.notes(incident_id)],
                 "tasks": [t.as_dict() for t in runtime.cases.tasks(incident_id)],
                 "slas": [c.as_dict() for c in runtime.sla.clocks(incident_id)],
                 "evidence": [e.as_dict() for e in runtime.evidence.list(incident_id)],
                 "alerts": [render_alert(a) for a in alerts],
-                "timeline": [
-                    {"id": e.id, "kind": e.kind, "at": e.at, "actor": e.actor, "data": e.data}
-                    for e in timeline
-                ],
+                "timeline": timeline,
             }
         )
         return
@@ -174,6 +172,9 @@ def show_incident(state: CliState, incident_id: str, as_json: bool) -> None:
     for reason in verdict["reasons"][:10]:
         click.echo(f"  {reason['observable']}: {reason['source']} says {reason['says']}")
     for event in timeline:
-        click.echo(f"  {show_time(event.at)}  {event.kind}  {codec.dumps_str(event.data)}")
+        click.echo(
+            f"  {show_time(event['at'])}  {event['kind']}  {event['actor'] or '-'}  "
+            f"{codec.dumps_str(event['data'])}"
+        )
     for alert in alerts:
         click.echo(f"  {alert.id}  {show_time(alert.time)}  x{alert.count}  {alert.title}")

@@ -57,7 +57,7 @@ from quell.playbooks.expressions import (
 from quell.playbooks.ir import ExpiryOutcome, Playbook, Step, StepKind, WaitKind
 from quell.sdk import ActionContext, ActionError, Landed, Reconciliation
 from quell.store.dialect import insert_ignore
-from quell.store.schema import run_steps, waits
+from quell.store.schema import incident_events, incident_tasks, incidents, run_steps, waits
 
 if TYPE_CHECKING:
     from quell.connectors.registry import ActionDef
@@ -397,6 +397,37 @@ class Execution:
             raise ExpressionError(f"callback_url: {step_id!r} is not a wait: event step")
         key = prefix + step_id
         return f"{self.engine.public_url}/api/callbacks/{self.event_token(key)}"
+
+    def _incident_task(self, conn: Connection, key: str, prompt: str | None, now: datetime) -> None:
+        """A manual step of a run about an incident is also a task on that incident (in the
+        wait's transaction): completing either completes both (quell.cases.cases)."""
+        inputs = self.run.inputs
+        incident = inputs.get("incident")
+        alert = inputs.get("alert")
+        incident_id = (incident.get("id") if isinstance(incident, dict) else None) or (
+            alert.get("incident_id") if isinstance(alert, dict) else None
+        )
+        if not isinstance(incident_id, str) or not incident_id:
+            return
+        found = conn.execute(select(incidents.c.id).where(incidents.c.id == incident_id)).first()
+        if found is None:
+            return
+        task_id = new_id("tsk")
+        by = f"playbook:{self.run.playbook_id}"
+        title = (prompt or key).strip()[:512] or key[:512]
+        conn.execute(
+            incident_tasks.insert().values(
+                id=task_id, incident_id=incident_id, title=title, status="open",
+                created_by=by, created_at=now, run_id=self.run.id, step_key=key,
+            )
+        )  # fmt: skip
+        conn.execute(
+            incident_events.insert().values(
+                id=new_id("iev"), incident_id=incident_id, kind="task_added", at=now, actor=by,
+                data={"task_id": task_id, "title": title, "run_id": self.run.id},
+            )
+        )  # fmt: skip
+        conn.execute(update(incidents).where(incidents.c.id == incident_id).values(updated_at=now))
 
     def event_token(self, key: str) -> str:
         """An event wait's token: one per run and step, so that the link a peer was given
@@ -1141,6 +1172,8 @@ class Execution:
             }
             if token is None:
                 conn.execute(waits.insert().values(row))
+                if kind == "task":
+                    self._incident_task(conn, key, prompt, now)
                 return
             hashed = row["token_hash"]
             for _ in range(2):  # a callback may take the token between our look and our insert

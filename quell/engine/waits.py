@@ -24,9 +24,24 @@ from quell.errors import Conflict, NotFound, PermissionDenied
 from quell.ids import new_id
 from quell.store.database import Database
 from quell.store.dialect import insert_ignore
-from quell.store.schema import run_steps, runs, waits
+from quell.store.schema import incident_tasks, run_steps, runs, waits
 
 PRIVILEGED = frozenset({"admin"})  # may decide any approval
+
+
+def _close_incident_task(
+    conn: Connection, row: Any, actor: str, comment: str | None, now: datetime
+) -> None:
+    """The incident task a manual step made (quell.engine.execution) ends with the step."""
+    conn.execute(
+        update(incident_tasks)
+        .where(
+            incident_tasks.c.run_id == row.run_id,
+            incident_tasks.c.step_key == row.step_key,
+            incident_tasks.c.status == "open",
+        )
+        .values(status="done", completed_by=actor, completed_at=now, result=comment)
+    )
 
 
 @dataclass(frozen=True)
@@ -200,6 +215,7 @@ class WaitService:
                 self._close_step(conn, row, status, output={"reconciled": True, **decision})
             else:
                 self._close_step(conn, row, StepStatus.SUCCEEDED, output=decision)
+                _close_incident_task(conn, row, actor, comment, now)
             self._settle(conn, row, WaitStatus.DONE, actor, comment, decision, now)
             self._ready(conn, row.run_id, now)
         self._changed()

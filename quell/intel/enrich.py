@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from sqlalchemy import Connection, and_, delete, select, update
+from sqlalchemy import Connection, and_, delete, func, select, update
 
 from quell.durations import parse_duration
 from quell.errors import NotFound
@@ -49,6 +49,7 @@ from quell.sdk import ActionError, PermanentError
 from quell.store.database import Database
 from quell.store.dialect import insert_ignore, upsert
 from quell.store.schema import (
+    alert_observables,
     alert_verdicts,
     alerts,
     indicator_sightings,
@@ -508,6 +509,43 @@ class Enricher:
                 select(alert_verdicts).where(alert_verdicts.c.alert_id == alert_id)
             ).first()
         return None if row is None else _summary_dict(row)
+
+    def incident_observables(self, incident_id: str, *, limit: int = 500) -> list[dict[str, Any]]:
+        """The observables of an incident's alerts, each with its verdict: the worst that
+        enrichment gave it in any of those alerts (``info`` when nothing was known), how many
+        alerts carry it, and the sources that spoke of it."""
+        with self.store.db.read() as conn:
+            rows = conn.execute(
+                select(alert_observables.c.type, alert_observables.c.value,
+                       func.count(alert_observables.c.alert_id))
+                .join(alerts, alerts.c.id == alert_observables.c.alert_id)
+                .where(alerts.c.incident_id == incident_id)
+                .group_by(alert_observables.c.type, alert_observables.c.value)
+                .order_by(alert_observables.c.type, alert_observables.c.value)
+                .limit(limit)
+            ).all()  # fmt: skip
+            judged = conn.execute(
+                select(alert_verdicts.c.reasons)
+                .join(alerts, alerts.c.id == alert_verdicts.c.alert_id)
+                .where(alerts.c.incident_id == incident_id)
+            ).scalars()
+            worst: dict[str, tuple[Verdict, int, set[str]]] = {}
+            for reasons in judged:
+                for reason in reasons or []:
+                    name = str(reason.get("observable"))
+                    verdict = Verdict.parse(str(reason.get("verdict") or "info"))
+                    score = int(reason.get("score") or 0)
+                    best, top, sources = worst.get(name, (Verdict.INFO, 0, set()))
+                    sources.add(str(reason.get("source")))
+                    worst[name] = (max(best, verdict), max(top, score), sources)
+        found = []
+        for type_, value, count in rows:
+            kind = str(OBSERVABLE_TYPES.get(type_, type_))
+            verdict, score, sources = worst.get(f"{kind}:{value}", (Verdict.INFO, 0, set()))
+            found.append({"type": type_, "value": value, "alerts": count,
+                          "verdict": verdict.label, "score": score,
+                          "sources": sorted(sources)})  # fmt: skip
+        return found
 
     def incident_verdict(self, incident_id: str) -> dict[str, Any]:
         """An incident's verdict: its worst alert's, with every alert's reasons."""

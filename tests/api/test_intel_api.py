@@ -99,4 +99,7 @@ def test_alerts_and_incidents_show_their_verdicts(
     assert shown["verdict"]["reasons"][0]["observable"] == "ipv4:203.0.113.9"
     incident = admin.get(f"/api/incidents/{listed['incident_id']}").json()
     assert incident["verdict"]["verdict"] == "malicious"
+    observed = {(o["type"], o["value"]): o for o in incident["observables"]}
+    address = observed[("ipv4", "203.0.113.9")]
+    assert (address["verdict"], address["score"], address["sources"]) == ("malicious", 80, ["cti"])
     assert incident["verdict"]["reasons"][0]["alert_id"] == listed["id"]

@@ -224,3 +224,67 @@ def test_split_moves_alerts_and_the_keys_only_they_carry(runtime: Runtime) -> No
     assert runtime.incidents.keys(new) == [("src_ip", "198.51.100.4")]
     assert runtime.incidents.keys(beacon) == [("src_ip", "203.0.113.9")]
     assert [e.kind for e in runtime.incidents.timeline(new)] == ["split_from"]
+
+
+ON_INCIDENT_MANUAL = """
+id: manual-triage
+name: Ask a person to call the user, then note it
+trigger: {on: incident.created}
+steps:
+  - {id: call, wait: task, prompt: Call the user and ask about the login}
+  - {id: done, action: core.log, with: {message: "called: {{ steps.call.output.comment }}"}}
+"""
+
+
+def test_a_playbook_manual_step_is_an_incident_task_and_completing_it_resumes_the_run(
+    runtime: Runtime,
+) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+
+    async def scenario() -> list[Any]:
+        async with Harness(runtime) as harness:
+            harness.add(ON_INCIDENT_MANUAL, activate=True)
+            alert = {"title": "odd login", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9"}
+            runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+            (incident,) = runtime.incidents.list_all()
+            await eventually(lambda: bool(runtime.cases.tasks(incident.id)), "the task")
+            (task,) = runtime.cases.tasks(incident.id)
+            with pytest.raises(Conflict, match="cancel the run"):
+                runtime.cases.complete_task(task.id, by="alice", cancel=True)
+            runtime.cases.complete_task(task.id, by="alice", result="user was travelling")
+            harness.engine.wake()
+            await eventually(lambda: bool(_ended(runtime)), "the run")
+            (run,) = harness.runs.list_all()
+            timeline = runtime.incidents.full_timeline(incident.id)
+            return [task, runtime.cases.task(task.id), harness.runs.get(run.id), timeline]
+
+    opened, closed, run, timeline = asyncio.run(scenario())
+    kinds = [entry["kind"] for entry in timeline]
+    for kind in ("created", "alert", "run_started", "task_added", "task_done", "action"):
+        assert kind in kinds, kind
+    assert kinds[-1] == "run_ended"
+    (action,) = [e["data"] for e in timeline if e["kind"] == "action"]
+    assert (action["action"], action["status"]) == ("core.log", "succeeded")
+    assert opened.title == "Call the user and ask about the login"
+    assert opened.created_by == "playbook:manual-triage"
+    assert (closed.status, closed.completed_by) == ("done", "alice")
+    assert run.status == "succeeded"
+    assert run.steps[-1].output == {"message": "called: user was travelling"}
+
+
+def test_completing_the_step_as_a_run_task_closes_the_incident_task(runtime: Runtime) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+
+    async def scenario() -> Any:
+        async with Harness(runtime) as harness:
+            harness.add(ON_INCIDENT_MANUAL, activate=True)
+            alert = {"title": "odd login", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9"}
+            runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+            (incident,) = runtime.incidents.list_all()
+            await eventually(lambda: bool(harness.waits.list_all()), "the wait")
+            (wait,) = harness.waits.list_all()
+            harness.waits.complete(wait.id, "bob", "done by phone")  # `quell task complete`
+            return runtime.cases.tasks(incident.id)
+
+    (task,) = asyncio.run(scenario())
+    assert (task.status, task.completed_by, task.result) == ("done", "bob", "done by phone")

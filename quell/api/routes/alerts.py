@@ -82,8 +82,9 @@ async def list_incidents(
 async def get_incident(
     incident_id: str, runtime: RuntimeDep, _: CanReadIncidents
 ) -> dict[str, Any]:
-    """An incident with its alerts, the keys it correlates on, its timeline, notes and tasks,
-    and its verdict (its worst alert's, with every alert's reasons)."""
+    """An incident with its alerts, the keys it correlates on, notes and tasks, its verdict
+    (its worst alert's, with every alert's reasons), and its timeline: its own events, its
+    alerts, the runs they started, each action called and each approval."""
 
     def load() -> dict[str, Any]:
         incident = runtime.incidents.get(incident_id)
@@ -91,6 +92,7 @@ async def get_incident(
             **incident.as_dict(),
             "keys": [{"type": t, "value": v} for t, v in runtime.incidents.keys(incident_id)],
             "verdict": runtime.enricher.incident_verdict(incident_id),
+            "observables": runtime.enricher.incident_observables(incident_id),
             "notes": [n.as_dict() for n in runtime.cases.notes(incident_id)],
             "tasks": [t.as_dict() for t in runtime.cases.tasks(incident_id)],
             "slas": [c.as_dict() for c in runtime.sla.clocks(incident_id)],
@@ -99,10 +101,7 @@ async def get_incident(
                 render_alert(a)
                 for a in runtime.alerts.list_all(incident_id=incident_id, limit=1000)
             ],
-            "timeline": [
-                {"id": e.id, "kind": e.kind, "at": e.at, "actor": e.actor, "data": e.data}
-                for e in runtime.incidents.timeline(incident_id)
-            ],
+            "timeline": runtime.incidents.full_timeline(incident_id),
         }
 
     return await run_in_threadpool(load)
