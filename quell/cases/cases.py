@@ -34,7 +34,9 @@ from quell.store.database import Database
 from quell.store.schema import (
     alert_observables,
     alerts,
+    evidence_custody,
     incident_events,
+    incident_evidence,
     incident_keys,
     incident_notes,
     incident_tasks,
@@ -426,9 +428,9 @@ class CaseService:
     # -- merge and split -------------------------------------------------------------------------
 
     def merge(self, incident_id: str, into: str, *, by: str, comment: str | None = None) -> None:
-        """Merge ``incident_id`` into ``into``: its alerts, correlation keys, notes and open
-        tasks move; it is closed as a duplicate pointing at ``into``. Later alerts sharing its
-        keys go to ``into``."""
+        """Merge ``incident_id`` into ``into``: its alerts, correlation keys, notes, open tasks
+        and evidence (a ``moved`` entry in each piece's custody log) move; it is closed as a
+        duplicate pointing at ``into``. Later alerts sharing its keys go to ``into``."""
         if incident_id == into:
             raise InvalidInput("an incident cannot be merged into itself", field="into")
         now = self.clock.now()
@@ -447,6 +449,27 @@ class CaseService:
                 if table is incident_tasks:
                     moved = moved.where(incident_tasks.c.status == TaskStatus.OPEN)
                 conn.execute(moved.values(incident_id=into))
+            evidence = (
+                conn.execute(
+                    select(incident_evidence.c.id).where(
+                        incident_evidence.c.incident_id == incident_id
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if evidence:  # the case's evidence goes with it, and its custody log says so
+                conn.execute(
+                    update(incident_evidence)
+                    .where(incident_evidence.c.incident_id == incident_id)
+                    .values(incident_id=into)
+                )
+                conn.execute(
+                    evidence_custody.insert(),
+                    [{"id": new_id("cus"), "evidence_id": evidence_id, "at": now, "actor": by,
+                      "action": "moved", "detail": {"from": incident_id, "to": into}}
+                     for evidence_id in evidence],
+                )  # fmt: skip
             _move_keys(conn, incident_id, into)
             conn.execute(
                 update(incidents)

@@ -178,7 +178,10 @@ def test_merge_moves_alerts_keys_notes_and_open_tasks(runtime: Runtime) -> None:
     cases = runtime.cases
     cases.add_note(scan, "same actor", by="alice")
     cases.add_task(scan, "check the scanner", by="alice")
+    capture = runtime.evidence.add(scan, b"pcap bytes", name="scan.pcap", by="alice")
     cases.merge(scan, into=beacon, by="alice", comment="same campaign")
+    assert [e.id for e in runtime.evidence.list(beacon)] == [capture.id]
+    assert [c.action for c in runtime.evidence.custody(capture.id)] == ["added", "moved"]
     merged = runtime.incidents.get(scan)
     assert (merged.status.value, merged.resolution, merged.merged_into) == (
         "closed",
