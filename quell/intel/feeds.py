@@ -77,7 +77,7 @@ from quell.intel.taxii import (
 )
 from quell.sdk.http import OutboundPolicy, guard
 from quell.sdk.secret import SecretValue
-from quell.store.database import Database
+from quell.store.database import Backend, Database
 from quell.store.schema import intel_feeds
 
 if TYPE_CHECKING:
@@ -439,17 +439,17 @@ class FeedService:
         free = or_(intel_feeds.c.claimed_until.is_(None), intel_feeds.c.claimed_until <= now)
         due = or_(intel_feeds.c.next_pull_at.is_(None), intel_feeds.c.next_pull_at <= now)
         claims: builtins.list[_Claim] = []
+        query = (
+            select(intel_feeds.c.id)
+            .where(intel_feeds.c.enabled.is_(True), due, free)
+            .order_by(intel_feeds.c.next_pull_at, intel_feeds.c.name)
+            .limit(limit)
+        )
+        if self.db.backend is Backend.POSTGRESQL:
+            # Workers claiming at once each take different feeds instead of queueing on one.
+            query = query.with_for_update(skip_locked=True)
         with self.db.write() as conn:
-            candidates = (
-                conn.execute(
-                    select(intel_feeds.c.id)
-                    .where(intel_feeds.c.enabled.is_(True), due, free)
-                    .order_by(intel_feeds.c.next_pull_at, intel_feeds.c.name)
-                    .limit(limit)
-                )
-                .scalars()
-                .all()
-            )
+            candidates = conn.execute(query).scalars().all()
             for feed_id in candidates:
                 taken = conn.execute(
                     update(intel_feeds)
