@@ -15,6 +15,7 @@ as problem+json fields and the CLI as one clear line, without parsing text.
     ├── StorageUnavailable          storage_unavailable the database cannot be reached
     ├── MigrationRequired           migration_required the database schema is not at this version
     ├── Overloaded                  overloaded         too much queued; retry after ``retry_after``
+    │   └── RateLimited             rate_limited       too many failed logins; retry later
     ├── TooLarge                    too_large          a body or record over its size limit
     └── UpstreamUnavailable         upstream_unavailable a peer (SIEM, mailbox, vendor API) failed
 
@@ -44,6 +45,7 @@ class ErrorCode(StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"
     MIGRATION_REQUIRED = "migration_required"
     OVERLOADED = "overloaded"
+    RATE_LIMITED = "rate_limited"
     TOO_LARGE = "too_large"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 
@@ -130,6 +132,13 @@ class Overloaded(QuellError):
     def __init__(self, message: str, /, *, retry_after: int = 1, **details: Any) -> None:
         super().__init__(message, retry_after=retry_after, **details)
         self.retry_after = retry_after
+
+
+class RateLimited(Overloaded):
+    """Too many attempts (failed logins) from a caller or for a name; retry after
+    ``retry_after`` seconds."""
+
+    code = ErrorCode.RATE_LIMITED
 
 
 class TooLarge(QuellError):

@@ -9,6 +9,7 @@ their modules imported then too: a command that only manages tokens never loads 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from quell.engine.store import PlaybookStore
     from quell.governance.audit import AuditLog
     from quell.governance.secrets import SecretBox
+    from quell.governance.users import UserService
     from quell.ingest.alerts import AlertService
     from quell.ingest.checkpoints import DbCheckpointStore
     from quell.ingest.deadletters import DeadLetterService
@@ -78,6 +80,18 @@ class Runtime:
     def tokens(self) -> TokenService:
         """API tokens."""
         return TokenService(self.db, self.clock)
+
+    @cached_property
+    def users(self) -> UserService:
+        """Local users, their logins and sessions."""
+        from quell.governance.users import UserService
+
+        return UserService(
+            self.db,
+            self.clock,
+            self.audit,
+            session_lifetime=timedelta(hours=self.settings.session_hours),
+        )
 
     @cached_property
     def secret_box(self) -> SecretBox:

@@ -176,6 +176,13 @@ class Settings(BaseSettings):
         le=2**40,
         description="The largest evidence file attached to an incident (bytes); larger is refused.",
     )
+    session_hours: float = Field(
+        default=12,
+        gt=0,
+        le=24 * 365,
+        description="How long a login session lasts without use (hours); each use (at most "
+        "once a minute) extends it by as much.",
+    )
     event_loop: EventLoop = Field(
         default=EventLoop.AUTO,
         description="auto (uvloop where installed, else asyncio), asyncio or uvloop: the loop "

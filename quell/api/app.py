@@ -33,6 +33,7 @@ from quell.api.routes import (
     sources,
     system,
     tokens,
+    users,
 )
 from quell.ingest.runner import SourceRunner
 from quell.ingest.service import IngestService
@@ -111,6 +112,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(system.router)
     app.include_router(tokens.router)
+    app.include_router(users.router)
     app.include_router(ingest.router)
     app.include_router(alerts.router)
     app.include_router(sources.router)

@@ -18,9 +18,11 @@ from starlette.concurrency import run_in_threadpool
 from quell.errors import AuthenticationRequired, PermissionDenied
 from quell.governance.permissions import Permission
 from quell.governance.tokens import Principal
+from quell.governance.users import SESSION_PREFIX
 from quell.runtime import Runtime
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# ``POST /api/login`` takes a name and password and is rate-limited by quell.governance.users.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/login"})
 # Routes whose credential is a one-time capability in the path itself (a wait's callback
 # token), not a bearer token: they check it themselves and answer 404 to anything else. The
 # edge guard lets them through (quell.api.guard.CAPABILITY).
@@ -28,8 +30,9 @@ CAPABILITY_PATHS = frozenset({"/api/callbacks/{token}"})
 
 _bearer = HTTPBearer(
     auto_error=False,
-    bearerFormat="qk_…",
-    description="An API token from `quell token create`.",
+    bearerFormat="qk_… or qs_…",
+    description="An API token from `quell token create`, or a session token from "
+    "`POST /api/login`.",
 )
 
 
@@ -52,7 +55,11 @@ async def authenticate(
         raise AuthenticationRequired(
             "this endpoint needs an 'Authorization: Bearer <token>' header"
         )
-    principal = await run_in_threadpool(runtime.tokens.authenticate, credentials.credentials)
+    presented = credentials.credentials
+    if presented.startswith(SESSION_PREFIX):
+        principal = await run_in_threadpool(runtime.users.authenticate, presented)
+    else:
+        principal = await run_in_threadpool(runtime.tokens.authenticate, presented)
     request.state.principal = principal
     structlog.contextvars.bind_contextvars(actor=principal.name)
     return principal

@@ -36,11 +36,12 @@ class EdgeGuardMiddleware:
         self.evidence_limit = evidence_limit  # settings.evidence_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
         path: str = scope.get("path", "")
+        public = path in PUBLIC_PATHS  # no credential needed, but the body limit holds
         intake = scope.get("method") == "POST" and INTAKE.match(path) is not None
         scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
         signed = intake and b"x-quell-signature" in headers
@@ -51,6 +52,7 @@ class EdgeGuardMiddleware:
         if (
             not signed
             and not capability
+            and not public
             and (scheme.lower() != b"bearer" or not credentials.strip())
         ):
             error = AuthenticationRequired(

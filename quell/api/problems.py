@@ -39,6 +39,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.MIGRATION_REQUIRED: 503,
     ErrorCode.OVERLOADED: 503,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.UPSTREAM_UNAVAILABLE: 502,
 }

@@ -27,6 +27,7 @@ from quell.cli import (
     sla,
     sources,
     token,
+    user,
 )
 from quell.cli.state import CliState
 from quell.errors import QuellError
@@ -105,6 +106,7 @@ def version_command() -> None:
 
 cli.add_command(db.group)
 cli.add_command(token.group)
+cli.add_command(user.group)
 cli.add_command(config.group)
 cli.add_command(ingest.group)
 cli.add_command(sources.source_group)

@@ -12,7 +12,6 @@ import aiohttp
 import click
 
 from quell import codec
-from quell.aio import tune_gc
 from quell.cli.intel_feeds import feed_group
 from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.playbooks import actor
@@ -72,7 +71,6 @@ def import_command(
 
     STIX 2.1 bundles, MISP events and feeds, CSV with a column mapping, plain lists. One
     transaction: a bad input changes nothing. The last line is JSON with the counts."""
-    tune_gc()  # a bulk load: many objects alive, few cycles (see quell.aio)
     runtime = state.runtime()
     options: dict[str, Any] = {
         "mapping": mapping,

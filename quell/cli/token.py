@@ -40,6 +40,7 @@ def _as_dict(token: ApiToken, status: str) -> dict[str, Any]:
         "expires_at": token.expires_at,
         "last_used_at": token.last_used_at,
         "revoked_at": token.revoked_at,
+        "user": token.user,
     }
 
 
@@ -47,20 +48,31 @@ def _as_dict(token: ApiToken, status: str) -> dict[str, Any]:
 @click.option("--name", required=True, help="A unique name, e.g. siem-webhook.")
 @click.option(
     "--role",
-    required=True,
     type=click.Choice([role.value for role in Role], case_sensitive=False),
-    help="What the token may do.",
+    help="What the token may do (required unless --user is given).",
 )
 @click.option("--expires-in", help="Lifetime such as 90d or 12h; no expiry by default.")
+@click.option(
+    "--user",
+    help="The user the token belongs to: it acts with their current role and is refused "
+    "while they are disabled.",
+)
 @pass_state
-def create(state: CliState, name: str, role: str, expires_in: str | None) -> None:
+def create(
+    state: CliState, name: str, role: str | None, expires_in: str | None, user: str | None
+) -> None:
     """Create a token and print it once, alone on the last line of output."""
+    if role is None and user is None:
+        raise click.UsageError("give --role, or --user (the token then has the user's role)")
     lifetime = parse_duration(expires_in, field="--expires-in") if expires_in else None
     runtime = state.runtime()
-    record, token = runtime.tokens.create(name, role, created_by=_cli_actor(), expires_in=lifetime)
+    record, token = runtime.tokens.create(
+        name, role or "", created_by=_cli_actor(), expires_in=lifetime, user=user
+    )
     expiry = f", expires {show_time(record.expires_at)}" if record.expires_at else ""
+    owner = f" for user {record.user!r}" if record.user else ""
     click.echo(
-        f"Created token {record.name!r} with role {record.role}{expiry}. "
+        f"Created token {record.name!r}{owner} with role {record.role}{expiry}. "
         "Store it now: it cannot be shown again.",
         err=True,
     )

@@ -16,8 +16,9 @@ import secrets
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Select, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from quell.clock import Clock
@@ -26,13 +27,13 @@ from quell.governance.permissions import Permission, Role, parse_role, permissio
 from quell.ids import new_id
 from quell.sdk.secret import SecretValue
 from quell.store.database import Database
-from quell.store.schema import api_tokens
+from quell.store.schema import api_tokens, users
 
 TOKEN_PREFIX = "qk_"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BODY_LEN = 41
 _CHECK_LEN = 6
-_TOKEN_RE = re.compile(rf"^{TOKEN_PREFIX}[0-9A-Za-z]{{{_BODY_LEN + _CHECK_LEN}}}$")
+_BODY_RE = re.compile(rf"^[0-9A-Za-z]{{{_BODY_LEN + _CHECK_LEN}}}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -48,17 +49,18 @@ def _checksum(body: str) -> str:
     return _base62(zlib.crc32(body.encode("ascii")), _CHECK_LEN)
 
 
-def generate_token() -> SecretValue:
-    """A new random token in Quell's format."""
+def generate_token(prefix: str = TOKEN_PREFIX) -> SecretValue:
+    """A new random token in Quell's format (``prefix``: ``qk_`` for API tokens, ``qs_`` for
+    login sessions)."""
     body = _base62(secrets.randbits(240), _BODY_LEN)
-    return SecretValue(f"{TOKEN_PREFIX}{body}{_checksum(body)}")
+    return SecretValue(f"{prefix}{body}{_checksum(body)}")
 
 
-def is_well_formed(token: str) -> bool:
-    """Whether ``token`` has Quell's shape and a matching checksum."""
-    if not _TOKEN_RE.match(token):
+def is_well_formed(token: str, prefix: str = TOKEN_PREFIX) -> bool:
+    """Whether ``token`` has Quell's shape (with ``prefix``) and a matching checksum."""
+    if not token.startswith(prefix) or not _BODY_RE.match(token[len(prefix) :]):
         return False
-    body = token[len(TOKEN_PREFIX) : len(TOKEN_PREFIX) + _BODY_LEN]
+    body = token[len(prefix) : len(prefix) + _BODY_LEN]
     return secrets.compare_digest(token[-_CHECK_LEN:], _checksum(body))
 
 
@@ -80,6 +82,7 @@ class ApiToken:
     expires_at: datetime | None
     last_used_at: datetime | None
     revoked_at: datetime | None
+    user: str | None = None  # the user the token belongs to (its role is then the user's)
 
     def status(self, now: datetime) -> str:
         """``active``, ``expired`` or ``revoked``."""
@@ -102,6 +105,7 @@ class Principal:
     name: str
     role: Role | None
     permissions: frozenset[Permission]
+    user: str | None = None  # the user behind a session or a user's token
 
     def can(self, permission: Permission) -> bool:
         """Whether the caller holds ``permission``."""
@@ -111,14 +115,21 @@ class Principal:
 _COLUMNS = (
     api_tokens.c.id,
     api_tokens.c.name,
-    api_tokens.c.role,
+    # A user's token acts with the user's current role, so that is the role it shows.
+    func.coalesce(users.c.role, api_tokens.c.role).label("role"),
     api_tokens.c.hint,
     api_tokens.c.created_at,
     api_tokens.c.created_by,
     api_tokens.c.expires_at,
     api_tokens.c.last_used_at,
     api_tokens.c.revoked_at,
+    users.c.name.label("user"),
 )
+_FROM = api_tokens.outerjoin(users, api_tokens.c.user_id == users.c.id)
+
+
+def _select() -> Select[Any]:
+    return select(*_COLUMNS).select_from(_FROM)
 
 
 class TokenService:
@@ -142,8 +153,14 @@ class TokenService:
         *,
         created_by: str | None = None,
         expires_in: timedelta | None = None,
+        user: str | None = None,
     ) -> tuple[ApiToken, SecretValue]:
-        """Make a token. The returned SecretValue is the only time the token exists in clear."""
+        """Make a token. The returned SecretValue is the only time the token exists in clear.
+
+        ``user``: the token belongs to that user and acts with the user's current role (``role``
+        may then be empty, or must name the user's role); it is refused while the user is
+        disabled.
+        """
         if not _NAME_RE.match(name):
             raise InvalidInput(
                 "token name must be 1-64 letters, digits, '.', '_' or '-', "
@@ -151,6 +168,22 @@ class TokenService:
                 field="name",
                 value=name,
             )
+        user_id: str | None = None
+        if user is not None:
+            with self.db.read() as conn:
+                owner = conn.execute(
+                    select(users.c.id, users.c.role).where(users.c.name == user)
+                ).first()
+            if owner is None:
+                raise NotFound(f"no user named {user!r}", field="user", value=user)
+            if role and parse_role(role).value != owner.role:
+                raise InvalidInput(
+                    f"a token of user {user!r} has the user's role ({owner.role}); "
+                    "leave the role out",
+                    field="role",
+                    value=role,
+                )
+            user_id, role = owner.id, owner.role
         parsed_role = parse_role(role)
         if expires_in is not None and expires_in <= timedelta(0):
             raise InvalidInput("expires_in must be positive", field="expires_in")
@@ -166,13 +199,21 @@ class TokenService:
             expires_at=now + expires_in if expires_in is not None else None,
             last_used_at=None,
             revoked_at=None,
+            user=user,
         )
         try:
             with self.db.write() as conn:
                 conn.execute(
                     insert(api_tokens).values(
+                        id=record.id,
+                        name=record.name,
+                        role=record.role,
                         token_hash=hash_token(token.reveal()),
-                        **{column.name: getattr(record, column.name) for column in _COLUMNS},
+                        hint=record.hint,
+                        created_at=record.created_at,
+                        created_by=record.created_by,
+                        expires_at=record.expires_at,
+                        user_id=user_id,
                     )
                 )
         except IntegrityError:
@@ -186,7 +227,7 @@ class TokenService:
 
     def list_all(self, *, include_revoked: bool = False) -> list[ApiToken]:
         """Tokens by creation time; revoked ones only when asked."""
-        query = select(*_COLUMNS).order_by(api_tokens.c.created_at, api_tokens.c.id)
+        query = _select().order_by(api_tokens.c.created_at, api_tokens.c.id)
         if not include_revoked:
             query = query.where(api_tokens.c.revoked_at.is_(None))
         with self.db.read() as conn:
@@ -196,9 +237,7 @@ class TokenService:
         """The active token called ``name``."""
         with self.db.read() as conn:
             row = conn.execute(
-                select(*_COLUMNS).where(
-                    api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None)
-                )
+                _select().where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None))
             ).first()
         if row is None:
             raise NotFound(f"no active token named {name!r}", field="name", value=name)
@@ -208,12 +247,17 @@ class TokenService:
         """Revoke the active token called ``name``; it is refused from the next request on."""
         now = self.clock.now()
         with self.db.write() as conn:
-            row = conn.execute(
+            revoked = conn.execute(
                 update(api_tokens)
                 .where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None))
                 .values(revoked_at=now)
-                .returning(*_COLUMNS)
-            ).first()
+                .returning(api_tokens.c.id)
+            ).scalar()
+            row = (
+                conn.execute(_select().where(api_tokens.c.id == revoked)).first()
+                if revoked is not None
+                else None
+            )
         if row is None:
             raise NotFound(f"no active token named {name!r}", field="name", value=name)
         return ApiToken(**row._asdict())
@@ -224,11 +268,19 @@ class TokenService:
             raise AuthenticationRequired("malformed API token")
         with self.db.read() as conn:
             row = conn.execute(
-                select(*_COLUMNS).where(api_tokens.c.token_hash == hash_token(presented))
+                _select()
+                .add_columns(users.c.disabled_at.label("user_disabled_at"))
+                .where(api_tokens.c.token_hash == hash_token(presented))
             ).first()
         if row is None or row.revoked_at is not None:
             raise AuthenticationRequired("invalid or revoked API token")
-        record = ApiToken(**row._asdict())
+        fields = row._asdict()
+        user_disabled_at = fields.pop("user_disabled_at")
+        record = ApiToken(**fields)
+        if record.user is not None and user_disabled_at is not None:
+            raise AuthenticationRequired(
+                f"API token {record.name!r} belongs to user {record.user!r}, who is disabled"
+            )
         now = self.clock.now()
         if record.status(now) == "expired":
             raise AuthenticationRequired(f"API token {record.name!r} has expired")
@@ -240,7 +292,11 @@ class TokenService:
             ) from None
         self._touch(record, now)
         return Principal(
-            token_id=record.id, name=record.name, role=role, permissions=permissions_of(role)
+            token_id=record.id,
+            name=record.name,
+            role=role,
+            permissions=permissions_of(role),
+            user=record.user,
         )
 
     def _touch(self, record: ApiToken, now: datetime) -> None:

@@ -51,6 +51,9 @@ api_tokens = Table(
     Column("expires_at", UTCDateTime(), nullable=True),
     Column("last_used_at", UTCDateTime(), nullable=True),
     Column("revoked_at", UTCDateTime(), nullable=True),
+    # A token that belongs to a user: it acts with the user's current role, and is refused
+    # while the user is disabled. NULL: a service token with its own role.
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=True),
 )
 
 # One active token per name; revoked tokens keep their row (and name) for the record.
@@ -60,6 +63,51 @@ Index(
     unique=True,
     sqlite_where=api_tokens.c.revoked_at.is_(None),
     postgresql_where=api_tokens.c.revoked_at.is_(None),
+)
+
+
+# -- users and sessions ------------------------------------------------------------------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("display_name", String(128), nullable=True),
+    Column("role", String(32), nullable=False),
+    Column("password_hash", String(255), nullable=True),  # argon2id; NULL: no password login
+    Column("disabled_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("last_login_at", UTCDateTime(), nullable=True),
+)
+
+# A login session: only the SHA-256 of its ``qs_`` token is kept. ``expires_at`` slides forward
+# with use (quell.governance.users).
+user_sessions = Table(
+    "user_sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("client", String(64), nullable=True),
+)
+
+# One row per failed login, counted over a window per name and per client address to refuse
+# guessing; in the database so the limit holds across server processes. Old rows are pruned.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("client", String(64), nullable=True),
+    Index("ix_login_failures_name_at", "name", "at"),
+    Index("ix_login_failures_client_at", "client", "at"),
 )
 
 

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from quell.api.auth import Authorize, RuntimeDep
 from quell.durations import parse_duration
+from quell.errors import InvalidInput
 from quell.governance.permissions import Permission, Role
 from quell.governance.tokens import ApiToken, Principal
 
@@ -34,6 +35,9 @@ class TokenOut(BaseModel):
     expires_at: datetime | None
     last_used_at: datetime | None
     revoked_at: datetime | None
+    user: str | None = Field(
+        default=None, description="The user the token belongs to; it acts with their role."
+    )
 
     @classmethod
     def of(cls, token: ApiToken, now: datetime) -> TokenOut:
@@ -49,6 +53,7 @@ class TokenOut(BaseModel):
             expires_at=token.expires_at,
             last_used_at=token.last_used_at,
             revoked_at=token.revoked_at,
+            user=token.user,
         )
 
 
@@ -56,9 +61,16 @@ class TokenCreate(BaseModel):
     """A token to make."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    role: Role
+    role: Role | None = Field(
+        default=None, description="Required unless ``user`` is given (the token then has theirs)."
+    )
     expires_in: str | None = Field(
         default=None, description="Lifetime such as 90d or 12h; no expiry when absent."
+    )
+    user: str | None = Field(
+        default=None,
+        description="The user the token belongs to: it acts with the user's current role and "
+        "is refused while the user is disabled.",
     )
 
 
@@ -89,12 +101,16 @@ async def create_token(
 ) -> TokenCreated:
     """Create a token; the response carries it once."""
     expires_in = parse_duration(body.expires_in, field="expires_in") if body.expires_in else None
+    if body.role is None and body.user is None:
+        raise InvalidInput("a token needs a role, or a user whose role it takes", field="role")
     record, token = await run_in_threadpool(
-        runtime.tokens.create,
-        body.name,
-        body.role.value,
-        created_by=principal.name,
-        expires_in=expires_in,
+        lambda: runtime.tokens.create(
+            body.name,
+            body.role.value if body.role is not None else "",
+            created_by=principal.name,
+            expires_in=expires_in,
+            user=body.user,
+        )
     )
     out = TokenOut.of(record, runtime.clock.now())
     return TokenCreated(**out.model_dump(), token=token.reveal())

@@ -1,0 +1,257 @@
+"""Local users on both backends: argon2id hashes, logins, rate limits, sessions, roles."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import select, update
+
+from quell.clock import ManualClock
+from quell.errors import AuthenticationRequired, Conflict, InvalidInput, NotFound, RateLimited
+from quell.governance.permissions import Permission, Role
+from quell.governance.tokens import is_well_formed
+from quell.governance.users import SESSION_PREFIX
+from quell.runtime import Runtime
+from quell.sdk.secret import SecretValue
+from quell.store.schema import login_failures, user_sessions, users
+
+PASSWORD = SecretValue("correct horse battery staple")
+WRONG = SecretValue("not the right password")
+
+
+def _add(runtime: Runtime, name: str = "alice", role: str = "analyst") -> None:
+    runtime.users.add(name, role, password=PASSWORD, by="test")
+
+
+def test_password_is_stored_only_as_an_argon2id_hash_that_verifies(runtime: Runtime) -> None:
+    user = runtime.users.add("alice", "analyst", password=PASSWORD, by="test")
+    assert user.has_password
+    assert user.status == "active"
+    with runtime.db.read() as conn:
+        row = dict(conn.execute(select(users)).one()._mapping)
+    assert row["password_hash"].startswith("$argon2id$")
+    assert all(PASSWORD.reveal() not in str(cell) for cell in row.values())
+    assert runtime.users.hasher.verify(row["password_hash"], PASSWORD.reveal())
+    assert "password_hash" not in user.as_dict()
+
+
+def test_short_password_duplicate_name_bad_role_and_unknown_user_are_clear_errors(
+    runtime: Runtime,
+) -> None:
+    with pytest.raises(InvalidInput, match="at least 12 characters") as short:
+        runtime.users.add("bob", "analyst", password=SecretValue("short-pw"), by="test")
+    assert "short-pw" not in str(short.value.to_dict())
+    _add(runtime)
+    with pytest.raises(Conflict):
+        _add(runtime)
+    with pytest.raises(InvalidInput, match="unknown role"):
+        runtime.users.add("carol", "wizard", by="test")
+    with pytest.raises(InvalidInput, match="user name"):
+        runtime.users.add("-bad name", "analyst", by="test")
+    with pytest.raises(NotFound):
+        runtime.users.set_role("ghost", "admin", by="test")
+
+
+def test_login_gives_a_session_token_with_the_users_role(runtime: Runtime) -> None:
+    _add(runtime)
+    token, session = runtime.users.login("alice", PASSWORD, "10.0.0.1")
+    value = token.reveal()
+    assert value.startswith(SESSION_PREFIX)
+    assert is_well_formed(value, SESSION_PREFIX)
+    assert not is_well_formed(value)  # not an API token
+    principal = runtime.users.authenticate(value)
+    assert principal.name == principal.user == "alice"
+    assert principal.role is Role.ANALYST
+    assert principal.token_id == session.id
+    assert runtime.users.get("alice").last_login_at == runtime.clock.now()
+    with runtime.db.read() as conn:
+        stored = dict(conn.execute(select(user_sessions)).one()._mapping)
+    assert all(value not in str(cell) for cell in stored.values())
+    assert stored["client"] == "10.0.0.1"
+
+
+def test_failures_are_the_same_for_unknown_user_wrong_password_and_no_password(
+    runtime: Runtime,
+) -> None:
+    _add(runtime)
+    runtime.users.add("nopass", "auditor", by="test")
+    messages = set()
+    for name, password in (("alice", WRONG), ("ghost", WRONG), ("nopass", WRONG)):
+        with pytest.raises(AuthenticationRequired) as refused:
+            runtime.users.login(name, password, "10.0.0.2")
+        messages.add(str(refused.value))
+    assert messages == {"invalid name or password"}
+    assert runtime.users.count_failures() == 3
+
+
+def test_failed_logins_per_name_are_rate_limited_until_the_window_passes(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    _add(runtime)
+    for attempt in range(5):
+        with pytest.raises(AuthenticationRequired):
+            runtime.users.login("alice", WRONG, f"10.0.1.{attempt}")
+        clock.advance(timedelta(minutes=1))
+    # Even the right password is refused now, before it is checked.
+    with pytest.raises(RateLimited) as limited:
+        runtime.users.login("alice", PASSWORD, "10.0.2.1")
+    assert limited.value.code.value == "rate_limited"
+    # The first failure (5 minutes ago) leaves the 15-minute window in 10 minutes.
+    assert limited.value.retry_after == 10 * 60
+    clock.advance(timedelta(minutes=10))
+    _, session = runtime.users.login("alice", PASSWORD, "10.0.2.1")
+    assert session.user == "alice"
+    # A success clears the name's count.
+    with pytest.raises(AuthenticationRequired):
+        runtime.users.login("alice", WRONG, "10.0.2.1")
+    runtime.users.login("alice", PASSWORD, "10.0.2.1")
+
+
+def test_failed_logins_per_client_are_rate_limited_across_names(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    _add(runtime)
+    for attempt in range(20):
+        with pytest.raises(AuthenticationRequired):
+            runtime.users.login(f"guess{attempt}", WRONG, "203.0.113.9")
+    with pytest.raises(RateLimited):
+        runtime.users.login("alice", PASSWORD, "203.0.113.9")
+    runtime.users.login("alice", PASSWORD, "198.51.100.1")  # another address is not limited
+    clock.advance(timedelta(minutes=15, seconds=1))
+    runtime.users.login("alice", PASSWORD, "203.0.113.9")
+    with pytest.raises(AuthenticationRequired):
+        runtime.users.login("nobody", WRONG, "203.0.113.9")
+    with runtime.db.read() as conn:  # old failures are pruned as new ones come in
+        assert [row.name for row in conn.execute(select(login_failures))] == ["nobody"]
+
+
+def test_disabled_user_cannot_log_in_and_loses_sessions_and_tokens(runtime: Runtime) -> None:
+    _add(runtime)
+    session_token, _ = runtime.users.login("alice", PASSWORD)
+    _, api_token = runtime.tokens.create("alice-cli", "", user="alice")
+    assert runtime.tokens.authenticate(api_token.reveal()).user == "alice"
+
+    disabled = runtime.users.disable("alice", by="admin")
+    assert disabled.status == "disabled"
+    with pytest.raises(AuthenticationRequired, match="invalid or revoked session"):
+        runtime.users.authenticate(session_token.reveal())
+    with pytest.raises(AuthenticationRequired, match="disabled"):
+        runtime.tokens.authenticate(api_token.reveal())
+    with pytest.raises(AuthenticationRequired, match="invalid name or password"):
+        runtime.users.login("alice", PASSWORD)
+
+    runtime.users.enable("alice", by="admin")
+    assert runtime.tokens.authenticate(api_token.reveal()).role is Role.ANALYST
+    with pytest.raises(AuthenticationRequired):  # sessions stay revoked
+        runtime.users.authenticate(session_token.reveal())
+    runtime.users.login("alice", PASSWORD)
+
+
+def test_sessions_expire_unless_used_and_use_slides_them(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    _add(runtime)
+    token, session = runtime.users.login("alice", PASSWORD)
+    assert session.expires_at == clock.now() + timedelta(hours=12)
+    clock.advance(timedelta(hours=11))
+    runtime.users.authenticate(token.reveal())  # used: now lasts until 11h + 12h
+    clock.advance(timedelta(hours=11, minutes=59))
+    runtime.users.authenticate(token.reveal())
+    (live,) = runtime.users.sessions("alice")
+    assert live.last_seen_at == clock.now()
+    clock.advance(timedelta(hours=12))
+    with pytest.raises(AuthenticationRequired, match="expired"):
+        runtime.users.authenticate(token.reveal())
+    assert runtime.users.sessions("alice") == []
+
+
+def test_last_seen_is_written_at_most_once_a_minute(runtime: Runtime, clock: ManualClock) -> None:
+    _add(runtime)
+    token, session = runtime.users.login("alice", PASSWORD)
+    clock.advance(30)
+    runtime.users.authenticate(token.reveal())
+    assert runtime.users.sessions("alice")[0].last_seen_at == session.created_at
+    clock.advance(31)
+    runtime.users.authenticate(token.reveal())
+    assert runtime.users.sessions("alice")[0].last_seen_at == clock.now()
+
+
+def test_logout_revokes_the_session(runtime: Runtime) -> None:
+    _add(runtime)
+    token, session = runtime.users.login("alice", PASSWORD)
+    other, _ = runtime.users.login("alice", PASSWORD)
+    runtime.users.logout(session.id, by="alice")
+    with pytest.raises(AuthenticationRequired):
+        runtime.users.authenticate(token.reveal())
+    runtime.users.authenticate(other.reveal())
+
+
+def test_set_password_revokes_sessions_and_only_the_new_one_works(runtime: Runtime) -> None:
+    _add(runtime)
+    token, _ = runtime.users.login("alice", PASSWORD)
+    new = SecretValue("a different long password")
+    runtime.users.set_password("alice", new, by="admin")
+    with pytest.raises(AuthenticationRequired):
+        runtime.users.authenticate(token.reveal())
+    with pytest.raises(AuthenticationRequired):
+        runtime.users.login("alice", PASSWORD)
+    runtime.users.login("alice", new)
+
+
+def test_role_change_applies_to_sessions_and_tokens_at_once(runtime: Runtime) -> None:
+    _add(runtime, role="auditor")
+    session_token, _ = runtime.users.login("alice", PASSWORD)
+    record, api_token = runtime.tokens.create("alice-tok", "auditor", user="alice")
+    assert record.user == "alice"
+    assert not runtime.users.authenticate(session_token.reveal()).can(Permission.USERS_MANAGE)
+    runtime.users.set_role("alice", "admin", by="root")
+    assert runtime.users.authenticate(session_token.reveal()).role is Role.ADMIN
+    assert runtime.tokens.authenticate(api_token.reveal()).can(Permission.USERS_MANAGE)
+    assert runtime.tokens.get("alice-tok").role == "admin"
+    with pytest.raises(InvalidInput, match="user's role"):
+        runtime.tokens.create("alice-other", "analyst", user="alice")
+    with pytest.raises(NotFound):
+        runtime.tokens.create("ghost-tok", "", user="ghost")
+
+
+def test_service_tokens_keep_their_own_role(runtime: Runtime) -> None:
+    record, token = runtime.tokens.create("siem", "analyst")
+    assert record.user is None
+    principal = runtime.tokens.authenticate(token.reveal())
+    assert principal.role is Role.ANALYST
+    assert principal.user is None
+
+
+def test_logins_are_audited_without_the_password(runtime: Runtime, clock: ManualClock) -> None:
+    _add(runtime)
+    with pytest.raises(AuthenticationRequired):
+        runtime.users.login("alice", WRONG, "10.9.9.9")
+    with pytest.raises(AuthenticationRequired):
+        runtime.users.login("mallory", WRONG, "10.9.9.9")
+    runtime.users.login("alice", PASSWORD, "10.9.9.9")
+    events = {event.action: event for event in runtime.audit.list_all(action="user.")}
+    failed = runtime.audit.list_all(action="user.login_failed")
+    assert {e.detail["reason"] for e in failed} == {"bad_password", "unknown_user"}
+    assert all(e.detail["client"] == "10.9.9.9" for e in failed)
+    assert events["user.login"].actor == "alice"
+    assert events["user.login"].subject == "user:alice"
+    assert events["user.add"].detail == {"role": "analyst", "password_set": True}
+    for event in runtime.audit.list_all():
+        text = str(event.as_dict())
+        assert PASSWORD.reveal() not in text
+        assert WRONG.reveal() not in text
+    assert runtime.audit.verify()[1] is None
+
+
+def test_an_outdated_hash_is_upgraded_on_login(runtime: Runtime) -> None:
+    weak = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    runtime.users.add("alice", "analyst", by="test")
+    with runtime.db.write() as conn:
+        conn.execute(update(users).values(password_hash=weak.hash(PASSWORD.reveal())))
+    runtime.users.login("alice", PASSWORD)
+    with runtime.db.read() as conn:
+        stored = conn.execute(select(users.c.password_hash)).scalar_one()
+    assert not runtime.users.hasher.check_needs_rehash(stored)
+    runtime.users.login("alice", PASSWORD)
