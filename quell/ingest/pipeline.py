@@ -413,6 +413,7 @@ class IngestPipeline:
         """Verdicts and sightings for the new alerts, in a savepoint: enrichment that fails
         costs the alerts their verdicts, never the alerts."""
         observed = [(row[2], row[0], row[1]) for item in fresh for row in item.observables]
+        observed += [(item.id, kind, value) for item in fresh for kind, value in item.long_values]
         if not observed:
             return
         try:

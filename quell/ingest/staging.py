@@ -97,6 +97,7 @@ class Staged:
         "incident_id",
         "keys",
         "last_seen",
+        "long_values",
         "observables",
         "row",
         "rule",
@@ -117,6 +118,7 @@ class Staged:
         observables: list[tuple[Any, ...]],
         rule: str | None = None,
         action: str | None = None,
+        long_values: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.id = id
         self.fingerprint = fingerprint
@@ -128,6 +130,9 @@ class Staged:
         self.observables = observables
         self.rule = rule
         self.action = action
+        # Observable values longer than the stored 512 characters, whole, for enrichment (a
+        # phishing URL with its tracking parameters must match its indicator).
+        self.long_values = long_values
         self.count = 1
         self.first_seen = time
         self.last_seen = time
@@ -148,6 +153,7 @@ class Staged:
                 self.observables,
                 self.rule,
                 self.action,
+                self.long_values,
             ),
         )
 
@@ -290,8 +296,11 @@ class Stager:
         # (type, value, alert) key allows it once.
         observables: list[tuple[Any, ...]] = []
         seen: set[tuple[str, str]] = set()
+        long_values: list[tuple[str, str]] = []
         for o in alert.observables:
             value = nul_free(o.value[:512])
+            if len(o.value) > 512:
+                long_values.append((o.type.value, o.value))
             if (o.type.value, value) not in seen:
                 seen.add((o.type.value, value))
                 observables.append((o.type.value, value, alert.id, o.role, o.private))
@@ -306,6 +315,7 @@ class Stager:
             observables,
             rule_id,
             action,
+            tuple(long_values),
         )
 
 

@@ -155,3 +155,19 @@ def _ended(runtime: Runtime) -> int:
                 select(func.count()).select_from(runs).where(runs.c.status.in_(ENDED))
             ).scalar_one()
         )
+
+
+def test_a_url_longer_than_the_stored_observable_still_matches(runtime: Runtime) -> None:
+    mapping = {"fields": {"title": "title", "time": "ts", "url": "link", "rule_name": "title"}}
+    runtime.sources.create("proxy", "http", "json", parser_options=mapping)
+    long_url = "http://phish.example/login?" + "&".join(f"t{n}=tracking{n}" for n in range(60))
+    assert len(long_url) > 700
+    runtime.intel.apply(
+        "phishtank", Parsed([IndicatorRecord(IndicatorType.URL, long_url, confidence=85)])
+    )
+    alert = {"title": "clicked", "ts": "2026-11-28T09:00:00Z", "link": long_url}
+    runtime.pipeline.ingest("proxy", [orjson.dumps(alert)])
+    (stored,) = runtime.alerts.list_all()
+    verdict = runtime.enricher.alert_verdict(stored.id)
+    assert verdict is not None
+    assert (verdict["verdict"], verdict["reasons"][0]["source"]) == ("malicious", "phishtank")
