@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, delete, func, select, text, update
 
 from quell.cases.incidents import OPEN_STATUSES, IncidentStatus, Resolution
 from quell.clock import Clock
 from quell.errors import Conflict, InvalidInput, NotFound
 from quell.governance.audit import AuditLog
 from quell.ids import new_id
+from quell.ingest.pipeline import INGEST_LOCK
 from quell.store.database import Database
 from quell.store.schema import (
     alert_observables,
@@ -190,6 +191,7 @@ class CaseService:
         string for ``owner`` or ``assignee`` clears it."""
         now = self.clock.now()
         with self.db.write() as conn:
+            _hold_ingest(conn)
             row = _locked(conn, incident_id)
             if row.merged_into:
                 raise Conflict(
@@ -355,7 +357,7 @@ class CaseService:
         step is completed with it (its run goes on); it cannot be cancelled here (cancel the
         run instead)."""
         task = self.task(task_id)
-        if task.run_id is not None and task.step_key is not None:
+        if task.run_id is not None and task.step_key is not None and self._step_waits(task):
             if cancel:
                 raise Conflict(
                     f"task {task_id} is a step of run {task.run_id}: complete it, or cancel "
@@ -387,6 +389,21 @@ class CaseService:
         self._audit(by, f"incident.task_{status}", row.incident_id, {"task_id": task_id})
         return self.task(task_id)
 
+    def _step_waits(self, task: Task) -> bool:
+        """Whether the run's step behind a task still waits (else the task is ad hoc now)."""
+        with self.db.read() as conn:
+            return (
+                conn.execute(
+                    select(waits.c.id).where(
+                        waits.c.run_id == task.run_id,
+                        waits.c.step_key == task.step_key,
+                        waits.c.kind == "task",
+                        waits.c.status == "pending",
+                    )
+                ).first()
+                is not None
+            )
+
     def _complete_step(self, task: Task, by: str, result: str | None) -> None:
         """Complete the manual step's wait (which closes this task in its transaction)."""
         from quell.engine.waits import WaitService
@@ -402,11 +419,8 @@ class CaseService:
             ).scalar_one_or_none()
         if wait_id is None:
             raise Conflict(f"the run's step for task {task.id} is not waiting any more")
+        # The wait's transaction closes the task and puts it on the incident's timeline.
         WaitService(self.db, self.clock).complete(wait_id, by, result)
-        now = self.clock.now()
-        with self.db.write() as conn:
-            self._event(conn, task.incident_id, "task_done", by,
-                        {"task_id": task.id, "run_id": task.run_id}, now)  # fmt: skip
         self._audit(by, "incident.task_done", task.incident_id, {"task_id": task.id})
 
     def task(self, task_id: str) -> Task:
@@ -435,8 +449,11 @@ class CaseService:
             raise InvalidInput("an incident cannot be merged into itself", field="into")
         now = self.clock.now()
         with self.db.write() as conn:
-            loser = _locked(conn, incident_id)
-            survivor = _locked(conn, into)
+            _hold_ingest(conn)
+            # Both rows, in id order: two opposite merges at once queue instead of deadlocking.
+            first, second = sorted((incident_id, into))
+            rows = {first: _locked(conn, first), second: _locked(conn, second)}
+            loser, survivor = rows[incident_id], rows[into]
             for row in (loser, survivor):
                 if row.merged_into:
                     raise Conflict(f"incident {row.id} was already merged into {row.merged_into}")
@@ -484,7 +501,7 @@ class CaseService:
                     updated_at=now,
                 )
             )
-            _recount(conn, into, now)
+            _recount(conn, into, now, keep_severity=survivor.severity_id)
             detail = {"comment": comment[:2000]} if comment else {}
             self._event(conn, into, "merged", by, {"merged": incident_id, **detail}, now)
             self._event(conn, incident_id, "merged_into", by, {"into": into, **detail}, now)
@@ -501,6 +518,7 @@ class CaseService:
             raise InvalidInput("name the alerts to split off", field="alert_ids")
         now = self.clock.now()
         with self.db.write() as conn:
+            _hold_ingest(conn)
             row = _locked(conn, incident_id)
             if row.merged_into:
                 raise Conflict(f"incident {incident_id} was merged into {row.merged_into}")
@@ -531,7 +549,7 @@ class CaseService:
             )  # fmt: skip
             conn.execute(update(alerts).where(alerts.c.id.in_(wanted)).values(incident_id=new))
             _split_keys(conn, incident_id, new, wanted)
-            _recount(conn, incident_id, now)
+            _recount(conn, incident_id, now, keep_severity=row.severity_id, keep_only=True)
             _recount(conn, new, now)
             self._event(conn, new, "split_from", by, {"from": incident_id, "alerts": wanted}, now)
             self._event(conn, incident_id, "split_into", by, {"into": new, "alerts": wanted}, now)
@@ -577,6 +595,15 @@ class CaseService:
             self.audit.record(actor, action, subject, detail)
 
 
+def _hold_ingest(conn: Connection) -> None:
+    """On PostgreSQL, wait for (and hold off) the ingest transaction that groups alerts into
+    incidents: it reads incidents without row locks and writes their counts, keys and
+    severity, so a merge, split or change must not interleave with it. SQLite's single writer
+    already serializes them."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INGEST_LOCK})
+
+
 def _locked(conn: Connection, incident_id: str) -> Any:
     query = select(incidents).where(incidents.c.id == incident_id)
     if conn.dialect.name == "postgresql":
@@ -587,8 +614,16 @@ def _locked(conn: Connection, incident_id: str) -> Any:
     return row
 
 
-def _recount(conn: Connection, incident_id: str, now: datetime) -> None:
-    """An incident's alert count, first and last seen and severity, from its alerts."""
+def _recount(
+    conn: Connection,
+    incident_id: str,
+    now: datetime,
+    *,
+    keep_severity: int | None = None,
+    keep_only: bool = False,
+) -> None:
+    """An incident's alert count, first and last seen and severity, from its alerts. A severity
+    someone set is kept: never lowered (``keep_severity``), or kept as it is (``keep_only``)."""
     count, first, last, severity = conn.execute(
         select(
             func.count(), func.min(alerts.c.first_seen), func.max(alerts.c.last_seen),
@@ -598,6 +633,10 @@ def _recount(conn: Connection, incident_id: str, now: datetime) -> None:
     values: dict[str, Any] = {"alert_count": count, "updated_at": now}
     if count:
         values.update(first_seen=first, last_seen=last, severity_id=severity)
+        if keep_severity is not None:
+            values["severity_id"] = (
+                keep_severity if keep_only else max(keep_severity, severity or keep_severity)
+            )
     conn.execute(update(incidents).where(incidents.c.id == incident_id).values(**values))
 
 

@@ -281,7 +281,7 @@ class IncidentService:
         # By time; at one instant, in the order things happen (and the incident's own events
         # in theirs: the sort is stable).
         entries.sort(key=lambda e: (e["at"], _TIE_ORDER.get(e["kind"], 6)))
-        return entries[:limit]
+        return entries[-limit:]  # the newest, when there are more
 
     def count(self) -> int:
         """How many incidents exist (merged ones included)."""

@@ -74,7 +74,7 @@ class IncidentSearch:
                         )
                         .where(
                             incident_documents.c.indexed_at.is_(None)
-                            | (incident_documents.c.indexed_at < incidents.c.updated_at)
+                            | (incident_documents.c.indexed_at != incidents.c.updated_at)
                         )
                         .limit(BATCH)
                     ).scalars()
@@ -120,7 +120,10 @@ class IncidentSearch:
         return [(found[i], rank) for i, rank in ranked if i in found]
 
     def _index(self, conn: Connection, ids: list[str], now: datetime) -> None:
-        bodies = {incident_id: _document(conn, incident_id) for incident_id in ids}
+        # ``indexed_at`` is the incident's own ``updated_at`` as this transaction read it: a
+        # change committed later with an earlier time (a writer that took its time before its
+        # lock) still differs, and is indexed next time.
+        documents = {incident_id: _document(conn, incident_id) for incident_id in ids}
         conn.execute(
             upsert(
                 Backend.POSTGRESQL if conn.dialect.name == "postgresql" else Backend.SQLITE,
@@ -128,20 +131,28 @@ class IncidentSearch:
                 keys=["incident_id"],
                 update=["body", "indexed_at"],
             ),
-            [{"incident_id": i, "body": body, "indexed_at": now} for i, body in bodies.items()],
+            [
+                {"incident_id": i, "body": body, "indexed_at": stamp}
+                for i, (body, stamp) in documents.items()
+            ],
         )
         if conn.dialect.name != "postgresql":
+            # The FTS row shares its document's rowid: found by it, not by a scan.
+            rowid = "(SELECT rowid FROM incident_documents WHERE incident_id = :id)"
             conn.execute(
-                text("DELETE FROM incident_fts WHERE incident_id = :id"),
+                text(f"DELETE FROM incident_fts WHERE rowid = {rowid}"),  # noqa: S608
                 [{"id": i} for i in ids],
             )
             conn.execute(
-                text("INSERT INTO incident_fts (incident_id, body) VALUES (:id, :body)"),
-                [{"id": i, "body": body} for i, body in bodies.items()],
+                text(
+                    "INSERT INTO incident_fts (rowid, incident_id, body) "  # noqa: S608
+                    f"VALUES ({rowid}, :id, :body)"
+                ),
+                [{"id": i, "body": body} for i, (body, _stamp) in documents.items()],
             )
 
 
-def _document(conn: Connection, incident_id: str) -> str:
+def _document(conn: Connection, incident_id: str) -> tuple[str, datetime]:
     row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).one()
     parts: list[str] = [
         row.id, row.title, row.description or "", row.status, row.resolution or "",
@@ -170,7 +181,7 @@ def _document(conn: Connection, incident_id: str) -> str:
             .distinct()
             .limit(2000)
         ).scalars()
-    return "\n".join(p for p in parts if p)[:MAX_BODY_CHARS]
+    return "\n".join(p for p in parts if p)[:MAX_BODY_CHARS], row.updated_at
 
 
 def _flatten(rows: Iterable[tuple[str, ...]]) -> list[str]:

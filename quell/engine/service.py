@@ -17,6 +17,7 @@ from sqlalchemy import Connection, select, update
 from quell.clock import Clock
 from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
+from quell.engine.waits import end_incident_tasks
 from quell.errors import Conflict, NotFound
 from quell.store.database import Database
 from quell.store.schema import run_steps, runs, waits
@@ -226,6 +227,10 @@ class RunService:
                 .where(waits.c.run_id == run_id, waits.c.status == WaitStatus.PENDING.value)
                 .values(status=WaitStatus.CANCELED.value, decided_at=now, decided_by="cancel")
             )
+            end_incident_tasks(
+                conn, run_id, None, "cancel", now, status="cancelled",
+                result="the run was cancelled",
+            )  # fmt: skip
             conn.execute(
                 update(run_steps)
                 .where(run_steps.c.run_id == run_id, run_steps.c.status.like("waiting_%"))

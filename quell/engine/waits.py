@@ -24,7 +24,14 @@ from quell.errors import Conflict, NotFound, PermissionDenied
 from quell.ids import new_id
 from quell.store.database import Database
 from quell.store.dialect import insert_ignore
-from quell.store.schema import incident_tasks, run_steps, runs, waits
+from quell.store.schema import (
+    incident_events,
+    incident_tasks,
+    incidents,
+    run_steps,
+    runs,
+    waits,
+)
 
 PRIVILEGED = frozenset({"admin"})  # may decide any approval
 
@@ -33,15 +40,39 @@ def _close_incident_task(
     conn: Connection, row: Any, actor: str, comment: str | None, now: datetime
 ) -> None:
     """The incident task a manual step made (quell.engine.execution) ends with the step."""
-    conn.execute(
-        update(incident_tasks)
-        .where(
-            incident_tasks.c.run_id == row.run_id,
-            incident_tasks.c.step_key == row.step_key,
-            incident_tasks.c.status == "open",
-        )
-        .values(status="done", completed_by=actor, completed_at=now, result=comment)
+    end_incident_tasks(conn, row.run_id, row.step_key, actor, now, status="done", result=comment)
+
+
+def end_incident_tasks(
+    conn: Connection,
+    run_id: str,
+    step_key: str | None,
+    actor: str,
+    now: datetime,
+    *,
+    status: str,
+    result: str | None,
+) -> None:
+    """End the open incident tasks of a run's manual step (or of all its steps), on the
+    incident's timeline too."""
+    query = select(incident_tasks.c.id, incident_tasks.c.incident_id).where(
+        incident_tasks.c.run_id == run_id, incident_tasks.c.status == "open"
     )
+    if step_key is not None:
+        query = query.where(incident_tasks.c.step_key == step_key)
+    for task_id, incident_id in conn.execute(query).all():
+        conn.execute(
+            update(incident_tasks)
+            .where(incident_tasks.c.id == task_id)
+            .values(status=status, completed_by=actor, completed_at=now, result=result)
+        )
+        conn.execute(
+            incident_events.insert().values(
+                id=new_id("iev"), incident_id=incident_id, kind=f"task_{status}", at=now,
+                actor=actor, data={"task_id": task_id, "run_id": run_id},
+            )
+        )  # fmt: skip
+        conn.execute(update(incidents).where(incidents.c.id == incident_id).values(updated_at=now))
 
 
 @dataclass(frozen=True)
@@ -301,6 +332,11 @@ class WaitService:
                 outcome = row.on_expiry or "fail"
                 decision = {"expired": True, "outcome": outcome, "at": now}
                 self._settle(conn, row, WaitStatus.EXPIRED, "expiry", None, decision, now)
+                if row.kind == "task":
+                    end_incident_tasks(
+                        conn, row.run_id, row.step_key, "expiry", now,
+                        status="cancelled", result=f"expired ({outcome})",
+                    )  # fmt: skip
                 if outcome == "skip":
                     self._close_step(conn, row, StepStatus.SKIPPED, output=decision)
                 else:
@@ -317,12 +353,15 @@ class WaitService:
         return len(due)
 
     def cancel_for_run(self, conn: Connection, run_id: str, now: datetime) -> None:
-        """Cancel a run's pending waits (in the caller's transaction)."""
+        """Cancel a run's pending waits (in the caller's transaction), and the incident tasks
+        its manual steps made."""
         conn.execute(
             update(waits)
             .where(waits.c.run_id == run_id, waits.c.status == WaitStatus.PENDING.value)
             .values(status=WaitStatus.CANCELED.value, decided_at=now, decided_by="cancel")
         )
+        end_incident_tasks(conn, run_id, None, "cancel", now, status="cancelled",
+                           result="the run was cancelled")  # fmt: skip
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -293,7 +293,9 @@ class TokenService:
         self._touch(record, now)
         return Principal(
             token_id=record.id,
-            name=record.name,
+            # A user's token acts as the user: audit, notes, custody and four eyes see one
+            # person, whichever of their tokens or sessions they use.
+            name=record.user or record.name,
             role=role,
             permissions=permissions_of(role),
             user=record.user,

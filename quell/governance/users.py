@@ -17,6 +17,7 @@ setting a new password revokes sessions.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -291,19 +292,23 @@ class UserService:
         """
         now = self.clock.now()
         client = client[:64] if client else None
-        key = name[:64]
-        retry_after = self._limited(key, client, now)
-        if retry_after is not None:
-            self.audit.record(
-                key, "user.login_refused", f"user:{key}", {"client": client, "reason": "rate"}
-            )
-            raise RateLimited("too many failed logins; try again later", retry_after=retry_after)
+        # Failures are counted by a hash of the name as typed: someone who types a password
+        # into the name field leaves no trace of it in the failures table.
+        key = hashlib.sha256(name.encode()).hexdigest()[:40]
         with self.db.read() as conn:
             row = conn.execute(
                 select(users.c.id, users.c.password_hash, users.c.disabled_at).where(
                     users.c.name == name
                 )
             ).first()
+        # Nor in the audit trail (append-only): an unknown name is recorded by its hash only.
+        shown = name[:64] if row is not None else f"unknown:{key[:16]}"
+        retry_after = self._limited(key, client, now)
+        if retry_after is not None:
+            self.audit.record(
+                shown, "user.login_refused", f"user:{shown}", {"client": client, "reason": "rate"}
+            )
+            raise RateLimited("too many failed logins; try again later", retry_after=retry_after)
         candidate = password.reveal()
         stored = row.password_hash if row is not None and row.password_hash else None
         matches = self._verify(stored or self._dummy(), candidate) and stored is not None
@@ -328,7 +333,7 @@ class UserService:
                     delete(login_failures).where(login_failures.c.at <= now - self.limits.window)
                 )
             self.audit.record(
-                key, "user.login_failed", f"user:{key}", {"client": client, "reason": reason}
+                shown, "user.login_failed", f"user:{shown}", {"client": client, "reason": reason}
             )
             raise AuthenticationRequired(_FAILED)
         if row is None or stored is None:  # unreachable: a reason was set above

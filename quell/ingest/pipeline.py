@@ -72,7 +72,7 @@ from quell.store.schema import (
 log = structlog.get_logger(__name__)
 
 # Serializes ingest transactions across processes on PostgreSQL (SQLite has one writer).
-_INGEST_LOCK = zlib.crc32(b"quell.ingest")
+INGEST_LOCK = zlib.crc32(b"quell.ingest")  # writers of incidents' grouping queue on it
 _LOOKUP_CHUNK = 500
 _DEAD_LETTER_COLUMNS = (
     "id", "source", "format", "received_at", "reason", "field", "raw", "status", "attempts",
@@ -195,7 +195,7 @@ class IngestPipeline:
             stager = self.stager(source)
             with self.db.write() as conn:
                 if self.db.backend is Backend.POSTGRESQL:
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INGEST_LOCK})
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INGEST_LOCK})
                 claimed = self._claim(conn, [letter.id for letter in group])
                 group = [letter for letter in group if letter.id in claimed]
                 if not group:
@@ -365,7 +365,7 @@ class IngestPipeline:
         self, conn: Connection, source: Source, batch: StagedBatch, now: datetime
     ) -> IntakeResult:
         if self.db.backend is Backend.POSTGRESQL:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INGEST_LOCK})
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INGEST_LOCK})
         hits: Counter[str] = Counter()
         if batch.not_alerts:
             builtin = SuppressionService.builtin_ids(conn, {source.format}, now)

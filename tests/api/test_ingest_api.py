@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from quell.clock import ManualClock
 from quell.governance.permissions import Role
-from quell.ingest.pipeline import _INGEST_LOCK
+from quell.ingest.pipeline import INGEST_LOCK
 from quell.ingest.signing import sign
 from quell.runtime import Runtime
 from quell.sdk.secret import SecretValue
@@ -226,10 +226,10 @@ def _hold_the_ingest_lock(runtime: Runtime) -> Any:
         return release_sqlite
     engine = create_engine(runtime.db.url)
     conn = engine.connect()
-    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _INGEST_LOCK})
+    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": INGEST_LOCK})
 
     def release_pg() -> None:
-        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _INGEST_LOCK})
+        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": INGEST_LOCK})
         conn.close()
         engine.dispose()
 

@@ -291,3 +291,24 @@ def test_completing_the_step_as_a_run_task_closes_the_incident_task(runtime: Run
 
     (task,) = asyncio.run(scenario())
     assert (task.status, task.completed_by, task.result) == ("done", "bob", "done by phone")
+
+
+def test_cancelling_the_run_cancels_its_incident_task(runtime: Runtime) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+
+    async def scenario() -> Any:
+        async with Harness(runtime) as harness:
+            harness.add(ON_INCIDENT_MANUAL, activate=True)
+            alert = {"title": "odd login", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9"}
+            runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+            (incident,) = runtime.incidents.list_all()
+            await eventually(lambda: bool(runtime.cases.tasks(incident.id)), "the task")
+            (run,) = harness.runs.list_all()
+            harness.runs.cancel(run.id)
+            await eventually(lambda: bool(_ended(runtime)), "the cancel")
+            return incident.id
+
+    incident_id = asyncio.run(scenario())
+    (task,) = runtime.cases.tasks(incident_id)
+    assert (task.status, task.result) == ("cancelled", "the run was cancelled")
+    assert [e.kind for e in runtime.incidents.timeline(incident_id)][-1] == "task_cancelled"

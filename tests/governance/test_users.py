@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 import pytest
@@ -124,14 +125,19 @@ def test_failed_logins_per_client_are_rate_limited_across_names(
     with pytest.raises(AuthenticationRequired):
         runtime.users.login("nobody", WRONG, "203.0.113.9")
     with runtime.db.read() as conn:  # old failures are pruned as new ones come in
-        assert [row.name for row in conn.execute(select(login_failures))] == ["nobody"]
+        names = [row.name for row in conn.execute(select(login_failures))]
+    # Kept by a hash of the name as typed (a password typed there would leave no trace).
+    assert names == [hashlib.sha256(b"nobody").hexdigest()[:40]]
+    failed = runtime.audit.list_all(action="user.login_failed", limit=1)
+    assert failed[0].actor == f"unknown:{names[0][:16]}"
 
 
 def test_disabled_user_cannot_log_in_and_loses_sessions_and_tokens(runtime: Runtime) -> None:
     _add(runtime)
     session_token, _ = runtime.users.login("alice", PASSWORD)
     _, api_token = runtime.tokens.create("alice-cli", "", user="alice")
-    assert runtime.tokens.authenticate(api_token.reveal()).user == "alice"
+    principal = runtime.tokens.authenticate(api_token.reveal())
+    assert (principal.user, principal.name) == ("alice", "alice")  # acts as the person
 
     disabled = runtime.users.disable("alice", by="admin")
     assert disabled.status == "disabled"
