@@ -252,6 +252,9 @@ def test_a_playbook_manual_step_is_an_incident_task_and_completing_it_resumes_th
             (incident,) = runtime.incidents.list_all()
             await eventually(lambda: bool(runtime.cases.tasks(incident.id)), "the task")
             (task,) = runtime.cases.tasks(incident.id)
+            await eventually(
+                lambda: harness.runs.get(task.run_id or "").status == "waiting", "the run to wait"
+            )
             with pytest.raises(Conflict, match="cancel the run"):
                 runtime.cases.complete_task(task.id, by="alice", cancel=True)
             runtime.cases.complete_task(task.id, by="alice", result="user was travelling")
@@ -286,6 +289,9 @@ def test_completing_the_step_as_a_run_task_closes_the_incident_task(runtime: Run
             (incident,) = runtime.incidents.list_all()
             await eventually(lambda: bool(harness.waits.list_all()), "the wait")
             (wait,) = harness.waits.list_all()
+            await eventually(
+                lambda: harness.runs.get(wait.run_id).status == "waiting", "the run to wait"
+            )
             harness.waits.complete(wait.id, "bob", "done by phone")  # `quell task complete`
             return runtime.cases.tasks(incident.id)
 
@@ -304,6 +310,10 @@ def test_cancelling_the_run_cancels_its_incident_task(runtime: Runtime) -> None:
             (incident,) = runtime.incidents.list_all()
             await eventually(lambda: bool(runtime.cases.tasks(incident.id)), "the task")
             (run,) = harness.runs.list_all()
+            # Cancelled once it waits (the task commits a moment before the run records that).
+            await eventually(
+                lambda: harness.runs.get(run.id).status == "waiting", "the run to wait"
+            )
             harness.runs.cancel(run.id)
             await eventually(lambda: bool(_ended(runtime)), "the cancel")
             return incident.id
