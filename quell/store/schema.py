@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -37,6 +38,12 @@ NAMING_CONVENTION = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _json() -> JSON:
+    """JSON on SQLite, JSONB on PostgreSQL (indexable, compact)."""
+    return JSON().with_variant(JSONB(), "postgresql")
+
 
 api_tokens = Table(
     "api_tokens",
@@ -80,6 +87,37 @@ users = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("last_login_at", UTCDateTime(), nullable=True),
+    Column("email", String(254), nullable=True),  # where approval links are mailed
+    # The identity at an OIDC provider this user signs in as (quell.governance.oidc).
+    Column("oidc_issuer", String(255), nullable=True),
+    Column("oidc_subject", String(255), nullable=True),
+    UniqueConstraint("oidc_issuer", "oidc_subject"),
+)
+
+# Custom roles: a name and a set of permissions (the built-in ones live in code).
+roles = Table(
+    "roles",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("description", Text, nullable=True),
+    Column("permissions", _json(), nullable=False),
+    Column("created_by", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# OIDC logins in flight: the state (only its hash), nonce and sealed PKCE verifier, until the
+# provider redirects back or the login expires.
+oidc_logins = Table(
+    "oidc_logins",
+    metadata,
+    Column("state_hash", String(64), primary_key=True),
+    Column("provider", String(64), nullable=False),
+    Column("nonce", String(128), nullable=False),
+    Column("code_verifier", LargeBinary, nullable=False),
+    Column("redirect_to", String(1024), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
 )
 
 # A login session: only the SHA-256 of its ``qs_`` token is kept. ``expires_at`` slides forward
@@ -109,11 +147,6 @@ login_failures = Table(
     Index("ix_login_failures_name_at", "name", "at"),
     Index("ix_login_failures_client_at", "client", "at"),
 )
-
-
-def _json() -> JSON:
-    """JSON on SQLite, JSONB on PostgreSQL (indexable, compact)."""
-    return JSON().with_variant(JSONB(), "postgresql")
 
 
 # -- ingestion ---------------------------------------------------------------------------------
@@ -409,8 +442,69 @@ waits = Table(
     Column("decided_at", UTCDateTime(), nullable=True),
     Column("comment", Text, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Approvals under a policy (quell.governance.approvals): how many distinct people must
+    # approve, the rule that said so, who may not decide (the requester, the playbook's author),
+    # and when the approval escalates to whom.
+    Column("required", SmallInteger, nullable=True),
+    Column("rule", String(64), nullable=True),
+    Column("excluded", _json(), nullable=True),
+    Column("escalate_at", UTCDateTime(), nullable=True),
+    Column("escalate_to", _json(), nullable=True),
+    Column("escalated_at", UTCDateTime(), nullable=True),
 )
 Index("ix_waits_status_expires_at", waits.c.status, waits.c.expires_at)
+
+# Approval policy: the first enabled rule (by position) that matches a write decides how many
+# approvals it needs and from which roles.
+approval_rules = Table(
+    "approval_rules",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("position", Integer, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("match", _json(), nullable=False),
+    Column("approvals", SmallInteger, nullable=False),
+    Column("roles", _json(), nullable=True),
+    Column("expires_after", Integer, nullable=True),  # seconds
+    Column("on_expiry", String(16), nullable=True),
+    Column("escalate_after", Integer, nullable=True),  # seconds
+    Column("escalate_to", _json(), nullable=True),
+    Column("created_by", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_by", String(64), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# One person's decision on an approval: one per person (a second is refused).
+approval_votes = Table(
+    "approval_votes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("wait_id", String(32), ForeignKey("waits.id"), nullable=False),
+    Column("voter", String(64), nullable=False),
+    Column("role", String(32), nullable=True),
+    Column("approved", Boolean, nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("via", String(16), nullable=False),  # api, cli, link
+    Column("at", UTCDateTime(), nullable=False),
+    UniqueConstraint("wait_id", "voter"),
+)
+
+# Signed approval links: single use (used_at), expiring, addressed to one user.
+approval_links = Table(
+    "approval_links",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("wait_id", String(32), ForeignKey("waits.id"), nullable=False, index=True),
+    Column("user_name", String(64), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime(), nullable=True),
+    Column("sent_via", String(64), nullable=True),
+    Column("created_by", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
 
 # The outbox: events written in the transaction that caused them (an alert stored, an
 # incident created), turned into runs by the dispatcher, idempotently.
