@@ -118,7 +118,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             for wait in await asyncio.to_thread(service.list_all, kind="approval", limit=number):
                 finished = engine.watch(wait.run_id)
                 begun = time.perf_counter()
-                await asyncio.to_thread(service.approve, wait.id, "bench", "admin")
+                await asyncio.to_thread(service.approve, wait.id, "bench", "admin", "bench")
                 status = await asyncio.wait_for(finished, timeout=30)
                 latencies.append(time.perf_counter() - begun)
                 if status is not RunStatus.SUCCEEDED:

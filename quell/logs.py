@@ -23,10 +23,16 @@ from quell import codec
 from quell.sdk.secret import redact
 from quell.settings import LogFormat, LogLevel
 
-_TOKEN_SHAPE = re.compile(r"qk_[0-9A-Za-z]{47}")
-_TOKEN_MASK = "qk_**********"
+# Credentials with a shape: API tokens (qk_), login sessions (qs_), signed approval links (qa_).
+_TOKEN_SHAPE = re.compile(
+    r"\b(q[ks])_[0-9A-Za-z_-]{20,}|\b(qa)_[0-9A-Za-z_]+\.[0-9]+\.[0-9A-Za-z_-]+"
+)
+_TOKEN_MASK = r"\1\2_**********"
 
 _QUIET_LIBRARIES = {"alembic": logging.WARNING, "sqlalchemy": logging.WARNING}
+# HTTP clients log request lines, and a URL can carry a credential (a webhook's path, a key in
+# a query string): they never log below WARNING, whatever the level.
+_URL_LOGGERS = ("httpx", "httpcore", "hpack", "urllib3", "aiohttp.client")
 
 
 def mask_tokens(text: str) -> str:
@@ -104,6 +110,8 @@ def configure_logging(
     root.setLevel(numeric)
     for name, quiet in _QUIET_LIBRARIES.items():
         logging.getLogger(name).setLevel(min(numeric, quiet) if numeric <= logging.DEBUG else quiet)
+    for name in _URL_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
 
 
 def _is_tty(stream: TextIO) -> bool:

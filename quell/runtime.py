@@ -8,6 +8,7 @@ their modules imported then too: a command that only manages tokens never loads 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
@@ -35,7 +36,13 @@ if TYPE_CHECKING:
     from quell.engine.containment import ContainmentService
     from quell.engine.guardrails import GuardrailService
     from quell.engine.store import PlaybookStore
+    from quell.engine.waits import WaitService
+    from quell.governance.approval_links import ApprovalLinks
+    from quell.governance.approvals import ApprovalRuleService
     from quell.governance.audit import AuditLog
+    from quell.governance.oidc import OidcService
+    from quell.governance.permissions import Permission
+    from quell.governance.roles import RoleBook
     from quell.governance.secrets import SecretBox
     from quell.governance.users import UserService
     from quell.ingest.alerts import AlertService
@@ -79,7 +86,7 @@ class Runtime:
     @cached_property
     def tokens(self) -> TokenService:
         """API tokens."""
-        return TokenService(self.db, self.clock)
+        return TokenService(self.db, self.clock, roles=self.roles)
 
     @cached_property
     def users(self) -> UserService:
@@ -91,14 +98,31 @@ class Runtime:
             self.clock,
             self.audit,
             session_lifetime=timedelta(hours=self.settings.session_hours),
+            roles=self.roles,
+        )
+
+    @cached_property
+    def oidc(self) -> OidcService:
+        """Sign-in through the configured OpenID Connect providers."""
+        from quell.governance.oidc import OidcService
+
+        return OidcService(
+            self.db,
+            self.clock,
+            users=self.users,
+            audit=self.audit,
+            secret_box=self.secret_box,
+            providers=self.settings.oidc_providers,
+            public_url=self.settings.public_url,
         )
 
     @cached_property
     def secret_box(self) -> SecretBox:
-        """Seals secrets at rest under the secret key."""
+        """Seals secrets at rest under the data keys (wrapped by the secret key)."""
+        from quell.governance.keyring import KeyRing
         from quell.governance.secrets import SecretBox
 
-        return SecretBox(self.secret_key)
+        return SecretBox(self.secret_key, KeyRing(self.secret_key, self.db, self.clock))
 
     @cached_property
     def sources(self) -> SourceService:
@@ -185,6 +209,59 @@ class Runtime:
         from quell.engine.guardrails import GuardrailService
 
         return GuardrailService(self.db, self.clock, audit=self.audit)
+
+    @cached_property
+    def approval_rules(self) -> ApprovalRuleService:
+        """The approval policy: which writes need whose approval."""
+        from quell.governance.approvals import ApprovalRuleService
+        from quell.governance.permissions import Permission
+
+        return ApprovalRuleService(
+            self.db,
+            self.clock,
+            audit=self.audit,
+            known_roles=self.role_names,
+            deciders=lambda: [
+                name
+                for name in self.role_names()
+                if Permission.APPROVALS_DECIDE in self.permissions_of(name)
+            ],
+        )
+
+    @cached_property
+    def roles(self) -> RoleBook:
+        """Built-in and custom roles."""
+        from quell.governance.roles import RoleBook
+
+        return RoleBook(self.db, self.clock, audit=self.audit)
+
+    def role_names(self) -> list[str]:
+        """Every role a user can hold."""
+        return self.roles.names()
+
+    def permissions_of(self, role: str) -> frozenset[Permission]:
+        """What a role (built-in or custom) may do; nothing for an unknown one."""
+        return self.roles.permissions(role) or frozenset()
+
+    def waits(self, on_change: Callable[[], None] | None = None) -> WaitService:
+        """Approvals, tasks and callbacks (decisions audited)."""
+        from quell.engine.execution import callback_secret
+        from quell.engine.waits import WaitService
+
+        secret = callback_secret(self.secret_key.reveal().encode())
+        return WaitService(
+            self.db, self.clock, on_change=on_change, callback_secret=secret, audit=self.audit
+        )
+
+    def approval_links(self, waits: WaitService | None = None) -> ApprovalLinks:
+        """Signed approval links."""
+        from quell.governance.approval_links import ApprovalLinks
+
+        return ApprovalLinks(
+            self.db, self.clock, self.secret_key, waits or self.waits(),
+            public_url=self.settings.public_url, permissions_of=self.permissions_of,
+            audit=self.audit,
+        )  # fmt: skip
 
     def action_runner(self, owner: str) -> ActionRunner:
         """An action runner as the engine has one (instances, limits, SSRF guard), for calls

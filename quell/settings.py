@@ -8,14 +8,15 @@ an unknown key is an error that names it, so a typo never passes silently.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from contextvars import ContextVar
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -72,6 +73,61 @@ class EventLoop(StrEnum):
     AUTO = "auto"
     ASYNCIO = "asyncio"
     UVLOOP = "uvloop"
+
+
+class OidcProviderSettings(BaseModel):
+    """One OpenID Connect provider users may sign in with (``quell.governance.oidc``).
+
+    In TOML: a table ``[oidc_providers.NAME]``; in the environment, ``QUELL_OIDC_PROVIDERS``
+    holds a JSON object of them by name.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(
+        pattern=r"^https?://[^\s]+$",
+        description="The provider's issuer URL; its /.well-known/openid-configuration is read.",
+    )
+    client_id: str = Field(min_length=1, max_length=255, description="Quell's client id there.")
+    client_secret: SecretValue | None = Field(
+        default=None, description="Quell's client secret; none for a public client (PKCE only)."
+    )
+    token_auth: Literal["client_secret_basic", "client_secret_post", "none"] | None = Field(
+        default=None,
+        description="How Quell authenticates at the token endpoint; default "
+        "client_secret_basic with a secret, none without.",
+    )
+    redirect_uri: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="Where the provider sends the browser back; default "
+        "PUBLIC_URL/api/auth/oidc/NAME/callback.",
+    )
+    scopes: list[str] = Field(
+        default_factory=lambda: ["openid", "profile", "email"],
+        description="Scopes asked for; openid is always among them.",
+    )
+    username_claim: str = Field(
+        default="preferred_username",
+        min_length=1,
+        description="The ID token claim that names the user (linking by name, new users).",
+    )
+    link_by: Literal["name", "email", "none"] = Field(
+        default="name",
+        description="How a first sign-in finds its Quell user: name (username_claim is the "
+        "user's name), email (a verified email claim is the user's email) or none (only "
+        "identities linked before).",
+    )
+    provision: bool = Field(
+        default=False, description="Create a user (no password) when none matches."
+    )
+    default_role: str = Field(default="auditor", description="The role of users it creates.")
+    ca_file: Path | None = Field(
+        default=None, description="CA bundle (PEM) to trust for this provider's TLS."
+    )
+    timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Timeout of each call to the provider."
+    )
 
 
 def find_checkout(start: Path) -> Path | None:
@@ -160,6 +216,11 @@ class Settings(BaseSettings):
         description="`quell serve` also runs playbooks (an engine and the trigger dispatcher) "
         "in its own process. Turn off in a cluster where `quell worker` processes do.",
     )
+    playbook_review: Literal["required", "optional"] = Field(
+        default="required",
+        description="Whether a new playbook version is published through review by someone "
+        "other than its author (required), or its author may publish it (optional: a lab).",
+    )
     public_url: str = Field(
         default="http://127.0.0.1:8470",
         description="How others reach this server (callback links are built on it).",
@@ -183,6 +244,11 @@ class Settings(BaseSettings):
         description="How long a login session lasts without use (hours); each use (at most "
         "once a minute) extends it by as much.",
     )
+    oidc_providers: dict[str, OidcProviderSettings] = Field(
+        default_factory=dict,
+        description="OpenID Connect providers to sign in with, by name (see "
+        "OidcProviderSettings); QUELL_OIDC_PROVIDERS takes them as a JSON object.",
+    )
     event_loop: EventLoop = Field(
         default=EventLoop.AUTO,
         description="auto (uvloop where installed, else asyncio), asyncio or uvloop: the loop "
@@ -194,6 +260,19 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("oidc_providers")
+    @classmethod
+    def _provider_names(
+        cls, value: dict[str, OidcProviderSettings]
+    ) -> dict[str, OidcProviderSettings]:
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+                raise ValueError(
+                    f"OIDC provider name {name!r} must be 1-64 lowercase letters, digits, "
+                    "'_' or '-'"
+                )
         return value
 
     @field_validator("data_dir")

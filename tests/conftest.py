@@ -41,8 +41,12 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def runtime(database_url: str, tmp_path: Path, clock: ManualClock) -> Iterator[Runtime]:
-    """A runtime on the backend under test, with a manual clock."""
-    settings = load_settings(data_dir=tmp_path / "data", database_url=database_url)
+    """A runtime on the backend under test, with a manual clock. Its playbooks are published
+    by whoever adds them (``playbook_review = "optional"``): the tests of the review workflow
+    itself (tests/api/test_publishing_api.py) ask for it."""
+    settings = load_settings(
+        data_dir=tmp_path / "data", database_url=database_url, playbook_review="optional"
+    )
     with Runtime.open(settings, clock=clock) as opened:
         yield opened
 

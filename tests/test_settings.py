@@ -117,3 +117,40 @@ def test_relative_data_dir_becomes_absolute(
     monkeypatch.setenv("QUELL_DATA_DIR", "relative/dir")
     assert load_settings().data_dir == tmp_path / "relative" / "dir"
     assert load_settings().data_dir.is_absolute()
+
+
+def test_oidc_providers_come_from_toml_tables_or_json_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "quell.toml"
+    config.write_text(
+        '[oidc_providers.corp]\nissuer = "https://idp.example"\nclient_id = "quell"\n'
+        'client_secret = "toml-secret"\nprovision = true\ndefault_role = "analyst"\n'
+    )
+    monkeypatch.setenv("QUELL_CONFIG_FILE", str(config))
+    corp = load_settings().oidc_providers["corp"]
+    assert (corp.issuer, corp.client_id, corp.provision, corp.link_by) == (
+        "https://idp.example",
+        "quell",
+        True,
+        "name",
+    )
+    assert corp.client_secret is not None
+    assert corp.client_secret.reveal() == "toml-secret"
+    assert "toml-secret" not in repr(load_settings().model_dump(mode="json"))
+
+    monkeypatch.setenv(
+        "QUELL_OIDC_PROVIDERS", '{"okta": {"issuer": "https://okta.example", "client_id": "q"}}'
+    )
+    assert sorted(load_settings().oidc_providers) == ["corp", "okta"]  # merged, by name
+    monkeypatch.setenv(
+        "QUELL_OIDC_PROVIDERS", '{"Bad Name": {"issuer": "https://x", "client_id": "q"}}'
+    )
+    with pytest.raises(ConfigurationError, match="OIDC provider name 'Bad Name'"):
+        load_settings()
+    monkeypatch.setenv(
+        "QUELL_OIDC_PROVIDERS",
+        '{"x": {"issuer": "https://x", "client_id": "q", "scope": "openid"}}',
+    )
+    with pytest.raises(ConfigurationError, match="oidc_providers"):
+        load_settings()

@@ -26,6 +26,7 @@ from quell.api.routes import (
     health,
     ingest,
     intel,
+    oidc,
     openc2,
     playbooks,
     runs,
@@ -113,6 +114,7 @@ def create_app(
     app.include_router(system.router)
     app.include_router(tokens.router)
     app.include_router(users.router)
+    app.include_router(oidc.router)
     app.include_router(ingest.router)
     app.include_router(alerts.router)
     app.include_router(sources.router)

@@ -8,6 +8,7 @@ route and fails on one without it.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import structlog
@@ -21,12 +22,34 @@ from quell.governance.tokens import Principal
 from quell.governance.users import SESSION_PREFIX
 from quell.runtime import Runtime
 
-# ``POST /api/login`` takes a name and password and is rate-limited by quell.governance.users.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/login"})
+# ``POST /api/login`` takes a name and password and is rate-limited by quell.governance.users;
+# the OIDC routes are the sign-in at a provider itself (quell.governance.oidc).
+PUBLIC_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/api/login",
+        "/api/auth/oidc/{provider}/login",
+        "/api/auth/oidc/{provider}/callback",
+    }
+)
 # Routes whose credential is a one-time capability in the path itself (a wait's callback
 # token), not a bearer token: they check it themselves and answer 404 to anything else. The
 # edge guard lets them through (quell.api.guard.CAPABILITY).
-CAPABILITY_PATHS = frozenset({"/api/callbacks/{token}"})
+CAPABILITY_PATHS = frozenset({"/api/callbacks/{token}", "/api/approval-links/{token}"})
+_PUBLIC_PATTERNS = tuple(
+    re.compile(
+        "/".join("[^/]+" if part.startswith("{") else re.escape(part) for part in path.split("/"))
+    )
+    for path in PUBLIC_PATHS
+)
+
+
+def is_public(path: str) -> bool:
+    """Whether a request path is one of :data:`PUBLIC_PATHS` (a ``{name}`` in one matches a
+    path segment)."""
+    return any(pattern.fullmatch(path) for pattern in _PUBLIC_PATTERNS)
+
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -73,7 +96,7 @@ class Authorize:
 
     async def __call__(self, principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if not principal.can(self.permission):
-            role = principal.role.value if principal.role else None
+            role = principal.role if principal.role else None
             raise PermissionDenied(
                 f"{f'role {role!r}' if role else principal.name} lacks the permission "
                 f"{self.permission.value!r}",

@@ -17,12 +17,13 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from quell.api.auth import PUBLIC_PATHS
+from quell.api.auth import is_public
 from quell.api.problems import problem_response
 from quell.errors import AuthenticationRequired, TooLarge
 
 INTAKE = re.compile(r"^/api/ingest/[^/]+$")  # POST: the intake; the other ingest routes are not
 CAPABILITY = re.compile(r"^/api/callbacks/[^/]+$")  # POST: a token in the path, no bearer
+LINK = re.compile(r"^/api/approval-links/[^/]+$")  # GET and POST: a signed approval link
 EVIDENCE = re.compile(r"^/api/incidents/[^/]+/evidence$")  # POST: an upload, its own limit
 MAX_BODY = 1024 * 1024  # everything but the intake takes small JSON bodies
 MAX_INGEST_BODY = 16 * 1024 * 1024
@@ -41,11 +42,13 @@ class EdgeGuardMiddleware:
             return
         headers = dict(scope.get("headers", []))
         path: str = scope.get("path", "")
-        public = path in PUBLIC_PATHS  # no credential needed, but the body limit holds
+        public = is_public(path)  # no credential needed, but the body limit holds
         intake = scope.get("method") == "POST" and INTAKE.match(path) is not None
         scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
         signed = intake and b"x-quell-signature" in headers
-        capability = scope.get("method") == "POST" and CAPABILITY.match(path) is not None
+        capability = (scope.get("method") == "POST" and CAPABILITY.match(path) is not None) or (
+            scope.get("method") in {"GET", "POST"} and LINK.match(path) is not None
+        )
         upload = scope.get("method") == "POST" and EVIDENCE.match(path) is not None
         limit = MAX_INGEST_BODY if intake else self.evidence_limit if upload else MAX_BODY
         error: Exception | None = None

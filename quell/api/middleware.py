@@ -20,7 +20,7 @@ from quell.ids import new_id
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})
-_CALLBACK = re.compile(r"^(/api/callbacks/)[^/]+")
+_CALLBACK = re.compile(r"^(/api/(?:callbacks|approval-links)/)[^/]+")
 
 log = structlog.get_logger("quell.api.access")
 
@@ -76,7 +76,8 @@ class RequestContextMiddleware:
 
 
 def _loggable(path: str) -> str:
-    """The path as logged: a callback's one-time token is a credential, so it is masked."""
+    """The path as logged: a callback's or approval link's token is a credential, so it is
+    masked."""
     return _CALLBACK.sub(r"\1***", path)
 
 

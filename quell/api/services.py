@@ -8,11 +8,10 @@ PostgreSQL the same transactions also ``NOTIFY`` the workers of other processes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from quell.engine.execution import callback_secret
 from quell.engine.service import RunService
 from quell.engine.waits import WaitService
 
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
     from quell.engine.embedded import EmbeddedEngine
     from quell.engine.launch import Launcher
     from quell.engine.library import PlaybookLibrary
+    from quell.governance.tokens import Principal
     from quell.runtime import Runtime
 
 
@@ -35,6 +35,31 @@ def _waker(request: Request) -> Callable[[], None] | None:
     return embedded.engine.wake if embedded is not None else None
 
 
+def may_grant(runtime: Runtime, principal: Principal, role: str) -> None:
+    """A caller grants only what it holds itself: a role whose permissions go beyond the
+    caller's is refused (so ``users:manage`` or ``tokens:manage`` is no way to more)."""
+    from quell.errors import PermissionDenied
+
+    wanted = runtime.roles.permissions(runtime.roles.parse(role)) or frozenset()
+    beyond = sorted(p.value for p in wanted - principal.permissions)
+    if beyond:
+        raise PermissionDenied(
+            f"role {role!r} grants what you do not hold ({', '.join(beyond)})",
+            permission=beyond[0],
+        )
+
+
+async def audited(
+    runtime: Runtime, principal: Principal, action: str, subject: str | None,
+    detail: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Record a change made through the API in the audit trail, as the caller (with the
+    request's id, from the logging context)."""
+    from starlette.concurrency import run_in_threadpool
+
+    await run_in_threadpool(runtime.audit.record, principal.name, action, subject, detail or {})
+
+
 def runs(request: Request, runtime: Runtime) -> RunService:
     """Read and control runs."""
     return RunService(runtime.db, runtime.clock, on_change=_waker(request))
@@ -42,8 +67,7 @@ def runs(request: Request, runtime: Runtime) -> RunService:
 
 def waits(request: Request, runtime: Runtime) -> WaitService:
     """Approvals, tasks and callbacks."""
-    secret = callback_secret(runtime.secret_key.reveal().encode())
-    return WaitService(runtime.db, runtime.clock, on_change=_waker(request), callback_secret=secret)
+    return runtime.waits(on_change=_waker(request))
 
 
 def registry(request: Request, runtime: Runtime) -> Registry:
@@ -62,9 +86,16 @@ def registry(request: Request, runtime: Runtime) -> Registry:
 def library(request: Request, runtime: Runtime) -> PlaybookLibrary:
     """Compile, store and show playbooks against the installed actions and secrets."""
     from quell.engine.actions import EnvSecrets
-    from quell.engine.library import PlaybookLibrary
+    from quell.engine.library import ConfiguredSecrets, PlaybookLibrary
 
-    return PlaybookLibrary(runtime.db, runtime.playbooks, registry(request, runtime), EnvSecrets())
+    return PlaybookLibrary(
+        runtime.db,
+        runtime.playbooks,
+        registry(request, runtime),
+        ConfiguredSecrets(EnvSecrets(), runtime.connector_instances),
+        review_required=runtime.settings.playbook_review == "required",
+        audit=runtime.audit,
+    )
 
 
 def launcher(request: Request, runtime: Runtime) -> Launcher:

@@ -14,6 +14,7 @@ import click
 from quell import __version__
 from quell.cli import (
     alerts,
+    approvals,
     audit,
     cases,
     config,
@@ -23,6 +24,8 @@ from quell.cli import (
     ingest,
     intel,
     playbooks,
+    roles,
+    secrets,
     serve,
     sla,
     sources,
@@ -117,7 +120,8 @@ for _command in cases.COMMANDS:
     alerts.incident_group.add_command(_command)
 cli.add_command(playbooks.playbook_group)
 cli.add_command(playbooks.run_group)
-cli.add_command(playbooks.approval_group)
+cli.add_command(approvals.approval_group)
+cli.add_command(roles.role_group)
 cli.add_command(playbooks.task_group)
 cli.add_command(playbooks.worker_command)
 cli.add_command(connectors.connector_group)
@@ -125,6 +129,7 @@ cli.add_command(connectors.action_group)
 cli.add_command(connectors.containment_group)
 cli.add_command(guardrails.guardrail_group)
 cli.add_command(audit.audit_group)
+cli.add_command(secrets.secrets_group)
 cli.add_command(intel.intel_group)
 cli.add_command(sla.sla_group)
 cli.add_command(serve.serve_command)

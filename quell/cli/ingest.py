@@ -231,6 +231,11 @@ def replay(state: CliState, ids: tuple[str, ...], source: str | None) -> None:
     else:
         runtime.sources.get(source or "")  # names an unknown source
         result = runtime.pipeline.replay_source(source or "")
+    state.audit(
+        "ingest.replay", source,
+        {"ids": list(ids)[:100], "replayed": result.replayed,
+         "still_failing": result.still_failing},
+    )  # fmt: skip
     click.echo(
         codec.dumps_str(
             {

@@ -1,4 +1,4 @@
-"""``quell playbook``, ``run``, ``approval``, ``task`` and ``worker``."""
+"""``quell playbook``, ``run``, ``task`` and ``worker`` (``approval``: quell.cli.approvals)."""
 
 from __future__ import annotations
 
@@ -123,25 +123,144 @@ def schema() -> None:
     print_json(json_schema())
 
 
+def _library(runtime: Runtime) -> Any:
+    from quell.engine.actions import EnvSecrets
+    from quell.engine.library import ConfiguredSecrets, PlaybookLibrary
+
+    return PlaybookLibrary(
+        runtime.db,
+        runtime.playbooks,
+        runtime.registry,
+        ConfiguredSecrets(EnvSecrets(), runtime.connector_instances),
+        review_required=runtime.settings.playbook_review == "required",
+        audit=runtime.audit,
+    )
+
+
+def _as(state: CliState, as_user: str | None, permission: str) -> str:
+    from quell.cli.approvals import acting_user
+    from quell.governance.permissions import Permission
+
+    return acting_user(state, as_user, Permission(permission))[0]
+
+
+_AS = click.option(
+    "--as", "as_user", metavar="USER", help="Act as this Quell user (asks their password)."
+)
+
+
 @playbook_group.command("add")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
-    "--activate/--no-activate", default=True, show_default=True, help="Make its triggers live."
+    "--publish",
+    is_flag=True,
+    help="Publish it at once (only where playbook_review is 'optional'; else it is a draft "
+    "to submit for review).",
 )
+@_AS
 @json_option
 @pass_state
-def add(state: CliState, path: Path, activate: bool, as_json: bool) -> None:
-    """Store a playbook version (and make it the active one)."""
+def add(state: CliState, path: Path, publish: bool, as_user: str | None, as_json: bool) -> None:
+    """Store a playbook version as a draft (submit it for review to publish it)."""
     runtime = state.runtime()
-    playbook = compile_file(runtime, path)
-    version = runtime.playbooks.register(
-        playbook, source=path.read_text(encoding="utf-8"), created_by=actor(), activate=activate
+    author = _as(state, as_user, "playbooks:write")
+    version = _library(runtime).add(
+        path.read_bytes(), str(path), created_by=author, activate=publish
     )
     if as_json:
         print_json(version.as_dict())
     else:
-        state_text = "active" if version.active else "stored"
-        click.echo(f"{version.playbook_id} v{version.version} {state_text} ({version.id})")
+        shown = "active" if version.active else version.state
+        click.echo(f"{version.playbook_id} v{version.version} {shown} ({version.id})")
+
+
+def _review_step(state: CliState, step: str, playbook_id: str, version: int | None,
+                 comment: str | None, as_user: str | None, permission: str) -> None:  # fmt: skip
+    runtime = state.runtime()
+    by = _as(state, as_user, permission)
+    kept = getattr(_library(runtime), step)(playbook_id, version, by=by, comment=comment)
+    shown = "active" if kept.active else kept.state
+    click.echo(f"{kept.playbook_id} v{kept.version}: {shown}")
+
+
+_VERSION = click.option("--version", "version", type=int, help="The version (default: newest).")
+_WHY = click.option("--comment", "-m", help="Why.")
+
+
+@playbook_group.command("submit")
+@click.argument("playbook_id")
+@_VERSION
+@_WHY
+@_AS
+@pass_state
+def submit(state: CliState, playbook_id: str, version: int | None, comment: str | None,
+           as_user: str | None) -> None:  # fmt: skip
+    """Submit a draft for review."""
+    _review_step(state, "submit", playbook_id, version, comment, as_user, "playbooks:write")
+
+
+@playbook_group.command("publish")
+@click.argument("playbook_id")
+@_VERSION
+@click.option("--comment", "-m", required=True, help="Why it may go live.")
+@_AS
+@pass_state
+def publish(state: CliState, playbook_id: str, version: int | None, comment: str,
+            as_user: str | None) -> None:  # fmt: skip
+    """Approve a version under review: it is published and becomes active (not by its
+    author)."""
+    _review_step(state, "publish", playbook_id, version, comment, as_user, "playbooks:publish")
+
+
+@playbook_group.command("reject")
+@click.argument("playbook_id")
+@_VERSION
+@click.option("--comment", "-m", required=True, help="What must change.")
+@_AS
+@pass_state
+def reject(state: CliState, playbook_id: str, version: int | None, comment: str,
+           as_user: str | None) -> None:  # fmt: skip
+    """Send a version under review back to draft."""
+    _review_step(state, "reject", playbook_id, version, comment, as_user, "playbooks:publish")
+
+
+@playbook_group.command("rollback")
+@click.argument("playbook_id")
+@click.option("--version", "version", type=int, required=True, help="The earlier version.")
+@_WHY
+@_AS
+@pass_state
+def rollback(state: CliState, playbook_id: str, version: int, comment: str | None,
+             as_user: str | None) -> None:  # fmt: skip
+    """Make an earlier published version active again."""
+    _review_step(state, "rollback", playbook_id, version, comment, as_user, "playbooks:publish")
+
+
+@playbook_group.command("history")
+@click.argument("playbook_id")
+@json_option
+@pass_state
+def history(state: CliState, playbook_id: str, as_json: bool) -> None:
+    """Who added, submitted, published, rejected or rolled back which version."""
+    found = _library(state.runtime()).reviews(playbook_id)
+    if as_json:
+        print_json(found)
+        return
+    print_table(
+        ["AT", "VERSION", "ACTION", "BY", "COMMENT"],
+        [[show_time(r["at"]), r["version"], r["action"], r["by"], r["comment"] or ""]
+         for r in found],
+    )  # fmt: skip
+
+
+@playbook_group.command("diff")
+@click.argument("playbook_id")
+@click.argument("old", type=int)
+@click.argument("new", type=int)
+@pass_state
+def diff(state: CliState, playbook_id: str, old: int, new: int) -> None:
+    """A unified diff between versions OLD and NEW."""
+    click.echo("".join(_library(state.runtime()).diff(playbook_id, old, new)), nl=False)
 
 
 @playbook_group.command("list")
@@ -154,11 +273,12 @@ def list_playbooks(state: CliState, as_json: bool) -> None:
         print_json([version.as_dict() for version in found])
         return
     print_table(
-        ["PLAYBOOK", "VERSION", "ACTIVE", "ID", "CREATED", "NAME"],
+        ["PLAYBOOK", "VERSION", "STATE", "ACTIVE", "ID", "CREATED", "NAME"],
         [
             [
                 v.playbook_id,
                 v.version,
+                v.state,
                 "yes" if v.active else "",
                 v.id,
                 show_time(v.created_at),
@@ -202,6 +322,13 @@ def run(
         playbook = runtime.playbooks.ir(version.id)
     _check_inputs(playbook, inputs)
     run_id = new_id("run")
+    # The operator at the console may run a draft for real (a file being written); the trail
+    # says which version, in which state, and who.
+    state.audit(
+        "run.start", run_id,
+        {"playbook": version.playbook_id, "version": version.version, "state": version.state,
+         "dry_run": dry_run, "from": "file" if path.is_file() else "stored"},
+    )  # fmt: skip
     if wait:
         from quell import aio
 
@@ -494,6 +621,7 @@ def _control(state: CliState, run_id: str, verb: str) -> None:
     runtime = state.runtime()
     service = RunService(runtime.db, runtime.clock)
     view = getattr(service, verb)(run_id)
+    state.audit(f"run.{verb}", run_id, {"playbook": view.playbook_id, "status": view.status})
     pending = " (the worker holding it stops at its next step)" if view.status == "running" else ""
     click.echo(f"{view.id}: {view.status}{pending}")
 
@@ -528,64 +656,6 @@ def resume_run(state: CliState, run_id: str) -> None:
 def retry_run(state: CliState, run_id: str) -> None:
     """Run a failed run again from its failed steps."""
     _control(state, run_id, "retry")
-
-
-@click.group("approval")
-def approval_group() -> None:
-    """List and decide approvals."""
-
-
-@approval_group.command("list")
-@click.option("--all", "show_all", is_flag=True, help="Decided ones too.")
-@json_option
-@pass_state
-def list_approvals(state: CliState, show_all: bool, as_json: bool) -> None:
-    """Approvals waiting for a decision."""
-    from quell.engine.waits import WaitService
-
-    runtime = state.runtime()
-    found = WaitService(runtime.db, runtime.clock).list_all(
-        kind="approval", status=None if show_all else "pending"
-    )
-    if as_json:
-        print_json([wait.as_dict() for wait in found])
-        return
-    print_table(
-        ["ID", "RUN", "STEP", "STATUS", "EXPIRES", "PROMPT"],
-        [
-            [w.id, w.run_id, w.step_key, w.status, show_time(w.expires_at), w.prompt or ""]
-            for w in found
-        ],
-    )
-
-
-def _decide(state: CliState, wait_id: str, comment: str | None, approved: bool) -> None:
-    from quell.engine.waits import WaitService
-
-    runtime = state.runtime()
-    service = WaitService(runtime.db, runtime.clock)
-    decided = (service.approve if approved else service.reject)(wait_id, actor(), "admin", comment)
-    click.echo(
-        f"{decided.id}: {decided.status} (run {decided.run_id} goes on when a worker takes it)"
-    )
-
-
-@approval_group.command("approve")
-@click.argument("wait_id")
-@click.option("--comment", "-m", help="Why.")
-@pass_state
-def approve(state: CliState, wait_id: str, comment: str | None) -> None:
-    """Approve: the waiting step succeeds."""
-    _decide(state, wait_id, comment, True)
-
-
-@approval_group.command("reject")
-@click.argument("wait_id")
-@click.option("--comment", "-m", help="Why.")
-@pass_state
-def reject(state: CliState, wait_id: str, comment: str | None) -> None:
-    """Reject: the waiting step fails."""
-    _decide(state, wait_id, comment, False)
 
 
 @click.group("task")

@@ -104,6 +104,7 @@ def add_source(
         settings=_object(settings_text, "--settings"),
         secret=_secret(secret_env, secret_stdin),
     )
+    state.audit("source.create", f"source:{source.name}", {"after": source.as_dict()})
     if as_json:
         print_json(source.as_dict())
     else:
@@ -120,11 +121,15 @@ def update_source(
     state: CliState, name: str, options: str | None, settings_text: str | None, enabled: bool | None
 ) -> None:
     """Change the source NAME (for example its field mapping, then replay its dead letters)."""
+    before = state.runtime().sources.get(name)
     source = state.runtime().sources.update(
         name,
         parser_options=_object(options, "--options") if options else None,
         settings=_object(settings_text, "--settings") if settings_text else None,
         enabled=enabled,
+    )
+    state.audit(
+        "source.update", f"source:{name}", {"before": before.as_dict(), "after": source.as_dict()}
     )
     click.echo(f"Updated source {source.name!r}.")
 
@@ -179,6 +184,7 @@ def set_secret(
     if secret is None and not clear:
         raise InvalidInput("give --secret-env VAR, --secret-stdin or --clear")
     state.runtime().sources.set_secret(name, secret)
+    state.audit("source.secret", f"source:{name}", {"set": secret is not None})
     click.echo(f"{'Cleared' if clear else 'Set'} the secret of source {name!r}.")
 
 
@@ -187,7 +193,9 @@ def set_secret(
 @pass_state
 def remove_source(state: CliState, name: str) -> None:
     """Remove the source NAME (its alerts stay)."""
+    before = state.runtime().sources.get(name)
     state.runtime().sources.remove(name)
+    state.audit("source.remove", f"source:{name}", {"before": before.as_dict()})
     click.echo(f"Removed source {name!r}.")
 
 
@@ -223,6 +231,7 @@ def add_suppression(
     rule = state.runtime().suppressions.add(
         name, _object(match_text, "--match"), action, expires_in=lifetime
     )
+    state.audit("suppression.add", f"suppression:{rule.name}", {"action": rule.action.value})
     click.echo(f"Added suppression rule {rule.name!r} ({rule.action.value}).")
 
 
@@ -270,4 +279,5 @@ def list_suppressions(state: CliState, as_json: bool) -> None:
 def remove_suppression(state: CliState, name: str) -> None:
     """Remove the suppression rule NAME."""
     state.runtime().suppressions.remove(name)
+    state.audit("suppression.remove", f"suppression:{name}")
     click.echo(f"Removed suppression rule {name!r}.")

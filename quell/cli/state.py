@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -48,6 +48,20 @@ class CliState:
 
             self._runtime = Runtime.open(self.settings, migrate_schema=migrate_schema)
         return self._runtime
+
+    @property
+    def operator(self) -> str:
+        """Who acts at the CLI, as the audit trail names them: ``cli:<account>``."""
+        import getpass
+
+        try:
+            return f"cli:{getpass.getuser()}"
+        except (KeyError, OSError):
+            return "cli"
+
+    def audit(self, action: str, subject: str | None, detail: dict[str, Any] | None = None) -> None:
+        """Record a change made at the CLI in the audit trail, as the operator."""
+        self.runtime().audit.record(self.operator, action, subject, detail or {})
 
     def close(self) -> None:
         """Release what was opened."""

@@ -10,7 +10,6 @@ import click
 from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.state import CliState, pass_state
 from quell.durations import parse_duration
-from quell.governance.permissions import Role
 
 if TYPE_CHECKING:
     from quell.governance.tokens import ApiToken
@@ -48,8 +47,7 @@ def _as_dict(token: ApiToken, status: str) -> dict[str, Any]:
 @click.option("--name", required=True, help="A unique name, e.g. siem-webhook.")
 @click.option(
     "--role",
-    type=click.Choice([role.value for role in Role], case_sensitive=False),
-    help="What the token may do (required unless --user is given).",
+    help="What the token may do: a built-in or custom role (required unless --user is given).",
 )
 @click.option("--expires-in", help="Lifetime such as 90d or 12h; no expiry by default.")
 @click.option(
@@ -69,6 +67,10 @@ def create(
     record, token = runtime.tokens.create(
         name, role or "", created_by=_cli_actor(), expires_in=lifetime, user=user
     )
+    state.audit(
+        "token.create", f"token:{record.name}",
+        {"role": record.role, "user": record.user, "expires_at": record.expires_at},
+    )  # fmt: skip
     expiry = f", expires {show_time(record.expires_at)}" if record.expires_at else ""
     owner = f" for user {record.user!r}" if record.user else ""
     click.echo(
@@ -114,4 +116,5 @@ def list_tokens(state: CliState, include_revoked: bool, as_json: bool) -> None:
 def revoke(state: CliState, name: str) -> None:
     """Revoke the token NAME. It is refused from the next request on."""
     record = state.runtime().tokens.revoke(name)
+    state.audit("token.revoke", f"token:{name}")
     click.echo(f"Revoked token {record.name!r}.")

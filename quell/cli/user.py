@@ -11,13 +11,13 @@ from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.state import CliState, pass_state
 from quell.cli.token import _cli_actor
 from quell.errors import InvalidInput
-from quell.governance.permissions import Role
 from quell.sdk.secret import SecretValue
 
 if TYPE_CHECKING:
     from quell.governance.users import User
 
-_ROLES = click.Choice([role.value for role in Role], case_sensitive=False)
+# Built-in roles (admin, author, analyst, approver, auditor) or a custom one (quell role list).
+_ROLES = click.STRING
 
 
 @click.group("user")
@@ -47,7 +47,9 @@ def _describe(user: User) -> str:
 
 @group.command("add")
 @click.argument("name")
-@click.option("--role", required=True, type=_ROLES, help="What the user may do.")
+@click.option(
+    "--role", required=True, type=_ROLES, help="What the user may do (see quell role list)."
+)
 @click.option("--display-name", help="How the user is shown.")
 @click.option(
     "--password-stdin",
@@ -119,6 +121,16 @@ def set_role(state: CliState, name: str, role: str) -> None:
     """Give NAME the role ROLE; it applies to their sessions and tokens at once."""
     user = state.runtime().users.set_role(name, role, by=_cli_actor())
     click.echo(f"Set {_describe(user)}.")
+
+
+@group.command("set-email")
+@click.argument("name")
+@click.argument("email")
+@pass_state
+def set_email(state: CliState, name: str, email: str) -> None:
+    """Set where NAME's approval links are mailed ('' clears it)."""
+    user = state.runtime().users.set_email(name, email, by=_cli_actor())
+    click.echo(f"{user.name}: e-mail {user.email or '(none)'}")
 
 
 @group.command("set-password")

@@ -246,6 +246,8 @@ class Engine:
             parent_key=None,
             created_at=row[RUN_COLUMNS.index("created_at")],
             deadline=row[RUN_COLUMNS.index("deadline")],
+            trigger=trigger,
+            created_by=created_by,
         )
         # The run's own records queue behind its creation, so it may start at once; the
         # caller hears of the run only once it is committed.
@@ -401,12 +403,15 @@ class Engine:
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
         from quell.engine.waits import WaitService
+        from quell.governance.audit import AuditLog
 
         waits = WaitService(self.db, self.clock)
+        audit = AuditLog(self.db, self.clock)
         while not stop.is_set():
             try:
                 woken = await asyncio.to_thread(self.runs.wake_due)
                 expired = await asyncio.to_thread(waits.expire_due)
+                await asyncio.to_thread(audit.drain)  # the action calls, onto the chain
                 if woken or expired:
                     self.wake()
                 await self.on_tick()

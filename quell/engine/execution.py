@@ -47,6 +47,7 @@ from quell.engine.journal import Op, OpKind, release_params
 from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
 from quell.engine.store import resume_decided
+from quell.governance.approvals import CRITICAL_APPROVALS, Initiator, Requirement, describe
 from quell.ids import new_id
 from quell.playbooks.expressions import (
     ExpressionError,
@@ -56,8 +57,17 @@ from quell.playbooks.expressions import (
 )
 from quell.playbooks.ir import ExpiryOutcome, Playbook, Step, StepKind, WaitKind
 from quell.sdk import ActionContext, ActionError, Landed, Reconciliation
+from quell.sdk.actions import RiskLevel
 from quell.store.dialect import insert_ignore
-from quell.store.schema import incident_events, incident_tasks, incidents, run_steps, waits
+from quell.store.schema import (
+    incident_events,
+    incident_tasks,
+    incidents,
+    playbook_versions,
+    run_steps,
+    runs,
+    waits,
+)
 
 if TYPE_CHECKING:
     from quell.connectors.registry import ActionDef
@@ -112,6 +122,8 @@ class RunInfo:
     parent_key: str | None
     created_at: datetime
     deadline: datetime | None
+    trigger: str = "manual"
+    created_by: str | None = None
 
     @classmethod
     def from_row(cls, row: Any, epoch: int) -> RunInfo:
@@ -128,6 +140,8 @@ class RunInfo:
             parent_key=row.parent_key,
             created_at=row.created_at,
             deadline=row.deadline,
+            trigger=row.trigger,
+            created_by=row.created_by,
         )
 
 
@@ -235,9 +249,32 @@ def read_callback_token(secret: bytes, token: str) -> tuple[str, str] | None:
     return run_id, key
 
 
+def _digest_of(value: Any) -> str:
+    """SHA-256 of a value's canonical JSON."""
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+
+
 def token_hash(token: str) -> str:
     """How a callback token is looked up."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who is behind a run: for approval rules (the initiator) and for separation of duties
+    (the requester and the author may not approve its writes)."""
+
+    initiator: Initiator
+    requester: str | None  # who started the (root) run by hand
+    author: str | None  # who added the playbook version
+
+    @property
+    def excluded(self) -> list[str]:
+        """Who may not decide this run's approvals."""
+        return [name for name in dict.fromkeys((self.requester, self.author)) if name]
+
+
+_AUTOMATED = frozenset({"alert.created", "incident.created", "incident.updated", "schedule"})
 
 
 class Execution:
@@ -249,6 +286,7 @@ class Execution:
         self.engine = engine
         self.run = run
         self.playbook = playbook
+        self._origin: Origin | None = None
         self.records: dict[str, Record] = {}
         self.seq = max((row.seq for row in journal), default=0)
         for row in journal:  # oldest first: the last attempt of each key wins
@@ -672,6 +710,8 @@ class Execution:
                         key, step, status, inputs=inputs, error=error, idempotency_key=ikey,
                         attempt=attempt, due_at=due,
                     )  # fmt: skip
+                self.audit_call(definition.key, key, attempt, status, ikey, ctx.instance,
+                                inputs, None, error)  # fmt: skip
                 if retry is None:
                     raise self.failed(step, frame, key, error) from None
                 await self.pause_for(retry)
@@ -691,7 +731,43 @@ class Execution:
                     key, step, StepStatus.SUCCEEDED, inputs=inputs, output=output,
                     assigned=assigned, idempotency_key=ikey, attempt=attempt,
                 )  # fmt: skip
+            self.audit_call(definition.key, key, attempt, StepStatus.SUCCEEDED, ikey,
+                            ctx.instance, inputs, output, None)  # fmt: skip
             return output
+
+    def audit_call(
+        self,
+        action: str,
+        key: str,
+        attempt: int,
+        status: StepStatus,
+        idempotency_key: str,
+        instance: str | None,
+        inputs: Any,
+        output: Any,
+        error: dict[str, Any] | None,
+    ) -> None:
+        """Queue an action call's audit event with the journal (committed with the run's next
+        writes, chained by the tick: :meth:`AuditLog.drain`). What was sent and received is
+        kept as SHA-256 digests (the journal holds the values); an error by its code only."""
+        detail: dict[str, Any] = {
+            "run_id": self.run.id,
+            "playbook": self.run.playbook_id,
+            "step": key,
+            "attempt": attempt,
+            "status": status.value,
+            "instance": instance,
+            "idempotency_key": idempotency_key,
+            "dry_run": self.run.dry_run,
+            "inputs_sha256": _digest_of(inputs),
+        }
+        if output is not None:
+            detail["output_sha256"] = _digest_of(output)
+        if error is not None:
+            detail["error"] = error.get("code")
+        row = (new_id("aob"), self.now(), f"run:{self.run.id}", "action.call", action, detail)
+        # Not fenced by the lease: the call was made, whoever holds the run now.
+        self.journal.queue(Op(OpKind.AUDIT, self.run.id, None, row))
 
     async def guard(
         self,
@@ -712,6 +788,8 @@ class Execution:
             inputs=inputs,
             run_id=self.run.id,
             playbook_id=self.run.playbook_id,
+            initiator=self.initiator,
+            approved=self.approved(key),
         )
         gate = f"{key}#guard"
         held = self.records.get(gate)
@@ -742,8 +820,49 @@ class Execution:
         if verdict.outcome is Ruling.APPROVE:
             approval = self.records.get(f"{key}#approval")
             if approval is None or approval.status is not StepStatus.SUCCEEDED:
-                return await self.approval_gate(step, key, frame, reason=verdict.message)
+                return await self.approval_gate(
+                    step, key, frame, reason=verdict.message, requirement=verdict.requirement
+                )
         return False
+
+    def approved(self, key: str) -> bool:
+        """Whether people approved the write of step ``key`` (its approval succeeded)."""
+        gate = self.records.get(f"{key}#approval")
+        return gate is not None and gate.status is StepStatus.SUCCEEDED
+
+    async def origin(self) -> Origin:
+        """Who is behind this run (read once, when an approval needs it)."""
+        if self._origin is None:
+            root, version_id = self.run.root_run_id, self.run.playbook_version_id
+
+            own = (self.run.trigger, self.run.created_by) if root == self.run.id else None
+
+            def read() -> Origin:
+                # A run may start before its own row commits, so its trigger and creator come
+                # from memory; a child's root (running long before) and the version are read.
+                with self.engine.db.read() as conn:
+                    started = own or tuple(
+                        conn.execute(
+                            select(runs.c.trigger, runs.c.created_by).where(runs.c.id == root)
+                        ).first()
+                        or ("playbook", None)
+                    )
+                    author = conn.execute(
+                        select(playbook_versions.c.created_by).where(
+                            playbook_versions.c.id == version_id
+                        )
+                    ).scalar()
+                trigger, creator = started
+                if trigger in _AUTOMATED or trigger != "manual" or not creator:
+                    return Origin(Initiator.AUTOMATION, None, author)
+                return Origin(Initiator.PERSON, creator, author)
+
+            self._origin = await asyncio.to_thread(read)
+        return self._origin
+
+    async def initiator(self) -> Initiator:
+        """Who started the run: automation or a person."""
+        return (await self.origin()).initiator
 
     async def record_containment(
         self,
@@ -770,7 +889,13 @@ class Execution:
             )
 
     async def approval_gate(
-        self, step: Step, key: str, frame: Frame, *, reason: str | None = None
+        self,
+        step: Step,
+        key: str,
+        frame: Frame,
+        *,
+        reason: str | None = None,
+        requirement: Requirement | None = None,
     ) -> bool:
         """Hold an ``approval: true`` action until a person approves it (True: skip it).
 
@@ -778,12 +903,12 @@ class Execution:
         (the action runs), rejected (the step fails with the decision) or skipped by expiry.
         In a dry run a write is only simulated, so it asks nobody.
         """
-        if self.run.dry_run:
-            try:
-                if not self.engine.actions.action(step.action or "").is_read:
-                    return False
-            except Exception:  # noqa: BLE001 - an unknown action fails in the step itself
-                return False
+        try:
+            risk: RiskLevel | None = self.engine.actions.action(step.action or "").meta.risk
+        except Exception:  # noqa: BLE001 - an unknown action fails in the step itself
+            risk = None
+        if self.run.dry_run and risk is not RiskLevel.READ:
+            return False
         gate = f"{key}#approval"
         record = self.records.get(gate)
         if record is not None and record.status.terminal:
@@ -800,16 +925,33 @@ class Execution:
             shown = orjson.dumps(inputs, default=str).decode()
         except ExpressionError as exc:
             inputs, shown = None, f"(inputs could not be rendered: {exc.message})"
+        if requirement is None and risk is not None and risk is not RiskLevel.READ:
+            requirement = await self.engine.guardrails.requirement(
+                action=step.action or "", risk=risk, inputs=inputs, initiator=self.initiator
+            )
+        if requirement is None:
+            requirement = Requirement(rule=None)
+        if risk is RiskLevel.CRITICAL:
+            requirement = requirement.at_least(CRITICAL_APPROVALS)
         prompt = f"Run {step.action} ({step.id}) with {shown[:500]}"
         if reason:
             prompt = f"{prompt} ({reason})"
+        if requirement.rule or requirement.approvals > 1:
+            prompt = f"{prompt} [{describe(requirement)}]"
+        now = self.now()
+        expires = (
+            now + timedelta(seconds=requirement.expires_after)
+            if requirement.expires_after
+            else None
+        )
         _row_id, values = self._row(
             gate, step, self.next_attempt(gate), StepStatus.WAITING_APPROVAL, finished=False,
             inputs=inputs,
         )  # fmt: skip
         await self.open_wait(
             self.records[gate], gate, WaitKind.APPROVAL.value, StepStatus.WAITING_APPROVAL,
-            prompt, None, None, (), insert=values,
+            prompt, expires, requirement.on_expiry if expires else None, requirement.roles,
+            insert=values, requirement=requirement, excluded=(await self.origin()).excluded,
         )  # fmt: skip
         raise Suspended()
 
@@ -1115,9 +1257,10 @@ class Execution:
         expires = self.now() + timedelta(seconds=spec.expires_in) if spec.expires_in else None
         _row_id, values = self._row(key, step, self.next_attempt(key), status, finished=False)
         record = self.records[key]
+        excluded = (await self.origin()).excluded if spec.kind is WaitKind.APPROVAL else None
         await self.open_wait(
             record, key, spec.kind.value, status, prompt, expires, spec.on_expiry, spec.approvers,
-            insert=values,
+            insert=values, excluded=excluded,
         )  # fmt: skip
         raise Suspended()
 
@@ -1133,8 +1276,11 @@ class Execution:
         approvers: tuple[str, ...],
         *,
         insert: tuple[Any, ...] | None = None,
+        requirement: Requirement | None = None,
+        excluded: list[str] | None = None,
     ) -> None:
-        """Record the step as waiting and the wait itself, in one commit."""
+        """Record the step as waiting and the wait itself, in one commit (an approval with
+        what it takes: how many people, who may not decide, when it escalates)."""
         wait_id = new_id("wai")
         token = self.event_token(key) if kind == "event" else None
         now = self.now()
@@ -1156,7 +1302,7 @@ class Execution:
                     )
                     .values(status=status.value, finished_at=None)
                 )
-            row = {
+            row: dict[str, Any] = {
                 "id": wait_id,
                 "run_id": run_id,
                 "step_key": key,
@@ -1169,7 +1315,15 @@ class Execution:
                 "on_expiry": on_expiry.value if on_expiry else None,
                 "requested_by": f"playbook:{self.run.playbook_id}",
                 "created_at": now,
+                "excluded": excluded or None,
             }
+            if requirement is not None:
+                row["required"] = requirement.approvals
+                row["rule"] = requirement.rule
+                if requirement.escalate_to:
+                    row["escalate_to"] = list(requirement.escalate_to)
+                if requirement.escalate_after:
+                    row["escalate_at"] = now + timedelta(seconds=requirement.escalate_after)
             if token is None:
                 conn.execute(waits.insert().values(row))
                 if kind == "task":
@@ -1228,7 +1382,10 @@ class Execution:
                 return self.replayed(step, frame, record)
             raise Suspended()
         try:
-            version = self.engine.playbooks.resolve(step.playbook or "", step.version)
+            # A run calls published versions only (a draft runs only in a dry run).
+            version = self.engine.playbooks.resolve(
+                step.playbook or "", step.version, published_only=not self.run.dry_run
+            )
             inputs = self.render(step.inputs, "with", self.scope(frame, step))
         except Exception as exc:  # noqa: BLE001 - an unknown playbook fails the step
             message = getattr(exc, "message", type(exc).__name__)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -37,6 +37,13 @@ from sqlalchemy import delete, func, insert, select, update
 from quell.clock import Clock
 from quell.engine.states import RunStatus, StepStatus
 from quell.errors import InvalidInput, NotFound
+from quell.governance.approvals import (
+    ApprovalRule,
+    Initiator,
+    Requirement,
+    load_rules,
+    requirement_for,
+)
 from quell.governance.audit import AuditLog
 from quell.ids import new_id
 from quell.sdk.actions import RiskLevel
@@ -63,6 +70,11 @@ _BREAKER_LOCK = 0x51E12  # orders opening and resetting circuits on PostgreSQL
 _changes = [0]
 
 
+def policy_changed() -> None:
+    """Make this process's engines read the policy again at once."""
+    _changes[0] += 1
+
+
 class Ruling(StrEnum):
     """What a guardrail says about a write."""
 
@@ -79,6 +91,7 @@ class Verdict:
     outcome: Ruling
     code: str = ""
     message: str = ""
+    requirement: Requirement | None = None  # APPROVE: what the approval takes
 
     @property
     def error(self) -> dict[str, Any]:
@@ -135,6 +148,7 @@ class Policy:
     asset_tags: dict[str, list[str]] = field(default_factory=dict)
     breaker: Breaker | None = None
     open_circuits: dict[str, dict[str, Any]] = field(default_factory=dict)  # by playbook id
+    approval_rules: tuple[ApprovalRule, ...] = ()  # in the order they are tried
 
     @property
     def empty(self) -> bool:
@@ -146,7 +160,28 @@ class Policy:
             or self.protected_tags
             or self.breaker
             or self.open_circuits
+            or self.rules
         )
+
+    @property
+    def rules(self) -> tuple[ApprovalRule, ...]:
+        """The approval rules that are on."""
+        return tuple(rule for rule in self.approval_rules if rule.enabled)
+
+    @property
+    def needs_initiator(self) -> bool:
+        """Whether a rule asks who started the run."""
+        return any(rule.needs_initiator for rule in self.rules)
+
+    def requirement(
+        self, *, action: str, risk: RiskLevel, inputs: Any, initiator: Initiator | None
+    ) -> Requirement | None:
+        """What the approval policy asks of this write (None: nothing)."""
+        rules = self.rules
+        if not rules or risk is RiskLevel.READ:
+            return None
+        assets = _assets_named(self.asset_tags, inputs) if self.asset_tags else []
+        return requirement_for(rules, action=action, risk=risk, assets=assets, initiator=initiator)
 
     def protected_entries(self) -> dict[str, str]:
         """Every protected address, network or name, with why: listed, or tagged so."""
@@ -168,6 +203,7 @@ class Policy:
             "asset_tags": self.asset_tags,
             "breaker": self.breaker.as_dict() if self.breaker else None,
             "open_circuits": self.open_circuits,
+            "approval_rules": [rule.as_dict() for rule in self.approval_rules],
         }
 
 
@@ -206,6 +242,11 @@ def _protected_hit(protected: Iterable[str], inputs: Any) -> str | None:
     return None
 
 
+def _assets_named(asset_tags: Mapping[str, list[str]], inputs: Any) -> list[list[str]]:
+    """The tags of every tagged asset (address, network or name) the inputs name."""
+    return [tags for entry, tags in asset_tags.items() if _protected_hit((entry,), inputs)]
+
+
 def _check_tag(tag: str) -> str:
     text = tag.strip().lower()
     if not _TAG.match(text):
@@ -236,6 +277,7 @@ class GuardrailService:
         """The policy as stored now."""
         with self.db.read() as conn:
             rows = {row.name: row.value for row in conn.execute(select(guardrails))}
+            rules = load_rules(conn)
         limits = tuple(
             Limit(
                 per_hour=int(item["per_hour"]),
@@ -246,6 +288,7 @@ class GuardrailService:
         )
         breaker = Breaker(**rows[BREAKER]) if rows.get(BREAKER) else None
         return Policy(
+            approval_rules=rules,
             kill_switch=rows.get(KILL_SWITCH) or None,
             limits=limits,
             protected=tuple(rows.get(PROTECTED, [])),
@@ -446,10 +489,13 @@ class GuardrailService:
         inputs: Any,
         run_id: str | None,
         playbook_id: str,
+        initiator: Initiator | None = None,
+        approved: bool = False,
     ) -> Verdict:
         """What the policy says about this write now (and, when it is allowed and limited,
         counts it: the check and the count are one transaction, so no two workers pass one
-        limit together)."""
+        limit together). ``approved``: people approved this write already, so only the holds
+        and the limits are left to check (an approved write counts against its limit too)."""
         if policy.kill_switch:
             reason = policy.kill_switch.get("reason", "")
             return Verdict(
@@ -461,8 +507,13 @@ class GuardrailService:
                 "circuit_open",
                 f"playbook {playbook_id} failed too often: its circuit is open until reset",
             )
-        protected = policy.protected_entries()
-        hit = _protected_hit(protected, inputs)
+        required = (
+            None
+            if approved
+            else policy.requirement(action=action, risk=risk, inputs=inputs, initiator=initiator)
+        )
+        protected = policy.protected_entries() if not approved else {}
+        hit = _protected_hit(protected, inputs) if protected else None
         if hit is not None:
             why = protected.get(hit, "listed")
             reason = "" if why == "listed" else f" ({why})"
@@ -470,6 +521,14 @@ class GuardrailService:
                 Ruling.APPROVE,
                 "protected_asset",
                 f"{hit} is protected{reason}: a person must approve",
+                required,
+            )
+        if required is not None:
+            return Verdict(
+                Ruling.APPROVE,
+                "approval_policy",
+                f"approval rule {required.rule} asks for {required.approvals} approval(s)",
+                required,
             )
         limits = [item for item in policy.limits if item.action == action or item.risk is risk]
         if limits:
@@ -584,10 +643,34 @@ class Guardrails:
             and time.monotonic() - self._read_at <= POLICY_TTL
         )
 
+    async def requirement(
+        self,
+        *,
+        action: str,
+        risk: RiskLevel,
+        inputs: Any,
+        initiator: Callable[[], Awaitable[Initiator]],
+    ) -> Requirement | None:
+        """What the approval policy asks of a write (``initiator`` is asked only when a rule
+        needs to know who started the run)."""
+        policy = await self._current()
+        if not policy.rules:
+            return None
+        who = await initiator() if policy.needs_initiator else None
+        return policy.requirement(action=action, risk=risk, inputs=inputs, initiator=who)
+
     async def check(
-        self, *, action: str, risk: RiskLevel, inputs: Any, run_id: str, playbook_id: str
+        self,
+        *,
+        action: str,
+        risk: RiskLevel,
+        inputs: Any,
+        run_id: str,
+        playbook_id: str,
+        initiator: Callable[[], Awaitable[Initiator]] | None = None,
+        approved: bool = False,
     ) -> Verdict:
-        """The verdict on a write a run is about to make."""
+        """The verdict on a write a run is about to make (``approved``: people approved it)."""
         import asyncio
 
         policy = await self._current()
@@ -597,6 +680,7 @@ class Guardrails:
             # A hold lasts a while: make sure it is not a switch turned off a moment ago
             # (turning it off wakes the held runs, which must then go on).
             policy = await self._current(fresh=True)
+        who = await initiator() if initiator is not None and policy.needs_initiator else None
         verdict = await asyncio.to_thread(
             self.service.check,
             policy,
@@ -605,6 +689,8 @@ class Guardrails:
             inputs=inputs,
             run_id=run_id,
             playbook_id=playbook_id,
+            initiator=who,
+            approved=approved,
         )
         if verdict.outcome is not Ruling.ALLOW:
             log.warning(

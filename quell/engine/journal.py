@@ -40,10 +40,11 @@ from quell.errors import QuellError, StorageUnavailable
 from quell.store.bulk import BulkStatement, bulk_insert, bulk_update
 from quell.store.database import Backend, Database
 from quell.store.group_commit import BatchWriter, Outcome, Waiter, settle
-from quell.store.schema import run_steps, runs
+from quell.store.schema import audit_outbox, run_steps, runs
 
 log = structlog.get_logger(__name__)
 
+AUDIT_COLUMNS = ("id", "at", "actor", "action", "subject", "detail")
 RUN_COLUMNS = (
     "id", "playbook_version_id", "playbook_id", "status", "dry_run", "inputs", "variables",
     "error", "trigger", "trigger_ref", "dedupe_key", "parent_run_id", "parent_key",
@@ -90,6 +91,7 @@ class OpKind(IntEnum):
     INSERT_STEP = 2
     UPDATE_STEP = 3
     RELEASE_RUN = 4
+    AUDIT = 5  # an audit_outbox row (AUDIT_COLUMNS): an action call, chained later
 
 
 @dataclass(slots=True)
@@ -122,6 +124,7 @@ class JournalWriter(BatchWriter[Op]):
         self.update_step = _step_update(db)
         self.release_run = bulk_update(db, runs, RUN_RELEASE, key="id")
         self.release_waiting = _release_waiting(db)
+        self.insert_audit = bulk_insert(db, audit_outbox, AUDIT_COLUMNS)
         # The fence reads current epochs with one statement per batch size, rendered once.
         self._fence_sql: dict[int, str] = {}
         self._postgres = db.backend is Backend.POSTGRESQL
@@ -218,6 +221,7 @@ class JournalWriter(BatchWriter[Op]):
         step_updates: list[Any] = []
         releases: list[Any] = []
         waiting: list[Any] = []
+        audits: list[Any] = []
 
         def flush_rows() -> None:
             self.insert_run.run_cursor(cursor, run_rows)
@@ -236,6 +240,8 @@ class JournalWriter(BatchWriter[Op]):
                 step_rows.append(op.values)
             elif op.kind is OpKind.UPDATE_STEP:
                 step_updates.append(op.values)
+            elif op.kind is OpKind.AUDIT:
+                audits.append(op.values)
             elif op.values[0] == _WAITING:
                 waiting.append(op.values)
             else:
@@ -245,6 +251,7 @@ class JournalWriter(BatchWriter[Op]):
         self.update_step.run_cursor(cursor, step_updates)
         self.release_run.run_cursor(cursor, releases)
         self.release_waiting.run_cursor(cursor, waiting)
+        self.insert_audit.run_cursor(cursor, audits)
         return results, fenced
 
     def _fence_query(self, count: int) -> str:

@@ -33,6 +33,14 @@ class PlaybookVersion:
     created_at: datetime
     created_by: str | None
     source_format: str
+    state: str = "published"
+    published_at: datetime | None = None
+    published_by: str | None = None
+
+    @property
+    def published(self) -> bool:
+        """Whether it went through publication (so it may be active and run for real)."""
+        return self.state == "published"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for the API and the CLI."""
@@ -46,6 +54,9 @@ class PlaybookVersion:
             "created_at": self.created_at,
             "created_by": self.created_by,
             "format": self.source_format,
+            "state": self.state,
+            "published_at": self.published_at,
+            "published_by": self.published_by,
         }
 
 
@@ -60,6 +71,9 @@ def _version(row: Any) -> PlaybookVersion:
         row.created_at,
         row.created_by,
         row.source_format,
+        row.state or "published",
+        row.published_at,
+        row.published_by,
     )
 
 
@@ -78,8 +92,12 @@ class PlaybookStore:
         source: str | None = None,
         created_by: str | None = None,
         activate: bool = False,
+        published_by: str | None = None,
+        published: bool = False,
     ) -> PlaybookVersion:
-        """Store ``playbook`` (once per content) and, with ``activate``, make its triggers live."""
+        """Store ``playbook`` (once per content) as a draft and, with ``activate``, publish it
+        (as ``published_by``, else its author) and make its triggers live. The review workflow
+        on top of this is :class:`quell.engine.library.PlaybookLibrary`'s."""
         ir = playbook.to_json()
         digest = hashlib.sha256(ir).hexdigest()
         now = self.clock.now()
@@ -102,17 +120,40 @@ class PlaybookStore:
                         active=False,
                         created_at=now,
                         created_by=created_by,
+                        state="published" if published else "draft",
+                        published_by=(published_by or created_by or "system")
+                        if published
+                        else None,
+                        published_at=now if published else None,
                     )
                 )
             else:
                 version_id = row.id
             if activate:
+                publisher = published_by or created_by or (row.created_by if row else None)
+                self.mark_published(conn, version_id, publisher or "system", now)
                 self._activate(conn, playbook, version_id, now)
             row = conn.execute(
                 select(playbook_versions).where(playbook_versions.c.id == version_id)
             ).one()
         self._irs[version_id] = playbook
         return _version(row)
+
+    @staticmethod
+    def mark_published(conn: Connection, version_id: str, by: str, now: datetime) -> None:
+        """A version's publication (once: a version published before keeps its record)."""
+        conn.execute(
+            update(playbook_versions)
+            .where(
+                playbook_versions.c.id == version_id,
+                or_(playbook_versions.c.state.is_(None), playbook_versions.c.state != "published"),
+            )
+            .values(state="published", published_by=by, published_at=now)
+        )
+
+    def activate_version(self, conn: Connection, version_id: str, now: datetime) -> None:
+        """Make a stored version the active one (in the caller's transaction)."""
+        self._activate(conn, self.ir(version_id), version_id, now)
 
     def _activate(
         self, conn: Connection, playbook: Playbook, version_id: str, now: datetime
@@ -167,9 +208,16 @@ class PlaybookStore:
             found = self._irs[version_id] = Playbook.from_json(text)
         return found
 
-    def resolve(self, playbook_id: str, version: int | None = None) -> PlaybookVersion:
-        """The version to run: the active one (or given version), else the newest stored."""
+    def resolve(
+        self, playbook_id: str, version: int | None = None, *, published_only: bool = False
+    ) -> PlaybookVersion:
+        """The version to run: the active one (or given version), else the newest stored (the
+        newest published, with ``published_only``: what a run calls as a sub-playbook)."""
         query = select(playbook_versions).where(playbook_versions.c.playbook_id == playbook_id)
+        if published_only:
+            query = query.where(
+                or_(playbook_versions.c.state.is_(None), playbook_versions.c.state == "published")
+            )
         if version is not None:
             query = query.where(playbook_versions.c.version == version)
         query = query.order_by(
@@ -179,7 +227,8 @@ class PlaybookStore:
             row = conn.execute(query).first()
         if row is None:
             wanted = f" version {version}" if version is not None else ""
-            raise NotFound(f"no playbook {playbook_id!r}{wanted}", field="playbook")
+            kind = "published playbook" if published_only else "playbook"
+            raise NotFound(f"no {kind} {playbook_id!r}{wanted}", field="playbook")
         return _version(row)
 
     def exists(self, playbook_id: str, version: int | None) -> bool:

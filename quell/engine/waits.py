@@ -10,21 +10,25 @@ worker is alive or not.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from quell.clock import Clock
 from quell.engine.execution import EARLY_EVENT, read_callback_token, token_hash
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
 from quell.engine.store import resume_decided
-from quell.errors import Conflict, NotFound, PermissionDenied
+from quell.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from quell.governance.audit import AuditLog
 from quell.ids import new_id
 from quell.store.database import Database
 from quell.store.dialect import insert_ignore
 from quell.store.schema import (
+    approval_links,
+    approval_votes,
     incident_events,
     incident_tasks,
     incidents,
@@ -33,7 +37,18 @@ from quell.store.schema import (
     waits,
 )
 
-PRIVILEGED = frozenset({"admin"})  # may decide any approval
+PRIVILEGED = frozenset({"admin"})  # may decide an approval whatever roles it names
+MAX_COMMENT = 4000
+
+
+def person(name: str | None) -> str:
+    """Who a name is, for separation of duties: ``cli:alice`` (an operator at the CLI),
+    ``user:alice`` and ``alice`` are one person."""
+    text = (name or "").strip().lower()
+    for prefix in ("cli:", "user:"):
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
 
 
 def _close_incident_task(
@@ -94,9 +109,27 @@ class Wait:
     decided_at: datetime | None
     comment: str | None
     created_at: datetime
+    required: int = 1
+    rule: str | None = None
+    excluded: list[str] = field(default_factory=list)
+    escalate_at: datetime | None = None
+    escalate_to: list[str] = field(default_factory=list)
+    escalated_at: datetime | None = None
+    votes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def deciders(self) -> list[str]:
+        """The roles that may decide now (escalated: the wider group too); empty: any role
+        holding ``approvals:decide``."""
+        if not self.approvers:
+            return []
+        if self.escalated_at is not None:
+            return list(dict.fromkeys([*self.approvers, *self.escalate_to]))
+        return list(self.approvers)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for the API and the CLI."""
+        approvals = [vote["voter"] for vote in self.votes if vote["approved"]]
         return {
             "id": self.id,
             "run_id": self.run_id,
@@ -113,10 +146,29 @@ class Wait:
             "decided_at": self.decided_at,
             "comment": self.comment,
             "created_at": self.created_at,
+            "required": self.required,
+            "approvals": approvals,
+            "rule": self.rule,
+            "excluded": self.excluded,
+            "escalate_at": self.escalate_at,
+            "escalate_to": self.escalate_to,
+            "escalated_at": self.escalated_at,
+            "votes": self.votes,
         }
 
 
-def _wait(row: Any) -> Wait:
+def _vote(row: Any) -> dict[str, Any]:
+    return {
+        "voter": row.voter,
+        "role": row.role,
+        "approved": bool(row.approved),
+        "comment": row.comment,
+        "via": row.via,
+        "at": row.at,
+    }
+
+
+def _wait(row: Any, votes: list[dict[str, Any]] | None = None) -> Wait:
     return Wait(
         row.id,
         row.run_id,
@@ -133,7 +185,28 @@ def _wait(row: Any) -> Wait:
         row.decided_at,
         row.comment,
         row.created_at,
+        int(row.required or 1),
+        row.rule,
+        list(row.excluded or []),
+        row.escalate_at,
+        list(row.escalate_to or []),
+        row.escalated_at,
+        votes or [],
     )
+
+
+def _votes(conn: Connection, wait_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for start in range(0, len(wait_ids), 500):
+        chunk = wait_ids[start : start + 500]
+        rows = conn.execute(
+            select(approval_votes)
+            .where(approval_votes.c.wait_id.in_(chunk))
+            .order_by(approval_votes.c.at, approval_votes.c.id)
+        )
+        for row in rows:
+            found.setdefault(row.wait_id, []).append(_vote(row))
+    return found
 
 
 class WaitService:
@@ -146,9 +219,11 @@ class WaitService:
         *,
         on_change: Callable[[], None] | None = None,
         callback_secret: bytes | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
+        self.audit = audit or AuditLog(db, clock)
         self.on_change = on_change
         # To recognise a genuine callback that comes before its wait opens (None: it is 404).
         self.callback_secret = callback_secret
@@ -174,52 +249,162 @@ class WaitService:
         if run_id is not None:
             query = query.where(waits.c.run_id == run_id)
         with self.db.read() as conn:
-            return [_wait(row) for row in conn.execute(query)]
+            rows = list(conn.execute(query))
+            votes = _votes(conn, [row.id for row in rows if row.kind == "approval"])
+        return [_wait(row, votes.get(row.id)) for row in rows]
 
     def get(self, wait_id: str) -> Wait:
         """One wait."""
         with self.db.read() as conn:
             row = conn.execute(select(waits).where(waits.c.id == wait_id)).first()
+            votes = _votes(conn, [wait_id]) if row is not None else {}
         if row is None:
             raise NotFound(f"no wait {wait_id!r}", field="id", value=wait_id)
-        return _wait(row)
+        return _wait(row, votes.get(wait_id))
 
     # -- decisions --------------------------------------------------------------------------
 
-    def approve(self, wait_id: str, actor: str, role: str, comment: str | None = None) -> Wait:
-        """Approve an approval: the step succeeds and the run goes on."""
-        return self._decide(wait_id, actor, role, comment, approved=True)
-
-    def reject(self, wait_id: str, actor: str, role: str, comment: str | None = None) -> Wait:
-        """Reject an approval: the step fails (its on_failure, if any, runs)."""
-        return self._decide(wait_id, actor, role, comment, approved=False)
-
-    def _decide(
-        self, wait_id: str, actor: str, role: str, comment: str | None, *, approved: bool
+    def approve(
+        self, wait_id: str, actor: str, role: str, comment: str | None = None, *, via: str = "api"
     ) -> Wait:
+        """Approve: once as many distinct people as the approval needs have approved, the step
+        succeeds and the run goes on."""
+        return self.decide(wait_id, actor, role, comment, approved=True, via=via)
+
+    def reject(
+        self, wait_id: str, actor: str, role: str, comment: str | None = None, *, via: str = "api"
+    ) -> Wait:
+        """Reject: one refusal ends the approval; the step fails (its on_failure, if any,
+        runs)."""
+        return self.decide(wait_id, actor, role, comment, approved=False, via=via)
+
+    def decide(
+        self,
+        wait_id: str,
+        actor: str,
+        role: str,
+        comment: str | None,
+        *,
+        approved: bool,
+        via: str = "api",
+        link_id: str | None = None,
+    ) -> Wait:
+        """One person's decision on an approval, with the comment that says why.
+
+        Refused: without a comment; by someone whose role the approval does not name; an
+        approval by the person who started the run or wrote the playbook version (separation of
+        duties: they may still reject, withdrawing it); by someone who already decided it (one
+        person counts once); through a link used already.
+        """
+        text = (comment or "").strip()
+        if not text:
+            raise InvalidInput("a decision needs a comment saying why", field="comment")
+        if len(text) > MAX_COMMENT:
+            raise InvalidInput(f"the comment is longer than {MAX_COMMENT} characters",
+                               field="comment")  # fmt: skip
         now = self.clock.now()
-        with self.db.write() as conn:
-            row = self._pending(conn, wait_id, ("approval",))
-            allowed = list(row.approvers or [])
-            if allowed and role not in allowed and role not in PRIVILEGED:
-                raise PermissionDenied(
-                    f"this approval needs one of the roles {', '.join(allowed)}; you are {role}",
-                    required=allowed,
+        who = person(actor)
+        outcome = "vote"
+        try:
+            with self.db.write() as conn:
+                row = self._pending(conn, wait_id, ("approval",), lock=True)
+                wait = _wait(row)
+                if wait.expires_at is not None and wait.expires_at <= now:
+                    raise Conflict(f"{wait_id} expired; it ends as its rule says")
+                allowed = wait.deciders
+                if allowed and role not in allowed and role not in PRIVILEGED:
+                    raise PermissionDenied(
+                        f"this approval needs one of the roles {', '.join(allowed)}; "
+                        f"you are {role}",
+                        required=allowed,
+                    )
+                if approved and who in {person(name) for name in wait.excluded}:
+                    raise PermissionDenied(
+                        f"{actor} started this run or wrote this playbook and cannot decide "
+                        "its approval (separation of duties)",
+                        rule="separation_of_duties",
+                    )
+                prior = conn.execute(
+                    select(approval_votes.c.approved).where(
+                        approval_votes.c.wait_id == wait_id, approval_votes.c.voter == who
+                    )
+                ).first()
+                if prior is not None:
+                    raise Conflict(
+                        f"{actor} already {'approved' if prior.approved else 'rejected'} this; "
+                        "another approval must come from someone else",
+                        rule="four_eyes",
+                    )
+                if link_id is not None:
+                    used = conn.execute(
+                        update(approval_links)
+                        .where(approval_links.c.id == link_id, approval_links.c.used_at.is_(None))
+                        .values(used_at=now)
+                    )
+                    if not used.rowcount:
+                        raise Conflict("this approval link was used already")
+                conn.execute(
+                    insert(approval_votes).values(
+                        id=new_id("vot"), wait_id=wait_id, voter=who, role=role,
+                        approved=approved, comment=text, via=via, at=now,
+                    )
+                )  # fmt: skip
+                voters = [
+                    voter
+                    for voter, yes in conn.execute(
+                        select(approval_votes.c.voter, approval_votes.c.approved)
+                        .where(approval_votes.c.wait_id == wait_id)
+                        .order_by(approval_votes.c.at, approval_votes.c.id)
+                    )
+                    if yes
+                ]
+                if not approved:
+                    outcome = "reject"
+                    decision = {"approved": False, "by": actor, "comment": text, "at": now,
+                                "approvals": voters}  # fmt: skip
+                    self._settle(conn, row, WaitStatus.REJECTED, actor, text, decision, now)
+                    error = {
+                        "code": "rejected",
+                        "message": f"rejected by {actor}: {text}",
+                        "retryable": False,
+                    }
+                    self._close_step(conn, row, StepStatus.FAILED, output=decision, error=error)
+                    self._ready(conn, row.run_id, now)
+                elif len(voters) >= wait.required:
+                    outcome = "approve"
+                    decision = {"approved": True, "by": actor, "comment": text, "at": now,
+                                "approvals": voters}  # fmt: skip
+                    self._settle(conn, row, WaitStatus.APPROVED, actor, text, decision, now)
+                    self._close_step(conn, row, StepStatus.SUCCEEDED, output=decision)
+                    self._ready(conn, row.run_id, now)
+                # Recorded in the decision's own transaction: no decision without its record.
+                self.audit.append(
+                    conn,
+                    [
+                        self.audit.event(
+                            actor,
+                            f"approval.{outcome}",
+                            wait_id,
+                            {
+                                "run_id": wait.run_id,
+                                "step": wait.step_key,
+                                "approved": approved,
+                                "comment": text,
+                                "via": via,
+                                "role": role,
+                                "rule": wait.rule,
+                                "required": wait.required,
+                            },
+                        )
+                    ],
                 )
-            decision = {"approved": approved, "by": actor, "comment": comment, "at": now}
-            status = WaitStatus.APPROVED if approved else WaitStatus.REJECTED
-            self._settle(conn, row, status, actor, comment, decision, now)
-            if approved:
-                self._close_step(conn, row, StepStatus.SUCCEEDED, output=decision)
-            else:
-                error = {
-                    "code": "rejected",
-                    "message": f"rejected by {actor}" + (f": {comment}" if comment else ""),
-                    "retryable": False,
-                }
-                self._close_step(conn, row, StepStatus.FAILED, output=decision, error=error)
-            self._ready(conn, row.run_id, now)
-        self._changed()
+        except IntegrityError:  # the same person deciding twice at the same moment
+            raise Conflict(
+                f"{actor} already decided this; another approval must come from someone else",
+                rule="four_eyes",
+            ) from None
+        if outcome != "vote":
+            self._changed()
         return self.get(wait_id)
 
     def complete(
@@ -318,18 +503,38 @@ class WaitService:
         return wait_id if kept is not None else None
 
     def expire_due(self) -> int:
-        """Pending waits past their expiry end as declared: skip, fail or escalate."""
+        """Pending waits past their expiry end as declared: skip, fail or escalate (an
+        approval with roles to escalate to is handed to them for one more period first);
+        approvals past their ``escalate_at`` widen to their escalation roles."""
         now = self.clock.now()
+        escalated: list[tuple[str, str, list[str], str]] = []
+        settled = 0
         with self.db.write() as conn:
+            for row in conn.execute(
+                select(waits)
+                .where(
+                    waits.c.status == WaitStatus.PENDING.value,
+                    waits.c.escalate_at <= now,
+                    waits.c.escalated_at.is_(None),
+                )
+                .with_for_update(skip_locked=True)  # one worker escalates each (PostgreSQL)
+            ).all():
+                self._escalate(conn, row, now, extend=False)
+                escalated.append((row.id, row.run_id, list(row.escalate_to or []), "reminder"))
             due = list(
                 conn.execute(
-                    select(waits).where(
-                        waits.c.status == WaitStatus.PENDING.value, waits.c.expires_at <= now
-                    )
+                    select(waits)
+                    .where(waits.c.status == WaitStatus.PENDING.value, waits.c.expires_at <= now)
+                    .with_for_update(skip_locked=True)  # one worker settles each (PostgreSQL)
                 )
             )
             for row in due:
                 outcome = row.on_expiry or "fail"
+                if outcome == "escalate" and row.escalate_to:  # once: then it fails
+                    self._escalate(conn, row, now, extend=True)
+                    escalated.append((row.id, row.run_id, list(row.escalate_to), "expiry"))
+                    continue
+                settled += 1
                 decision = {"expired": True, "outcome": outcome, "at": now}
                 self._settle(conn, row, WaitStatus.EXPIRED, "expiry", None, decision, now)
                 if row.kind == "task":
@@ -348,9 +553,23 @@ class WaitService:
                     }
                     self._close_step(conn, row, StepStatus.FAILED, output=decision, error=error)
                 self._ready(conn, row.run_id, now)
-        if due:
+        for wait_id, run_id, roles, why in escalated:
+            self.audit.record(
+                "escalation", "approval.escalated", wait_id,
+                {"run_id": run_id, "to": roles, "because": why},
+            )  # fmt: skip
+        if settled:
             self._changed()
-        return len(due)
+        return settled + len(escalated)
+
+    @staticmethod
+    def _escalate(conn: Connection, row: Any, now: datetime, *, extend: bool) -> None:
+        """Widen an approval to its escalation roles (at expiry: for one more period)."""
+        values: dict[str, Any] = {"escalated_at": row.escalated_at or now}
+        if extend and row.expires_at is not None:  # handed on for one more period, once
+            values["expires_at"] = now + (row.expires_at - row.created_at)
+            values["on_expiry"] = "fail"
+        conn.execute(update(waits).where(waits.c.id == row.id).values(values))
 
     def cancel_for_run(self, conn: Connection, run_id: str, now: datetime) -> None:
         """Cancel a run's pending waits (in the caller's transaction), and the incident tasks
@@ -366,8 +585,13 @@ class WaitService:
     # -- helpers --------------------------------------------------------------------------------
 
     @staticmethod
-    def _pending(conn: Connection, wait_id: str, kinds: tuple[str, ...]) -> Any:
-        row = conn.execute(select(waits).where(waits.c.id == wait_id)).first()
+    def _pending(
+        conn: Connection, wait_id: str, kinds: tuple[str, ...], *, lock: bool = False
+    ) -> Any:
+        query = select(waits).where(waits.c.id == wait_id)
+        if lock:  # decisions on one approval one at a time (counting votes), on PostgreSQL
+            query = query.with_for_update()
+        row = conn.execute(query).first()
         if row is None:
             raise NotFound(f"no wait {wait_id!r}", field="id", value=wait_id)
         if row.kind not in kinds:

@@ -30,6 +30,7 @@ class Permission(StrEnum):
     RUNS_EXECUTE = "runs:execute"
     RUNS_CONTROL = "runs:control"
     APPROVALS_DECIDE = "approvals:decide"
+    APPROVALS_MANAGE = "approvals:manage"  # the approval policy
     TASKS_COMPLETE = "tasks:complete"
     CONNECTORS_READ = "connectors:read"
     CONNECTORS_MANAGE = "connectors:manage"

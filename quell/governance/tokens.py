@@ -16,7 +16,7 @@ import secrets
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from quell.clock import Clock
 from quell.errors import AuthenticationRequired, Conflict, InvalidInput, NotFound
 from quell.governance.permissions import Permission, Role, parse_role, permissions_of
+
+if TYPE_CHECKING:
+    from quell.governance.roles import RoleBook
 from quell.ids import new_id
 from quell.sdk.secret import SecretValue
 from quell.store.database import Database
@@ -103,7 +106,7 @@ class Principal:
 
     token_id: str
     name: str
-    role: Role | None
+    role: str | None  # a built-in role's name, or a custom role's
     permissions: frozenset[Permission]
     user: str | None = None  # the user behind a session or a user's token
 
@@ -141,9 +144,11 @@ class TokenService:
         clock: Clock,
         *,
         last_used_resolution: timedelta = timedelta(minutes=1),
+        roles: RoleBook | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
+        self.roles = roles  # custom roles too (None: the built-in ones only)
         self.last_used_resolution = last_used_resolution
 
     def create(
@@ -169,6 +174,16 @@ class TokenService:
                 value=name,
             )
         user_id: str | None = None
+        if user is None:
+            with self.db.read() as conn:
+                clash = conn.execute(select(users.c.id).where(users.c.name == name)).first()
+            if clash is not None:  # the token would act under that user's name
+                raise Conflict(
+                    f"{name!r} is a user's name; a service token needs a name of its own (or "
+                    "make it the user's token)",
+                    field="name",
+                    value=name,
+                )
         if user is not None:
             with self.db.read() as conn:
                 owner = conn.execute(
@@ -176,7 +191,7 @@ class TokenService:
                 ).first()
             if owner is None:
                 raise NotFound(f"no user named {user!r}", field="user", value=user)
-            if role and parse_role(role).value != owner.role:
+            if role and self._parse(role) != owner.role:
                 raise InvalidInput(
                     f"a token of user {user!r} has the user's role ({owner.role}); "
                     "leave the role out",
@@ -184,7 +199,7 @@ class TokenService:
                     value=role,
                 )
             user_id, role = owner.id, owner.role
-        parsed_role = parse_role(role)
+        parsed_role = self._parse(role)
         if expires_in is not None and expires_in <= timedelta(0):
             raise InvalidInput("expires_in must be positive", field="expires_in")
         token = generate_token()
@@ -192,7 +207,7 @@ class TokenService:
         record = ApiToken(
             id=new_id("tok"),
             name=name,
-            role=parsed_role.value,
+            role=parsed_role,
             hint=token.reveal()[-4:],
             created_at=now,
             created_by=created_by,
@@ -284,22 +299,32 @@ class TokenService:
         now = self.clock.now()
         if record.status(now) == "expired":
             raise AuthenticationRequired(f"API token {record.name!r} has expired")
-        try:
-            role = Role(record.role)
-        except ValueError:
+        granted = self._permissions(record.role)
+        if granted is None:
             raise AuthenticationRequired(
                 f"API token {record.name!r} has an unknown role {record.role!r}"
-            ) from None
+            )
         self._touch(record, now)
         return Principal(
             token_id=record.id,
             # A user's token acts as the user: audit, notes, custody and four eyes see one
             # person, whichever of their tokens or sessions they use.
             name=record.user or record.name,
-            role=role,
-            permissions=permissions_of(role),
+            role=record.role,
+            permissions=granted,
             user=record.user,
         )
+
+    def _parse(self, role: str) -> str:
+        return self.roles.parse(role) if self.roles is not None else parse_role(role).value
+
+    def _permissions(self, role: str) -> frozenset[Permission] | None:
+        if self.roles is not None:
+            return self.roles.permissions(role)
+        try:
+            return permissions_of(Role(role))
+        except ValueError:
+            return None
 
     def _touch(self, record: ApiToken, now: datetime) -> None:
         threshold = now - self.last_used_resolution

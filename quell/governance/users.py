@@ -12,13 +12,17 @@ before any password is checked. Every login, failed or not, is audited.
 A session token reads like an API token with its own prefix (``qs_``); only its SHA-256 is
 stored. A session lasts ``session_hours`` from its last use: each use moves ``last_seen_at`` and
 ``expires_at`` forward, written at most once a minute. Logging out, disabling the user or
-setting a new password revokes sessions.
+setting a new password revokes sessions; a user who changes their own password
+(:meth:`UserService.change_password`, with the current one) keeps only the session that did it.
+A sign-in at an OIDC provider (quell.governance.oidc) opens its session through
+:meth:`UserService.open_session` too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from quell.clock import Clock
 from quell.errors import AuthenticationRequired, Conflict, InvalidInput, NotFound, RateLimited
-from quell.governance.permissions import Role, parse_role, permissions_of
+from quell.governance.permissions import Permission, Role, parse_role, permissions_of
 from quell.governance.tokens import Principal, generate_token, hash_token, is_well_formed
 from quell.ids import new_id
 from quell.sdk.secret import SecretValue
@@ -39,6 +43,7 @@ from quell.store.schema import login_failures, user_sessions, users
 
 if TYPE_CHECKING:
     from quell.governance.audit import AuditLog
+    from quell.governance.roles import RoleBook
 
 SESSION_PREFIX = "qs_"
 MIN_PASSWORD_LENGTH = 12
@@ -60,6 +65,7 @@ class User:
     created_at: datetime
     updated_at: datetime
     last_login_at: datetime | None
+    email: str | None = None  # where approval links are mailed
 
     @property
     def status(self) -> str:
@@ -79,6 +85,7 @@ class User:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "last_login_at": self.last_login_at,
+            "email": self.email,
         }
 
 
@@ -114,6 +121,7 @@ _USER_COLUMNS = (
     users.c.created_at,
     users.c.updated_at,
     users.c.last_login_at,
+    users.c.email,
 )
 
 
@@ -162,10 +170,12 @@ class UserService:
         limits: LoginLimits | None = None,
         hasher: PasswordHasher | None = None,
         last_seen_resolution: timedelta = timedelta(minutes=1),
+        roles: RoleBook | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.audit = audit
+        self.roles = roles  # custom roles too (None: the built-in ones only)
         self.session_lifetime = session_lifetime
         self.limits = limits or LoginLimits()
         self.hasher = hasher or PasswordHasher()  # argon2id, RFC 9106 low-memory profile
@@ -185,7 +195,7 @@ class UserService:
     ) -> User:
         """Make a user; without a password they cannot log in (tokens only) until one is set."""
         check_name(name)
-        parsed = parse_role(role)
+        role_name = self._role(role)
         password_hash = self._hash(password) if password is not None else None
         now = self.clock.now()
         user_id = new_id("usr")
@@ -196,7 +206,7 @@ class UserService:
                         id=user_id,
                         name=name,
                         display_name=display_name,
-                        role=parsed.value,
+                        role=role_name,
                         password_hash=password_hash,
                         created_at=now,
                         updated_at=now,
@@ -208,7 +218,7 @@ class UserService:
             by,
             "user.add",
             f"user:{name}",
-            {"role": parsed.value, "password_set": password is not None},
+            {"role": role_name, "password_set": password is not None},
         )
         return self.get(name)
 
@@ -220,6 +230,17 @@ class UserService:
             raise NotFound(f"no user named {name!r}", field="name", value=name)
         return _user(row)
 
+    def _role(self, role: str) -> str:
+        return self.roles.parse(role) if self.roles is not None else parse_role(role).value
+
+    def _permissions(self, role: str) -> frozenset[Permission] | None:
+        if self.roles is not None:
+            return self.roles.permissions(role)
+        try:
+            return permissions_of(Role(role))
+        except ValueError:
+            return None
+
     def list_all(self) -> list[User]:
         """Every user, by name."""
         with self.db.read() as conn:
@@ -229,11 +250,11 @@ class UserService:
 
     def set_role(self, name: str, role: str, *, by: str) -> User:
         """Change a user's role; their sessions and tokens act with it from the next request."""
-        parsed = parse_role(role)
+        role_name = self._role(role)
         before = self.get(name)
-        self._update(name, role=parsed.value)
+        self._update(name, role=role_name)
         self.audit.record(
-            by, "user.set_role", f"user:{name}", {"before": before.role, "after": parsed.value}
+            by, "user.set_role", f"user:{name}", {"before": before.role, "after": role_name}
         )
         return self.get(name)
 
@@ -243,12 +264,112 @@ class UserService:
         self.audit.record(by, "user.set_display_name", f"user:{name}", {})
         return self.get(name)
 
+    def set_email(self, name: str, email: str | None, *, by: str) -> User:
+        """Set (or clear) where a user's approval links are mailed."""
+        address = (email or "").strip() or None
+        if address is not None and (
+            len(address) > 254 or address.count("@") != 1 or any(c.isspace() for c in address)
+        ):
+            raise InvalidInput(f"{email!r} is not an e-mail address", field="email", value=email)
+        before = self.get(name)
+        self._update(name, email=address)
+        self.audit.record(
+            by, "user.set_email", f"user:{name}", {"before": before.email, "after": address}
+        )
+        return self.get(name)
+
     def set_password(self, name: str, password: SecretValue, *, by: str) -> User:
         """Set a new password; the user's sessions are revoked."""
         password_hash = self._hash(password)
         self._update(name, password_hash=password_hash)
         revoked = self._revoke_sessions(name)
         self.audit.record(by, "user.set_password", f"user:{name}", {"sessions_revoked": revoked})
+        return self.get(name)
+
+    def change_password(
+        self,
+        name: str,
+        current: SecretValue,
+        new: SecretValue,
+        *,
+        keep_session: str | None = None,
+        client: str | None = None,
+    ) -> User:
+        """``name`` replaces their own password, proving the current one.
+
+        The new one follows the rules of :func:`check_password`. A wrong current password
+        counts as a failed login (the same limits hold, so a stolen session guesses no faster
+        than the login form). The user's other sessions are revoked; ``keep_session`` (the
+        one making the change) stays. A user without a password (OIDC or tokens only) has
+        none to change.
+        """
+        now = self.clock.now()
+        client = client[:64] if client else None
+        try:
+            check_password(new)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message, field="new_password") from None
+        key = hashlib.sha256(name.encode()).hexdigest()[:40]
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(users.c.id, users.c.password_hash).where(users.c.name == name)
+            ).first()
+        if row is None:
+            raise NotFound(f"no user named {name!r}", field="name", value=name)
+        if row.password_hash is None:
+            raise Conflict(
+                f"user {name!r} has no password to change (they sign in with OIDC or use "
+                "tokens); an admin can set one with `quell user set-password`",
+                field="current_password",
+            )
+        retry_after = self._limited(key, client, now)
+        if retry_after is not None:
+            self.audit.record(
+                name,
+                "user.change_password_failed",
+                f"user:{name}",
+                {"client": client, "reason": "rate"},
+            )
+            raise RateLimited("too many failed attempts; try again later", retry_after=retry_after)
+        if not self._verify(row.password_hash, current.reveal()):
+            with self.db.write() as conn:
+                conn.execute(
+                    insert(login_failures).values(id=new_id("lgf"), at=now, name=key, client=client)
+                )
+                conn.execute(
+                    delete(login_failures).where(login_failures.c.at <= now - self.limits.window)
+                )
+            self.audit.record(
+                name,
+                "user.change_password_failed",
+                f"user:{name}",
+                {"client": client, "reason": "bad_password"},
+            )
+            raise InvalidInput("the current password is not right", field="current_password")
+        if new == current:
+            raise InvalidInput(
+                "the new password is the same as the current one", field="new_password"
+            )
+        password_hash = self.hasher.hash(new.reveal())
+        with self.db.write() as conn:
+            conn.execute(
+                update(users)
+                .where(users.c.id == row.id)
+                .values(password_hash=password_hash, updated_at=now)
+            )
+            others = update(user_sessions).where(
+                user_sessions.c.user_id == row.id, user_sessions.c.revoked_at.is_(None)
+            )
+            if keep_session is not None:
+                others = others.where(user_sessions.c.id != keep_session)
+            revoked = int(conn.execute(others.values(revoked_at=now)).rowcount)
+            conn.execute(delete(login_failures).where(login_failures.c.name == key))
+        self.audit.record(
+            name,
+            "user.change_password",
+            f"user:{name}",
+            {"client": client, "sessions_revoked": revoked},
+        )
         return self.get(name)
 
     def disable(self, name: str, *, by: str) -> User:
@@ -345,6 +466,22 @@ class UserService:
                     .where(users.c.id == row.id)
                     .values(password_hash=self.hasher.hash(candidate))
                 )
+        return self.open_session(row.id, name, client, method="password", forget_failures=key)
+
+    def open_session(
+        self,
+        user_id: str,
+        name: str,
+        client: str | None,
+        *,
+        method: str,
+        detail: Mapping[str, Any] | None = None,
+        forget_failures: str | None = None,
+    ) -> tuple[SecretValue, Session]:
+        """A new session for a user who has just proven who they are (by ``method``:
+        ``password``, ``oidc``); audited as ``user.login`` with ``detail`` added."""
+        now = self.clock.now()
+        client = client[:64] if client else None
         token = generate_token(SESSION_PREFIX)
         session = Session(
             id=new_id("ses"),
@@ -359,7 +496,7 @@ class UserService:
             conn.execute(
                 insert(user_sessions).values(
                     id=session.id,
-                    user_id=row.id,
+                    user_id=user_id,
                     token_hash=hash_token(token.reveal()),
                     created_at=now,
                     expires_at=session.expires_at,
@@ -367,10 +504,14 @@ class UserService:
                     client=client,
                 )
             )
-            conn.execute(update(users).where(users.c.id == row.id).values(last_login_at=now))
-            conn.execute(delete(login_failures).where(login_failures.c.name == key))
+            conn.execute(update(users).where(users.c.id == user_id).values(last_login_at=now))
+            if forget_failures is not None:
+                conn.execute(delete(login_failures).where(login_failures.c.name == forget_failures))
         self.audit.record(
-            name, "user.login", f"user:{name}", {"client": client, "session": session.id}
+            name,
+            "user.login",
+            f"user:{name}",
+            {"client": client, "session": session.id, "method": method, **(detail or {})},
         )
         return token, session
 
@@ -481,12 +622,9 @@ class UserService:
             raise AuthenticationRequired("the session has expired; log in again")
         if row.disabled_at is not None:
             raise AuthenticationRequired(f"user {row.name!r} is disabled")
-        try:
-            role = Role(row.role)
-        except ValueError:
-            raise AuthenticationRequired(
-                f"user {row.name!r} has an unknown role {row.role!r}"
-            ) from None
+        granted = self._permissions(row.role)
+        if granted is None:
+            raise AuthenticationRequired(f"user {row.name!r} has an unknown role {row.role!r}")
         if row.last_seen_at <= now - self.last_seen_resolution:
             with self.db.write() as conn:
                 conn.execute(
@@ -500,8 +638,8 @@ class UserService:
         return Principal(
             token_id=row.id,
             name=row.name,
-            role=role,
-            permissions=permissions_of(role),
+            role=row.role,
+            permissions=granted,
             user=row.name,
         )
 

@@ -342,6 +342,7 @@ class Consumer:
         import asyncio
 
         from quell.engine.guardrails import Ruling
+        from quell.governance.approvals import Initiator
 
         registry = self.runtime.registry
         definition = registry.actions.get(plan.key)
@@ -354,7 +355,7 @@ class Consumer:
         verdict = await asyncio.to_thread(
             lambda: guardrails.check(
                 policy, action=plan.key, risk=definition.meta.risk, inputs=plan.inputs,
-                run_id=None, playbook_id=f"openc2:{actor}",
+                run_id=None, playbook_id=f"openc2:{actor}", initiator=Initiator.AUTOMATION,
             )
         )  # fmt: skip
         if verdict.outcome is Ruling.ALLOW:

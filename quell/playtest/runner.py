@@ -47,7 +47,8 @@ from quell.store.database import Database
 from quell.store.schema import runs
 
 DEFAULT_NOW = datetime(2026, 1, 1, tzinfo=UTC)
-ACTOR = "playbook-test"
+# Who writes and starts the run; decisions are by "playbook-test" (separation of duties).
+ACTOR = "playbook-test:author"
 MAX_JUMPS = 10_000  # clock jumps in one case: a timer loop that never ends is a failure
 _SECRET = b"quell:playbook-test"
 _MARK = re.compile(r"(\|\d+|#\d+|#bound|\[\d*\])$")  # branch, iteration, item markers
@@ -189,9 +190,11 @@ class PlaybookTest:
                 await asyncio.to_thread(migrate.upgrade, db)
                 store = PlaybookStore(db, ManualClock(DEFAULT_NOW))
                 for child in self.children:
-                    await asyncio.to_thread(store.register, instant(child), created_by=ACTOR)
+                    await asyncio.to_thread(
+                        store.register, instant(child), created_by=ACTOR, published=True
+                    )
                 version = await asyncio.to_thread(
-                    store.register, instant(self.playbook), created_by=ACTOR
+                    store.register, instant(self.playbook), created_by=ACTOR, published=True
                 )
                 return [await self._case(db, store, version.id, case) for case in cases]
             finally:
@@ -319,7 +322,7 @@ class PlaybookTest:
     def _decide(engine: Engine, waits: WaitService, wait: Wait, decision: Decision) -> None:
         if wait.kind == "approval":
             decide = waits.reject if decision.decision == "reject" else waits.approve
-            decide(wait.id, decision.by, "admin", decision.comment)
+            decide(wait.id, decision.by, "admin", decision.comment or "decided by the test case")
         elif wait.kind == "task":
             waits.complete(wait.id, decision.by, decision.comment, decision.data)
         else:

@@ -328,6 +328,11 @@ playbook_versions = Table(
     Column("active", Boolean, nullable=False, default=False),  # its triggers are live
     Column("created_at", UTCDateTime(), nullable=False),
     Column("created_by", String(64), nullable=True),
+    # Publishing (quell.engine.library): draft -> in_review -> published; only a published
+    # version becomes active. A version's IR never changes, whatever its state.
+    Column("state", String(16), nullable=True),
+    Column("published_at", UTCDateTime(), nullable=True),
+    Column("published_by", String(64), nullable=True),
 )
 Index("ix_playbook_versions_playbook_id_version", playbook_versions.c.playbook_id,
       playbook_versions.c.version)  # fmt: skip
@@ -337,6 +342,19 @@ Index(
     unique=True,
     sqlite_where=playbook_versions.c.active.is_(True),
     postgresql_where=playbook_versions.c.active.is_(True),
+)
+
+# Who submitted, published, rejected or rolled back which playbook version, and why.
+playbook_reviews = Table(
+    "playbook_reviews",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("version_id", String(32), ForeignKey("playbook_versions.id"), nullable=False),
+    Column("playbook_id", String(128), nullable=False, index=True),
+    Column("action", String(16), nullable=False),
+    Column("by", String(64), nullable=False),
+    Column("comment", Text, nullable=True),
+    Column("at", UTCDateTime(), nullable=False),
 )
 
 runs = Table(
@@ -640,6 +658,45 @@ audit_events = Table(
     Column("detail", _json(), nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("request_id", String(40), nullable=True),  # the API request that caused it
+)
+
+# Events on their way to the chain: a run's action calls are written here in the journal's own
+# transactions (no lock on the chain in the hot path) and appended in order by the engine's tick
+# (quell.governance.audit.AuditLog.drain).
+audit_outbox = Table(
+    "audit_outbox",
+    metadata,
+    Column("id", String(32), primary_key=True),  # time-ordered
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(160), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(512), nullable=True),
+    Column("detail", _json(), nullable=False),
+)
+
+# The data keys that seal secrets at rest (quell.governance.keyring). A random key is kept
+# wrapped (AES-256-GCM) under a key derived from the secret key; the ``derived`` key (the one
+# used before any rotation) is computed from the secret key and never stored. One key is
+# ``active`` (seals), at most one ``retiring`` (still opens, while a rotation moves values off
+# it); a ``retired`` key's material is erased and it opens nothing.
+secret_keys = Table(
+    "secret_keys",
+    metadata,
+    Column("id", String(16), primary_key=True),  # the key id every sealed value carries, in hex
+    Column("kind", String(16), nullable=False),  # random, derived
+    Column("state", String(16), nullable=False),  # active, retiring, retired
+    Column("wrapped", LargeBinary, nullable=True),  # NULL: derived, or retired (erased)
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("retired_at", UTCDateTime(), nullable=True),
+)
+# One active key and at most one retiring: two rotations cannot start at once.
+Index(
+    "uq_secret_keys_live_state",
+    secret_keys.c.state,
+    unique=True,
+    sqlite_where=secret_keys.c.state != "retired",
+    postgresql_where=secret_keys.c.state != "retired",
 )
 
 # -- threat intelligence -------------------------------------------------------------------------

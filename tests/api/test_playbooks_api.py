@@ -176,7 +176,14 @@ def test_playbooks_are_listed_shown_with_source_and_ir_and_activated_by_a_publis
             "/api/playbooks", content=as_json, headers={"content-type": "application/json"}
         ).json()
         clock.advance(timedelta(seconds=1))
-        second = add(author, CONTAIN.replace("isolated {{ host }}", "contained {{ host }}"))
+        changed = CONTAIN.replace("isolated {{ host }}", "contained {{ host }}")
+        reused = author.post(
+            "/api/playbooks", content=changed, headers={"content-type": "application/yaml"}
+        )
+        assert reused.status_code == 409  # version 1 names one content: a change is version 2
+        second = add(
+            author, changed.replace("name: Contain a host", "name: Contain a host\nversion: 2")
+        )
         assert add(author, CONTAIN, file="contain.yaml")["id"] == first["id"]  # stored once
         shown = author.get("/api/playbooks/contain-host").json()
         assert shown["id"] == second["id"]  # none active: the newest

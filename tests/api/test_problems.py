@@ -20,13 +20,18 @@ def test_invalid_body_names_the_field(
     live_server: LiveServer, role_tokens: dict[Role, str]
 ) -> None:
     with live_server.client(role_tokens[Role.ADMIN]) as admin:
-        response = admin.post("/api/tokens", json={"name": "x", "role": "overlord"})
+        response = admin.post("/api/tokens", json={"name": "x", "role": "analyst", "user": 7})
+        unknown = admin.post("/api/tokens", json={"name": "x", "role": "overlord"})
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
     assert problem["code"] == "invalid_input"
-    assert problem["errors"][0]["field"] == "body.role"
-    assert problem["detail"].startswith("body.role:")
+    assert problem["errors"][0]["field"] == "body.user"
+    assert problem["detail"].startswith("body.user:")
+    # A role is looked up (custom roles too): an unknown one is named, with the roles there are.
+    assert unknown.status_code == 422
+    assert unknown.json()["field"] == "role"
+    assert "unknown role 'overlord'" in unknown.json()["detail"]
 
 
 def test_malformed_json_is_a_422_not_a_500(

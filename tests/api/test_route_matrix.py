@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 
 from quell.api.auth import CAPABILITY_PATHS, PUBLIC_PATHS
 from quell.governance.permissions import Permission, Role, permissions_of
+from quell.runtime import Runtime
 from tests.fixtures.servers import LiveServer
 
 
@@ -106,14 +107,32 @@ def test_every_protected_route_refuses_a_caller_without_token(live_server: LiveS
 def test_every_route_answers_each_role_by_its_permissions(
     live_server: LiveServer, role_tokens: dict[Role, str], role: Role
 ) -> None:
-    granted = permissions_of(role)
-    with live_server.client(role_tokens[role]) as client:
+    _answers_by_permissions(live_server, role_tokens[role], permissions_of(role), role.value)
+
+
+def test_every_route_answers_a_custom_role_by_its_permissions(
+    live_server: LiveServer, runtime: Runtime
+) -> None:
+    granted = ["alerts:read", "incidents:read", "incidents:write", "intel:read", "system:read"]
+    runtime.roles.define("triage", granted, description="first-line triage", by="test")
+    token = runtime.tokens.create("test-triage", "triage")[1].reveal()
+    permissions = frozenset(Permission(name) for name in granted)
+    _answers_by_permissions(live_server, token, permissions, "triage")
+
+
+def _answers_by_permissions(
+    live_server: LiveServer, token: str, granted: frozenset[Permission], role: str
+) -> None:
+    with live_server.client(token) as client:
         for method, path, permission in _routes(live_server):
             response = _call(client, method, path)
             if path in CAPABILITY_PATHS:
                 assert response.status_code == 404, (role, method, path, response.text)
             elif path == "/api/login":  # public; an empty body is not a login
                 assert response.status_code == 422, (method, path, response.text)
+            elif path.startswith("/api/auth/oidc/"):  # public; no provider of that name
+                assert response.status_code == 404, (method, path, response.text)
+                assert response.json()["field"] == "provider"
             elif permission is None:
                 assert response.status_code in {200, 503}, (method, path)
             elif permission in granted:

@@ -66,7 +66,7 @@ def test_an_approval_is_decided_by_a_user_who_holds_the_permission(
         assert run["status"] == "succeeded", run["error"]
         assert step(run, "ask")["output"]["by"] == "test-approver"
         assert list(Peer.applied.values()) == ["203.0.113.7"]
-        again = approver.post(f"/api/approvals/{pending['id']}/reject")
+        again = approver.post(f"/api/approvals/{pending['id']}/reject", json={"comment": "late"})
         assert again.status_code == 409
         assert approver.get("/api/approvals").json() == []
         (decided_one,) = approver.get("/api/approvals", params={"status": "all"}).json()
@@ -108,7 +108,8 @@ def test_an_approval_restricted_to_a_role_refuses_other_deciders(
         (pending,) = admin.get("/api/approvals").json()
     assert pending["approvers"] == ["approver"]
     with engine_server.client(role_tokens[Role.APPROVER]) as approver:
-        assert approver.post(f"/api/approvals/{pending['id']}/approve").status_code == 200
+        decided = approver.post(f"/api/approvals/{pending['id']}/approve", json={"comment": "ok"})
+        assert decided.status_code == 200
         assert settle(approver, run_id, until=ENDED)["status"] == "succeeded"
 
 

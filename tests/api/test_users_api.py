@@ -96,7 +96,10 @@ def test_admin_manages_users_and_a_role_change_applies_at_once(
             assert promoted.json()["role"] == "admin"
             assert bob.get("/api/users").status_code == 200
 
-            user_token = admin.post("/api/tokens", json={"name": "bob-cli", "user": "bob"})
+            # A user's token acts as them: an admin cannot make one for bob; bob can.
+            for_bob = admin.post("/api/tokens", json={"name": "bob-cli", "user": "bob"})
+            assert for_bob.status_code == 403
+            user_token = bob.post("/api/tokens", json={"name": "bob-cli", "user": "bob"})
             assert user_token.status_code == 201, user_token.text
             assert user_token.json()["user"] == "bob"
             assert user_token.json()["role"] == "admin"
@@ -188,3 +191,72 @@ def test_canary_password_is_never_logged_audited_or_returned(
     for output in outputs:
         assert canary not in output
         assert wrong not in output
+
+
+def test_users_change_their_own_password_with_a_session_or_their_token(
+    live_server: LiveServer, runtime: Runtime, role_tokens: dict[Role, str], alice: str
+) -> None:
+    new_password = "a brand new long password"
+    with live_server.client() as anonymous:
+        first = anonymous.post("/api/login", json={"name": alice, "password": PASSWORD}).json()
+        second = anonymous.post("/api/login", json={"name": alice, "password": PASSWORD}).json()
+    with live_server.client(first["token"]) as session:
+        wrong = session.post(
+            "/api/me/password",
+            json={"current_password": "not the password", "new_password": new_password},
+        )
+        assert wrong.status_code == 422
+        assert wrong.json()["field"] == "current_password"
+        short = session.post(
+            "/api/me/password", json={"current_password": PASSWORD, "new_password": "short"}
+        )
+        assert short.status_code == 422
+        assert short.json()["field"] == "new_password"
+        assert "at least 12" in short.json()["detail"]
+        changed = session.post(
+            "/api/me/password", json={"current_password": PASSWORD, "new_password": new_password}
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["name"] == "alice"
+        assert "password" not in changed.text.replace("has_password", "")
+        assert session.get("/api/whoami").status_code == 200  # this session stays
+    with live_server.client(second["token"]) as other:
+        assert other.get("/api/whoami").status_code == 401  # the others end
+    with live_server.client() as anonymous:
+        assert (
+            anonymous.post("/api/login", json={"name": alice, "password": PASSWORD}).status_code
+            == 401
+        )
+        assert (
+            anonymous.post("/api/login", json={"name": alice, "password": new_password}).status_code
+            == 200
+        )
+
+    # A token of the user's works too (and ends all of their sessions).
+    _, user_token = runtime.tokens.create("alice-cli", "", user="alice")
+    with live_server.client(user_token.reveal()) as token:
+        again = token.post(
+            "/api/me/password",
+            json={"current_password": new_password, "new_password": PASSWORD + "!"},
+        )
+        assert again.status_code == 200, again.text
+    with live_server.client(first["token"]) as session:
+        assert session.get("/api/whoami").status_code == 401
+
+    # A service token belongs to no one; a user without a password has none to change.
+    with live_server.client(role_tokens[Role.ADMIN]) as service:
+        refused = service.post(
+            "/api/me/password", json={"current_password": PASSWORD, "new_password": new_password}
+        )
+        assert refused.status_code == 422
+        assert "belongs to no user" in refused.json()["detail"]
+    runtime.users.add("sso-only", "analyst", by="test")
+    _, sso_token = runtime.tokens.create("sso-cli", "", user="sso-only")
+    with live_server.client(sso_token.reveal()) as sso:
+        none = sso.post(
+            "/api/me/password", json={"current_password": PASSWORD, "new_password": new_password}
+        )
+        assert none.status_code == 409
+        assert "no password to change" in none.json()["detail"]
+    changes = runtime.audit.list_all(action="user.change_password")
+    assert [event.action for event in changes].count("user.change_password") == 2

@@ -15,7 +15,8 @@ URL_LINE = r"serving on (http://127\.0\.0\.1:\d+)"
 
 @pytest.fixture
 def env(database_url: str) -> dict[str, str]:
-    return {"QUELL_DATABASE_URL": database_url}
+    # A lab's setting: whoever adds a playbook may run it (review is tested elsewhere).
+    return {"QUELL_DATABASE_URL": database_url, "QUELL_PLAYBOOK_REVIEW": "optional"}
 
 
 def test_serve_answers_health_and_guards_openapi(env: dict[str, str]) -> None:

@@ -44,7 +44,7 @@ def test_user_round_trip(invoke: Invoke, env: dict[str, str]) -> None:
 
     assert invoke("user", "set-role", "alice", "approver", env=env).exit_code == 0
     with Runtime.open(settings) as runtime:
-        assert runtime.users.authenticate(session.reveal()).role is Role.APPROVER
+        assert runtime.users.authenticate(session.reveal()).role == Role.APPROVER
 
     token = invoke("token", "create", "--name", "alice-cli", "--user", "alice", env=env)
     assert token.exit_code == 0, token.output

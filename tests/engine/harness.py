@@ -46,7 +46,7 @@ def bare_engine(runtime: Runtime, **options: Any) -> Engine:
 def register(runtime: Runtime, engine: Engine, text: str) -> str:
     """Compile ``text`` against the engine's actions and store it; the version id."""
     playbook = parse_playbook(text, "test.yaml", actions=engine.actions.registry)
-    return runtime.playbooks.register(playbook).id
+    return runtime.playbooks.register(playbook, published=True).id
 
 
 class Harness:
@@ -103,7 +103,7 @@ class Harness:
 
     def add(self, text: str, *, activate: bool = False) -> str:
         playbook = parse_playbook(text, "test.yaml", actions=self.registry)
-        return self.runtime.playbooks.register(playbook, activate=activate).id
+        return self.runtime.playbooks.register(playbook, activate=activate, published=True).id
 
     async def start(self, text: str, inputs: dict[str, Any] | None = None, **options: Any) -> str:
         return await self.engine.start(self.add(text), inputs or {}, **options)

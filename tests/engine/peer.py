@@ -147,3 +147,9 @@ class Test(Connector):
         if params.hold_after:
             await Peer.wait_released()
         return TargetOut(target=params.target)
+
+    @action("wipe", risk=RiskLevel.CRITICAL)
+    async def wipe(self, ctx: ActionContext, params: TargetIn) -> TargetOut:
+        """A critical write: two distinct people must approve it."""
+        Peer.applied[ctx.idempotency_key] = params.target
+        return TargetOut(target=params.target)

@@ -202,7 +202,7 @@ def test_killed_workers_lose_no_run_and_repeat_no_containment(
     with Runtime.open(settings) as runtime:
         engine = Engine.for_runtime(runtime)
         playbook = parse_playbook(PLAYBOOK, "crash.yaml", actions=engine.actions.registry)
-        version = runtime.playbooks.register(playbook)
+        version = runtime.playbooks.register(playbook, published=True)
         rows = [
             engine.run_row(
                 new_id("run"),

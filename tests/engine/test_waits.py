@@ -52,7 +52,7 @@ def test_an_approved_step_lets_the_run_go_on(runtime: Runtime) -> None:
             harness.waits.approve(wait.id, "alice", "approver", "confirmed C2")
             done = await harness.settle(run_id, until=("succeeded", "failed"))
             with pytest.raises(Conflict):
-                harness.waits.reject(wait.id, "bob", "approver")
+                harness.waits.reject(wait.id, "bob", "approver", "too late")
         assert done.status == "succeeded", done.error
         assert done.variables["outcome"] == "blocked"
         ask = next(s for s in done.steps if s.key == "ask")
@@ -366,7 +366,9 @@ def test_a_decision_from_another_process_wakes_an_idle_engine(runtime: Runtime) 
                 await asyncio.sleep(0.02)
             assert waiting, "the run never reached its approval"
             finished = engine.watch(run_id)
-            await asyncio.to_thread(elsewhere.approve, waiting[0].id, "alice", "approver")
+            await asyncio.to_thread(
+                elsewhere.approve, waiting[0].id, "alice", "approver", "confirmed"
+            )
             status = await asyncio.wait_for(finished, 20)
             stop.set()
             await serving

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 
 from quell.governance.audit import GENESIS, AuditLog
 from quell.runtime import Runtime
 from quell.sdk import SecretValue
-from quell.store.schema import audit_events
+from quell.store.schema import audit_events, audit_outbox
 
 
 def test_events_chain_by_hash_and_any_change_breaks_the_chain(runtime: Runtime) -> None:
@@ -81,3 +81,69 @@ def test_guardrails_instances_and_calls_by_hand_are_recorded_without_secrets(
     assert events[5].detail == {"secret": "webhook_url", "set": True}
     assert all("SECRET123" not in str(e.as_dict()) for e in events)
     assert runtime.audit.verify() == (8, None)
+
+
+def test_credentials_in_details_are_redacted_and_old_events_still_verify(runtime: Runtime) -> None:
+    log = runtime.audit
+    event = log.record(
+        "alice",
+        "user.change",
+        "user:bob",
+        {
+            "before": {"password": "hunter2-old", "role": "analyst"},
+            "after": {"password": "hunter2-new", "role": "admin", "mfa": True},
+            "config": {"client_secret": "s3cr3t", "url": "https://idp.example"},
+            "value": SecretValue("canary-9f1c"),
+            "secret": "webhook_url",  # a secret's *name* is not a secret
+        },
+        request_id="req_test",
+    )
+    assert event.detail == {
+        "before": {"password": "[redacted]", "role": "analyst"},
+        "after": {"password": "[redacted]", "role": "admin", "mfa": True},
+        "config": {"client_secret": "[redacted]", "url": "https://idp.example"},
+        "value": "[redacted]",
+        "secret": "webhook_url",
+    }
+    assert event.request_id == "req_test"
+    assert "hunter2" not in str(event.as_dict())
+    assert log.verify() == (1, None)
+    with runtime.db.write() as conn:  # the request id is covered by the hash too
+        conn.execute(
+            update(audit_events).where(audit_events.c.seq == event.seq).values(request_id="req_x")
+        )
+    assert log.verify() == (0, event.seq)
+
+
+def test_a_runs_action_calls_reach_the_chain_through_the_outbox(runtime: Runtime) -> None:
+    from tests.engine.harness import Harness
+    from tests.engine.peer import Peer
+
+    Peer.reset()
+    text = """
+id: two-calls
+name: Two calls
+steps:
+  - {id: look, action: test.read, with: {value: 7}}
+  - {id: hit, action: test.contain, with: {target: ws-5}}
+"""
+
+    async def scenario() -> str:
+        async with Harness(runtime) as harness:
+            view = await harness.run(text)
+            assert view.status == "succeeded", view.error
+            return view.id
+
+    run_id = asyncio.run(scenario())
+    calls = list(reversed(runtime.audit.list_all(action="action.call")))
+    assert [(e.actor, e.subject, e.detail["step"], e.detail["status"]) for e in calls] == [
+        (f"run:{run_id}", "test.read", "look", "succeeded"),
+        (f"run:{run_id}", "test.contain", "hit", "succeeded"),
+    ]
+    assert calls[1].detail["idempotency_key"] == f"{run_id}:hit:1"
+    assert len(calls[1].detail["inputs_sha256"]) == 64
+    with runtime.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(audit_outbox)).scalar() == 0
+    checked, broken = runtime.audit.verify()
+    assert broken is None
+    assert checked == len(runtime.audit.list_all(limit=1000))

@@ -32,7 +32,7 @@ def test_authenticate_gives_the_roles_permissions(runtime: Runtime) -> None:
     _, token = runtime.tokens.create("approver-bot", "approver")
     principal = runtime.tokens.authenticate(token.reveal())
     assert principal.name == "approver-bot"
-    assert principal.role is Role.APPROVER
+    assert principal.role == Role.APPROVER.value
     assert principal.can(Permission.APPROVALS_DECIDE)
     assert not principal.can(Permission.TOKENS_MANAGE)
 
@@ -43,7 +43,7 @@ def test_revoked_token_is_refused_and_its_name_can_be_reused(runtime: Runtime) -
     with pytest.raises(AuthenticationRequired, match="invalid or revoked"):
         runtime.tokens.authenticate(old.reveal())
     _, new = runtime.tokens.create("ci", "auditor")
-    assert runtime.tokens.authenticate(new.reveal()).role is Role.AUDITOR
+    assert runtime.tokens.authenticate(new.reveal()).role == Role.AUDITOR.value
     listed = runtime.tokens.list_all(include_revoked=True)
     assert [t.name for t in listed] == ["ci", "ci"]
     assert [t.name for t in runtime.tokens.list_all()] == ["ci"]

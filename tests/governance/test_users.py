@@ -64,7 +64,7 @@ def test_login_gives_a_session_token_with_the_users_role(runtime: Runtime) -> No
     assert not is_well_formed(value)  # not an API token
     principal = runtime.users.authenticate(value)
     assert principal.name == principal.user == "alice"
-    assert principal.role is Role.ANALYST
+    assert principal.role == Role.ANALYST
     assert principal.token_id == session.id
     assert runtime.users.get("alice").last_login_at == runtime.clock.now()
     with runtime.db.read() as conn:
@@ -149,7 +149,7 @@ def test_disabled_user_cannot_log_in_and_loses_sessions_and_tokens(runtime: Runt
         runtime.users.login("alice", PASSWORD)
 
     runtime.users.enable("alice", by="admin")
-    assert runtime.tokens.authenticate(api_token.reveal()).role is Role.ANALYST
+    assert runtime.tokens.authenticate(api_token.reveal()).role == Role.ANALYST
     with pytest.raises(AuthenticationRequired):  # sessions stay revoked
         runtime.users.authenticate(session_token.reveal())
     runtime.users.login("alice", PASSWORD)
@@ -213,7 +213,7 @@ def test_role_change_applies_to_sessions_and_tokens_at_once(runtime: Runtime) ->
     assert record.user == "alice"
     assert not runtime.users.authenticate(session_token.reveal()).can(Permission.USERS_MANAGE)
     runtime.users.set_role("alice", "admin", by="root")
-    assert runtime.users.authenticate(session_token.reveal()).role is Role.ADMIN
+    assert runtime.users.authenticate(session_token.reveal()).role == Role.ADMIN
     assert runtime.tokens.authenticate(api_token.reveal()).can(Permission.USERS_MANAGE)
     assert runtime.tokens.get("alice-tok").role == "admin"
     with pytest.raises(InvalidInput, match="user's role"):
@@ -226,7 +226,7 @@ def test_service_tokens_keep_their_own_role(runtime: Runtime) -> None:
     record, token = runtime.tokens.create("siem", "analyst")
     assert record.user is None
     principal = runtime.tokens.authenticate(token.reveal())
-    assert principal.role is Role.ANALYST
+    assert principal.role == Role.ANALYST
     assert principal.user is None
 
 
@@ -261,3 +261,62 @@ def test_an_outdated_hash_is_upgraded_on_login(runtime: Runtime) -> None:
         stored = conn.execute(select(users.c.password_hash)).scalar_one()
     assert not runtime.users.hasher.check_needs_rehash(stored)
     runtime.users.login("alice", PASSWORD)
+
+
+def test_a_user_changes_their_password_and_their_other_sessions_end(runtime: Runtime) -> None:
+    _add(runtime)
+    token, session = runtime.users.login("alice", PASSWORD)
+    other, _ = runtime.users.login("alice", PASSWORD)
+    new = SecretValue("a brand new long password")
+    runtime.users.change_password(
+        "alice", PASSWORD, new, keep_session=session.id, client="10.1.1.1"
+    )
+    runtime.users.authenticate(token.reveal())  # the session that made the change stays
+    with pytest.raises(AuthenticationRequired, match="invalid or revoked"):
+        runtime.users.authenticate(other.reveal())
+    with pytest.raises(AuthenticationRequired):
+        runtime.users.login("alice", PASSWORD)
+    runtime.users.login("alice", new)
+    (event,) = runtime.audit.list_all(action="user.change_password", limit=1)
+    assert (event.actor, event.subject) == ("alice", "user:alice")
+    assert event.detail == {"client": "10.1.1.1", "sessions_revoked": 1}
+    for each in runtime.audit.list_all():
+        assert PASSWORD.reveal() not in str(each.as_dict())
+        assert new.reveal() not in str(each.as_dict())
+
+
+def test_changing_a_password_checks_the_current_and_the_new_one(runtime: Runtime) -> None:
+    _add(runtime)
+    runtime.users.add("oidc-only", "analyst", by="test")
+    new = SecretValue("a brand new long password")
+    with pytest.raises(InvalidInput, match="current password is not right") as wrong:
+        runtime.users.change_password("alice", WRONG, new)
+    assert wrong.value.details["field"] == "current_password"
+    with pytest.raises(InvalidInput, match="at least 12 characters") as short:
+        runtime.users.change_password("alice", PASSWORD, SecretValue("short"))
+    assert short.value.details["field"] == "new_password"
+    with pytest.raises(InvalidInput, match="same as the current"):
+        runtime.users.change_password("alice", PASSWORD, PASSWORD)
+    with pytest.raises(Conflict, match="no password to change"):
+        runtime.users.change_password("oidc-only", PASSWORD, new)
+    with pytest.raises(NotFound):
+        runtime.users.change_password("ghost", PASSWORD, new)
+    failed = runtime.audit.list_all(action="user.change_password_failed")
+    assert [event.detail["reason"] for event in failed] == ["bad_password"]
+
+
+def test_wrong_current_passwords_count_as_failed_logins(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    _add(runtime)
+    new = SecretValue("a brand new long password")
+    for _ in range(5):
+        with pytest.raises(InvalidInput):
+            runtime.users.change_password("alice", WRONG, new, client="10.2.2.2")
+    with pytest.raises(RateLimited):  # the right one too: guessing stops here
+        runtime.users.change_password("alice", PASSWORD, new, client="10.2.2.2")
+    with pytest.raises(RateLimited):  # and so does the login form for that name
+        runtime.users.login("alice", PASSWORD, "10.3.3.3")
+    clock.advance(timedelta(minutes=15, seconds=1))
+    runtime.users.change_password("alice", PASSWORD, new, client="10.2.2.2")
+    assert runtime.users.count_failures() == 0

@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from quell.api import services
 from quell.api.auth import Authorize, RuntimeDep, authenticate
 from quell.api.guard import MAX_INGEST_BODY
 from quell.errors import AuthenticationRequired, InvalidInput, NotFound, TooLarge
@@ -183,7 +184,7 @@ async def list_errors(
 
 
 @router.post("/errors/replay", response_model=ReplayOut, summary="Replay dead letters")
-async def replay_errors(body: ReplayIn, runtime: RuntimeDep, _: CanReplay) -> ReplayOut:
+async def replay_errors(body: ReplayIn, runtime: RuntimeDep, principal: CanReplay) -> ReplayOut:
     """Run dead letters through their source again (after a mapping or parser fix)."""
     if not body.ids and body.source is None:
         raise InvalidInput("give the ids to replay, or a source to replay all its pending ones")
@@ -206,4 +207,10 @@ async def replay_errors(body: ReplayIn, runtime: RuntimeDep, _: CanReplay) -> Re
             suppressed=result.outcome.suppressed,
         )
 
-    return await run_in_threadpool(run)
+    replayed = await run_in_threadpool(run)
+    await services.audited(
+        runtime, principal, "ingest.replay", body.source,
+        {"ids": body.ids[:100], "replayed": replayed.replayed,
+         "still_failing": replayed.still_failing},
+    )  # fmt: skip
+    return replayed

@@ -112,7 +112,7 @@ async def openc2_command(
     actor = f"openc2:{principal.name}"
     if isinstance(outcome, Plan):
         if outcome.writes and not dry_run and not principal.can(Permission.CONNECTORS_MANAGE):
-            role = principal.role.value if principal.role else principal.name
+            role = principal.role if principal.role else principal.name
             reply = Reply(
                 403,
                 f"{command.action} {command.target.kind} changes the actuator and needs "

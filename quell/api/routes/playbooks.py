@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from quell.api import services
 from quell.api.auth import Authorize, RuntimeDep
-from quell.errors import InvalidInput, PermissionDenied
+from quell.errors import Conflict, InvalidInput, PermissionDenied
 from quell.governance.permissions import Permission
 from quell.governance.tokens import Principal
 from quell.playbooks.dsl import PLAYBOOK_ID
@@ -81,6 +81,17 @@ class VersionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int | None = Field(default=None, ge=1, description="The newest stored when absent.")
+
+
+class ReviewIn(BaseModel):
+    """A step of a version's publication, with why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(
+        default=None, ge=1, description="The version (default: the newest in the right state)."
+    )
+    comment: str | None = Field(default=None, max_length=4000, description="Why.")
 
 
 async def _text(request: Request, file: str | None) -> tuple[bytes | str, str | None]:
@@ -151,7 +162,7 @@ async def add_playbook(
         raise PermissionDenied(
             "activating a playbook needs the permission 'playbooks:publish'",
             permission=Permission.PLAYBOOKS_PUBLISH.value,
-            role=principal.role.value if principal.role else None,
+            role=principal.role if principal.role else None,
         )
     text, name = await _text(request, file)
     library = services.library(request, runtime)
@@ -206,13 +217,16 @@ async def activate_playbook(
     playbook_id: PlaybookId,
     request: Request,
     runtime: RuntimeDep,
-    _: CanPublishPlaybooks,
+    principal: CanPublishPlaybooks,
     body: VersionIn | None = None,
 ) -> dict[str, Any]:
-    """The given version (else the newest stored) becomes the one triggers start."""
+    """The given published version (else the newest published) becomes the one triggers
+    start; a draft must go through review first."""
     library = services.library(request, runtime)
     wanted = body.version if body is not None else None
-    version = await run_in_threadpool(library.activate, playbook_id, wanted)
+    version = await run_in_threadpool(
+        lambda: library.activate(playbook_id, wanted, by=principal.name)
+    )
     return version.as_dict()
 
 
@@ -222,11 +236,12 @@ async def activate_playbook(
     summary="Stop a playbook's triggers",
 )
 async def deactivate_playbook(
-    playbook_id: PlaybookId, request: Request, runtime: RuntimeDep, _: CanPublishPlaybooks
+    playbook_id: PlaybookId, request: Request, runtime: RuntimeDep, principal: CanPublishPlaybooks
 ) -> None:
     """No trigger starts it any more; runs in progress go on, and it can still be run by hand."""
     library = services.library(request, runtime)
     await run_in_threadpool(library.deactivate, playbook_id)
+    await services.audited(runtime, principal, "playbook.deactivated", playbook_id)
 
 
 @router.post(
@@ -242,8 +257,19 @@ async def start_run(
     runtime: RuntimeDep,
     principal: CanExecuteRuns,
 ) -> dict[str, Any]:
-    """Start the active version (else the newest, or ``version``); answers once it is durable."""
+    """Start the active version (else the newest, or ``version``); answers once it is durable.
+    A version not published yet runs only as a dry run (where review is required)."""
     version = await run_in_threadpool(runtime.playbooks.resolve, playbook_id, body.version)
+    if (
+        not version.published
+        and not body.dry_run
+        and runtime.settings.playbook_review == "required"
+    ):
+        raise Conflict(
+            f"{playbook_id} version {version.version} is {version.state}: until it is "
+            "published it runs only as a dry run",
+            field="dry_run",
+        )
     launcher = services.launcher(request, runtime)
     run_id = await launcher.start(
         version, body.inputs, dry_run=body.dry_run, created_by=principal.name
@@ -251,5 +277,97 @@ async def start_run(
     view = await run_in_threadpool(
         lambda: services.runs(request, runtime).get(run_id, with_steps=False)
     )
+    await services.audited(
+        runtime, principal, "run.start", run_id,
+        {"playbook": playbook_id, "version": version.version, "dry_run": body.dry_run},
+    )  # fmt: skip
     response.headers["Location"] = f"/api/runs/{run_id}"
     return view.as_dict(with_steps=False)
+
+
+# -- publishing ------------------------------------------------------------------------------
+
+
+async def _review(
+    request: Request, runtime: RuntimeDep, step: str, playbook_id: str, body: ReviewIn | None,
+    by: str,
+) -> dict[str, Any]:  # fmt: skip
+    library = services.library(request, runtime)
+    body = body or ReviewIn()
+    act = getattr(library, step)
+    version = await run_in_threadpool(
+        lambda: act(playbook_id, body.version, by=by, comment=body.comment)
+    )
+    return dict(version.as_dict())
+
+
+@router.post("/{playbook_id}/submit", summary="Submit a draft version for review")
+async def submit_playbook(
+    playbook_id: PlaybookId,
+    request: Request,
+    runtime: RuntimeDep,
+    principal: CanWritePlaybooks,
+    body: ReviewIn | None = None,
+) -> dict[str, Any]:
+    """The draft (the newest draft, or ``version``) goes to review."""
+    return await _review(request, runtime, "submit", playbook_id, body, principal.name)
+
+
+@router.post("/{playbook_id}/publish", summary="Approve and publish a version under review")
+async def publish_playbook(
+    playbook_id: PlaybookId,
+    request: Request,
+    runtime: RuntimeDep,
+    principal: CanPublishPlaybooks,
+    body: ReviewIn | None = None,
+) -> dict[str, Any]:
+    """It is published and becomes active. Its author cannot; a comment is needed."""
+    return await _review(request, runtime, "publish", playbook_id, body, principal.name)
+
+
+@router.post("/{playbook_id}/reject", summary="Send a version under review back to draft")
+async def reject_playbook(
+    playbook_id: PlaybookId,
+    request: Request,
+    runtime: RuntimeDep,
+    principal: CanPublishPlaybooks,
+    body: ReviewIn | None = None,
+) -> dict[str, Any]:
+    """Back to draft, with a comment saying why."""
+    return await _review(request, runtime, "reject", playbook_id, body, principal.name)
+
+
+@router.post("/{playbook_id}/rollback", summary="Make an earlier published version active")
+async def rollback_playbook(
+    playbook_id: PlaybookId,
+    request: Request,
+    runtime: RuntimeDep,
+    principal: CanPublishPlaybooks,
+    body: ReviewIn | None = None,
+) -> dict[str, Any]:
+    """Re-publishes ``version`` (it was reviewed when first published): it becomes active."""
+    return await _review(request, runtime, "rollback", playbook_id, body, principal.name)
+
+
+@router.get("/{playbook_id}/reviews", summary="The publishing record of a playbook")
+async def playbook_reviews(
+    playbook_id: PlaybookId, request: Request, runtime: RuntimeDep, _: CanReadPlaybooks
+) -> list[dict[str, Any]]:
+    """Who added, submitted, published, rejected or rolled back which version, and why."""
+    library = services.library(request, runtime)
+    return await run_in_threadpool(library.reviews, playbook_id)
+
+
+@router.get("/{playbook_id}/diff", summary="Diff two versions")
+async def diff_playbook(
+    playbook_id: PlaybookId,
+    request: Request,
+    runtime: RuntimeDep,
+    _: CanReadPlaybooks,
+    old: Annotated[int, Query(alias="from", ge=1, description="The older version.")],
+    new: Annotated[int, Query(alias="to", ge=1, description="The newer version.")],
+) -> dict[str, Any]:
+    """A unified diff of the two versions' sources."""
+    library = services.library(request, runtime)
+    lines = await run_in_threadpool(library.diff, playbook_id, old, new)
+    return {"from": old, "to": new, "diff": "".join(lines)}

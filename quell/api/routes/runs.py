@@ -60,39 +60,45 @@ async def get_run(
     return await run_in_threadpool(load)
 
 
-async def _control(request: Request, runtime: RuntimeDep, run_id: str, verb: str) -> dict[str, Any]:
+async def _control(
+    request: Request, runtime: RuntimeDep, run_id: str, verb: str, principal: Principal
+) -> dict[str, Any]:
     service = services.runs(request, runtime)
     view = await run_in_threadpool(getattr(service, verb), run_id)
+    await services.audited(
+        runtime, principal, f"run.{verb}", run_id,
+        {"playbook": view.playbook_id, "status": view.status},
+    )  # fmt: skip
     return dict(view.as_dict(with_steps=False))
 
 
 @router.post("/{run_id}/cancel", summary="Cancel a run")
 async def cancel_run(
-    run_id: RunId, request: Request, runtime: RuntimeDep, _: CanControlRuns
+    run_id: RunId, request: Request, runtime: RuntimeDep, principal: CanControlRuns
 ) -> dict[str, Any]:
     """Cancel the run, its pending waits and its child runs; 409 when it already ended."""
-    return await _control(request, runtime, run_id, "cancel")
+    return await _control(request, runtime, run_id, "cancel", principal)
 
 
 @router.post("/{run_id}/pause", summary="Pause a run")
 async def pause_run(
-    run_id: RunId, request: Request, runtime: RuntimeDep, _: CanControlRuns
+    run_id: RunId, request: Request, runtime: RuntimeDep, principal: CanControlRuns
 ) -> dict[str, Any]:
     """Stop the run at its next step until it is resumed; 409 unless it is live."""
-    return await _control(request, runtime, run_id, "pause")
+    return await _control(request, runtime, run_id, "pause", principal)
 
 
 @router.post("/{run_id}/resume", summary="Resume a paused run")
 async def resume_run(
-    run_id: RunId, request: Request, runtime: RuntimeDep, _: CanControlRuns
+    run_id: RunId, request: Request, runtime: RuntimeDep, principal: CanControlRuns
 ) -> dict[str, Any]:
     """Make a paused run ready again; 409 unless it is paused."""
-    return await _control(request, runtime, run_id, "resume")
+    return await _control(request, runtime, run_id, "resume", principal)
 
 
 @router.post("/{run_id}/retry", summary="Retry a failed or canceled run")
 async def retry_run(
-    run_id: RunId, request: Request, runtime: RuntimeDep, _: CanControlRuns
+    run_id: RunId, request: Request, runtime: RuntimeDep, principal: CanControlRuns
 ) -> dict[str, Any]:
     """Run it again from its failed steps (the ones that succeeded stay done)."""
-    return await _control(request, runtime, run_id, "retry")
+    return await _control(request, runtime, run_id, "retry", principal)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from quell.api import services
 from quell.api.auth import Authorize, RuntimeDep
 from quell.correlate.suppression import SuppressionAction, SuppressionRule
 from quell.durations import parse_duration
@@ -78,7 +79,9 @@ async def get_source(
 
 
 @router.post("/sources", status_code=status.HTTP_201_CREATED, summary="Create a source")
-async def create_source(body: SourceIn, runtime: RuntimeDep, _: CanManageSources) -> dict[str, Any]:
+async def create_source(
+    body: SourceIn, runtime: RuntimeDep, principal: CanManageSources
+) -> dict[str, Any]:
     """Add a source; its format and options are checked by building its parser."""
     source = await run_in_threadpool(
         lambda: runtime.sources.create(
@@ -90,35 +93,51 @@ async def create_source(body: SourceIn, runtime: RuntimeDep, _: CanManageSources
             secret=body.secret,
         )
     )
+    await services.audited(
+        runtime, principal, "source.create", f"source:{source.name}",
+        {"after": {**source.as_dict(), "secret_set": body.secret is not None}},
+    )  # fmt: skip
     return source.as_dict()
 
 
 @router.patch("/sources/{name}", summary="Change a source")
 async def update_source(
-    name: Name, body: SourceChange, runtime: RuntimeDep, _: CanManageSources
+    name: Name, body: SourceChange, runtime: RuntimeDep, principal: CanManageSources
 ) -> dict[str, Any]:
     """Change parser options (e.g. a field mapping), settings or the enabled flag."""
+    before = await run_in_threadpool(runtime.sources.get, name)
     source = await run_in_threadpool(
         lambda: runtime.sources.update(
             name, parser_options=body.parser_options, settings=body.settings, enabled=body.enabled
         )
     )
+    await services.audited(
+        runtime, principal, "source.update", f"source:{name}",
+        {"before": before.as_dict(), "after": source.as_dict()},
+    )  # fmt: skip
     return source.as_dict()
 
 
 @router.put("/sources/{name}/secret", summary="Set or clear a source's secret")
 async def set_source_secret(
-    name: Name, body: SecretIn, runtime: RuntimeDep, _: CanManageSources
+    name: Name, body: SecretIn, runtime: RuntimeDep, principal: CanManageSources
 ) -> dict[str, Any]:
     """Replace the source's secret; it is sealed at rest and never returned."""
     await run_in_threadpool(runtime.sources.set_secret, name, body.secret)
+    await services.audited(
+        runtime, principal, "source.secret", f"source:{name}", {"set": body.secret is not None}
+    )
     return (await run_in_threadpool(runtime.sources.get, name)).as_dict()
 
 
 @router.delete("/sources/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a source")
-async def remove_source(name: Name, runtime: RuntimeDep, _: CanManageSources) -> None:
+async def remove_source(name: Name, runtime: RuntimeDep, principal: CanManageSources) -> None:
     """Delete the source's configuration; its alerts stay."""
+    before = await run_in_threadpool(runtime.sources.get, name)
     await run_in_threadpool(runtime.sources.remove, name)
+    await services.audited(
+        runtime, principal, "source.remove", f"source:{name}", {"before": before.as_dict()}
+    )
 
 
 class SuppressionIn(BaseModel):
@@ -153,12 +172,15 @@ async def list_suppressions(runtime: RuntimeDep, _: CanReadAlerts) -> list[dict[
 
 @router.post("/suppressions", status_code=status.HTTP_201_CREATED, summary="Add a rule")
 async def add_suppression(
-    body: SuppressionIn, runtime: RuntimeDep, _: CanManageSuppressions
+    body: SuppressionIn, runtime: RuntimeDep, principal: CanManageSuppressions
 ) -> dict[str, Any]:
     """Create a rule; ``match`` is validated first."""
     expires_in = parse_duration(body.expires_in, field="expires_in") if body.expires_in else None
     rule = await run_in_threadpool(
         lambda: runtime.suppressions.add(body.name, body.match, body.action, expires_in=expires_in)
+    )
+    await services.audited(
+        runtime, principal, "suppression.add", f"suppression:{body.name}", {"after": _rule(rule)}
     )
     return _rule(rule)
 
@@ -166,6 +188,9 @@ async def add_suppression(
 @router.delete(
     "/suppressions/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a rule"
 )
-async def remove_suppression(name: Name, runtime: RuntimeDep, _: CanManageSuppressions) -> None:
+async def remove_suppression(
+    name: Name, runtime: RuntimeDep, principal: CanManageSuppressions
+) -> None:
     """Delete a user rule."""
     await run_in_threadpool(runtime.suppressions.remove, name)
+    await services.audited(runtime, principal, "suppression.remove", f"suppression:{name}")

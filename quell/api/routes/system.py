@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Path, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from quell import __version__
 from quell.api.auth import Authorize
-from quell.governance.permissions import ROLE_PERMISSIONS, Permission
+from quell.errors import PermissionDenied
+from quell.governance.permissions import Permission
 from quell.governance.tokens import Principal
 
 router = APIRouter(prefix="/api", tags=["system"])
+CanManageUsers = Annotated[Principal, Depends(Authorize(Permission.USERS_MANAGE))]
 
 CanReadSystem = Annotated[Principal, Depends(Authorize(Permission.SYSTEM_READ))]
 
@@ -29,13 +32,6 @@ class WhoAmIOut(BaseModel):
 
     name: str
     role: str | None
-    permissions: list[str]
-
-
-class RoleOut(BaseModel):
-    """A role and its permissions."""
-
-    name: str
     permissions: list[str]
 
 
@@ -57,15 +53,59 @@ async def whoami(principal: CanReadSystem) -> WhoAmIOut:
     """Name, role and permissions of the token used for this request."""
     return WhoAmIOut(
         name=principal.name,
-        role=principal.role.value if principal.role else None,
+        role=principal.role if principal.role else None,
         permissions=sorted(permission.value for permission in principal.permissions),
     )
 
 
-@router.get("/roles", response_model=list[RoleOut], summary="Built-in roles and permissions")
-async def roles(_: CanReadSystem) -> list[RoleOut]:
+@router.get("/roles", summary="Roles (built-in and custom) and their permissions")
+async def roles(request: Request, _: CanReadSystem) -> list[dict[str, Any]]:
     """Every role and the permissions it grants."""
-    return [
-        RoleOut(name=role.value, permissions=sorted(p.value for p in permissions))
-        for role, permissions in ROLE_PERMISSIONS.items()
-    ]
+    book = request.app.state.runtime.roles
+    return [role.as_dict() for role in await run_in_threadpool(book.list_all)]
+
+
+class RoleIn(BaseModel):
+    """A custom role: a set of permissions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    permissions: list[str] = Field(min_length=1, description="Permission names (alerts:read).")
+    description: str | None = Field(default=None, max_length=500)
+
+
+@router.put("/roles/{name}", summary="Create or change a custom role")
+async def put_role(
+    name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{1,31}$")],
+    body: RoleIn,
+    request: Request,
+    principal: CanManageUsers,
+) -> dict[str, Any]:
+    """The role as stored; a built-in role cannot be changed, and it grants nothing beyond the
+    caller's own permissions. Audited with before and after."""
+    from quell.governance.roles import parse_permissions
+
+    beyond = sorted(p.value for p in parse_permissions(body.permissions) - principal.permissions)
+    if beyond:
+        raise PermissionDenied(
+            f"role {name!r} would grant what you do not hold ({', '.join(beyond)})",
+            permission=beyond[0],
+        )
+    book = request.app.state.runtime.roles
+    role = await run_in_threadpool(
+        lambda: book.define(name, body.permissions, description=body.description, by=principal.name)
+    )
+    return dict(role.as_dict())
+
+
+@router.delete(
+    "/roles/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a custom role"
+)
+async def delete_role(
+    name: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{1,31}$")],
+    request: Request,
+    principal: CanManageUsers,
+) -> None:
+    """Refused while a user or a token holds it."""
+    book = request.app.state.runtime.roles
+    await run_in_threadpool(lambda: book.remove(name, by=principal.name))

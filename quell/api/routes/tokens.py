@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Path, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from quell.api import services
 from quell.api.auth import Authorize, RuntimeDep
 from quell.durations import parse_duration
-from quell.errors import InvalidInput
-from quell.governance.permissions import Permission, Role
+from quell.errors import InvalidInput, PermissionDenied
+from quell.governance.permissions import Permission
 from quell.governance.tokens import ApiToken, Principal
 
 router = APIRouter(prefix="/api/tokens", tags=["tokens"])
@@ -61,8 +62,10 @@ class TokenCreate(BaseModel):
     """A token to make."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    role: Role | None = Field(
-        default=None, description="Required unless ``user`` is given (the token then has theirs)."
+    role: str | None = Field(
+        max_length=32,
+        default=None,
+        description="Required unless ``user`` is given (the token then has theirs).",
     )
     expires_in: str | None = Field(
         default=None, description="Lifetime such as 90d or 12h; no expiry when absent."
@@ -103,15 +106,27 @@ async def create_token(
     expires_in = parse_duration(body.expires_in, field="expires_in") if body.expires_in else None
     if body.role is None and body.user is None:
         raise InvalidInput("a token needs a role, or a user whose role it takes", field="role")
+    if body.user is not None and body.user != principal.user:
+        # A user's token acts as the user (four eyes included): only they make one.
+        raise PermissionDenied(
+            f"a token of user {body.user!r} acts as them; only they can make one",
+            field="user",
+        )
+    if body.role is not None:
+        await run_in_threadpool(services.may_grant, runtime, principal, body.role)
     record, token = await run_in_threadpool(
         lambda: runtime.tokens.create(
             body.name,
-            body.role.value if body.role is not None else "",
+            body.role if body.role is not None else "",
             created_by=principal.name,
             expires_in=expires_in,
             user=body.user,
         )
     )
+    await services.audited(
+        runtime, principal, "token.create", f"token:{record.name}",
+        {"role": record.role, "user": record.user, "expires_at": record.expires_at},
+    )  # fmt: skip
     out = TokenOut.of(record, runtime.clock.now())
     return TokenCreated(**out.model_dump(), token=token.reveal())
 
@@ -124,7 +139,10 @@ async def get_token(name: TokenName, runtime: RuntimeDep, _: CanReadTokens) -> T
 
 
 @router.delete("/{name}", response_model=TokenOut, summary="Revoke an API token")
-async def revoke_token(name: TokenName, runtime: RuntimeDep, _: CanManageTokens) -> TokenOut:
+async def revoke_token(
+    name: TokenName, runtime: RuntimeDep, principal: CanManageTokens
+) -> TokenOut:
     """Revoke the active token called ``name``; it is refused from the next request on."""
     token = await run_in_threadpool(runtime.tokens.revoke, name)
+    await services.audited(runtime, principal, "token.revoke", f"token:{name}", {})
     return TokenOut.of(token, runtime.clock.now())

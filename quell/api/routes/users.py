@@ -2,7 +2,8 @@
 
 ``POST /api/login`` is public (its credential is the name and password in the body); everything
 else needs a bearer token. Managing users, including setting someone's password, needs
-``users:manage``; a user changing their own password is not offered yet.
+``users:manage``; a user changes their own password with ``POST /api/me/password`` (with a
+session or a token of theirs, and the current password).
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ from fastapi import APIRouter, Depends, Path, Request, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from quell.api import services
 from quell.api.auth import Authorize, RuntimeDep
 from quell.errors import InvalidInput
-from quell.governance.permissions import Permission, Role
+from quell.governance.permissions import Permission
 from quell.governance.tokens import Principal
 from quell.governance.users import User
 from quell.sdk.secret import SecretValue
 
 router = APIRouter(prefix="/api", tags=["users"])
 
-# Every role holds system:read, so every caller may end its own session.
+# Every role holds system:read, so every caller may end its own session (and change its own
+# password).
 CanLogout = Annotated[Principal, Depends(Authorize(Permission.SYSTEM_READ))]
 CanManageUsers = Annotated[Principal, Depends(Authorize(Permission.USERS_MANAGE))]
 UserName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
@@ -58,6 +61,7 @@ class UserOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     last_login_at: datetime | None
+    email: str | None = None
 
     @classmethod
     def of(cls, user: User) -> UserOut:
@@ -69,7 +73,7 @@ class UserCreate(BaseModel):
     """A user to add."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-    role: Role
+    role: str = Field(min_length=1, max_length=32, description="A built-in or custom role.")
     display_name: str | None = Field(default=None, max_length=128)
     password: SecretValue | None = Field(
         default=None, description="At least 12 characters; without one the user cannot log in."
@@ -79,15 +83,25 @@ class UserCreate(BaseModel):
 class UserPatch(BaseModel):
     """What to change; absent fields stay."""
 
-    role: Role | None = None
+    role: str | None = Field(default=None, max_length=32, description="A new role.")
     disabled: bool | None = None
     display_name: str | None = Field(default=None, max_length=128)
+    email: str | None = Field(
+        default=None, max_length=254, description="Where approval links are mailed ('' clears)."
+    )
 
 
 class PasswordIn(BaseModel):
     """A new password."""
 
     password: SecretValue
+
+
+class PasswordChangeIn(BaseModel):
+    """The current password and the new one."""
+
+    current_password: SecretValue
+    new_password: SecretValue = Field(description="At least 12 characters.")
 
 
 @router.post("/login", response_model=LoginOut, summary="Log in with a name and password")
@@ -111,6 +125,28 @@ async def logout(runtime: RuntimeDep, principal: CanLogout) -> None:
     await run_in_threadpool(runtime.users.logout, principal.token_id, by=principal.name)
 
 
+@router.post("/me/password", response_model=UserOut, summary="Change your own password")
+async def change_own_password(
+    body: PasswordChangeIn, request: Request, runtime: RuntimeDep, principal: CanLogout
+) -> UserOut:
+    """Replace the caller's password, given the current one; their other sessions end (the
+    one making the change stays). Wrong current passwords count as failed logins."""
+    name = principal.user
+    if name is None:
+        raise InvalidInput(
+            "this token belongs to no user (a service token); change a password with a "
+            "user's session or token, or an admin sets it with PUT /api/users/{name}/password"
+        )
+    client = request.client.host if request.client else None
+    keep = principal.token_id if principal.token_id.startswith("ses_") else None
+    user = await run_in_threadpool(
+        lambda: runtime.users.change_password(
+            name, body.current_password, body.new_password, keep_session=keep, client=client
+        )
+    )
+    return UserOut.of(user)
+
+
 @router.get("/users", response_model=list[UserOut], summary="List users")
 async def list_users(runtime: RuntimeDep, _: CanManageUsers) -> list[UserOut]:
     """Every user, by name."""
@@ -121,11 +157,12 @@ async def list_users(runtime: RuntimeDep, _: CanManageUsers) -> list[UserOut]:
     "/users", response_model=UserOut, status_code=status.HTTP_201_CREATED, summary="Add a user"
 )
 async def add_user(body: UserCreate, runtime: RuntimeDep, principal: CanManageUsers) -> UserOut:
-    """Add a local user."""
+    """Add a local user (with a role granting nothing beyond the caller's own)."""
+    await run_in_threadpool(services.may_grant, runtime, principal, body.role)
     user = await run_in_threadpool(
         lambda: runtime.users.add(
             body.name,
-            body.role.value,
+            body.role,
             password=body.password,
             display_name=body.display_name,
             by=principal.name,
@@ -151,8 +188,11 @@ async def patch_user(
         user = users.get(name)
         if body.display_name is not None and body.display_name != user.display_name:
             user = users.set_display_name(name, body.display_name, by=principal.name)
-        if body.role is not None and body.role.value != user.role:
-            user = users.set_role(name, body.role.value, by=principal.name)
+        if body.email is not None and (body.email or None) != user.email:
+            user = users.set_email(name, body.email, by=principal.name)
+        if body.role is not None and body.role != user.role:
+            services.may_grant(runtime, principal, body.role)
+            user = users.set_role(name, body.role, by=principal.name)
         if body.disabled is True and user.disabled_at is None:
             user = users.disable(name, by=principal.name)
         elif body.disabled is False and user.disabled_at is not None:

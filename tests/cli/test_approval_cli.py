@@ -1,0 +1,101 @@
+"""``quell approval rule …`` and four-eyes decisions at the CLI, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from quell.clock import ManualClock
+from quell.playbooks.compiler import parse_playbook
+from quell.runtime import Runtime
+from quell.sdk import SecretValue
+from tests.cli.conftest import Invoke
+from tests.engine.harness import ENDED, Harness
+from tests.engine.peer import Peer
+
+PASSWORD = "correct horse battery staple"
+CONTAIN = """
+id: contain
+name: Contain a host
+inputs: {host: {type: string, required: true}}
+steps:
+  - {id: isolate, action: test.contain, with: {target: "{{ host }}"}}
+"""
+
+
+@pytest.fixture
+def env(database_url: str) -> dict[str, str]:
+    return {"QUELL_DATABASE_URL": database_url}
+
+
+def test_rules_and_four_eyes_from_the_command_line(
+    invoke: Invoke, env: dict[str, str], runtime: Runtime, tmp_path: Path
+) -> None:
+    Peer.reset()
+    # The CLI runs on the system clock: the test's clock is brought to now, so the
+    # approval's expiry (4 h) lies ahead for both.
+    clock = runtime.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(datetime.now(UTC) - clock.now())
+    for name, role in [("alice", "approver"), ("bob", "approver"), ("olga", "analyst")]:
+        runtime.users.add(name, role, password=SecretValue(PASSWORD), by="setup")
+    made = invoke(
+        "approval", "rule", "set", "contain", "--action", "test.*", "--risk", "high",
+        "--approvals", "2", "--role", "approver", "--expires-after", "4h", env=env,
+    )  # fmt: skip
+    assert made.exit_code == 0, made.stderr
+    wrong = invoke("approval", "rule", "set", "x", "--role", "overlord", env=env)
+    assert wrong.exit_code == 1
+    assert "unknown role 'overlord'" in wrong.stderr
+    from_file = tmp_path / "rule.yaml"
+    from_file.write_text("match: {initiator: person}\napprovals: 7\n")
+    refused = invoke("approval", "rule", "set", "y", "--file", str(from_file), env=env)
+    assert refused.exit_code == 1
+    assert "approvals" in refused.stderr
+    (rule,) = json.loads(invoke("approval", "rule", "list", "--json", env=env).stdout)
+    assert (rule["name"], rule["approvals"], rule["expires_after"]) == ("contain", 2, 14_400)
+    assert rule["match"] == {"risks": ["high"], "actions": ["test.*"]}
+
+    async def scenario() -> str:
+        async with Harness(runtime) as harness:
+            playbook = parse_playbook(CONTAIN, "t.yaml", actions=harness.registry)
+            version = runtime.playbooks.register(playbook, created_by="dana", published=True).id
+            run_id = await harness.engine.start(version, {"host": "ws-3"}, created_by="carol")
+            assert (await harness.settle(run_id)).status == "waiting"
+            (wait,) = harness.waits.list_all(kind="approval")
+
+            def cli(*args: str, password: str = PASSWORD) -> tuple[int, str]:
+                done = invoke("approval", *args, env=env, input=f"{password}\n")
+                return done.exit_code, done.stdout + done.stderr
+
+            # --as signs in: a wrong password decides nothing.
+            code, out = await asyncio.to_thread(
+                lambda: cli("approve", wait.id, "--as", "alice", "-m", "x", password="guess")
+            )
+            assert (code, "invalid" in out.lower()) == (1, True)
+
+            code, out = cli("approve", wait.id, "--as", "alice")
+            assert (code, "Missing option '--comment'" in out) == (2, True)
+            code, out = await asyncio.to_thread(cli, "approve", wait.id, "--as", "olga", "-m", "x")
+            assert (code, "lacks the permission 'approvals:decide'" in out) == (1, True)
+            code, out = await asyncio.to_thread(cli, "approve", wait.id, "--as", "alice", "-m",
+                                                "confirmed")  # fmt: skip
+            assert code == 0, out
+            assert f"{wait.id}: approved by alice; 1 of 2 approvals\n" in out
+            code, out = await asyncio.to_thread(cli, "approve", wait.id, "--as", "alice", "-m",
+                                                "again")  # fmt: skip
+            assert (code, "alice already approved this" in out) == (1, True)
+            listed = json.loads(await asyncio.to_thread(lambda: cli("list", "--json")[1]))
+            assert listed[0]["approvals"] == ["alice"]
+            code, out = await asyncio.to_thread(cli, "approve", wait.id, "--as", "bob", "-m",
+                                                "agreed")  # fmt: skip
+            assert code == 0, out
+            assert out.startswith(f"{wait.id}: approved (run {run_id}")
+            return (await harness.settle(run_id, until=ENDED)).status
+
+    assert asyncio.run(scenario()) == "succeeded"
+    assert list(Peer.applied.values()) == ["ws-3"]
