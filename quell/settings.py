@@ -113,10 +113,11 @@ class OidcProviderSettings(BaseModel):
         description="The ID token claim that names the user (linking by name, new users).",
     )
     link_by: Literal["name", "email", "none"] = Field(
-        default="name",
-        description="How a first sign-in finds its Quell user: name (username_claim is the "
-        "user's name), email (a verified email claim is the user's email) or none (only "
-        "identities linked before).",
+        default="email",
+        description="How a first sign-in finds its Quell user: email (a verified email claim "
+        "is the user's email: the default), name (username_claim is the user's name; only "
+        "where the provider does not let users choose it) or none (only identities linked "
+        "before).",
     )
     provision: bool = Field(
         default=False, description="Create a user (no password) when none matches."

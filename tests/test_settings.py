@@ -133,7 +133,7 @@ def test_oidc_providers_come_from_toml_tables_or_json_in_the_environment(
         "https://idp.example",
         "quell",
         True,
-        "name",
+        "email",  # the default: preferred_username is not trusted to name a user
     )
     assert corp.client_secret is not None
     assert corp.client_secret.reveal() == "toml-secret"

@@ -84,6 +84,7 @@ def start_quell(runtime: Runtime, provider: OidcProvider) -> Iterator[Callable[.
                 "issuer": provider.issuer,
                 "client_id": "quell",
                 "client_secret": SecretValue(secret) if secret else None,
+                "link_by": "name",  # the provider here is ours: its usernames are assigned
                 **options,
             }
         )

@@ -50,7 +50,12 @@ def _service(runtime: Runtime, provider: OidcProvider, **options: Any) -> OidcSe
         secret_box=runtime.secret_box,
         providers={
             "corp": OidcProviderSettings(
-                **{**settings, "client_secret": SecretValue("client-secret"), **options}
+                **{
+                    **settings,
+                    "client_secret": SecretValue("client-secret"),
+                    "link_by": "name",  # the test provider assigns its usernames
+                    **options,
+                }
             )
         },
         public_url="http://127.0.0.1:9",
