@@ -11,7 +11,6 @@ admin role), still under separation of duties.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -33,13 +32,6 @@ from quell.sdk.secret import SecretValue
 @click.group("approval")
 def approval_group() -> None:
     """List and decide approvals; send approval links; set the approval policy."""
-
-
-def _os_user() -> str | None:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return None
 
 
 def _decider(state: CliState, as_user: str | None) -> tuple[str, str]:
@@ -174,19 +166,14 @@ def link(state: CliState, wait_id: str, user: str, via: str | None, ttl: str | N
     life: timedelta | None = parse_duration(ttl, field="ttl") if ttl else None
     waits = runtime.waits()
     links = runtime.approval_links(waits)
-    operator = f"cli:{_os_user() or 'operator'}"
-    channel = f"{runtime.connector_instances.get(via).connector}:{via}" if via else None
+    operator = state.operator
+    instance = runtime.connector_instances.get(via) if via else None
+    channel = f"{instance.connector}:{via}" if instance is not None else None
     made = links.create(wait_id, user, by=operator, ttl=life, sent_via=channel)
-    if via is None:
+    if via is None or instance is None:
         click.echo(made.url)
         return
-    instance = runtime.connector_instances.get(via)
-    from sqlalchemy import select
-
-    from quell.store.schema import users
-
-    with runtime.db.read() as conn:
-        email = conn.execute(select(users.c.email).where(users.c.name == user)).scalar()
+    email = runtime.users.get(user).email
     runner = runtime.action_runner(operator)
 
     async def deliver() -> None:
@@ -286,7 +273,7 @@ def set_rule(state: CliState, /, name: str, path: str | None, disabled: bool, as
         for key in ("roles", "escalate_to"):
             data[key] = list(options[key])
     rule = parse_rule(data)
-    stored = state.runtime().approval_rules.put(rule, by=f"cli:{_os_user() or 'operator'}")
+    stored = state.runtime().approval_rules.put(rule, by=state.operator)
     if as_json:
         print_json(stored.as_dict())
         return
@@ -298,7 +285,7 @@ def set_rule(state: CliState, /, name: str, path: str | None, disabled: bool, as
 @pass_state
 def enable_rule(state: CliState, name: str) -> None:
     """Switch a rule on."""
-    state.runtime().approval_rules.set_enabled(name, True, by=f"cli:{_os_user() or 'operator'}")
+    state.runtime().approval_rules.set_enabled(name, True, by=state.operator)
     click.echo(f"approval rule {name} on")
 
 
@@ -307,7 +294,7 @@ def enable_rule(state: CliState, name: str) -> None:
 @pass_state
 def disable_rule(state: CliState, name: str) -> None:
     """Switch a rule off."""
-    state.runtime().approval_rules.set_enabled(name, False, by=f"cli:{_os_user() or 'operator'}")
+    state.runtime().approval_rules.set_enabled(name, False, by=state.operator)
     click.echo(f"approval rule {name} off")
 
 
@@ -316,5 +303,5 @@ def disable_rule(state: CliState, name: str) -> None:
 @pass_state
 def remove_rule(state: CliState, name: str) -> None:
     """Delete a rule."""
-    state.runtime().approval_rules.remove(name, by=f"cli:{_os_user() or 'operator'}")
+    state.runtime().approval_rules.remove(name, by=state.operator)
     click.echo(f"approval rule {name} removed")

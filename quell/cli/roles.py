@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import getpass
-
 import click
 
 from quell.cli.output import json_option, print_json, print_table
 from quell.cli.state import CliState, pass_state
-
-
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 @click.group("role")
@@ -60,7 +51,9 @@ def set_role(
     as_json: bool,
 ) -> None:  # fmt: skip
     """Create or change custom role NAME with PERMISSIONS (quell role permissions)."""
-    role = state.runtime().roles.define(name, permissions, description=description, by=_operator())
+    role = state.runtime().roles.define(
+        name, permissions, description=description, by=state.operator
+    )
     if as_json:
         print_json(role.as_dict())
         return
@@ -72,5 +65,5 @@ def set_role(
 @pass_state
 def remove_role(state: CliState, name: str) -> None:
     """Delete a custom role nobody holds."""
-    state.runtime().roles.remove(name, by=_operator())
+    state.runtime().roles.remove(name, by=state.operator)
     click.echo(f"role {name} removed")

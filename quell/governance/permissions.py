@@ -122,6 +122,14 @@ def parse_role(name: str) -> Role:
         ) from None
 
 
+def builtin_permissions(role: str) -> frozenset[Permission] | None:
+    """What the built-in role called ``role`` may do (None: it is not one)."""
+    try:
+        return ROLE_PERMISSIONS[Role(role)]
+    except ValueError:
+        return None
+
+
 def permissions_of(role: Role) -> frozenset[Permission]:
     """What ``role`` may do."""
     return ROLE_PERMISSIONS[role]

@@ -23,7 +23,11 @@ from sqlalchemy.exc import IntegrityError
 
 from quell.clock import Clock
 from quell.errors import AuthenticationRequired, Conflict, InvalidInput, NotFound
-from quell.governance.permissions import Permission, Role, parse_role, permissions_of
+from quell.governance.permissions import (
+    Permission,
+    builtin_permissions,
+    parse_role,
+)
 
 if TYPE_CHECKING:
     from quell.governance.roles import RoleBook
@@ -321,10 +325,7 @@ class TokenService:
     def _permissions(self, role: str) -> frozenset[Permission] | None:
         if self.roles is not None:
             return self.roles.permissions(role)
-        try:
-            return permissions_of(Role(role))
-        except ValueError:
-            return None
+        return builtin_permissions(role)
 
     def _touch(self, record: ApiToken, now: datetime) -> None:
         threshold = now - self.last_used_resolution

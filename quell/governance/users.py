@@ -34,7 +34,11 @@ from sqlalchemy.exc import IntegrityError
 
 from quell.clock import Clock
 from quell.errors import AuthenticationRequired, Conflict, InvalidInput, NotFound, RateLimited
-from quell.governance.permissions import Permission, Role, parse_role, permissions_of
+from quell.governance.permissions import (
+    Permission,
+    builtin_permissions,
+    parse_role,
+)
 from quell.governance.tokens import Principal, generate_token, hash_token, is_well_formed
 from quell.ids import new_id
 from quell.sdk.secret import SecretValue
@@ -236,10 +240,7 @@ class UserService:
     def _permissions(self, role: str) -> frozenset[Permission] | None:
         if self.roles is not None:
             return self.roles.permissions(role)
-        try:
-            return permissions_of(Role(role))
-        except ValueError:
-            return None
+        return builtin_permissions(role)
 
     def list_all(self) -> list[User]:
         """Every user, by name."""

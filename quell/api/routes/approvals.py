@@ -280,7 +280,7 @@ async def make_link(
         return link.as_dict()
     via = body.via
     instance = await run_in_threadpool(runtime.connector_instances.get, via)
-    email = await run_in_threadpool(_email_of, runtime, body.user)
+    email = (await run_in_threadpool(runtime.users.get, body.user)).email
     link = await run_in_threadpool(
         lambda: links.create(
             wait_id, body.user, by=principal.name, ttl=ttl, sent_via=f"{instance.connector}:{via}"
@@ -297,15 +297,6 @@ async def make_link(
     shown = link.as_dict()
     del shown["token"], shown["url"]
     return {**shown, "sent_via": via}
-
-
-def _email_of(runtime: RuntimeDep, user: str) -> str | None:
-    from sqlalchemy import select
-
-    from quell.store.schema import users
-
-    with runtime.db.read() as conn:
-        return conn.execute(select(users.c.email).where(users.c.name == user)).scalar()
 
 
 _NO_LINK = "no such approval link (or it expired)"
