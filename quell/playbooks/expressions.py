@@ -55,6 +55,8 @@ from quell.errors import InvalidInput
 from quell.ingest.model import Severity
 from quell.ingest.observables import defang as _defang
 from quell.ingest.observables import refang as _refang
+from quell.playbooks.cacao.conditions import CONDITION_FUNCTIONS
+from quell.playbooks.cacao.functions import cacao_result, cacao_text
 
 MAX_SOURCE = 8 * 1024  # characters in one expression or template
 MAX_OUTPUT = 1024 * 1024  # bytes of JSON (or characters) an evaluation may produce
@@ -417,6 +419,11 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "ago": ago,
     "severity": severity,
     "to_datetime": to_datetime,
+    # What imported CACAO conditions and out_args call (quell.playbooks.cacao): comparisons
+    # with CACAO's coercions, LIKE and MATCHES, and a variable's value from a step's result.
+    **CONDITION_FUNCTIONS,
+    "cacao_result": cacao_result,
+    "cacao_text": cacao_text,
 }
 
 # The names an expression may use besides the run's data.

@@ -151,6 +151,12 @@ class Step:
     message: str | None = None
     # where it was written
     position: Position = field(default_factory=Position)
+    # action: the connector instance it runs against (None: the connector's default) and the
+    # stored credential (a CACAO authentication info, sealed) whose secrets it is called with
+    instance: str | None = None
+    credential: str | None = None
+    # kept from imports (CACAO step type, commands, agent, targets...): export writes them back
+    extensions: dict[str, Any] = field(default_factory=dict)
 
     def branch_starts(self) -> list[str]:
         """The branches this step opens (each runs to its own end, then control returns)."""
@@ -212,6 +218,9 @@ class Playbook:
     source_format: str = "yaml"  # yaml, cacao
     file: str | None = None
     extensions: dict[str, Any] = field(default_factory=dict)  # kept from imports, unused here
+    # The TLP level its data is marked with (CACAO data markings): at TLP:RED and
+    # TLP:AMBER+STRICT no action sends it outside the organization.
+    tlp: str | None = None
 
     def to_json(self) -> bytes:
         """The IR as JSON (what a run pins)."""
@@ -221,13 +230,14 @@ class Playbook:
     def from_json(cls, data: bytes | str) -> Playbook:
         """The IR from :meth:`to_json`."""
         raw = orjson.loads(data)
-        steps = {key: _step(value) for key, value in raw.pop("steps").items()}
+        steps = {key: step_from_dict(value) for key, value in raw.pop("steps").items()}
         variables = {key: Variable(**value) for key, value in raw.pop("variables").items()}
         triggers = tuple(Trigger(**value) for value in raw.pop("triggers"))
         return cls(steps=steps, variables=variables, triggers=triggers, **raw)
 
 
-def _step(raw: dict[str, Any]) -> Step:
+def step_from_dict(raw: dict[str, Any]) -> Step:
+    """A step from its :func:`dataclasses.asdict` form."""
     raw = dict(raw)
     raw["kind"] = StepKind(raw["kind"])
     raw["retry"] = Retry(**raw["retry"])
@@ -254,4 +264,5 @@ __all__ = [
     "Variable",
     "Wait",
     "WaitKind",
+    "step_from_dict",
 ]
