@@ -222,6 +222,26 @@ class Settings(BaseSettings):
         description="Whether a new playbook version is published through review by someone "
         "other than its author (required), or its author may publish it (optional: a lab).",
     )
+    organization_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="DNS domains inside the organization (comma list: corp.example). With "
+        "private and loopback addresses they are where TLP:RED and TLP:AMBER+STRICT playbook "
+        "data may go; anything else is outside.",
+    )
+    cacao_max_iterations: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="The bound put on an imported CACAO while-condition (CACAO sets none).",
+    )
+    cacao_signing_key: Path | None = Field(
+        default=None,
+        description="PEM private key (RSA, EC P-256 or Ed25519) `quell playbook export-cacao "
+        "--sign` signs with.",
+    )
+    cacao_signee: str = Field(
+        default="Quell", description="Who CACAO signatures made here name as their signee."
+    )
     public_url: str = Field(
         default="http://127.0.0.1:8470",
         description="How others reach this server (callback links are built on it).",
@@ -256,7 +276,7 @@ class Settings(BaseSettings):
         "`quell serve`, `quell worker` and the CLI's engine run on.",
     )
 
-    @field_validator("plugins", "outbound_allow", mode="before")
+    @field_validator("plugins", "outbound_allow", "organization_domains", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -86,9 +86,10 @@ def registry(request: Request, runtime: Runtime) -> Registry:
 def library(request: Request, runtime: Runtime) -> PlaybookLibrary:
     """Compile, store and show playbooks against the installed actions and secrets."""
     from quell.engine.actions import EnvSecrets
+    from quell.engine.cacao import attach
     from quell.engine.library import ConfiguredSecrets, PlaybookLibrary
 
-    return PlaybookLibrary(
+    library = PlaybookLibrary(
         runtime.db,
         runtime.playbooks,
         registry(request, runtime),
@@ -96,6 +97,8 @@ def library(request: Request, runtime: Runtime) -> PlaybookLibrary:
         review_required=runtime.settings.playbook_review == "required",
         audit=runtime.audit,
     )
+    attach(library, runtime)
+    return library
 
 
 def launcher(request: Request, runtime: Runtime) -> Launcher:

@@ -67,15 +67,41 @@ def playbook_group() -> None:
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
+@click.option(
+    "--cacao",
+    "cacao_mode",
+    type=click.Choice(["strict", "lenient"]),
+    help="Check CACAO 2.0 JSON against the official schemas (strict: JSON Schema 2020-12, "
+    "unevaluatedProperties enforced; lenient: draft-07 as the schemas declare) and the "
+    "reference checks; one line per problem naming its JSON path.",
+)
 @pass_state
-def validate(state: CliState, files: tuple[Path, ...]) -> None:
+def validate(state: CliState, files: tuple[Path, ...], cacao_mode: str | None) -> None:
     """Check playbooks; one line per problem (file:line:col: message), exit 1 if any."""
     from quell.playbooks.compiler import PlaybookInvalid
     from quell.playtest.cases import is_cases_file
 
+    if cacao_mode is not None:
+        from quell.playbooks.cacao.schema import schemas_dir
+
+        if cacao_mode == "strict" and schemas_dir() is None:
+            raise InvalidInput(
+                "--cacao strict checks against the official CACAO JSON schemas, and they are "
+                "not here: set QUELL_CACAO_SCHEMAS to the schemas/ folder of a checkout of "
+                "github.com/oasis-open/cacao-json-schemas"
+            )
+        failed = False
+        for path in files:
+            failed = not _validate_cacao(path, cacao_mode) or failed
+        if failed:
+            raise SystemExit(1)
+        return
     runtime = state.runtime()
     failed = False
     for path in files:
+        if _looks_cacao(path):
+            failed = not _validate_cacao(path, "lenient") or failed
+            continue
         if is_cases_file(path):
             failed = not _validate_cases(state, path) or failed
             continue
@@ -96,6 +122,49 @@ def validate(state: CliState, files: tuple[Path, ...]) -> None:
         )
     if failed:
         raise SystemExit(1)
+
+
+def _looks_cacao(path: Path) -> bool:
+    from quell.engine.library import _is_cacao_text
+
+    return path.suffix.lower() == ".json" and _is_cacao_text(path.read_bytes())
+
+
+def _validate_cacao(path: Path, mode: str) -> bool:
+    """Validate one CACAO file: errors on stdout (``file: $.path: message``), warnings and
+    signature checks on stderr; whether it has no error."""
+    from quell.playbooks.cacao.importer import import_cacao
+    from quell.playbooks.cacao.schema import CacaoInvalid, load_cacao, validate_cacao
+
+    try:
+        doc = load_cacao(path.read_bytes(), str(path))
+    except InvalidInput as exc:
+        click.echo(f"{path}: $: {exc.message}")
+        return False
+    problems = validate_cacao(doc, "strict" if mode == "strict" else "lenient")
+    errors = [p for p in problems if p.severity == "error"]
+    for problem in errors:
+        click.echo(f"{path}: {problem.path}: {problem.message}")
+    for problem in problems:
+        if problem.severity != "error":
+            click.echo(f"{path}: warning: {problem.path}: {problem.message}", err=True)
+    if errors:
+        return False
+    try:  # what the schema and references cannot catch: conditions, commands Quell reads
+        imported = import_cacao(doc, mode="strict" if mode == "strict" else "lenient")
+    except CacaoInvalid as exc:
+        for problem in exc.problems:
+            click.echo(f"{path}: {problem.path}: {problem.message}")
+        return False
+    except InvalidInput as exc:
+        click.echo(f"{path}: $: {exc.message}")
+        return False
+    for check in imported.report.signatures:
+        click.echo(f"{path}: signature {check['id']}: {check['reason']}", err=True)
+    for item in imported.report.unsupported:
+        click.echo(f"{path}: unsupported: {item['path']}: {item['reason']}", err=True)
+    click.echo(f"{path}: valid CACAO 2.0 ({mode}, {imported.report.steps} steps)", err=True)
+    return True
 
 
 def _validate_cases(state: CliState, path: Path) -> bool:
@@ -125,9 +194,10 @@ def schema() -> None:
 
 def _library(runtime: Runtime) -> Any:
     from quell.engine.actions import EnvSecrets
+    from quell.engine.cacao import attach
     from quell.engine.library import ConfiguredSecrets, PlaybookLibrary
 
-    return PlaybookLibrary(
+    library = PlaybookLibrary(
         runtime.db,
         runtime.playbooks,
         runtime.registry,
@@ -135,6 +205,8 @@ def _library(runtime: Runtime) -> Any:
         review_required=runtime.settings.playbook_review == "required",
         audit=runtime.audit,
     )
+    attach(library, runtime)
+    return library
 
 
 def _as(state: CliState, as_user: str | None, permission: str) -> str:
@@ -174,6 +246,144 @@ def add(state: CliState, path: Path, publish: bool, as_user: str | None, as_json
         click.echo(f"{version.playbook_id} v{version.version} {shown} ({version.id})")
 
 
+_VERSION = click.option("--version", "version", type=int, help="The version (default: newest).")
+_WHY = click.option("--comment", "-m", help="Why.")
+
+_BIND = click.option(
+    "--bind",
+    "binds",
+    multiple=True,
+    metavar="ID=INSTANCE",
+    help="Run a CACAO agent or target on this connector instance (an http-api one: on this "
+    "base URL). Repeat for each.",
+)
+
+
+@playbook_group.command("import-cacao")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_BIND
+@click.option(
+    "--mode",
+    type=click.Choice(["lenient", "strict"]),
+    default="lenient",
+    show_default=True,
+    help="How strictly the file is validated first.",
+)
+@click.option("--publish", is_flag=True, help="Publish at once (where review is optional).")
+@click.option(
+    "--on",
+    "trigger_on",
+    metavar="EVENT",
+    help="Start it by itself on this event (alert.created, incident.created, incident.updated, "
+    "incident.sla_breached, schedule) once published.",
+)
+@click.option("--if", "trigger_if", metavar="EXPR", help="With --on: a condition on the event.")
+@click.option("--cron", "trigger_cron", metavar="CRON", help="With --on schedule: when.")
+@_AS
+@json_option
+@pass_state
+def import_cacao_command(
+    state: CliState,
+    path: Path,
+    binds: tuple[str, ...],
+    mode: str,
+    publish: bool,
+    trigger_on: str | None,
+    trigger_if: str | None,
+    trigger_cron: str | None,
+    as_user: str | None,
+    as_json: bool,
+) -> None:
+    """Import a CACAO 2.0 playbook as a draft version, and report what it needs."""
+    from quell.engine.cacao import attach, check_bindings, parse_trigger
+
+    runtime = state.runtime()
+    author = _as(state, as_user, "playbooks:write")
+    library = _library(runtime)
+    service = library.cacao or attach(library, runtime)
+    from quell.playbooks.cacao.schema import CacaoInvalid
+
+    try:
+        version, report = service.import_text(
+            path.read_bytes(), str(path), by=author,
+            mode="strict" if mode == "strict" else "lenient",
+            bindings=check_bindings(binds), activate=publish,
+            triggers=parse_trigger(trigger_on, trigger_if, trigger_cron),
+        )  # fmt: skip
+    except CacaoInvalid as exc:  # every problem, each with its JSON path
+        if as_json:
+            print_json({"valid": False, "problems": [p.as_dict() for p in exc.problems]})
+        else:
+            for problem in exc.problems:
+                click.echo(f"{path}: {problem.path}: {problem.message}")
+        raise SystemExit(1) from None
+    answer = {**report.as_dict(), "version": version.version, "state": version.state,
+              "version_id": version.id}  # fmt: skip
+    if as_json:
+        print_json(answer)
+        return
+    click.echo(f"{version.playbook_id} v{version.version} {version.state} ({report.steps} steps)")
+    for item in report.unsupported:
+        click.echo(f"  unsupported: {item['path']}: {item['reason']}")
+    for item in report.needs:
+        click.echo(f"  needs: {item['message']}")
+    for item in report.warnings:
+        click.echo(f"  warning: {item['path']}: {item['message']}")
+    for check in report.signatures:
+        click.echo(f"  signature {check['id']}: {check['reason']}")
+    for auth in report.credentials:
+        click.echo(f"  credentials of {auth}: moved into Quell's sealed secrets")
+
+
+@playbook_group.command("export-cacao")
+@click.argument("playbook_id")
+@_VERSION
+@click.option(
+    "--sign", "sign", is_flag=True,
+    help="Sign it (JSS) with the configured key (cacao_signing_key), or --key.",
+)  # fmt: skip
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key to sign with (implies --sign).",
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
+@pass_state
+def export_cacao_command(
+    state: CliState,
+    playbook_id: str,
+    version: int | None,
+    sign: bool,
+    key_path: Path | None,
+    output: Path | None,
+) -> None:
+    """Print a stored playbook as CACAO 2.0 JSON (notes on what only Quell runs: stderr)."""
+    from quell.engine.cacao import attach
+
+    runtime = state.runtime()
+    library = _library(runtime)
+    service = library.cacao or attach(library, runtime)
+    key = None
+    if sign or key_path is not None:
+        from quell.playbooks.cacao.signatures import SigningKey
+
+        key_file = key_path or runtime.settings.cacao_signing_key
+        if key_file is None:
+            raise InvalidInput("--sign needs a key: --key FILE, or set cacao_signing_key")
+        key = SigningKey.from_file(Path(key_file), signee=runtime.settings.cacao_signee)
+    doc, notes = service.export(playbook_id, version, signing_key=key)
+    for note in notes:
+        click.echo(f"note: {note['path']}: {note['message']}", err=True)
+    import orjson
+
+    text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)
+
+
 def _review_step(state: CliState, step: str, playbook_id: str, version: int | None,
                  comment: str | None, as_user: str | None, permission: str) -> None:  # fmt: skip
     runtime = state.runtime()
@@ -181,10 +391,6 @@ def _review_step(state: CliState, step: str, playbook_id: str, version: int | No
     kept = getattr(_library(runtime), step)(playbook_id, version, by=by, comment=comment)
     shown = "active" if kept.active else kept.state
     click.echo(f"{kept.playbook_id} v{kept.version}: {shown}")
-
-
-_VERSION = click.option("--version", "version", type=int, help="The version (default: newest).")
-_WHY = click.option("--comment", "-m", help="Why.")
 
 
 @playbook_group.command("submit")
@@ -295,6 +501,7 @@ def list_playbooks(state: CliState, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Run reads; record the writes it would make.")
 @click.option("--wait", is_flag=True, help="Run it here and wait until it ends.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after seconds.")
+@_BIND
 @json_option
 @pass_state
 def run(
@@ -304,6 +511,7 @@ def run(
     dry_run: bool,
     wait: bool,
     timeout: float | None,
+    binds: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Run a playbook file, or a stored playbook by id."""
@@ -312,7 +520,15 @@ def run(
     runtime = state.runtime()
     inputs = _inputs(input_text)
     path = Path(target)
-    if path.is_file():
+    if path.is_file() and _looks_cacao(path):
+        from quell.engine.cacao import check_bindings
+
+        library = _library(runtime)
+        version, _report = library.cacao.import_text(
+            path.read_bytes(), str(path), by=actor(), bindings=check_bindings(binds)
+        )
+        playbook = runtime.playbooks.ir(version.id)
+    elif path.is_file():
         playbook = compile_file(runtime, path)
         version = runtime.playbooks.register(
             playbook, source=path.read_text(encoding="utf-8"), created_by=actor()

@@ -221,13 +221,17 @@ class ActionRunner:
         idempotency_key: str,
         dry_run: bool,
         instance: str | None = None,
+        extra_secrets: Mapping[str, SecretValue] | None = None,
     ) -> ActionContext:
         """The context an attempt is called with: the instance's secrets over the
-        environment's; PermanentError when the instance cannot be resolved."""
+        environment's, and ``extra_secrets`` (a step's own credential) over both;
+        PermanentError when the instance cannot be resolved."""
         resolved = self._cached(definition, instance) or await self.resolve(definition, instance)
         secrets = self.secrets.for_connector(definition.connector)
         if resolved.secrets:
             secrets = {**secrets, **resolved.secrets}
+        if extra_secrets:
+            secrets = {**secrets, **extra_secrets}
         return ActionContext(
             run_id=run_id,
             step_id=step_key,

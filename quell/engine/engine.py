@@ -27,6 +27,7 @@ from quell.clock import Clock
 from quell.connectors.instances import InstanceService
 from quell.connectors.registry import Registry
 from quell.engine.actions import ActionRunner, DataPolicy, EnvSecrets
+from quell.engine.cacao import CredentialStore
 from quell.engine.containment import ContainmentService
 from quell.engine.execution import Execution, Outcome, RunInfo, callback_secret
 from quell.engine.guardrails import Guardrails, GuardrailService
@@ -81,8 +82,14 @@ class Engine:
         public_url: str = "http://127.0.0.1:8470",
         instances: InstanceService | None = None,
         data_policy: DataPolicy | None = None,
+        credentials: CredentialStore | None = None,
+        organization_domains: Sequence[str] = (),
     ) -> None:
         self.db = db
+        # Sealed credentials imported CACAO playbooks carried (None: steps that name one fail).
+        self.credentials = credentials
+        # Where TLP:RED / AMBER+STRICT playbook data may go besides private addresses.
+        self.organization_domains = tuple(organization_domains)
         self.clock = clock
         self.owner = owner or worker_name()
         self.concurrency = concurrency
@@ -136,6 +143,10 @@ class Engine:
                 InstanceService(runtime.db, runtime.clock, runtime.secret_box, registry),
             )
             options.setdefault("data_policy", runtime.data_policy)
+        options.setdefault(
+            "credentials", CredentialStore(runtime.db, runtime.secret_box, runtime.clock)
+        )
+        options.setdefault("organization_domains", settings.organization_domains)
         return cls(
             runtime.db,
             runtime.clock,

@@ -44,9 +44,11 @@ from quell.engine.actions import sent_inputs
 from quell.engine.containment import ContainmentService
 from quell.engine.guardrails import Ruling, recheck_at
 from quell.engine.journal import Op, OpKind, release_params
+from quell.engine.markings import RESTRICTED, destination, inside
 from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
 from quell.engine.store import resume_decided
+from quell.errors import NotFound
 from quell.governance.approvals import CRITICAL_APPROVALS, Initiator, Requirement, describe
 from quell.ids import new_id
 from quell.playbooks.expressions import (
@@ -56,8 +58,9 @@ from quell.playbooks.expressions import (
     render_value,
 )
 from quell.playbooks.ir import ExpiryOutcome, Playbook, Step, StepKind, WaitKind
-from quell.sdk import ActionContext, ActionError, Landed, Reconciliation
+from quell.sdk import ActionContext, ActionError, Landed, PermanentError, Reconciliation
 from quell.sdk.actions import RiskLevel
+from quell.sdk.secret import SecretValue
 from quell.store.dialect import insert_ignore
 from quell.store.schema import (
     incident_events,
@@ -424,6 +427,9 @@ class Execution:
                 names[name] = render_value(
                     compile_value(value, f"vars.{name}"), local, now=self.now
                 )
+            # ``vars`` shows the step's own variables too, shadowing the playbook's (CACAO's
+            # scoping; its references are written ``vars['__name__']``).
+            names["vars"] = {**self.variables, **{n: names[n] for n in step.variables}}
         names.update(extra)
         return names
 
@@ -603,6 +609,34 @@ class Execution:
 
     # -- actions ------------------------------------------------------------------------------
 
+    async def credential(self, step: Step) -> dict[str, SecretValue] | None:
+        """The secrets of the stored credential the step names (a CACAO authentication info
+        an import sealed); PermanentError when it is gone."""
+        if step.credential is None:
+            return None
+        store = self.engine.credentials
+        if store is None:
+            raise PermanentError(
+                f"{step.id}: needs the stored credential {step.credential}, and this engine "
+                "has no credential store",
+                code="credential_missing",
+            )
+        try:
+            return await asyncio.to_thread(store.get, step.credential)
+        except NotFound as exc:
+            raise PermanentError(str(exc), code="credential_missing") from None
+
+    async def check_marking(self, definition: ActionDef, step: Step, params: Any) -> None:
+        """Refuse a call that would take TLP:RED (or AMBER+STRICT) data outside."""
+        resolved = await self.engine.actions.resolve(definition, step.instance)
+        host = destination(params, resolved.config)
+        if not inside(host, self.engine.organization_domains):
+            raise PermanentError(
+                f"{definition.key}: not sent to {host or 'a destination it cannot tell'}: the "
+                f"playbook's data is {self.playbook.tlp}, for the organization only",
+                code="tlp_withheld",
+            )
+
     def idempotency_key(self, key: str, attempt: int) -> str:
         text = f"{self.run.id}:{key}:{attempt}"
         if len(text) <= 150:
@@ -674,6 +708,8 @@ class Execution:
                 )  # fmt: skip
                 return output
             try:
+                if self.playbook.tlp in RESTRICTED:
+                    await self.check_marking(definition, step, params)
                 ctx = await self.engine.actions.context(
                     definition,
                     run_id=self.run.id,
@@ -681,6 +717,8 @@ class Execution:
                     attempt=attempt,
                     idempotency_key=ikey,
                     dry_run=self.run.dry_run,
+                    instance=step.instance,
+                    extra_secrets=await self.credential(step),
                 )
             except ActionError as exc:  # its instance is missing, disabled or ambiguous
                 error = _error(exc)
@@ -1383,9 +1421,12 @@ class Execution:
             raise Suspended()
         try:
             # A run calls published versions only (a draft runs only in a dry run).
+            cacao = step.extensions.get("cacao")
+            tag = cacao.get("playbook_version") if isinstance(cacao, dict) else None
             version = self.engine.playbooks.resolve(
-                step.playbook or "", step.version, published_only=not self.run.dry_run
-            )
+                step.playbook or "", step.version, published_only=not self.run.dry_run,
+                cacao_version=tag if isinstance(tag, str) else None,
+            )  # fmt: skip
             inputs = self.render(step.inputs, "with", self.scope(frame, step))
         except Exception as exc:  # noqa: BLE001 - an unknown playbook fails the step
             message = getattr(exc, "message", type(exc).__name__)

@@ -80,10 +80,16 @@ class PlaybookLibrary:
         self.review_required = review_required
         self.audit = audit
         self.clock = clock or store.clock
+        # CACAO 2.0 import (quell.engine.cacao.attach): CACAO text is imported, not compiled.
+        self.cacao: Any = None
 
     def compile(self, text: str | bytes, file: str | None = None) -> Playbook:
-        """The IR of ``text``; PlaybookInvalid (or InvalidInput for unreadable text) if not."""
+        """The IR of ``text``; PlaybookInvalid (or InvalidInput for unreadable text) if not.
+        CACAO JSON is translated (CacaoInvalid names each error's JSON path)."""
         from quell.playbooks.compiler import parse_playbook
+
+        if self.cacao is not None and _is_cacao_text(text):
+            return self.cacao.translate(text, file).playbook  # type: ignore[no-any-return]
 
         return parse_playbook(
             text, file, actions=self.actions, secrets=self.secrets, playbooks=self.store
@@ -105,11 +111,34 @@ class PlaybookLibrary:
                 "playbooks:publish publishes it (playbook_review is 'required')",
                 field="activate",
             )
+        if self.cacao is not None and _is_cacao_text(text):
+            version, _report = self.cacao.import_text(
+                text, file, by=created_by or "unknown", activate=activate
+            )
+            return version  # type: ignore[no-any-return]
         playbook = self.compile(text, file)
         source = text.decode("utf-8") if isinstance(text, bytes) else text
+        return self.add_playbook(playbook, source, created_by=created_by, activate=activate)
+
+    def add_playbook(
+        self,
+        playbook: Playbook,
+        source: str | None,
+        *,
+        created_by: str | None = None,
+        activate: bool = False,
+        event: str = "added",
+    ) -> PlaybookVersion:
+        """Store a compiled (or imported) playbook as a draft; see :meth:`add`."""
+        if activate and self.review_required:
+            raise Conflict(
+                "a new version is published through review: submit it, and someone else with "
+                "playbooks:publish publishes it (playbook_review is 'required')",
+                field="activate",
+            )
         self._refuse_changed(playbook)
         version = self.store.register(playbook, source=source, created_by=created_by)
-        self._record(version, "added", created_by or "unknown", None)
+        self._record(version, event, created_by or "unknown", None)
         if activate:
             return self.publish(
                 playbook.id,
@@ -323,6 +352,15 @@ class PlaybookLibrary:
                 f"{playbook_id} version {chosen.version} is published already; "
                 "roll back to make it active again"
             )
+        unsupported = self.store.ir(chosen.id).extensions.get("unsupported")
+        if unsupported:
+            first = unsupported[0]
+            raise Conflict(
+                f"{playbook_id} version {chosen.version} needs what Quell does not support "
+                f"({first.get('construct')} at {first.get('path')}: {first.get('reason')}; "
+                f"{len(unsupported)} in all): resolve them and import it again",
+                field="version",
+            )
         if self.review_required:
             if chosen.state != IN_REVIEW:
                 raise Conflict(
@@ -462,6 +500,21 @@ class ConfiguredSecrets:
             instance.enabled and secret in instance.secret_names
             for instance in self.instances.list_all(connector)
         )
+
+
+def _is_cacao_text(text: str | bytes) -> bool:
+    """Whether playbook text is CACAO JSON (an object with ``"type": "playbook"`` and a CACAO
+    ``spec_version``) rather than Quell's YAML."""
+    stripped = text.lstrip()
+    if not (stripped.startswith("{") if isinstance(stripped, str) else stripped.startswith(b"{")):
+        return False
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    from quell.playbooks.cacao.importer import is_cacao
+
+    return is_cacao(data)
 
 
 def _same(actor: str, author: str | None) -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, and_, case, func, or_, select, update
 
 from quell.clock import Clock
@@ -209,10 +210,17 @@ class PlaybookStore:
         return found
 
     def resolve(
-        self, playbook_id: str, version: int | None = None, *, published_only: bool = False
+        self,
+        playbook_id: str,
+        version: int | None = None,
+        *,
+        published_only: bool = False,
+        cacao_version: str | None = None,
     ) -> PlaybookVersion:
         """The version to run: the active one (or given version), else the newest stored (the
-        newest published, with ``published_only``: what a run calls as a sub-playbook)."""
+        newest published, with ``published_only``: what a run calls as a sub-playbook).
+        ``cacao_version`` picks the version imported from CACAO with that ``modified`` (how a
+        CACAO ``playbook-action`` names a version)."""
         query = select(playbook_versions).where(playbook_versions.c.playbook_id == playbook_id)
         if published_only:
             query = query.where(
@@ -222,11 +230,19 @@ class PlaybookStore:
             query = query.where(playbook_versions.c.version == version)
         query = query.order_by(
             playbook_versions.c.active.desc(), playbook_versions.c.created_at.desc()
-        ).limit(1)
+        )
         with self.db.read() as conn:
-            row = conn.execute(query).first()
+            if cacao_version is None:
+                row = conn.execute(query.limit(1)).first()
+            else:
+                row = next(
+                    (r for r in conn.execute(query) if _cacao_modified(r.ir) == cacao_version),
+                    None,
+                )
         if row is None:
             wanted = f" version {version}" if version is not None else ""
+            if cacao_version is not None:
+                wanted = f" of CACAO version (modified) {cacao_version}"
             kind = "published playbook" if published_only else "playbook"
             raise NotFound(f"no {kind} {playbook_id!r}{wanted}", field="playbook")
         return _version(row)
@@ -408,6 +424,14 @@ def resume_decided(conn: Connection, run_id: str, now: datetime) -> None:
         )
     )
     notify_ready(conn)
+
+
+def _cacao_modified(ir: str) -> str | None:
+    """The CACAO ``modified`` a stored IR was imported with (None: not from CACAO)."""
+    extensions = orjson.loads(ir).get("extensions") or {}
+    cacao = extensions.get("cacao") if isinstance(extensions, dict) else None
+    modified = cacao.get("modified") if isinstance(cacao, dict) else None
+    return modified if isinstance(modified, str) else None
 
 
 __all__ = ["Claimed", "PlaybookStore", "PlaybookVersion", "RunStore", "resume_decided"]

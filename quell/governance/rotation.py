@@ -42,7 +42,13 @@ from quell.governance.audit import AuditLog
 from quell.governance.keyring import DataKey, KeyRecord, KeyState
 from quell.governance.secrets import SecretBox, key_id_of
 from quell.store.database import Database
-from quell.store.schema import connector_instances, intel_feeds, oidc_logins, sources
+from quell.store.schema import (
+    connector_instances,
+    intel_feeds,
+    oidc_logins,
+    playbook_credentials,
+    sources,
+)
 
 _PAGE = 200
 MAX_PASSES = 5
@@ -75,6 +81,8 @@ SEALED_COLUMNS: tuple[SealedColumn, ...] = (
     SealedColumn(intel_feeds, "secret", "intel-feed"),  # quell.intel.feeds
     # quell.governance.oidc: a PKCE verifier, for a login in flight
     SealedColumn(oidc_logins, "code_verifier", "oidc_login", key="state_hash", name="state_hash"),
+    # quell.engine.cacao: an imported CACAO playbook's inline credentials
+    SealedColumn(playbook_credentials, "secret", "playbook-credential", name="id"),
 )
 
 

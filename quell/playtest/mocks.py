@@ -27,6 +27,7 @@ from quell.sdk import (
     PermanentError,
     RateLimited,
     Reconciliation,
+    SecretValue,
     TargetNotFound,
     TransientError,
 )
@@ -152,6 +153,7 @@ class MockActions(ActionRunner):
         idempotency_key: str,
         dry_run: bool,
         instance: str | None = None,
+        extra_secrets: Mapping[str, SecretValue] | None = None,
     ) -> ActionContext:
         """A context with no HTTP client and no secrets: nothing can reach a peer."""
         return ActionContext(

@@ -344,6 +344,19 @@ Index(
     postgresql_where=playbook_versions.c.active.is_(True),
 )
 
+# Credentials an imported CACAO playbook carried inline (quell.engine.cacao): sealed, named
+# "<playbook id>/<authentication info id>"; the stored playbook text only refers to them.
+playbook_credentials = Table(
+    "playbook_credentials",
+    metadata,
+    Column("id", String(300), primary_key=True),
+    Column("playbook_id", String(128), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),  # http-basic, user-auth, oauth2
+    Column("secret", LargeBinary, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("updated_by", String(64), nullable=True),
+)
+
 # Who submitted, published, rejected or rolled back which playbook version, and why.
 playbook_reviews = Table(
     "playbook_reviews",

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from sqlalchemy import insert, select, update
 
 from quell.cli import cli
+from quell.engine.cacao import CredentialStore
 from quell.errors import ConfigurationError, Conflict
 from quell.governance.keyring import KeyKind, KeyRing, KeyState
 from quell.governance.rotation import rotate, status
@@ -27,6 +28,7 @@ from quell.store.schema import (
     connector_instances,
     intel_feeds,
     oidc_logins,
+    playbook_credentials,
     secret_keys,
     sources,
 )
@@ -36,14 +38,20 @@ HOOK = "https://hooks.example/T000/B000/hook-canary-"
 HMAC = "hmac-canary-"
 TOKEN = "feed-token-canary-"
 VERIFIER = "pkce-verifier-canary-"
+CACAO = "cacao-password-canary-"
 PER_KIND = 2  # secrets of each kind
-TOTAL = 4 * PER_KIND
+TOTAL = 5 * PER_KIND
 
 
 def _store_secrets(runtime: Runtime) -> None:
     """PER_KIND secrets in each table that holds sealed values."""
     feeds = FeedService.for_runtime(runtime)
+    credentials = CredentialStore(runtime.db, runtime.secret_box, runtime.clock)
     for n in range(PER_KIND):
+        credentials.put(  # an imported CACAO playbook's inline credentials
+            f"playbook--x/user-auth--{n}", "playbook--x", "user-auth",
+            {"username": "root", "password": f"{CACAO}{n}"}, by="setup",
+        )  # fmt: skip
         runtime.connector_instances.create(
             f"chat-{n}", "notify", {"format": "slack"}, {"webhook_url": SecretValue(f"{HOOK}{n}")}
         )
@@ -89,6 +97,10 @@ def _opened(runtime: Runtime) -> dict[str, str]:
     for state_hash, sealed in logins:
         verifier = box.open(bytes(sealed), purpose=f"oidc_login:{state_hash}").reveal()
         found[f"login-{int(state_hash, 16)}"] = verifier
+    credentials = CredentialStore(runtime.db, box, runtime.clock)
+    for n in range(PER_KIND):
+        opened = credentials.get(f"playbook--x/user-auth--{n}")
+        found[f"cacao-{n}"] = opened["password"].reveal()
     return found
 
 
@@ -97,6 +109,7 @@ EXPECTED = {
     **{f"hook-{n}": f"{HMAC}{n}" for n in range(PER_KIND)},
     **{f"feed-{n}": f"{TOKEN}{n}" for n in range(PER_KIND)},
     **{f"login-{n}": f"{VERIFIER}{n}" for n in range(PER_KIND)},
+    **{f"cacao-{n}": f"{CACAO}{n}" for n in range(PER_KIND)},
 }
 
 
@@ -109,6 +122,7 @@ def _sealed_values(runtime: Runtime) -> list[bytes]:
                 sources.c.secret,
                 intel_feeds.c.secret,
                 oidc_logins.c.code_verifier,
+                playbook_credentials.c.secret,
             )
             for value in conn.execute(select(column).where(column.is_not(None))).scalars()
         ]
@@ -145,6 +159,7 @@ def test_every_kind_of_secret_opens_after_rotations_and_the_old_key_is_gone(
         "sources.secret",
         "intel_feeds.secret",
         "oidc_logins.code_verifier",
+        "playbook_credentials.secret",
     }
     old_copy = runtime.sources.box.seal(SecretValue("kept-by-an-attacker"), purpose="source:x")
 
@@ -158,6 +173,7 @@ def test_every_kind_of_secret_opens_after_rotations_and_the_old_key_is_gone(
         "sources.secret": PER_KIND,
         "intel_feeds.secret": PER_KIND,
         "oidc_logins.code_verifier": PER_KIND,
+        "playbook_credentials.secret": PER_KIND,
     }
     assert _opened(runtime) == EXPECTED
     assert _key_ids(runtime) == {first.new_key}

@@ -7,7 +7,7 @@ An invalid one is refused with 422 and every problem as ``file:line:col: message
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
@@ -119,6 +119,11 @@ def _problems(exc: InvalidInput) -> list[dict[str, Any]]:
 
     if isinstance(exc, PlaybookInvalid):
         return [{**problem.as_dict(), "text": str(problem)} for problem in exc.problems]
+    cacao = exc.details.get("problems")
+    if isinstance(cacao, list) and cacao and "path" in cacao[0]:  # CacaoInvalid: JSON paths
+        return [
+            {**problem, "text": f"{problem['path']}: {problem['message']}"} for problem in cacao
+        ]
     return [{"message": exc.message, "text": exc.message}]
 
 
@@ -194,6 +199,75 @@ async def validate_playbook(
         "steps": len(playbook.steps),
         "problems": [],
     }
+
+
+@router.post(
+    "/import-cacao",
+    status_code=status.HTTP_201_CREATED,
+    summary="Import a CACAO 2.0 playbook as a draft version",
+)
+async def import_cacao_playbook(
+    request: Request,
+    runtime: RuntimeDep,
+    principal: CanWritePlaybooks,
+    mode: Annotated[
+        Literal["lenient", "strict"], Query(description="How strictly it is validated.")
+    ] = "lenient",
+    bind: Annotated[
+        list[str],
+        Query(
+            max_length=200,
+            description="ID=INSTANCE: run this CACAO agent or target on this connector "
+            "instance (an http-api one on this base URL).",
+        ),
+    ] = [],  # noqa: B006 - FastAPI copies query defaults
+    on: Annotated[
+        str | None,
+        Query(max_length=64, description="Start it by itself on this event once published."),
+    ] = None,
+    if_: Annotated[
+        str | None, Query(alias="if", max_length=8192, description="With on: a condition.")
+    ] = None,
+    cron: Annotated[
+        str | None, Query(max_length=200, description="With on=schedule: a cron expression.")
+    ] = None,
+) -> dict[str, Any]:
+    """The body is the CACAO JSON. Inline credentials are sealed and removed from the stored
+    text; the answer is the import report (``id``, ``steps``, ``unsupported``, ``needs``,
+    ``warnings``, ``signatures``) and the version. 422 names each error's JSON path."""
+    from quell.engine.cacao import check_bindings, parse_trigger
+
+    raw = await request.body()
+    library = services.library(request, runtime)
+    try:
+        bindings = check_bindings(bind)
+        triggers = parse_trigger(on, if_, cron)
+        version, report = await run_in_threadpool(
+            lambda: library.cacao.import_text(
+                raw, None, by=principal.name, mode=mode, bindings=bindings, triggers=triggers
+            )
+        )
+    except InvalidInput as exc:
+        raise _refused(exc) from None
+    return {**report.as_dict(), "version": version.version, "state": version.state,
+            "version_id": version.id}  # fmt: skip
+
+
+@router.get("/{playbook_id}/cacao", summary="Export a playbook as CACAO 2.0 JSON")
+async def export_cacao_playbook(
+    request: Request,
+    runtime: RuntimeDep,
+    _: CanReadPlaybooks,
+    playbook_id: PlaybookId,
+    version: Annotated[
+        int | None, Query(ge=1, description="The version (default: newest).")
+    ] = None,
+) -> Response:
+    """The CACAO document; notes on what only Quell runs are in ``X-Quell-Export-Notes``."""
+    library = services.library(request, runtime)
+    doc, notes = await run_in_threadpool(library.cacao.export, playbook_id, version)
+    headers = {"X-Quell-Export-Notes": str(len(notes))}
+    return Response(orjson.dumps(doc), media_type="application/json", headers=headers)
 
 
 @router.get("/{playbook_id}", summary="Show a playbook with its source and IR")
