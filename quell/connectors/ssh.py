@@ -105,6 +105,13 @@ async def open_connection(
     call's ``private_key`` (and ``passphrase``) or ``password`` secret; the failures as
     ActionErrors that never carry a secret. No agent, no default keys: only what the
     instance was given."""
+    claimed = ctx.secrets.get("username")  # a playbook's credential (CACAO user-auth) names one
+    if claimed is not None and claimed.reveal() != username:
+        raise PermanentError(
+            f"the step's credential is for another account than the instance's ({username}): "
+            "the account is the instance's to choose",
+            code="credential_mismatch",
+        )
     options: dict[str, Any] = {
         "username": username,
         "known_hosts": asyncssh.import_known_hosts(known_hosts),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -33,6 +33,16 @@ if TYPE_CHECKING:  # the CACAO modules load when a CACAO playbook is handled, no
 PURPOSE = "playbook-credential"
 
 
+@dataclass(frozen=True)
+class CredentialRecord:
+    """A stored credential's owner and where an HTTP call may take it (no value)."""
+
+    name: str
+    playbook_id: str
+    kind: str
+    hosts: tuple[str, ...]
+
+
 class CredentialStore:
     """Credentials imported playbooks carried, sealed; opened only for the call that uses them."""
 
@@ -42,7 +52,13 @@ class CredentialStore:
         self.clock = clock
 
     def put(
-        self, name: str, playbook_id: str, kind: str, values: Mapping[str, str], by: str
+        self,
+        name: str,
+        playbook_id: str,
+        kind: str,
+        values: Mapping[str, str],
+        by: str,
+        hosts: Sequence[str] = (),
     ) -> None:
         """Seal ``values`` under ``name`` (replacing what was there)."""
         plain = SecretValue(orjson.dumps(dict(values)).decode())
@@ -52,6 +68,7 @@ class CredentialStore:
             "playbook_id": playbook_id,
             "kind": kind,
             "secret": sealed,
+            "hosts": orjson.dumps(sorted(set(hosts))).decode(),
             "updated_at": self.clock.now(),
             "updated_by": by,
         }
@@ -60,7 +77,13 @@ class CredentialStore:
             conn.execute(playbook_credentials.insert().values(**row))
 
     def place(
-        self, prefix: str, playbook_id: str, kind: str, values: Mapping[str, str], by: str
+        self,
+        prefix: str,
+        playbook_id: str,
+        kind: str,
+        values: Mapping[str, str],
+        by: str,
+        hosts: Sequence[str] = (),
     ) -> str:
         """The name ``values`` are sealed under: that of a stored credential of ``prefix``
         with the same values, else a new one. A version's credential never changes: an import
@@ -75,11 +98,26 @@ class CredentialStore:
         wanted = {key: str(value) for key, value in values.items()}
         for name in candidates:
             stored = {key: value.reveal() for key, value in self.get(name).items()}
-            if stored == wanted:
+            if stored == wanted and self.record(name).hosts == tuple(sorted(set(hosts))):
                 return name
         name = f"{prefix}/{new_id('cred')}"
-        self.put(name, playbook_id, kind, values, by)
+        self.put(name, playbook_id, kind, values, by, hosts)
         return name
+
+    def record(self, name: str) -> CredentialRecord:
+        """Whose credential ``name`` is and where it may go; NotFound when there is none."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(
+                    playbook_credentials.c.playbook_id,
+                    playbook_credentials.c.kind,
+                    playbook_credentials.c.hosts,
+                ).where(playbook_credentials.c.id == name)
+            ).first()
+        if row is None:
+            raise NotFound(f"no stored credential {name!r}: import the playbook again")
+        hosts = tuple(str(host) for host in orjson.loads(row.hosts))
+        return CredentialRecord(name, row.playbook_id, row.kind, hosts)
 
     def get(self, name: str) -> dict[str, SecretValue]:
         """The values sealed under ``name``; NotFound when there are none."""
@@ -198,7 +236,10 @@ class CacaoService:
         for prefix, values in imported.credentials.items():
             auth_id = prefix.rsplit("/", 1)[-1]
             kind = str((auths.get(auth_id) or {}).get("type", "unknown"))
-            stored[prefix] = name = self.credentials.place(prefix, playbook.id, kind, values, by)
+            hosts = imported.credential_hosts.get(prefix, [])
+            stored[prefix] = name = self.credentials.place(
+                prefix, playbook.id, kind, values, by, hosts
+            )
             auths[auth_id]["kms_key_identifier"] = f"quell:{name}"
         if stored:
             playbook = replace(
@@ -227,7 +268,8 @@ class CacaoService:
 
         stored = self.library.show(playbook_id, version)
         playbook = Playbook.from_json(orjson.dumps(stored.ir))
-        doc, notes = export_cacao(playbook)
+        # A YAML playbook's CACAO timestamps are its version's: one version, one export.
+        doc, notes = export_cacao(playbook, now=stored.version.created_at)
         if signing_key is not None:
             from quell.playbooks.cacao.signatures import sign_playbook
 
@@ -302,6 +344,7 @@ def attach(library: Any, runtime: Any) -> CacaoService:
 
 __all__ = [
     "CacaoService",
+    "CredentialRecord",
     "CredentialStore",
     "attach",
     "check_bindings",

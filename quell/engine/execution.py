@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 import structlog
@@ -44,7 +45,7 @@ from quell.engine.actions import sent_inputs
 from quell.engine.containment import ContainmentService
 from quell.engine.guardrails import Ruling, recheck_at
 from quell.engine.journal import Op, OpKind, release_params
-from quell.engine.markings import RESTRICTED, destination, inside
+from quell.engine.markings import RESTRICTED, destination, inherited_tlp, inside, max_tlp
 from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus, StepStatus, WaitStatus
 from quell.engine.store import resume_decided
@@ -304,6 +305,7 @@ class Execution:
             else:
                 self.variables[name] = variable.value
         self.control: str | None = None  # "cancel" or "pause", set by the worker
+        self._tlp: tuple[str | None] | None = None  # the data's marking, once looked up
         self.wakes: list[datetime] = []
         self.run_view = {
             "id": run.id,
@@ -609,9 +611,10 @@ class Execution:
 
     # -- actions ------------------------------------------------------------------------------
 
-    async def credential(self, step: Step) -> dict[str, SecretValue] | None:
+    async def credential(self, step: Step, params: Any) -> dict[str, SecretValue] | None:
         """The secrets of the stored credential the step names (a CACAO authentication info
-        an import sealed); PermanentError when it is gone."""
+        an import sealed for this playbook), for a call that goes where the credential was
+        given for; PermanentError otherwise, or when it is gone."""
         if step.credential is None:
             return None
         store = self.engine.credentials
@@ -622,18 +625,47 @@ class Execution:
                 code="credential_missing",
             )
         try:
-            return await asyncio.to_thread(store.get, step.credential)
+            found = await asyncio.to_thread(store.record, step.credential)
         except NotFound as exc:
             raise PermanentError(str(exc), code="credential_missing") from None
+        if found.playbook_id != self.run.playbook_id:  # never another playbook's
+            raise PermanentError(
+                f"{step.id}: the credential {step.credential} is not this playbook's",
+                code="credential_refused",
+            )
+        url = getattr(params, "url", None)
+        if url is not None:  # an HTTP call: only to the host(s) the credential was given for
+            host = (urlsplit(str(url)).hostname or "").lower()
+            if host not in found.hosts:
+                raise PermanentError(
+                    f"{step.id}: the credential of this step is for "
+                    f"{', '.join(found.hosts) or 'no host'}, not {host or 'this URL'}",
+                    code="credential_refused",
+                )
+        return await asyncio.to_thread(store.get, step.credential)
+
+    async def tlp(self) -> str | None:
+        """The TLP of the run's data: its playbook's marking, or the marking of a run that
+        called it as a sub-playbook (what a parent hands down keeps the parent's marking)."""
+        if self._tlp is not None:
+            return self._tlp[0]
+        level = self.playbook.tlp
+        if self.run.parent_run_id is not None:
+            inherited = await asyncio.to_thread(
+                inherited_tlp, self.engine.db, self.run.parent_run_id
+            )
+            level = max_tlp(level, inherited)
+        self._tlp = (level,)
+        return level
 
     async def check_marking(self, definition: ActionDef, step: Step, params: Any) -> None:
         """Refuse a call that would take TLP:RED (or AMBER+STRICT) data outside."""
         resolved = await self.engine.actions.resolve(definition, step.instance)
-        host = destination(params, resolved.config)
+        host = destination(definition.connector.name, params, resolved.config)
         if not inside(host, self.engine.organization_domains):
             raise PermanentError(
                 f"{definition.key}: not sent to {host or 'a destination it cannot tell'}: the "
-                f"playbook's data is {self.playbook.tlp}, for the organization only",
+                f"playbook's data is {await self.tlp()}, for the organization only",
                 code="tlp_withheld",
             )
 
@@ -708,7 +740,7 @@ class Execution:
                 )  # fmt: skip
                 return output
             try:
-                if self.playbook.tlp in RESTRICTED:
+                if await self.tlp() in RESTRICTED:
                     await self.check_marking(definition, step, params)
                 ctx = await self.engine.actions.context(
                     definition,
@@ -718,7 +750,7 @@ class Execution:
                     idempotency_key=ikey,
                     dry_run=self.run.dry_run,
                     instance=step.instance,
-                    extra_secrets=await self.credential(step),
+                    extra_secrets=await self.credential(step, params),
                 )
             except ActionError as exc:  # its instance is missing, disabled or ambiguous
                 error = _error(exc)
@@ -1025,6 +1057,8 @@ class Execution:
                 params = None
         ctx: ActionContext | None = None
         try:
+            if await self.tlp() in RESTRICTED:
+                await self.check_marking(definition, step, params)
             ctx = await self.engine.actions.context(
                 definition,
                 run_id=self.run.id,
@@ -1032,6 +1066,8 @@ class Execution:
                 attempt=record.attempt,
                 idempotency_key=record.idempotency_key or self.idempotency_key(key, record.attempt),
                 dry_run=False,
+                instance=step.instance,  # the peer the write went to, not the default
+                extra_secrets=await self.credential(step, params),
             )
         except ActionError as exc:  # no instance to ask: a person decides
             answer = Reconciliation(Landed.UNKNOWN, detail=f"cannot reconcile: {exc.message}")

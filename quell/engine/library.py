@@ -505,11 +505,13 @@ class ConfiguredSecrets:
 def _is_cacao_text(text: str | bytes) -> bool:
     """Whether playbook text is CACAO JSON (an object with ``"type": "playbook"`` and a CACAO
     ``spec_version``) rather than Quell's YAML."""
-    stripped = text.lstrip()
+    stripped = text.lstrip("\ufeff \t\r\n") if isinstance(text, str) else text.lstrip()
+    if isinstance(stripped, bytes):
+        stripped = stripped.removeprefix(b"\xef\xbb\xbf").lstrip()  # a BOM some editors write
     if not (stripped.startswith("{") if isinstance(stripped, str) else stripped.startswith(b"{")):
         return False
     try:
-        data = orjson.loads(text)
+        data = orjson.loads(stripped)
     except orjson.JSONDecodeError:
         return False
     from quell.playbooks.cacao.importer import is_cacao

@@ -353,6 +353,8 @@ playbook_credentials = Table(
     Column("playbook_id", String(128), nullable=False, index=True),
     Column("kind", String(32), nullable=False),  # http-basic, user-auth, oauth2
     Column("secret", LargeBinary, nullable=False),
+    # JSON list: the hosts an HTTP call may send it to (those of the target that carried it)
+    Column("hosts", Text, nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("updated_by", String(64), nullable=True),
 )

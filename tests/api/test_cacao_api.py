@@ -43,6 +43,7 @@ class Peer:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.release = threading.Event()
         peer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,12 +51,17 @@ class Peer:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 peer.seen.append((self.command, self.path, dict(self.headers)))
+                if self.path == "/slow":
+                    peer.release.wait(5)  # longer than the step's timeout
                 body = orjson.dumps({"ok": True, "path": self.path})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller gave up (a step's timeout): nothing to answer
 
             do_GET = do_POST = _answer
 
@@ -68,6 +74,7 @@ class Peer:
         self.thread.start()
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -82,7 +89,9 @@ def peer() -> Iterator[Peer]:
 @pytest.fixture
 def server(runtime: Runtime, tmp_path: Path) -> Iterator[LiveServer]:
     """The API with an embedded engine; actions may reach loopback peers."""
-    settings = runtime.settings.model_copy(update={"outbound_allow": ["127.0.0.1"]})
+    settings = runtime.settings.model_copy(
+        update={"outbound_allow": ["127.0.0.1"], "cacao_max_iterations": 3}
+    )
     live = start_server(create_app(dataclasses.replace(runtime, settings=settings),
                                    embedded_worker=True))  # fmt: skip
     yield live
@@ -501,3 +510,149 @@ def test_bash_commands_run_only_on_a_runner_an_admin_enabled(admin: httpx.Client
     # the variable's value went in as text: its quote and $(...) were never shell syntax
     assert output["stdout"] == "it's $(not run)|0|"
     assert run["variables"]["__result__"] == "it's $(not run)|0|"
+
+
+def _flow() -> dict[str, Any]:
+    """A CACAO playbook using the control flow: if-condition, parallel, switch, while, each
+    branch ending at its own end step; HTTP GETs on the peer show the path taken."""
+    ids = iter(range(100, 200))
+
+    def sid(kind: str) -> str:
+        return f"{kind}--0c0c0c0c-1111-4222-8333-{next(ids):012d}"
+
+    workflow: dict[str, Any] = {}
+
+    def get(path: str, then: str | None = None, **more: Any) -> str:
+        step_id = sid("action")
+        if then is None:
+            then = sid("end")
+            workflow[then] = {"type": "end"}
+        workflow[step_id] = {
+            "type": "action", "agent": HTTP_TARGET, "on_completion": then,
+            "commands": [{"type": "http-api", "command": f"GET {path}"}], **more,
+        }  # fmt: skip
+        return step_id
+
+    end = sid("end")
+    workflow[end] = {"type": "end"}
+    loop = sid("while-condition")
+    workflow[loop] = {"type": "while-condition", "condition": "__flag__:value = 'yes'",
+                      "on_true": get("/loop"), "on_completion": end}  # fmt: skip
+    switch = sid("switch-condition")
+    workflow[switch] = {
+        "type": "switch-condition", "switch": "__mode__",
+        "cases": {"block": get("/s-block"), "default": get("/s-default")},
+        "on_completion": loop,
+    }  # fmt: skip
+    parallel = sid("parallel")
+    workflow[parallel] = {"type": "parallel", "next_steps": [get("/p1"), get("/p2")],
+                          "on_completion": switch}  # fmt: skip
+    # A timeout leads to on_failure; a delay comes before the step.
+    recovered = get("/recovered", then=parallel)
+    slow = get("/slow", then=parallel, timeout=300, delay=50)
+    workflow[slow]["on_success"] = workflow[slow].pop("on_completion")
+    workflow[slow]["on_failure"] = recovered
+    branch = sid("if-condition")
+    workflow[branch] = {
+        "type": "if-condition", "condition": "__mode__:value = 'block' AND NOT __count__:value > 5",
+        "on_true": get("/block"), "on_false": get("/allow"), "on_completion": slow,
+    }  # fmt: skip
+    start = sid("start")
+    workflow[start] = {"type": "start", "on_completion": branch}
+    doc = _child("2024-01-01T00:00:00.000Z", "/unused")
+    doc.update(id="playbook--0c0c0c0c-1111-4222-8333-999999999999", name="flow",
+               workflow_start=start, workflow=workflow)  # fmt: skip
+    doc["playbook_variables"] = {
+        "__mode__": {"type": "string", "external": True},
+        "__count__": {"type": "integer", "value": "3"},
+        "__flag__": {"type": "string", "external": True},
+    }
+    return doc
+
+
+def test_cacao_control_flow_runs_with_its_branch_ends_delays_timeouts_and_loop_bound(
+    admin: httpx.Client, peer: Peer
+) -> None:
+    report = _import(admin, orjson.dumps(_flow()), f"{HTTP_TARGET}={peer.url}")
+    assert report["unsupported"] == []
+    _publish(admin, report["id"])
+    run = _run(admin, report["id"], inputs={"__mode__": "block", "__flag__": "no"})
+    run = settle(admin, run["id"], until=ENDED)
+    assert run["status"] == "succeeded", run
+    paths = [path for _, path, _ in peer.seen]
+    assert paths[:3] == ["/block", "/slow", "/recovered"]
+    assert sorted(paths[3:5]) == ["/p1", "/p2"]
+    assert paths[5:] == ["/s-block"]
+    slow = next(
+        s["key"] for s in run["steps"] if str((s.get("inputs") or {}).get("url")).endswith("/slow")
+    )
+    assert step(run, slow)["status"] == "timed_out"  # and so on_failure ran: /recovered
+    assert step(run, slow)["error"]["code"] == "timeout", step(run, slow)["error"]
+    assert step(run, f"{slow}~delay")["status"] == "succeeded"  # the delay came first
+    # The other branches, and a loop whose condition holds: bounded by cacao_max_iterations.
+    peer.seen.clear()
+    run = _run(admin, report["id"], inputs={"__mode__": "other", "__flag__": "yes"})
+    run = settle(admin, run["id"], until=ENDED)
+    paths = [path for _, path, _ in peer.seen]
+    assert paths[0] == "/allow"
+    assert "/s-default" in paths
+    assert paths.count("/loop") == 3
+    bound = next(s for s in run["steps"] if s["key"].endswith("#bound"))
+    assert bound["key"].startswith("while-condition--")
+    assert bound["status"] == "failed"
+    assert "reached max_iterations (3)" in bound["error"]["message"]
+    assert run["status"] == "succeeded"  # its on_completion goes on whatever the outcome
+
+
+def test_a_credential_goes_only_to_the_host_its_target_names(
+    admin: httpx.Client, peer: Peer
+) -> None:
+    doc = orjson.loads(_corpus("soarca_http-playbook.json"))
+    auth = "http-basic--76c26f7f-9a15-40ff-a90a-7b19e23372ae"
+    doc["authentication_info_definitions"] = {
+        auth: {"type": "http-basic", "user_id": "admin", "password": "Cacao-Canary-4242"}
+    }
+    doc["target_definitions"][HTTP_TARGET]["authentication_info"] = auth
+    # The same peer, named by another host name in an absolute URL: not where the
+    # credential was given for.
+    port = peer.url.rsplit(":", 1)[1].strip("/")
+    doc["workflow"][ACTION]["commands"][0]["command"] = f"GET http://localhost:{port}/elsewhere"
+    report = _import(admin, orjson.dumps(doc), f"{HTTP_TARGET}={peer.url}")
+    _publish(admin, report["id"])
+    run = _run(admin, report["id"])
+    error = step(run, ACTION)["error"]
+    assert error["code"] == "credential_refused", error
+    assert "is for 127.0.0.1, not localhost" in error["message"]
+    assert peer.seen == []  # nothing was sent, with or without the credential
+
+
+def test_a_sub_playbook_keeps_its_callers_tlp_red(admin: httpx.Client) -> None:
+    child = _child("2024-01-01T00:00:00.000Z", "/leak")
+    child["agent_definitions"][HTTP_TARGET]["address"] = {"ipv4": ["203.0.113.10"]}
+    report = _import(admin, orjson.dumps(child))
+    assert report["tlp"] is None  # unmarked itself
+    _publish(admin, report["id"])
+    parent = _child("2024-01-01T00:00:00.000Z", "/unused")
+    parent.update(id="playbook--0c0c0c0c-1111-4222-8333-aaaaaaaaaaaa", name="red parent")
+    parent["markings"] = [TLP_RED]
+    parent["playbook_variables"]["__target__"] = {"type": "string", "value": "secret-case-7"}
+    call = "playbook-action--0c0c0c0c-1111-4222-8333-000000000004"
+    del parent["workflow"]["action--0c0c0c0c-1111-4222-8333-000000000002"]
+    del parent["agent_definitions"]
+    parent["workflow"]["start--0c0c0c0c-1111-4222-8333-000000000001"]["on_completion"] = call
+    parent["workflow"][call] = {
+        "type": "playbook-action",
+        "playbook_id": child["id"],
+        "in_args": ["__target__"],
+        "on_completion": "end--0c0c0c0c-1111-4222-8333-000000000003",
+    }
+    report = _import(admin, orjson.dumps(parent))
+    assert report["tlp"] == "TLP:RED"
+    _publish(admin, report["id"])
+    run = settle(admin, _run(admin, report["id"])["id"], until=ENDED)
+    (child_run,) = admin.get("/api/runs", params={"playbook": child["id"]}).json()
+    child_run = settle(admin, child_run["id"], until=ENDED)
+    error = step(child_run, "action--0c0c0c0c-1111-4222-8333-000000000002")["error"]
+    assert error["code"] == "tlp_withheld", error
+    assert "TLP:RED" in error["message"]
+    assert run["status"] == "succeeded"  # the parent's on_completion goes on

@@ -339,7 +339,7 @@ def test_inline_credentials_are_sealed_and_kept_out_of_the_playbook(
             )
         ).one()
         sealed = conn.execute(select(playbook_credentials)).all()
-    ((row_id, playbook_id, kind, secret, _at, by),) = sealed
+    ((row_id, playbook_id, kind, secret, hosts, _at, by),) = sealed
     credential = row_id  # <playbook>/<auth info>/<one per set of values>
     assert credential.startswith(f"{SSH_PLAYBOOK_ID}/{SSH_AUTH}/cred_")
     source = json.loads(stored.source)
@@ -352,6 +352,7 @@ def test_inline_credentials_are_sealed_and_kept_out_of_the_playbook(
     assert '"password"' not in stored.source
     assert '"password"' not in stored.ir
     assert (playbook_id, kind, by) == (SSH_PLAYBOOK_ID, "user-auth", "cli:root")
+    assert hosts == "[]"  # an SSH credential goes to the instance's host, not to an HTTP one
     assert b"password" not in bytes(secret)
     assert b"root" not in bytes(secret)
     opened = CredentialStore(runtime.db, runtime.secret_box, runtime.clock).get(credential)

@@ -228,7 +228,8 @@ def test_the_instance_named_like_the_target_runs_it_as_its_own_user(
     lab: Lab, root_sshd: dict[str, Any], tmp_path: Path
 ) -> None:
     # No binding: the step runs on the instance named like the CACAO target. Its username is
-    # the one that logs in, not the playbook's "root": "nobody" with root's password is refused.
+    # the one that logs in: the playbook's credential is for "root", the instance's account is
+    # "nobody", and the step refuses to send root's password for another account.
     data = tmp_path / "quell"
     host = root_sshd["host"]
     add_instance(lab, data, root_sshd, TARGET, "nobody")
@@ -240,8 +241,9 @@ def test_the_instance_named_like_the_target_runs_it_as_its_own_user(
                  allow=host)  # fmt: skip
     run = run_json(done)
     refused = {
-        "code": "auth_failed",
-        "message": f"{host}:{PORT}: nobody was refused (key or password)",
+        "code": "credential_mismatch",
+        "message": "the step's credential is for another account than the instance's "
+        "(nobody): the account is the instance's to choose",
         "retryable": False,
     }
     steps = {step["key"]: step for step in run["steps"]}

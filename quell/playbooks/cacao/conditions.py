@@ -58,13 +58,12 @@ strings while conditions write numbers and booleans bare:
   asks whether the *left* text contains the right one; that reading is deliberately not copied.
 - ``ISSUBSET``/``ISSUPERSET``: network (or address) containment, false when either is not one.
 - ``LIKE``: SQL LIKE over the whole text, ``%`` any run and ``_`` one character, case-sensitive,
-  no escape character (as in STIX). ``MATCHES``: Python :mod:`re` search, case-sensitive.
+  no escape character (as in STIX). ``MATCHES``: an RE2 search (linear time), case-sensitive.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import ipaddress
 import math
 import re
@@ -72,6 +71,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import re2  # type: ignore[import-untyped]
 from jinja2 import Environment, TemplateSyntaxError, Undefined, nodes
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -919,75 +919,38 @@ def cacao_like(value: Any, pattern: Any) -> bool:
     return start >= position and last.fullmatch(text, start) is not None
 
 
-_parser: Any
-try:  # the structure of a pattern, to refuse the classic catastrophic shapes
-    _parser = importlib.import_module("re._parser")
-except ImportError:  # pragma: no cover - a Python without it checks the length only
-    _parser = None
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is reported to its author, not logged
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
 
 
 def _regex_problem(pattern: str) -> str | None:
     """Why ``pattern`` is refused, or None.
 
-    Python's :mod:`re` backtracks and cannot be interrupted, and the ``regex`` module (with
-    timeouts) is not a dependency, so patterns are checked before use: at most
-    :data:`MAX_PATTERN` characters, no backreferences, and no repetition of something that
-    itself repeats (``(a+)+``, ``(\\w*\\s?)*``) - the shape behind exponential matching.
-    Polynomial backtracking (``.*a.*a.*a`` on a long text) remains possible and is bounded
-    only by the length of the text."""
+    MATCHES runs on RE2 (``google-re2``), whose matching takes time linear in the text
+    whatever the pattern: no pattern, however written (``(a|a)*b``, ``(a+)+``), can stall a
+    worker. RE2 has no backreferences or lookaround; such a pattern is refused, as is one
+    longer than :data:`MAX_PATTERN` characters."""
     if len(pattern) > MAX_PATTERN:
         return f"longer than {MAX_PATTERN} characters"
     try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        return f"not a regular expression ({exc})"
-    if _parser is None:  # pragma: no cover
-        return None
-    del compiled
-    try:
-        parsed = _parser.parse(pattern)
-    except Exception:  # noqa: BLE001 - an internal parser's failure: refuse, do not crash
-        return "not understood"
-    return _regex_shape(list(parsed), inside_repeat=False)
-
-
-def _regex_shape(items: list[Any], *, inside_repeat: bool) -> str | None:
-    for op, argument in items:
-        name = str(op)
-        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            _, high, body = argument
-            repeats = high > 1
-            if repeats and inside_repeat:
-                return (
-                    "a repeated part repeats again inside (like (a+)+), "
-                    "which can take exponential time"
-                )
-            found = _regex_shape(list(body), inside_repeat=inside_repeat or high > 16)
-        elif name == "SUBPATTERN":
-            found = _regex_shape(list(argument[-1]), inside_repeat=inside_repeat)
-        elif name == "ATOMIC_GROUP":
-            found = _regex_shape(list(argument), inside_repeat=inside_repeat)
-        elif name == "BRANCH":
-            found = None
-            for branch in argument[1]:
-                found = found or _regex_shape(list(branch), inside_repeat=inside_repeat)
-        elif name in ("ASSERT", "ASSERT_NOT"):
-            found = _regex_shape(list(argument[1]), inside_repeat=inside_repeat)
-        elif name in ("GROUPREF", "GROUPREF_EXISTS"):
-            found = "backreferences are not supported"
-        else:
-            found = None
-        if found:
-            return found
+        re2.compile(pattern, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        return f"not a regular expression RE2 runs ({detail})"
     return None
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled_regex(pattern: str) -> re.Pattern[str]:
+def _compiled_regex(pattern: str) -> Any:
     problem = _regex_problem(pattern)
     if problem is not None:
         raise ValueError(f"MATCHES pattern refused: {problem}")
-    return re.compile(pattern)
+    return re2.compile(pattern, options=_RE2_OPTIONS)
 
 
 def cacao_matches(value: Any, pattern: Any) -> bool:

@@ -80,6 +80,7 @@ from quell.playbooks.ir import (
 from quell.playbooks.ir import step_from_dict as _ir_step
 
 DEFAULT_MAX_ITERATIONS = 1000
+MAX_ITERATIONS = 100_000  # the bound the YAML language allows at most
 MISSING_SWITCH = "__switch__"  # the variable a switch-condition without one switches on
 # The extension Quell writes into what it exports, for what CACAO cannot say (a Quell action
 # and its inputs, triggers, retries, a loop bound); a fixed id, so every export names the same.
@@ -103,8 +104,10 @@ _SECRET_FIELDS = {
     "user-auth": {"username": "username", "password": "password"},
     "oauth2": {"token": "token", "oauth_header": "oauth_header"},
 }
-# Which fields of an authentication info are secret (moved out of the playbook text).
-_SECRET_VALUES = {"password", "token"}
+# What the stored text keeps of an authentication info: everything else (a password, a token,
+# a private key, a field no one declared) is taken out, sealed if Quell knows what it is.
+_AUTH_KEPT = ("type", "name", "description", "user_id", "username", "oauth_header", "kms",
+              "kms_key_identifier")  # fmt: skip
 _REFERENCE = re.compile(r"(__[A-Za-z_][A-Za-z0-9_-]{0,199}__):value")
 
 
@@ -150,6 +153,7 @@ class Imported:
     report: ImportReport
     credentials: dict[str, dict[str, str]]
     source: dict[str, Any]
+    credential_hosts: dict[str, list[str]] = field(default_factory=dict)
 
     def source_meta(self) -> dict[str, Any]:
         """What the IR keeps of the (scrubbed) source for export: all but the steps."""
@@ -206,6 +210,8 @@ class _Importer:
             steps=0,
         )
         self.credentials: dict[str, dict[str, str]] = {}
+        self.credential_hosts: dict[str, set[str]] = {}  # where an HTTP credential may go
+        self.missing_credentials: set[str] = set()
         self.declared: set[str] = set(doc.get("playbook_variables") or {})
         self.implicit: dict[str, Variable] = {}
         self.used_bindings: dict[str, str] = {}
@@ -242,8 +248,8 @@ class _Importer:
         quell_ext = self.quell_extension(doc.get("playbook_extensions"))
         variables = self.variables()
         if isinstance(quell_ext.get("variables"), dict):  # a Quell playbook's own variables
-            variables = {name: Variable(**value) for name, value in quell_ext["variables"].items()}
-        triggers = tuple(Trigger(**t) for t in quell_ext.get("triggers", ()))
+            variables = self.quell_variables(quell_ext["variables"])
+        triggers = self.quell_triggers(quell_ext.get("triggers", ()))
         tlp = self.tlp()
         for name in sorted(set(self.bindings) - set(self.used_bindings)):
             self.warn("$", f"the binding for {name} names no agent or target a step uses")
@@ -254,7 +260,10 @@ class _Importer:
             for key, value in scrub_credentials(doc).items()
             if key not in ("workflow", "signatures")
         }
+        start, exception = self.restore_ids(start, exception)
         timeout = quell_ext.get("timeout")
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise CacaoInvalid([CacaoProblem(self.ext_path("timeout"), "a positive number")])
         return Playbook(
             id=str(quell_ext.get("id") or doc.get("id")),
             name=str(doc.get("name") or doc.get("id")),
@@ -274,6 +283,87 @@ class _Importer:
             },
             tlp=tlp,
         )
+
+    def restore_ids(self, start: str, exception: str | None) -> tuple[str, str | None]:
+        """Give the steps Quell exported their own ids back (``lookup``, not
+        ``action--<uuid>``), so that expressions naming them (``steps.lookup.output``) hold."""
+        rename = {
+            step_id: step.extensions["quell_id"]
+            for step_id, step in self.steps.items()
+            if isinstance(step.extensions.get("quell_id"), str)
+        }
+        wanted = set(rename.values())
+        if not rename or len(wanted) != len(rename) or wanted & (set(self.steps) - set(rename)):
+            return start, exception
+
+        def to(ref: str | None) -> str | None:
+            return rename.get(ref, ref) if ref is not None else None
+
+        self.steps = {
+            rename.get(key, key): _replace(
+                step,
+                id=rename.get(key, key),
+                on_success=to(step.on_success),
+                on_failure=to(step.on_failure),
+                on_completion=to(step.on_completion),
+                on_true=to(step.on_true),
+                on_false=to(step.on_false),
+                default=to(step.default),
+                body=to(step.body),
+                cases={case: rename.get(ref, ref) for case, ref in step.cases.items()},
+                branches=tuple(rename.get(ref, ref) for ref in step.branches),
+            )
+            for key, step in self.steps.items()
+        }
+        return rename.get(start, start), to(exception)
+
+    def ext_path(self, *parts: str | int) -> str:
+        return _path("playbook_extensions", QUELL_EXTENSION, *parts)
+
+    def quell_triggers(self, raw: Any) -> tuple[Trigger, ...]:
+        """The triggers a Quell export carried, checked as the YAML language checks them."""
+        from cronsim import CronSim, CronSimError
+
+        from quell.playbooks.dsl import TriggerModel
+        from quell.playbooks.expressions import ExpressionError, compile_expression
+
+        found = []
+        items = raw if isinstance(raw, list | tuple) else [raw]
+        for index, item in enumerate(items):
+            where = self.ext_path("triggers", index)
+            try:
+                if not isinstance(item, dict):
+                    raise ValueError("a trigger is an object")
+                data = {k: v for k, v in item.items() if v is not None}
+                if "condition" in data:
+                    data["if"] = data.pop("condition")
+                model = TriggerModel.model_validate(data)
+                if model.if_ is not None:
+                    compile_expression(model.if_, "trigger.if")
+                if (model.on == "schedule") != (model.cron is not None):
+                    raise ValueError("a schedule trigger has a cron, and only a schedule has one")
+                if model.cron is not None:
+                    from datetime import UTC, datetime
+
+                    CronSim(model.cron, datetime.now(UTC))
+            except (ValueError, ExpressionError, CronSimError) as exc:  # pydantic's too
+                message = getattr(exc, "message", None) or str(exc).splitlines()[0]
+                raise CacaoInvalid([CacaoProblem(where, f"not a trigger: {message}")]) from None
+            found.append(Trigger(model.on, model.if_, model.cron, model.timezone))
+        return tuple(found)
+
+    def quell_variables(self, raw: dict[str, Any]) -> dict[str, Variable]:
+        found = {}
+        for name, value in raw.items():
+            try:
+                variable = Variable(**value)
+                if variable.name != name or not isinstance(variable.type, str):
+                    raise ValueError("name and type do not fit")
+            except (TypeError, ValueError) as exc:
+                where = self.ext_path("variables", name)
+                raise CacaoInvalid([CacaoProblem(where, f"not a variable: {exc}")]) from None
+            found[name] = variable
+        return found
 
     def quell_extension(self, extensions: Any) -> dict[str, Any]:
         if isinstance(extensions, dict):
@@ -340,15 +430,21 @@ class _Importer:
                     f"authentication type {kind!r} is not one Quell knows",
                 )
                 continue
-            if raw.get("kms"):
-                continue  # a reference, no value inline
+            ident = credential_id(str(self.doc.get("id")), auth_id)
+            if raw.get("kms"):  # a reference to a key store, no value inline
+                self.need(
+                    "credential", auth_id,
+                    f"the credential of {auth_id} is not in the playbook (kms): a step that "
+                    "uses it fails until it is imported with its values",
+                )  # fmt: skip
+                self.missing_credentials.add(ident)
+                continue
             secrets = {
                 names[key]: str(value)
                 for key, value in raw.items()
                 if key in names and isinstance(value, str | int)
             }
-            if any(key in raw for key in _SECRET_VALUES):
-                ident = credential_id(str(self.doc.get("id")), auth_id)
+            if set(raw) - set(_AUTH_KEPT):
                 self.credentials[ident] = secrets
                 self.report.credentials.append(auth_id)
 
@@ -358,7 +454,8 @@ class _Importer:
         definition = self.agents.get(definition_id) or self.targets.get(definition_id) or {}
         auth = definition.get("authentication_info") if isinstance(definition, dict) else None
         if isinstance(auth, str) and auth in self.auths:
-            return credential_id(str(self.doc.get("id")), auth)
+            found = credential_id(str(self.doc.get("id")), auth)
+            return found if found in self.credentials or found in self.missing_credentials else None
         return None
 
     # -- steps ------------------------------------------------------------------------------
@@ -410,6 +507,9 @@ class _Importer:
         elif kind == "while-condition":
             ext = self.quell_extension(raw.get("step_extensions"))
             bound = ext.get("max_iterations", self.max_iterations)
+            if not (isinstance(bound, int) and 1 <= bound <= MAX_ITERATIONS):
+                where = _sub(path, "step_extensions", QUELL_EXTENSION, "max_iterations")
+                raise CacaoInvalid([CacaoProblem(where, f"1 to {MAX_ITERATIONS}")])
             self.steps[step_id] = self.base(
                 step_id, raw, StepKind.WHILE,
                 condition=self.condition(raw.get("condition"), path),
@@ -452,17 +552,35 @@ class _Importer:
             )
 
     def native(self, step_id: str, raw: dict[str, Any], data: dict[str, Any], path: str) -> Step:
+        """A step Quell exported, rebuilt from its extension. A credential is never taken
+        from a file (only an import seals one, for the auth info the file itself carries), and
+        an instance it names is checked like a binding and listed in the report."""
+        quell_id = data.get("quell_id")
         data = {key: value for key, value in data.items() if key != "quell_id"}
         data.update(id=step_id, position={"file": None, "line": None, "column": None})
-        data["extensions"] = {}
+        data["extensions"] = {"quell_id": quell_id} if isinstance(quell_id, str) else {}
+        data["credential"] = None
         for edge in ("on_success", "on_failure", "on_completion"):
             data[edge] = raw.get(edge)
+        where = _sub(path, "step_extensions")
+        bound = data.get("max_iterations")
+        if bound is not None and not (isinstance(bound, int) and 1 <= bound <= MAX_ITERATIONS):
+            raise CacaoInvalid([CacaoProblem(where, f"max_iterations: 1 to {MAX_ITERATIONS}")])
         try:
-            return _ir_step(data)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise CacaoInvalid(
-                [CacaoProblem(_sub(path, "step_extensions"), f"not a Quell step: {exc}")]
-            ) from None
+            step = _ir_step(data)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise CacaoInvalid([CacaoProblem(where, f"not a Quell step: {exc}")]) from None
+        if step.instance is not None and step.action:
+            connector = step.action.split(".", 1)[0]
+            if self.instance_connector is not None:
+                found = self.instance_connector(step.instance)
+                if found != connector:
+                    raise CacaoInvalid(
+                        [CacaoProblem(where, f"instance {step.instance!r} is not a {connector} "
+                                             "connector instance here")]
+                    )  # fmt: skip
+            self.warn(path, f"runs {step.action} on the instance {step.instance!r} it names")
+        return step
 
     def implicit_variables(self, step_id: str, raw: dict[str, Any]) -> None:
         """A reference to a variable declared nowhere becomes a run input (with a warning)."""
@@ -579,9 +697,10 @@ class _Importer:
                 self.call(step_id, raw, "openc2.command", message, dest, "openc2", out_args, where)
                 for dest in ([*targets] if targets else [agent])
             ]
+        inputs = _script_inputs(str(text or ""), kind, where)
         return [
-            self.call(step_id, raw, "runner.run", _script_inputs(str(text or ""), kind), agent,
-                      "runner", out_args, where, shell=kind)
+            self.call(step_id, raw, "runner.run", inputs, agent, "runner", out_args, where,
+                      shell=kind)
         ]  # fmt: skip
 
     def openc2_message(self, command: dict[str, Any], where: str) -> dict[str, Any]:
@@ -722,6 +841,20 @@ class _Importer:
             elif not variable_references(urlsplit(url).netloc or ""):
                 host = urlsplit(url).hostname or ""
                 self.need("host", host, f"outbound HTTP to {host} (allow it in outbound_allow)")
+            credential = self.credential_of(destination)
+            if credential is not None:
+                # A credential goes only to the host of the agent or target that carries it
+                # (its address, or the URL it is bound to), whatever URL a command writes.
+                own = self.http_base(destination, where) if destination is not None else None
+                named = urlsplit(own).hostname if own and "://" in own else None
+                if named is None or variable_references(named) or "__" in named:
+                    self.warn(
+                        where,
+                        "the target that carries the credential names no host: the "
+                        "credential is sent nowhere",
+                    )
+                else:
+                    self.credential_hosts.setdefault(credential, set()).add(named.lower())
             inputs: dict[str, Any] = {"url": text_to_template(url)}
             if headers:
                 inputs["headers"] = {k: text_to_template(v) for k, v in headers.items()}
@@ -739,7 +872,7 @@ class _Importer:
                     StepKind.ACTION,
                     action=action,
                     inputs=inputs,
-                    credential=self.credential_of(destination),
+                    credential=credential,
                     out=_out_args(out_args),
                 )
             )
@@ -775,12 +908,39 @@ class _Importer:
         return None
 
 
-def _script_inputs(text: str, shell: str) -> dict[str, Any]:
+def _quote_context(text: str, shell: str) -> dict[int, str]:
+    """For each ``__name__:value`` reference in a script, where it stands: ``plain``,
+    ``single`` or ``double`` quotes (bash or PowerShell quoting rules)."""
+    starts = {m.start(): m.end() for m in _REFERENCE.finditer(text)}
+    found: dict[int, str] = {}
+    state, index = "plain", 0
+    escape = "\\" if shell == "bash" else "`"
+    while index < len(text):
+        if index in starts:
+            found[index] = state
+            index = starts[index]
+            continue
+        char = text[index]
+        if state != "single" and char == escape:
+            index += 2
+            continue
+        if state == "plain" and char in "'\"":
+            state = "single" if char == "'" else "double"
+        elif (state == "single" and char == "'") or (state == "double" and char == '"'):
+            state = "plain"
+        index += 1
+    return found
+
+
+def _script_inputs(text: str, shell: str, where: str) -> dict[str, Any]:
     """A bash or PowerShell command's inputs. A ``__name__:value`` reference is not spliced
-    into the script (a value holding ``$(...)`` or a quote would become code): the script
-    reads the value from an environment variable, ``${QUELL_VAR_name}`` / ``$env:QUELL_VAR_name``,
-    which the runner sets. Expanded, a variable is data, never shell syntax."""
+    into the script (a value holding ``$(...)``, a quote or a space would become code or more
+    words): the script reads the value from an environment variable the runner sets, quoted so
+    that it stays one word wherever the reference stood (``"${QUELL_VAR_x}"`` outside quotes,
+    ``${QUELL_VAR_x}`` inside double quotes, ``'"${QUELL_VAR_x}"'`` inside single quotes;
+    ``${env:QUELL_VAR_x}`` in PowerShell, where single quotes cannot hold one)."""
     variables: dict[str, str] = {}
+    contexts = _quote_context(text, shell)
 
     def swap(match: re.Match[str]) -> str:
         name = match[1]
@@ -788,7 +948,19 @@ def _script_inputs(text: str, shell: str) -> dict[str, Any]:
         while env in variables and variables[env] != name:
             env += "_"
         variables[env] = name
-        return f"${{{env}}}" if shell == "bash" else f"$env:{env}"
+        context = contexts.get(match.start(), "plain")
+        if shell != "bash":
+            if context == "single":
+                raise CacaoInvalid(
+                    [CacaoProblem(where, f"{name}:value inside PowerShell single quotes: use "
+                                         "double quotes, where a variable can stand")]
+                )  # fmt: skip
+            return f"${{env:{env}}}"
+        if context == "double":
+            return f"${{{env}}}"
+        if context == "single":
+            return f"'\"${{{env}}}\"'"
+        return f'"${{{env}}}"'
 
     script = _REFERENCE.sub(swap, text)
     return {
@@ -832,12 +1004,19 @@ def scrub_credentials(doc: dict[str, Any]) -> dict[str, Any]:
     """``doc`` with every inline password and token replaced by a reference to the sealed
     credential (``kms: true``, ``kms_key_identifier: quell:<credential id>``)."""
     cleaned = copy.deepcopy(doc)
-    for auth_id, raw in (cleaned.get("authentication_info_definitions") or {}).items():
-        if isinstance(raw, dict) and any(key in raw for key in _SECRET_VALUES):
-            for key in _SECRET_VALUES:
-                raw.pop(key, None)
-            raw["kms"] = True
-            raw["kms_key_identifier"] = "quell:" + credential_id(str(doc.get("id")), auth_id)
+    auths = cleaned.get("authentication_info_definitions")
+    if not isinstance(auths, dict):
+        return cleaned
+    for auth_id, raw in list(auths.items()):
+        if not isinstance(raw, dict):
+            auths[auth_id] = {}
+            continue
+        if set(raw) - set(_AUTH_KEPT):
+            auths[auth_id] = {key: raw[key] for key in _AUTH_KEPT if key in raw}
+            auths[auth_id]["kms"] = True
+            auths[auth_id]["kms_key_identifier"] = "quell:" + credential_id(
+                str(doc.get("id")), auth_id
+            )
     return cleaned
 
 
@@ -876,7 +1055,8 @@ def import_cacao(
         {"path": p.path, "message": p.message} for p in problems if p.severity == "warning"
     ] + report.warnings
     report.signatures = [check.as_dict() for check in verify_signatures(doc)]
-    return Imported(playbook, report, importer.credentials, scrub_credentials(doc))
+    hosts = {name: sorted(found) for name, found in importer.credential_hosts.items()}
+    return Imported(playbook, report, importer.credentials, scrub_credentials(doc), hosts)
 
 
 __all__ = [

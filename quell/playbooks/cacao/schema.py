@@ -220,8 +220,8 @@ def schemas_dir() -> Path | None:
     The schemas are not part of Quell: point ``$QUELL_CACAO_SCHEMAS`` at the ``schemas`` folder
     of a checkout of github.com/oasis-open/cacao-json-schemas (a ConfigurationError if it holds
     no ``playbook.json``). Without it, the shared test corpus is tried:
-    ``$QUELL_CORPUS/cacao/schemas/schemas``, then ``../shared/corpora/cacao/schemas/schemas``
-    relative to the current directory.
+    ``$QUELL_CORPUS/cacao/schemas/schemas`` (never a path relative to the current directory:
+    what validates a playbook must not depend on where a server was started).
     """
     configured = os.environ.get(SCHEMAS_ENV)
     if configured:
@@ -237,7 +237,6 @@ def schemas_dir() -> Path | None:
     corpus = os.environ.get(CORPUS_ENV)
     if corpus:
         candidates.append(Path(corpus).expanduser() / "cacao" / "schemas" / "schemas")
-    candidates.append(Path.cwd().parent / "shared" / "corpora" / "cacao" / "schemas" / "schemas")
     for candidate in candidates:
         if (candidate / "playbook.json").is_file():
             return candidate.resolve()
@@ -292,8 +291,9 @@ def validate_cacao(
 ) -> list[CacaoProblem]:
     """Every problem in a CACAO 2.0 playbook (errors and warnings), sorted by path.
 
-    ``schemas`` is the folder of the official schemas; "auto" asks :func:`schemas_dir`, and
-    None skips schema validation (one warning at ``$`` says so). Bad input never raises; a
+    ``schemas`` is the folder of the official schemas; "auto" asks :func:`schemas_dir` (in
+    strict mode, not finding them is an error), and None skips schema validation on purpose
+    (one warning at ``$`` says so). Bad input never raises; a
     schemas folder without ``playbook.json`` is a ConfigurationError.
     """
     if mode not in ("strict", "lenient"):
@@ -302,7 +302,10 @@ def validate_cacao(
     notices: list[_Finding] = []
     from_schema: list[_Finding] = []
     if directory is None:
-        notices.append(_Finding((), SCHEMAS_MISSING, "warning"))
+        # Strict is JSON Schema 2020-12 over the official schemas: when they cannot be found
+        # it cannot be, so it fails; a caller who skips them on purpose (schemas=None) is told.
+        missing = schemas == "auto" and mode == "strict"
+        notices.append(_Finding((), SCHEMAS_MISSING, "error" if missing else "warning"))
     else:
         from_schema, notices = _schema_findings(doc, Path(directory), mode)
     if isinstance(doc, dict):
@@ -596,6 +599,9 @@ def _from_error(error: Any, schemas: _Schemas) -> list[_Finding]:
     identifier = error.validator == "pattern" and error.validator_value == IDENTIFIER_PATTERN
     if identifier and isinstance(instance, str):
         return [_not_identifier(parts, instance)]
+    if parts and parts[0] == "authentication_info_definitions":
+        # jsonschema's message quotes the value, and here a value may be a password.
+        return [_Finding(parts, f"fails the schema's {error.validator!r} check")]
     return [_Finding(parts, _shorten(error.message))]
 
 

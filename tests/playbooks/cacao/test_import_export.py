@@ -3,6 +3,7 @@ test over random well-formed workflows."""
 
 from __future__ import annotations
 
+import copy
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -217,21 +218,70 @@ def test_a_yaml_playbook_exports_strictly_valid_and_reimports_with_the_same_step
     assert again.id == "contain-host"
     assert again.triggers == original.triggers
     assert again.variables == original.variables
-    by_quell_id = {
-        raw["step_extensions"][QUELL_EXTENSION]["step"]["quell_id"]: cacao_id
-        for cacao_id, raw in exported["workflow"].items()
-        if QUELL_EXTENSION in (raw.get("step_extensions") or {})
-    }
+    # The steps Quell exported come back under their own ids, so ``steps.lookup`` still holds.
     for step_id, step in original.steps.items():
         if step.kind is StepKind.END:
             continue
-        twin = again.steps[by_quell_id[step_id]]
+        twin = again.steps[step_id]
         assert (twin.kind, twin.action, twin.inputs, twin.condition, twin.retry) == (
             step.kind, step.action, step.inputs, step.condition, step.retry,
         )  # fmt: skip
+        assert (twin.on_true, twin.on_false, twin.body) == (step.on_true, step.on_false, step.body)
         assert twin.out == step.out
         assert twin.wait == step.wait
         assert twin.max_iterations == step.max_iterations
+        assert twin.credential is None
+
+
+def test_a_quell_extension_cannot_name_a_credential_or_smuggle_bad_data() -> None:
+    exported, _ = export_cacao(parse_playbook(YAML, "contain.yaml"))
+    step_id = next(
+        key for key, raw in exported["workflow"].items()
+        if (raw.get("step_extensions") or {}).get(QUELL_EXTENSION, {}).get("step", {}).get("action")
+    )  # fmt: skip
+    native = exported["workflow"][step_id]["step_extensions"][QUELL_EXTENSION]["step"]
+    native["credential"] = "playbook--other/http-basic--x/cred_stolen"
+    imported = import_cacao(exported, mode="strict").playbook
+    assert all(step.credential is None for step in imported.steps.values())
+    # an instance it names must exist, and be of the action's connector
+    native["instance"] = "prod-runner"
+    with pytest.raises(CacaoInvalid, match="'prod-runner' is not a core connector instance"):
+        import_cacao(exported, mode="strict", instance_connector=lambda name: "runner")
+    native["instance"] = None
+    ext = exported["playbook_extensions"][QUELL_EXTENSION]
+    for bad, message in [
+        ({"triggers": [{"on": "nonsense"}]}, "not a trigger"),
+        ({"triggers": [{"on": "schedule", "cron": "garbage"}]}, "not a trigger"),
+        ({"triggers": [{"on": "alert.created", "condition": "{{ ) }}"}]}, "not a trigger"),
+        ({"variables": {"x": {"bogus": 1}}}, "not a variable"),
+        ({"timeout": -5}, "a positive number"),
+    ]:
+        broken = copy.deepcopy(exported)
+        broken["playbook_extensions"][QUELL_EXTENSION] = {**ext, **bad}
+        with pytest.raises(CacaoInvalid, match=message):
+            import_cacao(broken, mode="strict")
+    native["max_iterations"] = 10**12
+    with pytest.raises(CacaoInvalid, match="max_iterations"):
+        import_cacao(exported, mode="strict")
+
+
+def test_inline_secrets_of_any_kind_never_stay_in_the_text_or_in_errors() -> None:
+    doc = _load("soarca_ssh-playbook.json")
+    auth = "user-auth--b7ddc2ea-9f6a-4e82-8eaa-be202e942090"
+    doc["authentication_info_definitions"]["private-key--1b0c6d5e-6f1a-4b7c-9d1e-2f3a4b5c6d7e"] = {
+        "type": "private-key", "private_key": "-----BEGIN KEY----- s3cr3t-key",
+    }  # fmt: skip
+    doc["authentication_info_definitions"][auth]["api_key"] = "s3cr3t-extra"
+    imported = import_cacao(doc, mode="lenient")
+    text = orjson.dumps(imported.source).decode() + imported.playbook.to_json().decode()
+    for secret in ("s3cr3t-key", "s3cr3t-extra", '"password":"password"'):
+        assert secret not in text
+    assert any(item["construct"] == "authentication_info" for item in imported.report.unsupported)
+    # a schema error about a secret never quotes it
+    doc["authentication_info_definitions"][auth]["password"] = 123456789
+    problems = validate_cacao(doc, "strict")
+    assert problems
+    assert all("123456789" not in str(problem) for problem in problems)
 
 
 # -- a property test: random well-formed workflows survive import -> export -> import --------

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("playbook_id", sa.String(128), nullable=False),
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("secret", sa.LargeBinary(), nullable=False),
+        sa.Column("hosts", sa.Text(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.Column("updated_by", sa.String(64), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_playbook_credentials")),
