@@ -1512,8 +1512,19 @@ class Execution:
             wake_at=outcome.wake_at,
             updated_at=now,
         )
+        from quell.engine.waits import close_canceled  # waits imports this module
+
+        run_id = self.run.id
+        canceled = outcome.status is RunStatus.CANCELED
+
+        def close(conn: Connection) -> None:  # with the release: no wait outlives its run
+            close_canceled(conn, run_id, now)
+
         if not outcome.status.finished or self.run.parent_run_id is None:
-            await self.journal.write(self._op(OpKind.RELEASE_RUN, params))
+            release = self._op(OpKind.RELEASE_RUN, params)
+            await self.journal.write_all(
+                [self._op(OpKind.WORK, close), release] if canceled else [release]
+            )
             if outcome.status is RunStatus.WAITING:
                 self.engine.wake()  # a decision that came meanwhile made it ready again
             return
@@ -1528,6 +1539,8 @@ class Execution:
 
         def work(conn: Connection) -> None:
             release.run(conn, [params])
+            if canceled:
+                close_canceled(conn, run_id, now)
             conn.execute(
                 update(run_steps)
                 .where(run_steps.c.run_id == parent_id, run_steps.c.key == parent_key)

@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 import structlog
-from sqlalchemy import Connection, bindparam, case, cast, literal_column, null
+from sqlalchemy import Connection, bindparam, case, cast, literal_column, null, or_
 from sqlalchemy import update as sql_update
 
 from quell.engine.states import RunStatus
@@ -323,8 +323,11 @@ def _release_waiting(db: Database) -> BulkStatement:
     it and the moment the run is released: the decision finds the run still running and only
     sets its ``wake_at`` (nothing else sets it while a run is held: claims clear it). Releasing
     such a run as waiting would strand it; it is released ready instead, in the same statement.
+    So is a run someone asked to cancel or pause meanwhile (``control``, set while it was
+    running): released waiting, it would wait for its decision before anyone acted on the ask;
+    ready, the next claim carries the control and the run stops at its first step.
     """
-    decided = runs.c.wake_at.is_not(None)
+    decided = or_(runs.c.wake_at.is_not(None), runs.c.control.is_not(None))
     wake_at: Any = bindparam("set_wake_at")
     if db.backend is Backend.POSTGRESQL:  # a CASE of NULL and a bare parameter has no type
         wake_at = cast(wake_at, runs.c.wake_at.type)

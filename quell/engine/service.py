@@ -16,11 +16,11 @@ from sqlalchemy import Connection, select, update
 
 from quell.clock import Clock
 from quell.engine.notify import notify_ready
-from quell.engine.states import RunStatus, StepStatus, WaitStatus
-from quell.engine.waits import end_incident_tasks
+from quell.engine.states import RunStatus, StepStatus
+from quell.engine.waits import close_canceled
 from quell.errors import Conflict, NotFound
 from quell.store.database import Database
-from quell.store.schema import run_steps, runs, waits
+from quell.store.schema import run_steps, runs
 
 
 @dataclass(frozen=True)
@@ -222,20 +222,7 @@ class RunService:
                     wake_at=None,
                 )
             )
-            conn.execute(
-                update(waits)
-                .where(waits.c.run_id == run_id, waits.c.status == WaitStatus.PENDING.value)
-                .values(status=WaitStatus.CANCELED.value, decided_at=now, decided_by="cancel")
-            )
-            end_incident_tasks(
-                conn, run_id, None, "cancel", now, status="cancelled",
-                result="the run was cancelled",
-            )  # fmt: skip
-            conn.execute(
-                update(run_steps)
-                .where(run_steps.c.run_id == run_id, run_steps.c.status.like("waiting_%"))
-                .values(status=StepStatus.CANCELED.value, finished_at=now)
-            )
+            close_canceled(conn, run_id, now)
         children = conn.execute(select(runs.c.id).where(runs.c.parent_run_id == run_id)).scalars()
         for child in list(children):
             self._cancel_tree(conn, child, now)
@@ -312,7 +299,9 @@ class RunService:
 
     @staticmethod
     def _row(conn: Connection, run_id: str) -> Any:
-        row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+        # Locked (PostgreSQL): a worker releasing the run commits first or after us, never in
+        # between, so a cancel or pause sees the status it acts on (SQLite writes one at a time).
+        row = conn.execute(select(runs).where(runs.c.id == run_id).with_for_update()).first()
         if row is None:
             raise NotFound(f"no run {run_id!r}", field="run", value=run_id)
         return row
