@@ -656,3 +656,84 @@ def test_a_sub_playbook_keeps_its_callers_tlp_red(admin: httpx.Client) -> None:
     assert error["code"] == "tlp_withheld", error
     assert "TLP:RED" in error["message"]
     assert run["status"] == "succeeded"  # the parent's on_completion goes on
+
+
+# What each corpus playbook needs beyond Quell itself, as its import report says. The ones that
+# need nothing run to the end here, a person completing each manual step through the API; the
+# http, ssh and openc2 ones run above and in tests/connectors/test_cacao_ssh.py with bindings.
+CORPUS_NEEDS = {
+    "basic-example-1.json": [
+        ("instance", "security-category--3c1daf98-7e22-4e0c-bb8c-6bd78159ca5d"),
+    ],
+    "oasis-tcs-cacao_layout_playbook--aa1898b6-5251-49b4-aeb7-fd5e912583ff.json": [],
+    "soarca_fin-playbook.json": [],  # but an unsupported command: see its own test
+    "soarca_http-playbook.json": [("host", "httpbin.org")],
+    "soarca_manual-playbook.json": [],
+    "soarca_openc2-playbook.json": [("instance", HTTP_TARGET)],
+    "soarca_ssh-playbook.json": [("instance", "ssh--1c3900b4-f86b-430d-b415-12312b9e31f4")],
+    # SOARCA's fixtures write __name__ without :value, which CACAO reads as literal text
+    "soarca_test_parallels_playbook.json": [("host", "__bia_address__")],
+    "soarca_test_playbook.json": [
+        ("host", "__imc_address__"), ("host", "__bia_address__"),
+        ("host", "__coagenerator_address__"),
+    ],
+    "spec-3.1-example.json": [],
+}  # fmt: skip
+
+
+def test_every_corpus_playbook_runs_here_or_its_report_names_what_it_needs(
+    admin: httpx.Client,
+) -> None:
+    names = sorted(p.name for p in (corpus_path() / "cacao" / "playbooks").glob("*.json"))
+    assert names == sorted(CORPUS_NEEDS)
+    ran = []
+    for name in names:
+        report = _import(admin, _corpus(name))
+        assert [(n["kind"], n["ref"]) for n in report["needs"]] == CORPUS_NEEDS[name], name
+        if CORPUS_NEEDS[name] or report["unsupported"]:
+            continue
+        _publish(admin, report["id"], version=report["version"])
+        run = _run(admin, report["id"], version=report["version"])
+        for _ in range(10):  # a person completes each manual step as it comes
+            if run["status"] != "waiting":
+                break
+            for task in admin.get("/api/tasks", params={"run": run["id"]}).json():
+                if task["status"] == "pending":
+                    done = admin.post(f"/api/tasks/{task['id']}/complete", json={"comment": "ok"})
+                    assert done.status_code == 200, done.text
+            run = settle(admin, run["id"], until=(*ENDED, "waiting"))
+        assert run["status"] == "succeeded", (name, run)
+        ran.append(name)
+    assert ran == [
+        "oasis-tcs-cacao_layout_playbook--aa1898b6-5251-49b4-aeb7-fd5e912583ff.json",
+        "soarca_manual-playbook.json",
+        "spec-3.1-example.json",
+    ]
+
+
+def test_a_failure_nothing_handles_runs_the_workflow_exception(
+    admin: httpx.Client, peer: Peer
+) -> None:
+    doc = _child("2024-01-01T00:00:00.000Z", "/unused")
+    doc.update(id="playbook--0c0c0c0c-1111-4222-8333-bbbbbbbbbbbb", name="exception")
+    workflow = doc["workflow"]
+    failing = workflow["action--0c0c0c0c-1111-4222-8333-000000000002"]
+    # a private address outbound_allow does not name: refused, so the step fails
+    failing["commands"] = [{"type": "http-api", "command": "GET http://10.255.255.1/x"}]
+    failing["on_success"] = failing.pop("on_completion")
+    handler = "action--0c0c0c0c-1111-4222-8333-000000000009"
+    workflow[handler] = {
+        "type": "action", "agent": HTTP_TARGET,
+        "commands": [{"type": "http-api", "command": "GET /exception/__target__:value"}],
+        "on_completion": "end--0c0c0c0c-1111-4222-8333-000000000010",
+    }  # fmt: skip
+    workflow["end--0c0c0c0c-1111-4222-8333-000000000010"] = {"type": "end"}
+    doc["workflow_exception"] = handler
+    doc["playbook_variables"]["__target__"] = {"type": "string", "value": "case-9"}
+    report = _import(admin, orjson.dumps(doc), f"{HTTP_TARGET}={peer.url}")
+    _publish(admin, report["id"])
+    run = settle(admin, _run(admin, report["id"])["id"], until=ENDED)
+    assert step(run, "action--0c0c0c0c-1111-4222-8333-000000000002")["status"] == "failed"
+    assert [path for _, path, _ in peer.seen] == ["/exception/case-9"]
+    assert step(run, f"!exception/{handler}")["status"] == "succeeded"
+    assert run["status"] == "failed"  # handled by the exception step, still a failed run
