@@ -221,6 +221,12 @@ class CacaoService:
         credentials sealed, the text stored without them. Returns the version and the report.
         ``triggers`` start it by themselves once published (CACAO has no triggers; an export
         keeps them in Quell's extension)."""
+        if activate and getattr(self.library, "review_required", False):
+            raise Conflict(  # refused before anything is sealed or stored
+                "a new version is published through review: submit it, and someone else with "
+                "playbooks:publish publishes it (playbook_review is 'required')",
+                field="activate",
+            )
         imported = self.translate(text, file, mode=mode, bindings=bindings)
         if triggers:
             imported.playbook = replace(imported.playbook, triggers=tuple(triggers))

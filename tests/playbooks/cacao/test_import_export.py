@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -422,5 +421,14 @@ def test_random_workflows_import_export_import_to_the_same_ir(doc: dict[str, Any
     exported, _notes = export_cacao(first)
     assert _errors(exported) == []
     second = import_cacao(exported, mode="strict").playbook
-    assert _comparable(second) == _comparable(first)
-    assert replace(second, file=None).steps.keys() == first.steps.keys()
+    # The same IR: every step, edge, expression, variable and bound. Only what the IR keeps of
+    # the source for the next export may differ (the export writes the loop bound it ran with).
+    assert _executable(second) == _executable(first)
+
+
+def _executable(playbook: Playbook) -> dict[str, Any]:
+    data = orjson.loads(playbook.to_json())
+    data.pop("extensions")
+    for step in data["steps"].values():
+        step.pop("extensions")
+    return data  # type: ignore[no-any-return]
