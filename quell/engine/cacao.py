@@ -221,12 +221,7 @@ class CacaoService:
         credentials sealed, the text stored without them. Returns the version and the report.
         ``triggers`` start it by themselves once published (CACAO has no triggers; an export
         keeps them in Quell's extension)."""
-        if activate and getattr(self.library, "review_required", False):
-            raise Conflict(  # refused before anything is sealed or stored
-                "a new version is published through review: submit it, and someone else with "
-                "playbooks:publish publishes it (playbook_review is 'required')",
-                field="activate",
-            )
+        self.library.refuse_activate(activate)  # before anything is sealed or stored
         imported = self.translate(text, file, mode=mode, bindings=bindings)
         if triggers:
             imported.playbook = replace(imported.playbook, triggers=tuple(triggers))
@@ -272,10 +267,10 @@ class CacaoService:
         ``signing_key`` (a :class:`~quell.playbooks.cacao.signatures.SigningKey`) if given."""
         from quell.playbooks.cacao.exporter import export_cacao
 
-        stored = self.library.show(playbook_id, version)
-        playbook = Playbook.from_json(orjson.dumps(stored.ir))
+        chosen = self.library.store.resolve(playbook_id, version)
+        playbook = self.library.store.ir(chosen.id)  # parsed once, cached: versions never change
         # A YAML playbook's CACAO timestamps are its version's: one version, one export.
-        doc, notes = export_cacao(playbook, now=stored.version.created_at)
+        doc, notes = export_cacao(playbook, now=chosen.created_at)
         if signing_key is not None:
             from quell.playbooks.cacao.signatures import sign_playbook
 

@@ -105,12 +105,7 @@ class PlaybookLibrary:
     ) -> PlaybookVersion:
         """Compile and store ``text`` (once per content) as a draft; with ``activate`` (only
         where review is optional) publish it at once."""
-        if activate and self.review_required:
-            raise Conflict(
-                "a new version is published through review: submit it, and someone else with "
-                "playbooks:publish publishes it (playbook_review is 'required')",
-                field="activate",
-            )
+        self.refuse_activate(activate)
         if self.cacao is not None and _is_cacao_text(text):
             version, _report = self.cacao.import_text(
                 text, file, by=created_by or "unknown", activate=activate
@@ -119,6 +114,15 @@ class PlaybookLibrary:
         playbook = self.compile(text, file)
         source = text.decode("utf-8") if isinstance(text, bytes) else text
         return self.add_playbook(playbook, source, created_by=created_by, activate=activate)
+
+    def refuse_activate(self, activate: bool) -> None:
+        """Conflict when a new version asks to go live at once where review is required."""
+        if activate and self.review_required:
+            raise Conflict(
+                "a new version is published through review: submit it, and someone else with "
+                "playbooks:publish publishes it (playbook_review is 'required')",
+                field="activate",
+            )
 
     def add_playbook(
         self,
@@ -130,12 +134,7 @@ class PlaybookLibrary:
         event: str = "added",
     ) -> PlaybookVersion:
         """Store a compiled (or imported) playbook as a draft; see :meth:`add`."""
-        if activate and self.review_required:
-            raise Conflict(
-                "a new version is published through review: submit it, and someone else with "
-                "playbooks:publish publishes it (playbook_review is 'required')",
-                field="activate",
-            )
+        self.refuse_activate(activate)
         self._refuse_changed(playbook)
         version = self.store.register(playbook, source=source, created_by=created_by)
         self._record(version, event, created_by or "unknown", None)

@@ -40,7 +40,9 @@ def _key_pair(folder: Path, name: str) -> tuple[str, str]:
     return key.export_private_key().decode(), key.export_public_key().decode().strip()
 
 
-def _wait_listening(lab: Lab, port: int) -> None:
+def wait_listening(lab: Lab, port: int, log: Path | None = None) -> None:
+    """Until something listens on ``port`` in the firewall namespace (``log``: sshd's stderr,
+    shown if it never does)."""
     for _ in range(100):  # bounded: about 10 s
         probe = subprocess.run(
             ["ip", "netns", "exec", lab.firewall, "ss", "-ltn", f"sport = :{port}"],
@@ -49,7 +51,8 @@ def _wait_listening(lab: Lab, port: int) -> None:
         if f":{port}" in probe.stdout:
             return
         time.sleep(0.1)
-    pytest.fail("sshd did not start in the firewall namespace")
+    said = f": {log.read_text()[-2000:]}" if log is not None and log.exists() else ""
+    pytest.fail(f"sshd did not start in the firewall namespace{said}")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,7 @@ def sshd(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        _wait_listening(lab, port)
+        wait_listening(lab, port)
         yield {
             "folder": folder,
             "port": port,
@@ -97,4 +100,4 @@ def sshd(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             process.stderr.close()
 
 
-__all__ = ["invoke", "lab", "slapd_fixture", "sshd"]
+__all__ = ["invoke", "lab", "slapd_fixture", "sshd", "wait_listening"]

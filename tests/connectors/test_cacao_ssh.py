@@ -23,7 +23,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import asyncssh
 import pytest
 
+from tests.connectors.conftest import wait_listening
 from tests.connectors.netlab import Lab
 from tests.fixtures.requirements import REPO_ROOT, corpus_path
 
@@ -75,18 +75,6 @@ def _password_hash(password: str) -> str:
     return done.stdout.strip()
 
 
-def _wait_listening(lab: Lab, port: int, log: Path) -> None:
-    for _ in range(100):  # bounded: about 10 s
-        probe = subprocess.run(
-            ["ip", "netns", "exec", lab.firewall, "ss", "-ltn", f"sport = :{port}"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
-        if f":{port}" in probe.stdout:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"sshd did not start in the firewall namespace: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def root_sshd(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """sshd in the firewall namespace that lets root in with the password "password" only:
@@ -117,7 +105,7 @@ def root_sshd(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
             stdout=subprocess.DEVNULL, stderr=sink,
         )  # fmt: skip
     try:
-        _wait_listening(lab, PORT, log)
+        wait_listening(lab, PORT, log)
         assert hashed not in Path("/etc/shadow").read_text(), "the host's shadow file changed"
         yield {
             "host": lab.fw_v4,

@@ -832,6 +832,12 @@ class _Importer:
         for destination in destinations:
             base = self.http_base(destination, where) if "://" not in target else None
             url = target if base is None else base.rstrip("/") + "/" + target.lstrip("/")
+            if "@" in urlsplit(url).netloc:  # user:password@host would sit in the IR's text
+                origin = "its binding" if destination in self.bindings else "its URL"
+                raise CacaoInvalid(
+                    [CacaoProblem(where, f"{origin} carries credentials (user@host): put them "
+                                         "in an authentication info, which Quell seals")]
+                )  # fmt: skip
             if "://" not in url:
                 self.need(
                     "address", step_id,

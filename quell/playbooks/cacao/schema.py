@@ -1017,7 +1017,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "…"
 
 
+_USERINFO = re.compile(r"(://)[^/@\s'\"]*@")
+
+
 def _shorten(message: str) -> str:
+    """A message for people: bounded, and never quoting the user:password of a URL."""
+    message = _USERINFO.sub(r"\1***@", message)
     return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 1] + "…"
 
 

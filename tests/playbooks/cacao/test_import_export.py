@@ -432,3 +432,24 @@ def _executable(playbook: Playbook) -> dict[str, Any]:
     for step in data["steps"].values():
         step.pop("extensions")
     return data  # type: ignore[no-any-return]
+
+
+def test_credentials_written_into_a_url_are_refused_not_kept() -> None:
+    target = "http-api--1c3900b4-f86b-430d-b415-12312b9e31f4"
+    step_id = "action--eb9372d4-d524-49fc-bf24-be26ea084779"
+    doc = _load("soarca_http-playbook.json")
+    with pytest.raises(CacaoInvalid, match="its binding carries credentials") as caught:
+        import_cacao(doc, bindings={target: "http://admin:hunter2@127.0.0.1:8080/"})
+    assert "hunter2" not in str(caught.value.problems)
+    doc["workflow"][step_id]["commands"][0]["command"] = "GET https://u:hunter2@intel.example/x"
+    with pytest.raises(CacaoInvalid, match="its URL carries credentials") as caught:
+        import_cacao(doc)
+    assert "hunter2" not in str(caught.value.problems)
+    assert step_id in caught.value.problems[0].path
+    # in an address, the schema refuses it first, and its message does not quote the password
+    doc = _load("soarca_http-playbook.json")
+    doc["target_definitions"][target]["address"] = {"url": ["https://u:hunter2@intel.example"]}
+    with pytest.raises(CacaoInvalid) as caught:
+        import_cacao(doc)
+    assert "hunter2" not in str(caught.value.problems)
+    assert "https://***@intel.example" in str(caught.value.problems)
