@@ -7,8 +7,10 @@ result; if malicious, POST to a local HTTP stub standing in for a firewall (``be
 write a result record. A closed-loop load generator keeps ``--inflight`` (32) alerts in flight;
 latency runs from submission to the flow's end.
 
-Legs, each repeated ``--repeat`` (3) times in a process of its own, the median of each figure
-kept:
+Legs, each run ``--repeat`` (3) times in a process of its own, the median of each figure kept.
+The repetitions go in rounds (every leg once, then every leg again), so that a shared machine
+whose speed drifts during the benchmark slows every leg alike; ``*_vs_celery_by_round`` gives
+the ratio within each round as well as the ratio of the medians:
 
   quell_sqlite       embedded engine, SQLite WAL, ``synchronous=NORMAL`` (the default)
   quell_sqlite_full  the same with ``synchronous=FULL`` (safe against power loss)
@@ -31,6 +33,7 @@ leg's figures are under ``legs``, with every repetition.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import importlib.util
 import ipaddress
@@ -237,30 +240,32 @@ def _once(command: list[str], env: dict[str, str]) -> dict[str, Any]:
     return dict(json.loads(lines[-1]))
 
 
-def run_leg(
+def run_once(
     name: str,
     command: list[str],
     *,
+    rep: int,
     repeat: int,
     firewall: Firewall,
-    malicious: int,
     env: dict[str, str],
 ) -> dict[str, Any]:
-    """Run ``command`` ``repeat`` times; the median of each figure, and every repetition."""
-    reps: list[dict[str, Any]] = []
-    for rep in range(repeat):
-        firewall.reset()
-        result = _once(command, env)
-        if "error" in result:
-            print(f"  {name}: repetition {rep + 1} failed: {result['error']}", flush=True)
-            return {"error": result["error"], "reps": reps}
-        result["firewall_calls"] = firewall.count()
-        reps.append(result)
-        print(
-            f"  {name} {rep + 1}/{repeat}: {result['runs_per_s']:,.0f} runs/s, "
-            f"p95 {result['p95_ms']:,.1f} ms, firewall calls {result['firewall_calls']}",
-            flush=True,
-        )
+    """One repetition of one leg; its figures, or ``{"error": ...}``."""
+    firewall.reset()
+    result = _once(command, env)
+    if "error" in result:
+        print(f"  {name}: repetition {rep + 1} failed: {result['error']}", flush=True)
+        return result
+    result["firewall_calls"] = firewall.count()
+    print(
+        f"  {name} {rep + 1}/{repeat}: {result['runs_per_s']:,.0f} runs/s, "
+        f"p95 {result['p95_ms']:,.1f} ms, firewall calls {result['firewall_calls']}",
+        flush=True,
+    )
+    return result
+
+
+def summarize(reps: list[dict[str, Any]], *, malicious: int) -> dict[str, Any]:
+    """The median of each figure over a leg's repetitions, and every repetition."""
     leg: dict[str, Any] = {
         key: round(statistics.median(rep[key] for rep in reps), _DIGITS.get(key, 1))
         for key in FIGURES
@@ -273,6 +278,54 @@ def run_leg(
         for rep in reps
     ]
     return leg
+
+
+def run_rounds(
+    commands: dict[str, list[str]],
+    *,
+    repeat: int,
+    firewall: Firewall,
+    malicious: int,
+    env: dict[str, str],
+    before: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every leg once per round, ``repeat`` rounds: a machine whose speed drifts during the
+    benchmark (a shared host) slows every leg alike, instead of whichever leg ran last. A leg
+    that fails stops being run and reports its error. ``before[name]``, if given, is called
+    before each of that leg's repetitions (a peer's state to reset)."""
+    reps: dict[str, list[dict[str, Any]]] = {name: [] for name in commands}
+    errors: dict[str, str] = {}
+    for rep in range(repeat):
+        if repeat > 1:
+            print(f" round {rep + 1}/{repeat}", flush=True)
+        for name, command in commands.items():
+            if name in errors:
+                continue
+            if before and name in before:
+                before[name]()
+            result = run_once(name, command, rep=rep, repeat=repeat, firewall=firewall, env=env)
+            if "error" in result:
+                errors[name] = result["error"]
+            else:
+                reps[name].append(result)
+    return {
+        name: {"error": errors[name], "reps": reps[name]}
+        if name in errors
+        else summarize(reps[name], malicious=malicious)
+        for name in commands
+    }
+
+
+def paired_ratios(legs: dict[str, dict[str, Any] | None], name: str, peer: str) -> list[float]:
+    """``name``'s runs/s over ``peer``'s, round by round (both measured minutes apart)."""
+    mine, theirs = legs.get(name), legs.get(peer)
+    if not mine or not theirs or "error" in mine or "error" in theirs:
+        return []
+    return [
+        round(a["runs_per_s"] / b["runs_per_s"], 1)
+        for a, b in zip(mine["reps"], theirs["reps"], strict=False)
+        if b["runs_per_s"]
+    ]
 
 
 def _flush(url: str) -> None:
@@ -344,60 +397,62 @@ def main(argv: list[str]) -> int:
     legs: dict[str, dict[str, Any] | None] = {}
     notes: dict[str, str] = {}
 
-    def leg(name: str, command: list[str]) -> None:
-        legs[name] = run_leg(
-            name,
-            command,
-            repeat=args.repeat,
-            firewall=firewall,
-            malicious=counts["malicious"],
-            env=env,
-        )
-
     def skip(name: str, why: str) -> None:
         legs[name], notes[name] = None, f"skipped: {why}"
         print(f"  {name} skipped: {why}", flush=True)
 
     quell = [sys.executable, "-m", "bench.engine_quell"]
+    commands: dict[str, list[str]] = {}
+    before: dict[str, Any] = {}
     try:
         for name in LEGS:
             problem: str | None
             if name not in wanted:
                 legs[name], notes[name] = None, "not run (--legs / --skip-peers)"
             elif name == "quell_sqlite":
-                leg(name, [*quell, "sqlite-normal", *common])
+                commands[name] = [*quell, "sqlite-normal", *common]
             elif name == "quell_sqlite_full":
-                leg(name, [*quell, "sqlite-full", *common])
+                commands[name] = [*quell, "sqlite-full", *common]
             elif name == "quell_postgres":
                 problem = _postgres_problem(args.postgres_url)
                 if problem:
                     skip(name, problem)
                 else:
-                    leg(name, [*quell, "postgres", *common, "--postgres-url", args.postgres_url])
+                    commands[name] = [
+                        *quell, "postgres", *common, "--postgres-url", args.postgres_url
+                    ]  # fmt: skip
             elif name == "celery":
                 problem = _redis_problem(args.redis_url)
                 if problem:
                     skip(name, problem)
                     continue
-                _flush(args.redis_url)
-                try:
-                    leg(
-                        name,
-                        [
-                            sys.executable, "-m", "bench.engine_celery", *common,
-                            "--redis-url", args.redis_url,
-                            "--concurrency", str(args.celery_concurrency),
-                        ],
-                    )  # fmt: skip
-                finally:
-                    _flush(args.redis_url)
+                commands[name] = [
+                    sys.executable, "-m", "bench.engine_celery", *common,
+                    "--redis-url", args.redis_url,
+                    "--concurrency", str(args.celery_concurrency),
+                ]  # fmt: skip
+                before[name] = functools.partial(_flush, args.redis_url)
             elif name == "dbos":
                 problem = _missing("dbos")
                 if problem:
                     skip(name, problem)
                 else:
                     command = [sys.executable, "-m", "bench.engine_dbos", *common]
-                    leg(name, [*command, "--workdir", str(workdir)])
+                    commands[name] = [*command, "--workdir", str(workdir)]
+        try:
+            legs.update(
+                run_rounds(
+                    commands,
+                    repeat=args.repeat,
+                    firewall=firewall,
+                    malicious=counts["malicious"],
+                    env=env,
+                    before=before,
+                )
+            )
+        finally:
+            if "celery" in commands:
+                _flush(args.redis_url)
     finally:
         firewall.close()
         if args.workdir is None:
@@ -429,12 +484,18 @@ def main(argv: list[str]) -> int:
     )
     celery = figure("celery")
     summary = [
-        [name, figure(name) or "-", target, _ratio(figure(name), celery) or "-"]
+        [
+            name,
+            figure(name) or "-",
+            target,
+            _ratio(figure(name), celery) or "-",
+            " ".join(f"{r:g}" for r in paired_ratios(legs, name, "celery")) or "-",
+        ]
         for name, target in TARGETS.items()
     ]
     table(
         f"Targets (issue 4): runs/s, and at least {CELERY_FACTOR:.0f}x Celery",
-        ["leg", "runs/s", "target", "x celery"],
+        ["leg", "runs/s", "target", "x celery", "x celery by round"],
         summary,
     )
     emit(
@@ -456,6 +517,9 @@ def main(argv: list[str]) -> int:
             "quell_full_vs_celery": _ratio(figure("quell_sqlite_full"), celery),
             "quell_postgres_vs_celery": _ratio(figure("quell_postgres"), celery),
             "quell_vs_dbos": _ratio(figure("quell_sqlite"), figure("dbos")),
+            "quell_vs_celery_by_round": paired_ratios(legs, "quell_sqlite", "celery"),
+            "quell_full_vs_celery_by_round": paired_ratios(legs, "quell_sqlite_full", "celery"),
+            "quell_postgres_vs_celery_by_round": paired_ratios(legs, "quell_postgres", "celery"),
             "legs": legs,
             "notes": notes,
         }
