@@ -9,7 +9,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, case, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from quell.clock import Clock
 from quell.engine.notify import notify_ready
@@ -19,6 +30,7 @@ from quell.ids import new_id
 from quell.playbooks.ir import Playbook
 from quell.store.database import Backend, Database
 from quell.store.schema import playbook_versions, run_steps, runs, schedules
+from quell.store.types import UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -291,6 +303,7 @@ class RunStore:
     def __init__(self, db: Database, clock: Clock) -> None:
         self.db = db
         self.clock = clock
+        self._claims: dict[bool, Any] = {}
 
     def claim(
         self, owner: str, limit: int, lease: timedelta, *, roots: Sequence[str] | None = None
@@ -312,6 +325,24 @@ class RunStore:
         roots: Sequence[str] | None,
     ) -> list[Claimed]:
         now = self.clock.now()
+        params: dict[str, Any] = {
+            "now": now,
+            "expires": now + lease,
+            "owner": owner,
+            "limit": limit,
+        }
+        if roots is not None:
+            params["roots"] = list(roots)
+        statement = self._claim_statement(roots is not None)
+        return [Claimed(row.id, row.lease_epoch, row) for row in conn.execute(statement, params)]
+
+    def _claim_statement(self, by_root: bool) -> Any:
+        """The claim, built once per store: a worker claims many times a second, and building
+        the statement cost more than the database spends running it."""
+        cached = self._claims.get(by_root)
+        if cached is not None:
+            return cached
+        now = bindparam("now", type_=UTCDateTime())
         candidates = (
             select(runs.c.id)
             .where(
@@ -321,10 +352,12 @@ class RunStore:
                 )
             )
             .order_by(runs.c.created_at)
-            .limit(limit)
+            .limit(bindparam("limit", type_=Integer()))
         )
-        if roots is not None:
-            candidates = candidates.where(runs.c.root_run_id.in_(list(roots)))
+        if by_root:
+            candidates = candidates.where(
+                runs.c.root_run_id.in_(bindparam("roots", expanding=True))
+            )
         if self.db.backend is Backend.POSTGRESQL:
             candidates = candidates.with_for_update(skip_locked=True)
         statement = (
@@ -332,16 +365,17 @@ class RunStore:
             .where(runs.c.id.in_(candidates.scalar_subquery()))
             .values(
                 status=RunStatus.RUNNING.value,
-                owner=owner,
+                owner=bindparam("owner", type_=String()),
                 lease_epoch=runs.c.lease_epoch + 1,
-                lease_expires=now + lease,
+                lease_expires=bindparam("expires", type_=UTCDateTime()),
                 started_at=func.coalesce(runs.c.started_at, now),
                 updated_at=now,
                 wake_at=None,
             )
             .returning(*runs.c)
         )
-        return [Claimed(row.id, row.lease_epoch, row) for row in conn.execute(statement)]
+        self._claims[by_root] = statement
+        return statement
 
     def renew(self, owner: str, lease: timedelta, run_ids: Sequence[str]) -> dict[str, str | None]:
         """Extend the leases of the runs this worker is executing (only those: a run it holds

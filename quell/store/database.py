@@ -10,8 +10,10 @@ instead, which shares one commit among them.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -21,7 +23,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, OperationalError
 
 from quell.codec import column_json
 from quell.errors import ConfigurationError, StorageUnavailable
@@ -131,16 +133,21 @@ class Database:
             event.listen(engine, "connect", self._on_sqlite_connect)
             event.listen(engine, "begin", _on_sqlite_begin)
             return engine
-        return create_engine(
+        engine = create_engine(
             self.url,
             pool_size=pool_size,
             max_overflow=pool_size,
             hide_parameters=True,  # bound values (secrets, payloads) never reach error text
-            pool_pre_ping=True,
             connect_args={"connect_timeout": 5, "application_name": "quell"},
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
         )
+        # Instead of pool_pre_ping (a round trip before every transaction), a connection is
+        # pinged when it comes out of the pool after an idle spell (see _ping_if_idle).
+        event.listen(engine, "connect", _stamp)
+        event.listen(engine, "checkin", _stamp)
+        event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+        return engine
 
     def _on_sqlite_connect(self, dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN (pysqlite's own transaction handling
@@ -221,6 +228,36 @@ class Database:
 
 def _json_dumps(value: Any) -> str:
     return column_json(value)
+
+
+PING_AFTER_IDLE_SECONDS = 5.0
+_IDLE_SINCE = "quell_idle_since"
+
+
+def _stamp(_dbapi_connection: Any, record: Any) -> None:
+    """Note when a PostgreSQL connection was made or went back to the pool."""
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Any, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Ping a pooled PostgreSQL connection that sat idle for a while before it is used.
+
+    A connection back in the pool within the last few seconds (the journal writer's, the
+    claim loop's: thousands of transactions a second) goes out unpinged: a round trip each
+    would cost a quarter of a small transaction. One idle longer (the server may have restarted,
+    or a firewall dropped it) is pinged as ``pool_pre_ping`` would, and a dead one is replaced
+    before anyone sees it. A server that goes away within those seconds fails the next
+    transaction on that connection with StorageUnavailable (the engine replays the runs it
+    held; an API call answers 503), and the pool then drops its connections."""
+    since = record.info.get(_IDLE_SINCE)
+    if since is not None and time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        alive = dialect.do_ping(dbapi_connection)
+    except dialect.loaded_dbapi.Error as exc:
+        raise DisconnectionError(f"connection lost while idle: {type(exc).__name__}") from exc
+    if alive is False:
+        raise DisconnectionError("connection lost while idle")
 
 
 def _on_sqlite_begin(conn: Connection) -> None:

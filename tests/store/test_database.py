@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -152,3 +153,47 @@ def test_sqlite_write_transactions_take_the_lock_up_front(tmp_path: Path) -> Non
         finally:
             raw.close()
     db.dispose()
+
+
+@pytest.mark.requires("postgres")
+def test_postgres_connections_idle_a_while_are_pinged_and_dead_ones_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pooled connection whose server side died while it sat idle is found out by the
+    checkout ping and replaced: the caller never sees it. One back in the pool a moment ago
+    goes out unpinged (no round trip per transaction), so if it died in that moment the next
+    transaction on it fails as StorageUnavailable, and the one after gets a fresh connection."""
+    from quell.store import database as module
+
+    url = os.environ["QUELL_TEST_POSTGRES_URL"]
+    db = Database(url, pool_size=1)
+    admin = Database(url)
+
+    def backend_pid() -> int:
+        with db.read() as conn:
+            return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    def kill(pid: int) -> None:
+        with admin.write() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    try:
+        first = backend_pid()
+        assert backend_pid() == first  # pooled: the same server process, no reconnect
+
+        # Idle "longer" than the threshold: the ping finds the connection dead.
+        kill(first)
+        monkeypatch.setattr(module, "PING_AFTER_IDLE_SECONDS", 0.0)
+        second = backend_pid()
+        assert second != first
+
+        # Back in the pool a moment ago: not pinged, so its death shows once.
+        monkeypatch.setattr(module, "PING_AFTER_IDLE_SECONDS", 3600.0)
+        kill(second)
+        with pytest.raises(StorageUnavailable) as caught:
+            backend_pid()
+        assert "postgresql database is unavailable" in str(caught.value)
+        assert backend_pid() not in (first, second)
+    finally:
+        db.dispose()
+        admin.dispose()
