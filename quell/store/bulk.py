@@ -82,8 +82,18 @@ class BulkStatement:
         table: Table,
         params: Sequence[tuple[str, str]],
         statement: Any,
+        *,
+        copy: bool = False,
     ) -> None:
         self.sql, rendered = _render(db, statement)
+        # A plain INSERT on PostgreSQL can go as COPY: one statement for the whole batch
+        # instead of an execution per row (the server parses, plans and runs it once, and the
+        # client writes rows in C), with the same all-or-nothing failure.
+        self.copy_sql: str | None = None
+        if copy and db.backend is Backend.POSTGRESQL:
+            quote = db.engine.dialect.identifier_preparer.quote
+            names = ", ".join(quote(table.c[name].name) for name in rendered)
+            self.copy_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN"
         position = {param: index for index, (param, _column) in enumerate(params)}
         if sorted(rendered) != sorted(position):
             raise RuntimeError(f"statement parameters {rendered} differ from {list(position)}")
@@ -133,8 +143,14 @@ class BulkStatement:
         """Like :meth:`run`, on a DBAPI cursor of the transaction's connection (no
         SQLAlchemy dispatch per call: for writers that run thousands of batches a second)."""
         prepared = self.prepare(rows)
-        if prepared:
-            cursor.executemany(self.sql, prepared)
+        if not prepared:
+            return
+        if self.copy_sql is not None and len(prepared) > 1:
+            with cursor.copy(self.copy_sql) as copy:
+                for row in prepared:
+                    copy.write_row(row)
+            return
+        cursor.executemany(self.sql, prepared)
 
     def prepare(self, rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
         """The rows converted and in placeholder order."""
@@ -166,7 +182,7 @@ def _render(db: Database, statement: Any) -> tuple[str, list[str]]:
 def bulk_insert(db: Database, table: Table, columns: Sequence[str]) -> BulkStatement:
     """``INSERT INTO table (columns) VALUES (...)``."""
     statement = insert(table).values({name: bindparam(name) for name in columns})
-    return BulkStatement(db, table, [(name, name) for name in columns], statement)
+    return BulkStatement(db, table, [(name, name) for name in columns], statement, copy=True)
 
 
 def bulk_upsert(
