@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
+import psycopg
 import pytest
 from sqlalchemy import JSON, Column, Integer, LargeBinary, MetaData, String, Table, select
 
@@ -71,3 +73,62 @@ def test_update_and_upsert_take_values_in_the_callers_order(db: Database) -> Non
 def test_naive_datetimes_are_refused(db: Database) -> None:
     with pytest.raises(ValueError, match="naive"), db.write() as conn:
         bulk_insert(db, rows, ("id", "name", "at")).run(conn, [(1, "x", datetime(2026, 1, 1))])
+
+
+AWKWARD = [
+    "tab\there",
+    "line\nbreak\r\nand return",
+    "back\\slash \\N \\. and \\t",
+    "quotes ' \" and ,;|",
+    "ünïcødé ✓ \U0001d518",
+    "",
+]
+
+
+def test_the_writers_cursor_path_keeps_every_value_as_given(db: Database) -> None:
+    """``run_cursor`` (the journal's path; COPY on PostgreSQL for a plain INSERT of several
+    rows, one execution per row otherwise) stores text that COPY's format would otherwise
+    read as separators, escapes or NULL exactly as given, and JSON, times, bytes and NULLs
+    too."""
+    statement = bulk_insert(db, rows, ("id", "name", "at", "doc", "blob"))
+    assert (statement.copy_sql is not None) == (db.backend.value == "postgresql")
+    moment = datetime(2026, 3, 1, 13, 0, 5, 123, tzinfo=timezone(timedelta(hours=1)))
+    given = [
+        (index, text[:32], moment, {"text": text, "list": [text, None, 1.5]}, text.encode())
+        for index, text in enumerate(AWKWARD, start=1)
+    ]
+    given.append((len(given) + 1, "nulls", None, None, None))
+    with db.write() as conn:
+        cursor = conn.connection.cursor()
+        try:
+            statement.run_cursor(cursor, given)
+            bulk_insert(db, rows, ("id", "name")).run_cursor(cursor, [(100, "alone")])
+        finally:
+            cursor.close()
+    expected = [
+        (index, name, None if at is None else at.astimezone(UTC), doc, blob)
+        for index, name, at, doc, blob in given
+    ]
+    assert _all(db) == [*expected, (100, "alone", None, None, None)]
+
+
+def test_a_bad_row_in_the_cursor_path_fails_the_whole_batch(db: Database) -> None:
+    """One row the database refuses (a duplicate key here) fails the statement and the
+    transaction, so nothing of the batch is stored: the journal then retries each write
+    alone."""
+    statement = bulk_insert(db, rows, ("id", "name"))
+    with db.write() as conn:
+        statement.run(conn, [(1, "first")])
+
+    def write_batch() -> None:
+        with db.write() as conn:
+            cursor = conn.connection.cursor()
+            try:
+                statement.run_cursor(cursor, [(2, "second"), (1, "duplicate"), (3, "third")])
+            finally:
+                cursor.close()
+
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation)) as caught:
+        write_batch()
+    assert "scratch_bulk" in str(caught.value)
+    assert [(r[0], r[1]) for r in _all(db)] == [(1, "first")]
