@@ -301,8 +301,13 @@ def run_rounds(
         for name, command in commands.items():
             if name in errors:
                 continue
-            if before and name in before:
-                before[name]()
+            try:
+                if before and name in before:
+                    before[name]()
+            except Exception as exc:  # noqa: BLE001 - that leg fails, the others go on
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                print(f"  {name}: could not be prepared: {errors[name]}", flush=True)
+                continue
             result = run_once(name, command, rep=rep, repeat=repeat, firewall=firewall, env=env)
             if "error" in result:
                 errors[name] = result["error"]

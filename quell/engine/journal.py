@@ -8,8 +8,9 @@ await them. One writer thread takes everything queued, and in one transaction:
    runs' current epochs are read (``FOR UPDATE`` on PostgreSQL, so no claim can slip in
    before the commit; SQLite's single writer gives the same). An operation of a run whose
    lease was taken over fails with :class:`LeaseLost` and writes nothing;
-2. writes the rest with one ``executemany`` per statement, in an order that keeps foreign keys
-   happy (runs, then work, then step inserts, step updates, run updates);
+2. writes the rest with one ``executemany`` per statement (inserts of several rows as one
+   ``COPY`` on PostgreSQL), in an order that keeps foreign keys happy (runs, then work, then
+   step inserts, step updates, run updates);
 3. commits, and only then resolves the waiters (one wake-up per event loop per batch).
 
 If a batch fails because of one operation, each is retried alone so only its caller sees the

@@ -70,7 +70,8 @@ def _same(value: Any) -> Any:
 
 
 class BulkStatement:
-    """An INSERT (or upsert, or UPDATE) of fixed columns, run with executemany on tuples.
+    """An INSERT (or upsert, or UPDATE) of fixed columns, run with executemany on tuples (or,
+    for a plain INSERT of several rows through :meth:`run_cursor` on PostgreSQL, as COPY).
 
     Callers give each row's values in ``params`` order; they are converted per column and
     put in the order of the rendered statement's placeholders.
@@ -91,9 +92,9 @@ class BulkStatement:
         # client writes rows in C), with the same all-or-nothing failure.
         self.copy_sql: str | None = None
         if copy and db.backend is Backend.POSTGRESQL:
-            quote = db.engine.dialect.identifier_preparer.quote
-            names = ", ".join(quote(table.c[name].name) for name in rendered)
-            self.copy_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN"
+            preparer = db.engine.dialect.identifier_preparer
+            names = ", ".join(preparer.quote(table.c[name].name) for name in rendered)
+            self.copy_sql = f"COPY {preparer.format_table(table)} ({names}) FROM STDIN"
         position = {param: index for index, (param, _column) in enumerate(params)}
         if sorted(rendered) != sorted(position):
             raise RuntimeError(f"statement parameters {rendered} differ from {list(position)}")
@@ -141,7 +142,13 @@ class BulkStatement:
 
     def run_cursor(self, cursor: Any, rows: Iterable[Sequence[Any]]) -> None:
         """Like :meth:`run`, on a DBAPI cursor of the transaction's connection (no
-        SQLAlchemy dispatch per call: for writers that run thousands of batches a second)."""
+        SQLAlchemy dispatch per call: for writers that run thousands of batches a second).
+
+        On PostgreSQL a plain INSERT of two rows or more goes as COPY, which has no casts:
+        each value must already be of its column's Python type (str for text, int for
+        integers, bool for booleans, aware datetimes for times; JSON columns are converted
+        here), as the journal's rows are. A value of another type could be stored otherwise
+        than the INSERT would store it, or refused (and the batch then fails as a whole)."""
         prepared = self.prepare(rows)
         if not prepared:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -12,7 +13,7 @@ from quell.engine.journal import Op, OpKind, WriteRefused
 from quell.engine.states import RunStatus
 from quell.engine.store import RunStore
 from quell.runtime import Runtime
-from quell.store.schema import runs
+from quell.store.schema import run_steps, runs
 from tests.engine.harness import ENDED, Harness, bare_engine, register, statuses
 from tests.engine.peer import Peer
 
@@ -245,3 +246,54 @@ def test_the_journal_tells_an_outage_from_data_the_database_refuses() -> None:
     assert not _transient(sqlite3.OperationalError("no such table: runs"))
     assert not _transient(sqlite3.IntegrityError("UNIQUE constraint failed"))
     assert not _transient(psycopg.errors.UntranslatableCharacter("\\u0000 cannot be converted"))
+
+
+def test_a_bad_write_in_a_batch_of_several_fails_alone(runtime: Runtime) -> None:
+    """The journal writes a batch's inserts together (one COPY per table on PostgreSQL): a
+    write the database refuses fails the whole statement, nothing of the batch is kept, and
+    each write is then tried alone, so only the bad one's caller hears of it."""
+    engine = bare_engine(runtime)
+    version = register(
+        runtime, engine, "id: batch\nname: Batch\nsteps: [{id: a, action: core.noop}]\n"
+    )
+    row = engine.run_row(
+        "run_batch", version, "batch", {}, status=RunStatus.RUNNING, owner=engine.owner, epoch=1
+    )
+
+    def step_row(key: str, note: str) -> tuple[object, ...]:
+        now = runtime.clock.now()
+        return (
+            "run_batch", key, 1, 1, key, "action", "succeeded", "core.noop", None,
+            None, {"note": note}, None, None, False, now, now, None,
+        )  # fmt: skip
+
+    def op(kind: OpKind, values: tuple[object, ...]) -> tuple[Op, Future[object]]:
+        waiter: Future[object] = Future()
+        return Op(kind, "run_batch", 1 if kind is not OpKind.INSERT_RUN else None, values,
+                  waiter), waiter  # fmt: skip
+
+    created, created_done = op(OpKind.INSERT_RUN, row)
+    first, first_done = op(OpKind.INSERT_STEP, step_row("a", "first"))
+    engine.journal._commit([created, first])  # what the writer thread does with a batch
+    assert created_done.result(5) is None
+    assert first_done.result(5) is None
+
+    batch = [
+        op(OpKind.INSERT_STEP, step_row("b", "b")),
+        op(OpKind.INSERT_STEP, step_row("a", "again")),  # the same attempt: refused
+        op(OpKind.INSERT_STEP, step_row("c", "c")),
+    ]
+    engine.journal._commit([item for item, _ in batch])
+    outcomes = [waiter.exception(5) for _, waiter in batch]
+    assert outcomes[0] is None
+    assert outcomes[2] is None
+    assert "run_steps" in str(outcomes[1])  # the duplicate's own error, naming its table
+    with runtime.db.read() as conn:
+        stored = conn.execute(
+            select(run_steps.c.key, run_steps.c.output)
+            .where(run_steps.c.run_id == "run_batch")
+            .order_by(run_steps.c.key)
+        ).all()
+    assert [(key, output["note"]) for key, output in stored] == [
+        ("a", "first"), ("b", "b"), ("c", "c"),
+    ]  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import psycopg
 import pytest
@@ -85,29 +86,47 @@ AWKWARD = [
 ]
 
 
+class _Recording:
+    """A DBAPI cursor that notes whether a COPY went through it."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self.copies: list[str] = []
+
+    def copy(self, sql: str) -> Any:
+        self.copies.append(sql)
+        return self.cursor.copy(sql)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cursor, name)
+
+
 def test_the_writers_cursor_path_keeps_every_value_as_given(db: Database) -> None:
-    """``run_cursor`` (the journal's path; COPY on PostgreSQL for a plain INSERT of several
+    """``run_cursor`` (the journal's path: COPY on PostgreSQL for a plain INSERT of several
     rows, one execution per row otherwise) stores text that COPY's format would otherwise
     read as separators, escapes or NULL exactly as given, and JSON, times, bytes and NULLs
-    too."""
-    statement = bulk_insert(db, rows, ("id", "name", "at", "doc", "blob"))
-    assert (statement.copy_sql is not None) == (db.backend.value == "postgresql")
+    too, whatever order the caller gives the columns in."""
+    columns = ("blob", "at", "id", "doc", "name")  # not the table's order
+    statement = bulk_insert(db, rows, columns)
+    postgres = db.backend.value == "postgresql"
+    assert (statement.copy_sql is not None) == postgres
     moment = datetime(2026, 3, 1, 13, 0, 5, 123, tzinfo=timezone(timedelta(hours=1)))
     given = [
-        (index, text[:32], moment, {"text": text, "list": [text, None, 1.5]}, text.encode())
+        (text.encode(), moment, index, {"text": text, "list": [text, None, 1.5]}, text[:32])
         for index, text in enumerate(AWKWARD, start=1)
     ]
-    given.append((len(given) + 1, "nulls", None, None, None))
+    given.append((None, None, len(given) + 1, None, "nulls"))
     with db.write() as conn:
-        cursor = conn.connection.cursor()
+        cursor = _Recording(conn.connection.cursor())
         try:
             statement.run_cursor(cursor, given)
             bulk_insert(db, rows, ("id", "name")).run_cursor(cursor, [(100, "alone")])
         finally:
             cursor.close()
+    assert len(cursor.copies) == (1 if postgres else 0)  # the single row went as an INSERT
     expected = [
         (index, name, None if at is None else at.astimezone(UTC), doc, blob)
-        for index, name, at, doc, blob in given
+        for blob, at, index, doc, name in given
     ]
     assert _all(db) == [*expected, (100, "alone", None, None, None)]
 
