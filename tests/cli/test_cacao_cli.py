@@ -20,22 +20,12 @@ from quell.runtime import Runtime
 from quell.sdk import SecretValue
 from quell.store.schema import metadata, playbook_credentials, playbook_versions
 from tests.cli.conftest import Invoke
+from tests.fixtures.cacao import CACAO_PLAYBOOKS
 from tests.fixtures.requirements import corpus_path
 
 pytestmark = pytest.mark.requires("corpus")
 
-PLAYBOOKS = [
-    "basic-example-1.json",
-    "oasis-tcs-cacao_layout_playbook--aa1898b6-5251-49b4-aeb7-fd5e912583ff.json",
-    "soarca_fin-playbook.json",
-    "soarca_http-playbook.json",
-    "soarca_manual-playbook.json",
-    "soarca_openc2-playbook.json",
-    "soarca_ssh-playbook.json",
-    "soarca_test_parallels_playbook.json",
-    "soarca_test_playbook.json",
-    "spec-3.1-example.json",
-]
+PLAYBOOKS = CACAO_PLAYBOOKS
 INVALID = ["soarca_test_invalid_playbook.json", "soarca_test_missing_step_playbook.json"]
 SSH_TARGET = "ssh--1c3900b4-f86b-430d-b415-12312b9e31f4"
 SSH_AUTH = "user-auth--b7ddc2ea-9f6a-4e82-8eaa-be202e942090"

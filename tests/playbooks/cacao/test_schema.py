@@ -22,22 +22,12 @@ from quell.playbooks.cacao.schema import (
     schemas_dir,
     validate_cacao,
 )
+from tests.fixtures.cacao import CACAO_PLAYBOOKS
 from tests.fixtures.requirements import corpus_path
 
 CACAO = corpus_path() / "cacao"
 SCHEMAS = CACAO / "schemas" / "schemas"
-PLAYBOOKS = [
-    "basic-example-1.json",
-    "oasis-tcs-cacao_layout_playbook--aa1898b6-5251-49b4-aeb7-fd5e912583ff.json",
-    "soarca_fin-playbook.json",
-    "soarca_http-playbook.json",
-    "soarca_manual-playbook.json",
-    "soarca_openc2-playbook.json",
-    "soarca_ssh-playbook.json",
-    "soarca_test_parallels_playbook.json",
-    "soarca_test_playbook.json",
-    "spec-3.1-example.json",
-]
+PLAYBOOKS = CACAO_PLAYBOOKS
 MODES: list[Mode] = ["lenient", "strict"]
 
 
