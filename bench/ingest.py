@@ -256,6 +256,7 @@ def _spec_for_warmup(runtime: Any) -> Any:
 def file_path(files: dict[str, Path], data_dir: Path) -> tuple[float, dict[str, int], float]:
     """Alerts per second through the code behind ``quell ingest`` (in this process)."""
     os.environ["QUELL_DATA_DIR"] = str(data_dir)
+    from quell.aio import tune_gc
     from quell.ingest.intake import IntakeResult
     from quell.ingest.parsers import parser_class
     from quell.ingest.records import iter_file_records
@@ -266,6 +267,7 @@ def file_path(files: dict[str, Path], data_dir: Path) -> tuple[float, dict[str, 
 
     configure_logging(level=LogLevel.WARNING)
     pool = StagingPool(WORKERS)  # 1, as `quell ingest --workers auto` on files of 4 MiB+
+    tune_gc()  # as `quell ingest` does
     with Runtime.open(load_settings()) as runtime:
         total = IntakeResult()
         pool.submit(

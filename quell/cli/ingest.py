@@ -108,6 +108,7 @@ def ingest_file(
     workers: str,
 ) -> None:
     """Ingest PATH ('-' for stdin); the last line printed is the JSON of counts."""
+    from quell.aio import tune_gc
     from quell.ingest.parsers import parser_class
     from quell.ingest.records import iter_file_records
     from quell.ingest.staging import StagingPool
@@ -132,6 +133,7 @@ def ingest_file(
     )
     processes = _workers(workers, size)
     pool = StagingPool(processes) if processes else None
+    tune_gc()  # the commits unpickle and write many objects that form no cycles (quell.aio)
     try:
         with (
             stream,

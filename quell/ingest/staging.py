@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import structlog
 
+from quell.aio import tune_gc
 from quell.codec import column_json, nul_free
 from quell.correlate.dedup import Fingerprinter
 from quell.correlate.grouping import alert_keys
@@ -403,7 +404,12 @@ class StagingPool:
 
     def _new(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(max_workers=self._processes, mp_context=context)
+        # A worker turns each batch into tens of thousands of objects that live until they
+        # are pickled back: with CPython's default thresholds it spends most of its time in
+        # collections that find nothing. Its start-up imports are frozen out of the way too.
+        return ProcessPoolExecutor(
+            max_workers=self._processes, mp_context=context, initializer=tune_gc
+        )
 
     def submit(
         self,

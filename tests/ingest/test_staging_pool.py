@@ -89,3 +89,14 @@ def test_a_batch_that_loses_its_worker_twice_becomes_dead_letters(pool: StagingP
     assert "stopped its worker process twice" in batch.dead[0].reason
     # The pool still works for the next batch.
     assert len(pool.submit(SPEC, _records(5), RECEIVED, ()).result(60).staged) == 5
+
+
+def test_workers_run_with_the_collector_tuned_for_ingest(pool: StagingPool) -> None:
+    import gc
+
+    from quell.aio import GC_THRESHOLDS
+
+    assert len(pool.submit(SPEC, _records(5), RECEIVED, ()).result(60).staged) == 5
+    # Asked of the worker process itself (the pool's executor runs any picklable callable).
+    assert pool._pool.submit(gc.get_threshold).result(60) == GC_THRESHOLDS
+    assert pool._pool.submit(gc.get_freeze_count).result(60) > 0
