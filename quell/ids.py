@@ -26,6 +26,7 @@ def _checked(prefix: str) -> str:
 
 
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10-bit value as two digits
+_SHIFTS = tuple(range(120, -10, -10))  # 13 ten-bit groups, the most significant first
 # Ids are unique, not secret (tokens and links carry their own secrets): a seeded PRNG.
 _RANDOM = random.Random(os.urandom(32))  # noqa: S311
 os.register_at_fork(after_in_child=lambda: _RANDOM.seed(os.urandom(32)))
@@ -53,7 +54,7 @@ def new_id(prefix: str, *, now_ms: int | None = None) -> str:
     # 128 bits (48 of time, 80 random) as 26 base32 digits: 130 bits, the first two zero.
     value = (ms << 80) | rand
     pairs = _PAIRS
-    return head + "".join(pairs[(value >> shift) & 1023] for shift in range(120, -10, -10))
+    return head + "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def id_prefix(identifier: str) -> str:

@@ -44,8 +44,9 @@ def alert_document(alert: Alert) -> dict[str, Any]:
     document = {}
     for name in _DOCUMENT_FIELDS:
         value = getattr(alert, name)
-        if value is not None and value != [] and value != {}:
-            document[name] = value
+        if value is None or (not value and isinstance(value, list | dict)):
+            continue  # absent or empty: left out
+        document[name] = value
     return document
 
 

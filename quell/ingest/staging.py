@@ -30,7 +30,7 @@ from quell.correlate.grouping import alert_keys
 from quell.correlate.suppression import SuppressionAction, compile_match
 from quell.ids import new_id
 from quell.ingest.alerts import alert_document
-from quell.ingest.model import Alert, AlertStatus
+from quell.ingest.model import Alert, AlertStatus, ObservableType
 from quell.ingest.observables import observables_of
 from quell.ingest.parsers import Parser, build_parser
 from quell.ingest.parsers.base import NotAnAlert, ParseError, RecordKind
@@ -188,6 +188,7 @@ class Stager:
         self._time = sqlite_time if spec.backend is Backend.SQLITE else _same_time
         self._rules: tuple[tuple[RuleSpec, Any], ...] = ()
         self._rule_specs: tuple[RuleSpec, ...] = ()
+        self._received: tuple[datetime | None, Any] = (None, None)
 
     def _compiled_rules(self, rules: Sequence[RuleSpec]) -> tuple[tuple[RuleSpec, Any], ...]:
         if tuple(rules) != self._rule_specs:
@@ -274,6 +275,9 @@ class Stager:
                     alert.extra["suppressed_by"] = rule.name
                 break
         to_time = self._time
+        received = self._received  # a batch's records share one receipt time: converted once
+        if received[0] is not received_at:
+            received = self._received = (received_at, to_time(received_at))
         row: list[Any] = [
             alert.id,
             spec.source,
@@ -289,7 +293,7 @@ class Stager:
             nul_free(alert.rule_name[:512]) if alert.rule_name else None,
             alert.status.value,
             None,  # incident_id
-            to_time(received_at),
+            received[1],
             _document(alert),
             raw,
         ]
@@ -298,13 +302,16 @@ class Stager:
         observables: list[tuple[Any, ...]] = []
         seen: set[tuple[str, str]] = set()
         long_values: list[tuple[str, str]] = []
+        alert_id = alert.id
         for o in alert.observables:
-            value = nul_free(o.value[:512])
-            if len(o.value) > 512:
-                long_values.append((o.type.value, o.value))
-            if (o.type.value, value) not in seen:
-                seen.add((o.type.value, value))
-                observables.append((o.type.value, value, alert.id, o.role, o.private))
+            kind = _TYPE_TEXT[o.type]
+            whole = o.value
+            value = nul_free(whole[:512])
+            if len(whole) > 512:
+                long_values.append((kind, whole))
+            if (kind, value) not in seen:
+                seen.add((kind, value))
+                observables.append((kind, value, alert_id, o.role, o.private))
         return Staged(
             alert.id,
             alert.fingerprint,
@@ -318,6 +325,10 @@ class Stager:
             action,
             tuple(long_values),
         )
+
+
+# An observable type's text by member (``.value`` on an enum member is a slow property).
+_TYPE_TEXT: dict[ObservableType, str] = {kind: kind.value for kind in ObservableType}
 
 
 def _same_time(value: datetime | None) -> datetime | None:
