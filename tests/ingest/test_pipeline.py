@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from quell.cases.incidents import IncidentStatus, Resolution
 from quell.ingest.intake import IntakeResult
 from quell.ingest.records import split_body
+from quell.ingest.staging import StagingPool
 from quell.runtime import Runtime
 from quell.store.schema import alert_observables, alerts, dead_letters
 from tests.fixtures.requirements import corpus_path
@@ -231,6 +232,38 @@ def test_the_fingerprint_is_configurable(runtime: Runtime) -> None:
         "by-rule", [_event(0, host="a", src="192.0.2.1"), _event(1, host="b", src="192.0.2.2")]
     )
     assert (result.stored, result.deduplicated) == (1, 1)
+
+
+# -- streams staged in worker processes --------------------------------------------------------
+
+
+def test_a_stream_staged_in_a_worker_is_committed_in_order_and_fully_counted(
+    runtime: Runtime, generic: str
+) -> None:
+    source = runtime.sources.get(generic)
+    batches = [
+        [_event(k, rule="scan"), _event(k, rule=f"new {k}", host=f"h{k}", src=None), b"{oops"]
+        for k in range(4)
+    ]
+    pool = StagingPool(1)
+    try:
+        result = runtime.pipeline.ingest_stream(source, iter(batches), pool=pool)
+    finally:
+        pool.close()
+    assert result == IntakeResult(received=12, stored=5, deduplicated=3, dead_lettered=4)
+    assert runtime.sources.get(generic).counters == result
+    scan = next(a for a in runtime.alerts.list_all() if a.title == "scan on web-01")
+    # The first batch (staged in this process) was committed first, the rest in their order.
+    assert (scan.count, scan.first_seen, scan.last_seen) == (4, T0, T0 + timedelta(minutes=3))
+    assert runtime.alerts.get(scan.id).raw == batches[0][0]
+
+
+def test_a_stream_of_one_batch_never_involves_the_pool(runtime: Runtime, generic: str) -> None:
+    pool = StagingPool(1)
+    pool.close()  # a closed pool refuses work: only a stream that uses it would fail
+    source = runtime.sources.get(generic)
+    result = runtime.pipeline.ingest_stream(source, iter([[_event(0)]]), pool=pool)
+    assert result == IntakeResult(received=1, stored=1)
 
 
 # -- correlation -----------------------------------------------------------------------------
