@@ -267,7 +267,7 @@ def file_path(files: dict[str, Path], data_dir: Path) -> tuple[float, dict[str, 
 
     configure_logging(level=LogLevel.WARNING)
     pool = StagingPool(WORKERS)  # 1, as `quell ingest --workers auto` on files of 4 MiB+
-    tune_gc()  # as `quell ingest` does
+    tune_gc()  # as `quell ingest file` does
     with Runtime.open(load_settings()) as runtime:
         total = IntakeResult()
         pool.submit(

@@ -61,7 +61,7 @@ def tune_gc() -> None:
     is collected every 20,000 allocations. On the engine benchmark this cut CPU per run by about
     a tenth with the same peak memory. Ingest is alike: a batch becomes tens of thousands of
     objects (parsed records, rows, their pickles between processes) with no cycles among them.
-    Called by ``quell serve``, ``quell worker``, ``quell ingest``, each staging worker process
+    Called by ``quell serve``, ``quell worker``, ``quell ingest file``, each staging worker process
     and :func:`run`; harmless to call twice."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -152,13 +152,7 @@ class IngestPipeline:
         pool: StagingPool | None = None,
         ahead: int = 2,
     ) -> IntakeResult:
-        """Ingest batch after batch, committed in order; with a pool, up to ``ahead`` batches
-        stage in its workers while this process commits.
-
-        The first batch stages in this process, while the workers take the second: otherwise
-        this process would only wait for it (a stream of many files would wait once per
-        file). A stream of one batch never involves the pool.
-        """
+        """Ingest batch after batch; with a pool, the next batches stage while one commits."""
         total = IntakeResult()
         if pool is None:
             for records in batches:
@@ -166,37 +160,18 @@ class IngestPipeline:
             return total
         spec = StagingSpec.of(source, self.db.backend)
         pending: deque[tuple[Future[StagedBatch], datetime]] = deque()
-        first: tuple[list[bytes], datetime, list[RuleSpec]] | None = None
-        started = False
         for records in batches:
             if not records:
                 continue
             received_at = self.clock.now()
-            rules = self.rules()
-            if not started:
-                started = True
-                first = (records, received_at, rules)
-                continue
-            pending.append((pool.submit(spec, records, received_at, rules), received_at))
-            if first is not None:  # the workers have the second batch: stage the first here
-                pending.appendleft((self._staged_here(source, *first), first[1]))
-                first = None
+            pending.append((pool.submit(spec, records, received_at, self.rules()), received_at))
             while len(pending) > ahead:
                 future, when = pending.popleft()
                 total = total + self.commit(source, future.result(), when)
-        if first is not None:
-            pending.append((self._staged_here(source, *first), first[1]))
         while pending:
             future, when = pending.popleft()
             total = total + self.commit(source, future.result(), when)
         return total
-
-    def _staged_here(
-        self, source: Source, records: list[bytes], received_at: datetime, rules: list[RuleSpec]
-    ) -> Future[StagedBatch]:
-        staged: Future[StagedBatch] = Future()
-        staged.set_result(self.stager(source).stage(records, received_at, rules))
-        return staged
 
     def replay(
         self, letters: Sequence[Any], *, received_at: datetime | None = None

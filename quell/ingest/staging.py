@@ -186,15 +186,19 @@ class Stager:
         self.parser: Parser = build_parser(spec.format, spec.parser_options)
         self.fingerprint = Fingerprinter(spec.fingerprint)
         self._time = sqlite_time if spec.backend is Backend.SQLITE else _same_time
-        self._rules: tuple[tuple[RuleSpec, Any], ...] = ()
-        self._rule_specs: tuple[RuleSpec, ...] = ()
+        # The rules as given and compiled, as one value: a stager shared by threads (the HTTP
+        # intake stages in a thread pool when it has no worker processes) never sees one
+        # without the other.
+        self._rules: tuple[tuple[RuleSpec, ...], tuple[tuple[RuleSpec, Any], ...]] = ((), ())
         self._received: tuple[datetime | None, Any] = (None, None)
 
     def _compiled_rules(self, rules: Sequence[RuleSpec]) -> tuple[tuple[RuleSpec, Any], ...]:
-        if tuple(rules) != self._rule_specs:
-            self._rule_specs = tuple(rules)
-            self._rules = tuple((rule, compile_match(rule.match)) for rule in rules)
-        return self._rules
+        given, compiled = self._rules
+        if tuple(rules) != given:
+            given = tuple(rules)
+            compiled = tuple((rule, compile_match(rule.match)) for rule in given)
+            self._rules = (given, compiled)
+        return compiled
 
     def stage(
         self,

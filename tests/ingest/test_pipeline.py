@@ -253,17 +253,9 @@ def test_a_stream_staged_in_a_worker_is_committed_in_order_and_fully_counted(
     assert result == IntakeResult(received=12, stored=5, deduplicated=3, dead_lettered=4)
     assert runtime.sources.get(generic).counters == result
     scan = next(a for a in runtime.alerts.list_all() if a.title == "scan on web-01")
-    # The first batch (staged in this process) was committed first, the rest in their order.
+    # Staged ahead in the worker, the batches were still committed in their order.
     assert (scan.count, scan.first_seen, scan.last_seen) == (4, T0, T0 + timedelta(minutes=3))
     assert runtime.alerts.get(scan.id).raw == batches[0][0]
-
-
-def test_a_stream_of_one_batch_never_involves_the_pool(runtime: Runtime, generic: str) -> None:
-    pool = StagingPool(1)
-    pool.close()  # a closed pool refuses work: only a stream that uses it would fail
-    source = runtime.sources.get(generic)
-    result = runtime.pipeline.ingest_stream(source, iter([[_event(0)]]), pool=pool)
-    assert result == IntakeResult(received=1, stored=1)
 
 
 # -- correlation -----------------------------------------------------------------------------
