@@ -420,8 +420,8 @@ class StagingPool:
     def _new(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
         # A worker turns each batch into tens of thousands of objects that live until they
-        # are pickled back: with CPython's default thresholds it spends most of its time in
-        # collections that find nothing. Its start-up imports are frozen out of the way too.
+        # are pickled back, and CPython's default thresholds would have young collections walk
+        # them again and again, finding nothing; its start-up imports are frozen out of the way.
         return ProcessPoolExecutor(
             max_workers=self._processes, mp_context=context, initializer=tune_gc
         )
