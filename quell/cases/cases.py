@@ -30,10 +30,10 @@ from quell.clock import Clock
 from quell.errors import Conflict, InvalidInput, NotFound
 from quell.governance.audit import AuditLog
 from quell.ids import new_id
+from quell.ingest.alerts import document_observables
 from quell.ingest.pipeline import INGEST_LOCK
-from quell.store.database import Database
+from quell.store.database import Backend, Database
 from quell.store.schema import (
-    alert_observables,
     alerts,
     evidence_custody,
     incident_events,
@@ -678,13 +678,12 @@ def _split_keys(conn: Connection, source: str, target: str, moved: list[str]) ->
     go to ``target`` (keys are correlation kinds, ``src_ip`` and the like, over observable
     values)."""
 
+    backend = Backend.POSTGRESQL if conn.dialect.name == "postgresql" else Backend.SQLITE
+
     def values(condition: Any) -> set[str]:
-        rows = conn.execute(
-            select(alert_observables.c.value)
-            .join(alerts, alerts.c.id == alert_observables.c.alert_id)
-            .where(condition)
-        )
-        return {row.value for row in rows}
+        chosen = select(alerts.c.id, alerts.c.data).where(condition)
+        observed = document_observables(backend, chosen).subquery()
+        return set(conn.execute(select(observed.c.value).distinct()).scalars())
 
     theirs = values(alerts.c.id.in_(moved))
     staying = values(alerts.c.incident_id == source)

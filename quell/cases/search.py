@@ -24,10 +24,10 @@ from sqlalchemy import Connection, select, text
 from quell.cases.incidents import Incident, IncidentService
 from quell.clock import Clock
 from quell.errors import InvalidInput
+from quell.ingest.alerts import document_observables
 from quell.store.database import Backend, Database
 from quell.store.dialect import upsert
 from quell.store.schema import (
-    alert_observables,
     alerts,
     incident_documents,
     incident_keys,
@@ -59,10 +59,15 @@ class IncidentSearch:
 
     def refresh(self, *, rounds: int = 20) -> int:
         """Re-index the incidents changed since they were last indexed (at most ``rounds``
-        batches); returns how many were."""
+        batches); returns how many were.
+
+        Each batch's documents are built in a read transaction and stored in a short write
+        transaction of their own: on SQLite, whose one writer is ingest's too, the write lock
+        is held for the upserts only. An incident that changes in between keeps a stamp that
+        differs from its ``updated_at``, and is indexed again next time."""
         done = 0
         for _ in range(rounds):
-            with self.db.write() as conn:
+            with self.db.read() as conn:
                 stale = list(
                     conn.execute(
                         select(incidents.c.id)
@@ -81,7 +86,9 @@ class IncidentSearch:
                 )
                 if not stale:
                     break
-                self._index(conn, stale, self.clock.now())
+                documents = _documents(conn, self.db.backend, stale)
+            with self.db.write() as conn:
+                self._store(conn, documents)
             done += len(stale)
             if len(stale) < BATCH:
                 break
@@ -119,29 +126,26 @@ class IncidentSearch:
         found = IncidentService(self.db).get_many([incident_id for incident_id, _ in ranked])
         return [(found[i], rank) for i, rank in ranked if i in found]
 
-    def _index(self, conn: Connection, ids: list[str], now: datetime) -> None:
-        # ``indexed_at`` is the incident's own ``updated_at`` as this transaction read it: a
-        # change committed later with an earlier time (a writer that took its time before its
-        # lock) still differs, and is indexed next time.
-        documents = {incident_id: _document(conn, incident_id) for incident_id in ids}
+    def _store(self, conn: Connection, documents: dict[str, tuple[str, datetime]]) -> None:
+        # ``indexed_at`` is the incident's own ``updated_at`` as the read transaction saw it: a
+        # change committed since (or later, with an earlier time: a writer that took its time
+        # before its lock) differs, and is indexed next time.
+        if not documents:
+            return
         conn.execute(
-            upsert(
-                Backend.POSTGRESQL if conn.dialect.name == "postgresql" else Backend.SQLITE,
-                incident_documents,
-                keys=["incident_id"],
-                update=["body", "indexed_at"],
-            ),
+            upsert(self.db.backend, incident_documents, keys=["incident_id"],
+                   update=["body", "indexed_at"]),
             [
                 {"incident_id": i, "body": body, "indexed_at": stamp}
                 for i, (body, stamp) in documents.items()
             ],
-        )
-        if conn.dialect.name != "postgresql":
+        )  # fmt: skip
+        if self.db.backend is Backend.SQLITE:
             # The FTS row shares its document's rowid: found by it, not by a scan.
             rowid = "(SELECT rowid FROM incident_documents WHERE incident_id = :id)"
             conn.execute(
                 text(f"DELETE FROM incident_fts WHERE rowid = {rowid}"),  # noqa: S608
-                [{"id": i} for i in ids],
+                [{"id": i} for i in documents],
             )
             conn.execute(
                 text(
@@ -152,36 +156,61 @@ class IncidentSearch:
             )
 
 
-def _document(conn: Connection, incident_id: str) -> tuple[str, datetime]:
-    row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).one()
-    parts: list[str] = [
-        row.id, row.title, row.description or "", row.status, row.resolution or "",
-        row.owner or "", row.assignee or "", *(row.tags or []), *(row.techniques or []),
-    ]  # fmt: skip
-    parts += conn.execute(
-        select(incident_notes.c.body).where(incident_notes.c.incident_id == incident_id)
-    ).scalars()
-    parts += conn.execute(
-        select(incident_tasks.c.title).where(incident_tasks.c.incident_id == incident_id)
-    ).scalars()
-    parts += conn.execute(
-        select(incident_keys.c.value).where(incident_keys.c.incident_id == incident_id)
-    ).scalars()
-    alert_rows = conn.execute(
-        select(alerts.c.id, alerts.c.title, alerts.c.rule_name)
-        .where(alerts.c.incident_id == incident_id)
-        .order_by(alerts.c.id)
-        .limit(MAX_ALERTS)
-    ).all()
-    parts += _flatten((a.id, a.title, a.rule_name or "") for a in alert_rows)
-    if alert_rows:
-        parts += conn.execute(
-            select(alert_observables.c.value)
-            .where(alert_observables.c.alert_id.in_([a.id for a in alert_rows]))
-            .distinct()
-            .limit(2000)
-        ).scalars()
-    return "\n".join(p for p in parts if p)[:MAX_BODY_CHARS], row.updated_at
+def _documents(
+    conn: Connection, backend: Backend, ids: list[str]
+) -> dict[str, tuple[str, datetime]]:
+    """The documents of the incidents ``ids`` (those that still exist), with the
+    ``updated_at`` each was built from. Incidents, notes, tasks and keys are read for the whole
+    batch at once; alerts per incident (the first :data:`MAX_ALERTS`), by its index."""
+    parts: dict[str, list[str]] = {}
+    stamps: dict[str, datetime] = {}
+    for row in conn.execute(
+        select(incidents).where(incidents.c.id.in_(ids)).order_by(incidents.c.id)
+    ):
+        parts[row.id] = [
+            row.id, row.title, row.description or "", row.status, row.resolution or "",
+            row.owner or "", row.assignee or "", *(row.tags or []), *(row.techniques or []),
+        ]  # fmt: skip
+        stamps[row.id] = row.updated_at
+    found = list(parts)
+    for table, column in (
+        (incident_notes, incident_notes.c.body),
+        (incident_tasks, incident_tasks.c.title),
+        (incident_keys, incident_keys.c.value),
+    ):
+        rows = conn.execute(
+            select(table.c.incident_id, column)
+            .where(table.c.incident_id.in_(found))
+            .order_by(*table.primary_key.columns)
+        )
+        for incident_id, value in rows:
+            parts[incident_id].append(value)
+    for incident_id in found:
+        chosen = (
+            select(alerts.c.id, alerts.c.data)
+            .where(alerts.c.incident_id == incident_id)
+            .order_by(alerts.c.id)
+            .limit(MAX_ALERTS)
+        )
+        alert_rows = conn.execute(
+            select(alerts.c.id, alerts.c.title, alerts.c.rule_name)
+            .where(alerts.c.incident_id == incident_id)
+            .order_by(alerts.c.id)
+            .limit(MAX_ALERTS)
+        ).all()
+        parts[incident_id] += _flatten((a.id, a.title, a.rule_name or "") for a in alert_rows)
+        if alert_rows:
+            observed = document_observables(backend, chosen).subquery()
+            parts[incident_id] += conn.execute(
+                select(observed.c.value).distinct().limit(2000)
+            ).scalars()
+    return {
+        incident_id: (
+            "\n".join(p for p in parts[incident_id] if p)[:MAX_BODY_CHARS],
+            stamps[incident_id],
+        )
+        for incident_id in found
+    }
 
 
 def _flatten(rows: Iterable[tuple[str, ...]]) -> list[str]:

@@ -4,7 +4,9 @@ An alert is stored as columns for identity and what changes after insertion (id,
 fingerprint, times, count, status, incident), the ``data`` column for its content (title,
 rule, endpoints, file, e-mail, observables, extra, ...; empty values left out, nothing a
 column holds), and ``raw`` for the record's bytes. ``alert_observables`` indexes the
-observables by value, for "which alerts saw this?".
+observables by value, for "which alerts saw this?"; the observables of given alerts (an
+incident's, say) are read from their documents (:func:`document_observables`), through the
+alerts' own indexes, so that table needs no second index by alert.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Select, func, select, true
 
 from quell.errors import NotFound
 from quell.ingest.model import (
@@ -26,7 +28,7 @@ from quell.ingest.model import (
     ObservableType,
     Severity,
 )
-from quell.store.database import Database
+from quell.store.database import Backend, Database
 from quell.store.schema import alerts
 
 # Fields with a column of their own are not repeated in ``data``.
@@ -102,6 +104,32 @@ def alert_from_document(data: dict[str, Any]) -> Alert:
         for item in values.get("observables") or []
     ]
     return Alert(**values)
+
+
+def document_observables(backend: Backend, chosen: Select[Any]) -> Select[Any]:
+    """``(alert_id, type, value)`` for each observable in the documents of the alerts that
+    ``chosen`` selects (its columns: ``alerts.c.id`` and ``alerts.c.data``).
+
+    The database takes the list apart itself (SQLite ``json_each``, PostgreSQL
+    ``jsonb_array_elements``): the alerts are found by their own indexes (by incident, by id),
+    and nothing is scanned by observable or parsed in Python. A document lists each
+    observable of its alert once per role, so the same value may come twice for one alert."""
+    docs = chosen.subquery("docs")
+    kind: ColumnElement[Any]
+    value: ColumnElement[Any]
+    if backend is Backend.POSTGRESQL:
+        items = func.jsonb_array_elements(docs.c.data["observables"])
+        item = items.table_valued("value", joins_implicitly=True).alias("item")
+        kind = item.c.value.op("->>")("type")
+        value = item.c.value.op("->>")("value")
+    else:
+        items = func.json_each(docs.c.data, "$.observables")
+        item = items.table_valued("value", joins_implicitly=True).alias("item")
+        kind = func.json_extract(item.c.value, "$.type")
+        value = func.json_extract(item.c.value, "$.value")
+    return select(
+        docs.c.id.label("alert_id"), kind.label("type"), value.label("value")
+    ).select_from(docs.join(item, true()))
 
 
 def _from_row(row: Any) -> Alert:

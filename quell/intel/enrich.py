@@ -34,6 +34,7 @@ from sqlalchemy import Connection, and_, delete, func, select, update
 from quell.durations import parse_duration
 from quell.errors import NotFound
 from quell.ids import new_id
+from quell.ingest.alerts import document_observables
 from quell.intel.index import IndexHit, IntelIndex
 from quell.intel.model import OBSERVABLE_TYPES, Tlp, Verdict, probe
 from quell.intel.store import IntelStore
@@ -49,7 +50,6 @@ from quell.sdk import ActionError, PermanentError
 from quell.store.database import Database
 from quell.store.dialect import insert_ignore, upsert
 from quell.store.schema import (
-    alert_observables,
     alert_verdicts,
     alerts,
     indicator_sightings,
@@ -515,13 +515,13 @@ class Enricher:
         enrichment gave it in any of those alerts (``info`` when nothing was known), how many
         alerts carry it, and the sources that spoke of it."""
         with self.store.db.read() as conn:
+            chosen = select(alerts.c.id, alerts.c.data).where(alerts.c.incident_id == incident_id)
+            observed = document_observables(self.store.db.backend, chosen).subquery()
             rows = conn.execute(
-                select(alert_observables.c.type, alert_observables.c.value,
-                       func.count(alert_observables.c.alert_id))
-                .join(alerts, alerts.c.id == alert_observables.c.alert_id)
-                .where(alerts.c.incident_id == incident_id)
-                .group_by(alert_observables.c.type, alert_observables.c.value)
-                .order_by(alert_observables.c.type, alert_observables.c.value)
+                select(observed.c.type, observed.c.value,
+                       func.count(observed.c.alert_id.distinct()))
+                .group_by(observed.c.type, observed.c.value)
+                .order_by(observed.c.type, observed.c.value)
                 .limit(limit)
             ).all()  # fmt: skip
             judged = conn.execute(

@@ -5,13 +5,16 @@ error."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import event, select
 
 from quell.clock import ManualClock
 from quell.errors import InvalidInput
 from quell.runtime import Runtime
+from quell.store.schema import incident_documents
 
 MAPPING = {
     "fields": {"title": "title", "time": "ts", "src.ip": "src", "rule_name": "rule", "user": "u"}
@@ -53,3 +56,42 @@ def test_incidents_are_found_by_their_text(runtime: Runtime, clock: ManualClock)
     assert ids("carol") == [phish]
     assert ids("vpn token") == [phish]
     assert runtime.incident_search.refresh() == 0  # nothing left to index
+
+
+def test_documents_are_read_outside_the_write_transaction(runtime: Runtime) -> None:
+    """Indexing reads what goes into the documents (incidents, alerts, their observables) in a
+    read transaction, and holds the write lock (on SQLite, ingest's too) only to store them.
+    An incident's document has the observables of each of its alerts."""
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    incident = _ingest(runtime, "Password spraying", "203.0.113.77", "Spray", "alice")
+    runtime.pipeline.ingest(
+        "edr",
+        [
+            orjson.dumps(
+                {"title": "Password spraying", "ts": "2026-11-28T08:01:00Z",
+                 "src": "203.0.113.77", "rule": "Spray", "u": user}
+            )
+            for user in ("bob", "carol")
+        ],
+    )  # fmt: skip
+    assert len(runtime.alerts.list_all(incident_id=incident)) == 3
+    in_write: list[str] = []
+
+    def seen(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if conn.get_execution_options().get("quell_write"):
+            in_write.append(" ".join(statement.split()))
+
+    event.listen(runtime.db.engine, "before_cursor_execute", seen)
+    try:
+        assert runtime.incident_search.refresh() == 1
+    finally:
+        event.remove(runtime.db.engine, "before_cursor_execute", seen)
+    stored = [s for s in in_write if s.upper().startswith(("INSERT", "DELETE"))]
+    assert stored, in_write  # the document was stored, in a write transaction
+    assert all(s.upper().startswith(("BEGIN", "INSERT", "DELETE")) for s in in_write), in_write
+    assert not [s for s in in_write if "alerts" in s or "incident_keys" in s], in_write
+    with runtime.db.read() as conn:
+        body = conn.execute(
+            select(incident_documents.c.body).where(incident_documents.c.incident_id == incident)
+        ).scalar_one()
+    assert {"alice", "bob", "carol", "203.0.113.77"} <= set(body.split("\n"))
