@@ -410,7 +410,9 @@ class SlaService:
                 for row in rows
             ]
             insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            conn.execute(insert(incident_slas).values(values).on_conflict_do_nothing())
+            # One row's statement with many parameter sets: compiled once and cached (a
+            # statement with every row's values in it costs more to compile than to run).
+            conn.execute(insert(incident_slas).on_conflict_do_nothing(), values)
             most = max(most, len(rows))
         return most
 
