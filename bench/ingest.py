@@ -9,7 +9,9 @@ alerts). Half the records go through each path:
   file   the code behind ``quell ingest FILE`` (streamed NDJSON / text, 2,000-record batches)
   http   ``quell serve`` in its own process; 4 clients POST NDJSON batches of 1,000 records
          to ``/api/ingest/{source}`` with a token; latency is receipt to acknowledgement,
-         which is after the batch's alerts are stored and assigned to incidents
+         which is after the batch's alerts are stored and assigned to incidents; a batch
+         answered 503 (backlog full, or the database busy) is sent again after its
+         Retry-After, and counted (``http_retried_batches``)
 
 The floor, in the same run, is the least any Python ingester must do: ``orjson.loads`` each
 record and insert it into SQLite in the same batches, with nothing else (no parsing into a
@@ -333,6 +335,8 @@ def http_path(
                     response = client.post(f"/api/ingest/{source}", content=body)
                     if response.status_code != 503:
                         break
+                    with lock:
+                        totals["retried"] = totals.get("retried", 0) + 1
                     time.sleep(float(response.headers.get("retry-after", "1")))
                 response.raise_for_status()
                 with lock:
@@ -421,11 +425,13 @@ def main(argv: list[str]) -> int:
         ["received", "stored", "dedup", "suppressed", "dead", "incidents", "p95 assign ms"],
         [outcome],
     )
+    print(f"HTTP batches answered 503 and sent again: {http_counts.get('retried', 0)}")
     emit(
         {
             "alerts": received,
             "file_alerts_per_s": round(file_rate),
             "http_alerts_per_s": round(http_rate),
+            "http_retried_batches": http_counts.get("retried", 0),
             "floor_records_per_s": round(floor_rate),
             "dedup_ratio": round(deduplicated / received, 3) if received else 0.0,
             "incidents": incidents,
