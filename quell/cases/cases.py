@@ -677,13 +677,14 @@ def _split_keys(conn: Connection, source: str, target: str, moved: list[str]) ->
     """Keys of ``source`` whose value its moved alerts carry and its remaining alerts do not
     go to ``target`` (keys are correlation kinds, ``src_ip`` and the like, over observable
     values)."""
-
     backend = Backend.POSTGRESQL if conn.dialect.name == "postgresql" else Backend.SQLITE
 
     def values(condition: Any) -> set[str]:
         chosen = select(alerts.c.id, alerts.c.data).where(condition)
         observed = document_observables(backend, chosen).subquery()
-        return set(conn.execute(select(observed.c.value).distinct()).scalars())
+        # As keys hold them: cut to the column's 512 characters (a document keeps values whole).
+        found = conn.execute(select(observed.c.value).distinct()).scalars()
+        return {value[:512] for value in found}
 
     theirs = values(alerts.c.id.in_(moved))
     staying = values(alerts.c.incident_id == source)

@@ -42,9 +42,12 @@ def attach_dispatcher(engine: Engine) -> Dispatcher:
         await asyncio.to_thread(sla.check_due)
         await asyncio.to_thread(dispatcher.dispatch)
         if time.monotonic() - indexed[0] >= SEARCH_INDEX_EVERY_S:
-            await asyncio.to_thread(search.refresh, rounds=2)
-            # From the end of this refresh: a long one does not start the next at once.
-            indexed[0] = time.monotonic()
+            try:
+                await asyncio.to_thread(search.refresh, rounds=2)
+            finally:
+                # From the end of this refresh, whether it failed or not: a long one does not
+                # start the next at once, and a failing one is not tried again on every tick.
+                indexed[0] = time.monotonic()
 
     engine.on_tick = on_tick  # type: ignore[method-assign]
     return dispatcher

@@ -112,8 +112,9 @@ def document_observables(backend: Backend, chosen: Select[Any]) -> Select[Any]:
 
     The database takes the list apart itself (SQLite ``json_each``, PostgreSQL
     ``jsonb_array_elements``): the alerts are found by their own indexes (by incident, by id),
-    and nothing is scanned by observable or parsed in Python. A document lists each
-    observable of its alert once per role, so the same value may come twice for one alert."""
+    and nothing is scanned by observable or parsed in Python. A document lists each (type,
+    value) of its alert once, so one value comes twice only under two types; values come whole
+    (``alert_observables`` keeps their first 512 characters)."""
     docs = chosen.subquery("docs")
     kind: ColumnElement[Any]
     value: ColumnElement[Any]

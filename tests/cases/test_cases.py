@@ -229,6 +229,32 @@ def test_split_moves_alerts_and_the_keys_only_they_carry(runtime: Runtime) -> No
     assert [e.kind for e in runtime.incidents.timeline(new)] == ["split_from"]
 
 
+def test_split_moves_a_key_whose_value_is_longer_than_the_key_column(runtime: Runtime) -> None:
+    """Keys hold the first 512 characters of a value; the moved alert's whole value still
+    matches its key."""
+    mapping = {"fields": {**MAPPING["fields"], "user": "u"}}
+    runtime.sources.create("edr", "http", "json", parser_options=mapping)
+    long_user = "svc-" + "x" * 596
+    runtime.pipeline.ingest(
+        "edr",
+        [
+            orjson.dumps({"title": "beacon", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9",
+                          "u": long_user}),
+            orjson.dumps({"title": "beacon", "ts": "2026-11-28T08:01:00Z", "src": "203.0.113.9",
+                          "u": "bob"}),
+        ],
+    )  # fmt: skip
+    (incident,) = runtime.incidents.list_all()
+    assert ("user", long_user[:512]) in runtime.incidents.keys(incident.id)
+    moved = [a.id for a in runtime.alerts.list_all(incident_id=incident.id) if a.user != "bob"]
+    new = runtime.cases.split(incident.id, moved, by="alice")
+    assert runtime.incidents.keys(new) == [("user", long_user[:512])]
+    assert sorted(runtime.incidents.keys(incident.id)) == [
+        ("src_ip", "203.0.113.9"),
+        ("user", "bob"),
+    ]
+
+
 ON_INCIDENT_MANUAL = """
 id: manual-triage
 name: Ask a person to call the user, then note it

@@ -14,7 +14,7 @@ from sqlalchemy import event, select
 from quell.clock import ManualClock
 from quell.errors import InvalidInput
 from quell.runtime import Runtime
-from quell.store.schema import incident_documents
+from quell.store.schema import incident_documents, incident_keys
 
 MAPPING = {
     "fields": {"title": "title", "time": "ts", "src.ip": "src", "rule_name": "rule", "user": "u"}
@@ -61,19 +61,21 @@ def test_incidents_are_found_by_their_text(runtime: Runtime, clock: ManualClock)
 def test_documents_are_read_outside_the_write_transaction(runtime: Runtime) -> None:
     """Indexing reads what goes into the documents (incidents, alerts, their observables) in a
     read transaction, and holds the write lock (on SQLite, ingest's too) only to store them.
-    An incident's document has the observables of each of its alerts."""
-    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
-    incident = _ingest(runtime, "Password spraying", "203.0.113.77", "Spray", "alice")
+    An incident's document has the observables of each of its alerts, those that are no
+    correlation key too (here the destination addresses)."""
+    mapping = {"fields": {**MAPPING["fields"], "dst.ip": "dst"}}
+    runtime.sources.create("edr", "http", "json", parser_options=mapping)
     runtime.pipeline.ingest(
         "edr",
         [
             orjson.dumps(
-                {"title": "Password spraying", "ts": "2026-11-28T08:01:00Z",
-                 "src": "203.0.113.77", "rule": "Spray", "u": user}
+                {"title": "Password spraying", "ts": f"2026-11-28T08:0{n}:00Z",
+                 "src": "203.0.113.77", "dst": f"198.51.100.{n + 1}", "rule": "Spray", "u": user}
             )
-            for user in ("bob", "carol")
+            for n, user in enumerate(("alice", "bob", "carol"))
         ],
     )  # fmt: skip
+    (incident,) = [i.id for i in runtime.incidents.list_all()]
     assert len(runtime.alerts.list_all(incident_id=incident)) == 3
     in_write: list[str] = []
 
@@ -94,4 +96,8 @@ def test_documents_are_read_outside_the_write_transaction(runtime: Runtime) -> N
         body = conn.execute(
             select(incident_documents.c.body).where(incident_documents.c.incident_id == incident)
         ).scalar_one()
-    assert {"alice", "bob", "carol", "203.0.113.77"} <= set(body.split("\n"))
+        keys = set(conn.execute(select(incident_keys.c.value)).scalars())
+    lines = set(body.split("\n"))
+    destinations = {"198.51.100.1", "198.51.100.2", "198.51.100.3"}
+    assert not destinations & keys  # found only through the alerts' observables
+    assert destinations | {"alice", "bob", "carol", "203.0.113.77"} <= lines
