@@ -300,7 +300,7 @@ class Runtime:
         """Full-text search over incidents."""
         from quell.cases.search import IncidentSearch
 
-        return IncidentSearch(self.db, self.clock)
+        return IncidentSearch(self.db)
 
     @cached_property
     def intel(self) -> IntelStore:

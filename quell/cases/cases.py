@@ -548,7 +548,7 @@ class CaseService:
                 )
             )  # fmt: skip
             conn.execute(update(alerts).where(alerts.c.id.in_(wanted)).values(incident_id=new))
-            _split_keys(conn, incident_id, new, wanted)
+            _split_keys(conn, self.db.backend, incident_id, new, wanted)
             _recount(conn, incident_id, now, keep_severity=row.severity_id, keep_only=True)
             _recount(conn, new, now)
             self._event(conn, new, "split_from", by, {"from": incident_id, "alerts": wanted}, now)
@@ -673,11 +673,12 @@ def _move_keys(conn: Connection, loser: str, survivor: str) -> None:
     conn.execute(delete(incident_keys).where(incident_keys.c.incident_id == loser))
 
 
-def _split_keys(conn: Connection, source: str, target: str, moved: list[str]) -> None:
+def _split_keys(
+    conn: Connection, backend: Backend, source: str, target: str, moved: list[str]
+) -> None:
     """Keys of ``source`` whose value its moved alerts carry and its remaining alerts do not
     go to ``target`` (keys are correlation kinds, ``src_ip`` and the like, over observable
     values)."""
-    backend = Backend.POSTGRESQL if conn.dialect.name == "postgresql" else Backend.SQLITE
 
     def values(condition: Any) -> set[str]:
         chosen = select(alerts.c.id, alerts.c.data).where(condition)

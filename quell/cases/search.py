@@ -22,7 +22,6 @@ from datetime import datetime
 from sqlalchemy import Connection, select, text
 
 from quell.cases.incidents import Incident, IncidentService
-from quell.clock import Clock
 from quell.errors import InvalidInput
 from quell.ingest.alerts import document_observables
 from quell.store.database import Backend, Database
@@ -53,9 +52,8 @@ def words(query: str) -> list[str]:
 class IncidentSearch:
     """Index incidents' text and search it."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.clock = clock
 
     def refresh(self, *, rounds: int = 20) -> int:
         """Re-index the incidents changed since they were last indexed (at most ``rounds``
@@ -186,12 +184,6 @@ def _documents(
         for incident_id, value in rows:
             parts[incident_id].append(value)
     for incident_id in found:
-        chosen = (
-            select(alerts.c.id, alerts.c.data)
-            .where(alerts.c.incident_id == incident_id)
-            .order_by(alerts.c.id)
-            .limit(MAX_ALERTS)
-        )
         alert_rows = conn.execute(
             select(alerts.c.id, alerts.c.title, alerts.c.rule_name)
             .where(alerts.c.incident_id == incident_id)
@@ -200,6 +192,9 @@ def _documents(
         ).all()
         parts[incident_id] += _flatten((a.id, a.title, a.rule_name or "") for a in alert_rows)
         if alert_rows:
+            chosen = select(alerts.c.id, alerts.c.data).where(
+                alerts.c.id.in_([a.id for a in alert_rows])
+            )
             observed = document_observables(backend, chosen).subquery()
             parts[incident_id] += conn.execute(
                 select(observed.c.value).distinct().limit(2000)

@@ -35,7 +35,7 @@ def attach_dispatcher(engine: Engine) -> Dispatcher:
 
     dispatcher = Dispatcher(engine)
     sla = SlaService(engine.db, engine.clock)
-    search = IncidentSearch(engine.db, engine.clock)
+    search = IncidentSearch(engine.db)
     indexed = [0.0]  # when the search index last caught up (monotonic)
 
     async def on_tick() -> None:
