@@ -40,8 +40,12 @@ Running clocks follow the incident and the policy:
   clocks; the survivor's carry on. One that had breached is stopped at the merge.
 
 Incidents closed before any check saw them get no clocks. :meth:`SlaService.check` does all of
-this in one short transaction over bounded batches; every engine tick runs it (at most every
-:data:`CHECK_EVERY` seconds, by the clock), so ``quell serve`` and every ``quell worker`` do.
+this over bounded batches: it finds them in a read transaction (the queries scan the open
+incidents and the running clocks, so their cost grows with them), then acts on those rows in one
+short write transaction that reads them again by key (a row that changed in between is taken as
+it is now). Every engine tick runs it (at most every :data:`CHECK_EVERY` seconds, by the clock,
+and on the next tick while a batch came back full), so ``quell serve`` and every
+``quell worker`` do.
 On PostgreSQL one check at a time holds an advisory lock (the others skip that turn), and each
 breach is a conditional ``UPDATE ... WHERE breached_at IS NULL`` whose row count decides
 whether the events are written, so a breach is announced exactly once on both backends.
@@ -55,7 +59,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Select, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -102,6 +117,26 @@ _RUNNING_COLUMNS = (
 )  # fmt: skip
 
 Targets = dict[int, dict[str, int | None]]
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one check found to do (at most :data:`BATCH` of each kind): open incidents
+    without a clock, by metric; incidents whose stopped close clock must resume; running
+    clocks (incident, metric) to follow up."""
+
+    missing: dict[str, list[str]]
+    reopened: list[str]
+    running: list[tuple[str, str]]
+
+    def __bool__(self) -> bool:
+        return bool(any(self.missing.values()) or self.reopened or self.running)
+
+    @property
+    def full(self) -> bool:
+        """A kind filled its batch: there may be more, and the next tick checks again."""
+        sizes = [len(ids) for ids in self.missing.values()]
+        return max([*sizes, len(self.reopened), len(self.running)]) >= BATCH
 
 
 @dataclass(frozen=True)
@@ -309,29 +344,54 @@ class SlaService:
         breached clocks; the number of breaches announced (each once, across workers)."""
         now = now or self.clock.now()
         with self.db.read() as conn:  # most checks find nothing: no write lock for them
-            targets = self._targets(conn)
-            if not any(conn.execute(q.limit(1)).first() for q in self._queries(targets, now)):
-                self.behind = False
-                return 0
+            work = self.find(conn, now)
+        if not work:
+            self.behind = False
+            return 0
         with self.db.write() as conn:
             if not self._lock(conn, wait=False):
                 return 0  # another worker is checking now
-            targets = self._targets(conn)
-            created = self._create_missing(conn, targets)
-            resumed = self._resume_reopened(conn)
-            advanced, breaches = self._advance(conn, targets, now)
-        self.behind = max(created, resumed, advanced) >= BATCH
+            breaches = self.apply(conn, work, now)
+        self.behind = work.full
         return breaches
+
+    def find(self, conn: Connection, now: datetime) -> Work:
+        """What a check has to do, found in a read transaction: the queries scan the open
+        incidents and the running clocks, which grows with them, so they run without the write
+        lock (on SQLite, the one every writer, ingest included, waits for)."""
+        targets = self._targets(conn)
+        missing = {
+            metric: [row.id for row in conn.execute(query.limit(BATCH))]
+            for metric, query in self._missing_queries(targets).items()
+        }
+        reopened = [row.incident_id for row in conn.execute(self._reopened_query().limit(BATCH))]
+        running = [
+            (row.incident_id, row.metric)
+            for row in conn.execute(self._running_query(now).limit(BATCH))
+        ]
+        return Work(missing, reopened, running)
+
+    def apply(self, conn: Connection, work: Work, now: datetime) -> int:
+        """Do ``work`` in the write transaction (holding the check's lock). Each phase runs its
+        query again for the rows found only (by key, through the indexes), so a row that
+        changed since is acted on as it is now, or not at all when it no longer qualifies;
+        the number of breaches announced."""
+        targets = self._targets(conn)
+        created = self._create_missing(conn, targets, work.missing)
+        resumed = self._resume_reopened(conn, work.reopened)
+        # A clock made or resumed now is followed up in the same check (it may be stopped,
+        # or due, already), as the running query would find it.
+        running = list(dict.fromkeys([*work.running, *created, *resumed]))
+        return self._advance(conn, targets, now, running)
 
     # -- the check's phases ---------------------------------------------------------------------
 
-    def _queries(self, targets: Targets, now: datetime) -> list[Select[Any]]:
-        found = [
-            self._missing_query(metric, severities)
+    def _missing_queries(self, targets: Targets) -> dict[str, Select[Any]]:
+        return {
+            metric: self._missing_query(metric, severities)
             for metric in METRICS
             if (severities := [s for s, t in targets.items() if t[metric]])
-        ]
-        return [*found, self._reopened_query(), self._running_query(now)]
+        }
 
     @staticmethod
     def _missing_query(metric: str, severities: list[int]) -> Select[Any]:
@@ -388,13 +448,16 @@ class SlaService:
             .order_by(s.due_at, s.incident_id, s.metric)
         )
 
-    def _create_missing(self, conn: Connection, targets: Targets) -> int:
-        most = 0
-        for metric in METRICS:
-            severities = [s for s, t in targets.items() if t[metric]]
-            if not severities:
+    def _create_missing(
+        self, conn: Connection, targets: Targets, found: Mapping[str, list[str]]
+    ) -> list[tuple[str, str]]:
+        """Clocks for the incidents found without one; the clocks made (incident, metric)."""
+        created: list[tuple[str, str]] = []
+        for metric, query in self._missing_queries(targets).items():
+            ids = found.get(metric)
+            if not ids:
                 continue
-            rows = conn.execute(self._missing_query(metric, severities).limit(BATCH)).all()
+            rows = conn.execute(query.where(incidents.c.id.in_(ids))).all()
             if not rows:
                 continue
             values = [
@@ -413,11 +476,15 @@ class SlaService:
             # One row's statement with many parameter sets: compiled once and cached (a
             # statement with every row's values in it costs more to compile than to run).
             conn.execute(insert(incident_slas).on_conflict_do_nothing(), values)
-            most = max(most, len(rows))
-        return most
+            created.extend((row.id, metric) for row in rows)
+        return created
 
-    def _resume_reopened(self, conn: Connection) -> int:
-        rows = conn.execute(self._reopened_query().limit(BATCH)).all()
+    def _resume_reopened(self, conn: Connection, found: list[str]) -> list[tuple[str, str]]:
+        """Resume the close clocks of the incidents found open again; the clocks resumed."""
+        if not found:
+            return []
+        query = self._reopened_query().where(incident_slas.c.incident_id.in_(found))
+        rows = conn.execute(query).all()
         for row in rows:
             reopened = _reopened_at(conn, row.incident_id) or row.updated_at
             closed_for = max(reopened - row.met_at, timedelta(0))
@@ -430,10 +497,15 @@ class SlaService:
                 )
                 .values(met_at=None, due_at=row.due_at + closed_for)
             )
-        return len(rows)
+        return [(row.incident_id, "close") for row in rows]
 
-    def _advance(self, conn: Connection, targets: Targets, now: datetime) -> tuple[int, int]:
-        rows = conn.execute(self._running_query(now).limit(BATCH)).all()
+    def _advance(
+        self, conn: Connection, targets: Targets, now: datetime, found: list[tuple[str, str]]
+    ) -> int:
+        if not found:
+            return 0
+        clocks = tuple_(incident_slas.c.incident_id, incident_slas.c.metric)
+        rows = conn.execute(self._running_query(now).where(clocks.in_(found))).all()
         breaches = 0
         for row in rows:
             key = (
@@ -481,7 +553,7 @@ class SlaService:
                 if marked == 1:
                     self._announce(conn, row.incident_id, row.metric, due, at, now)
                     breaches += 1
-        return len(rows), breaches
+        return breaches
 
     def _announce(
         self,

@@ -193,6 +193,34 @@ def test_a_clock_stopped_late_before_any_check_breaches_at_its_due_time(
     assert runtime.sla.check() == 0
 
 
+def test_a_check_finds_its_work_unlocked_then_acts_on_those_rows_as_they_are_now(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """The scans run in a read transaction; the write transaction re-reads only the rows
+    found, by key: a row that changed in between is taken as it is now, one that appeared in
+    between waits for the next check."""
+    early, closed = _incident(runtime, "critical"), _incident(runtime, "high", "203.0.113.10")
+    with runtime.db.read() as conn:
+        work = runtime.sla.find(conn, clock.now())
+    assert sorted(work.missing["acknowledge"]) == sorted([early, closed])
+    assert not work.full
+    runtime.cases.update(closed, by="bob", status="closed", resolution="benign")
+    late = _incident(runtime, "critical", "203.0.113.11")
+    with runtime.db.write() as conn:
+        assert runtime.sla.apply(conn, work, clock.now()) == 0
+    assert set(_clocks(runtime, early)) == {"acknowledge", "contain", "close"}
+    assert _clocks(runtime, closed) == {}  # closed before its clocks were made: none
+    assert _clocks(runtime, late) == {}  # not found by that check
+    clock.advance(timedelta(minutes=20))  # past the 15m to acknowledge of both critical ones
+    assert runtime.sla.check() == 2
+    assert set(_clocks(runtime, late)) == {"acknowledge", "contain", "close"}
+    assert _clocks(runtime, early)["acknowledge"].state == "breached"
+    assert _clocks(runtime, late)["acknowledge"].state == "breached"  # made and due at once
+    assert _clocks(runtime, closed) == {}
+    with runtime.db.read() as conn:
+        assert not runtime.sla.find(conn, clock.now())  # nothing left to do
+
+
 def test_closing_stops_the_close_clock_and_reopening_resumes_it(
     runtime: Runtime, clock: ManualClock
 ) -> None:
