@@ -41,7 +41,7 @@ from quell.engine.journal import (
 )
 from quell.engine.limits import SharedLimits
 from quell.engine.states import RunStatus
-from quell.engine.store import Claimed, PlaybookStore, RunStore
+from quell.engine.store import Claimed, PlaybookStore, RunStore, run_status_is
 from quell.errors import StorageUnavailable
 from quell.ids import new_id
 from quell.sdk.http import OutboundPolicy
@@ -358,7 +358,7 @@ class Engine:
             with self.db.write() as conn:
                 conn.execute(
                     update(runs)
-                    .where(runs.c.owner == self.owner, runs.c.status == RunStatus.RUNNING.value)
+                    .where(runs.c.owner == self.owner, run_status_is(RunStatus.RUNNING))
                     .values(status=RunStatus.READY.value, owner=None, lease_expires=None)
                 )
         except Exception as exc:  # noqa: BLE001 - the leases expire anyway

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Integer,
     String,
@@ -17,8 +18,10 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    literal_column,
     or_,
     select,
+    union_all,
     update,
 )
 
@@ -283,6 +286,14 @@ class PlaybookStore:
         return [(version, self.ir(version.id)) for version in found]
 
 
+def run_status_is(status: RunStatus) -> ColumnElement[bool]:
+    """``runs.status = '<status>'`` with the status written into the SQL. The partial indexes
+    on ``runs`` each hold the runs of one status, and a database can search one only when the
+    query names that status itself: compared with a bound parameter (which could be any
+    status), SQLite reads the whole table, finished runs and all."""
+    return runs.c.status == literal_column(f"'{status.value}'")
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A run this worker now holds, with its row as the claim left it."""
@@ -343,23 +354,31 @@ class RunStore:
         if cached is not None:
             return cached
         now = bindparam("now", type_=UTCDateTime())
-        candidates = (
-            select(runs.c.id)
-            .where(
-                or_(
-                    runs.c.status == RunStatus.READY.value,
-                    and_(runs.c.status == RunStatus.RUNNING.value, runs.c.lease_expires < now),
-                )
-            )
-            .order_by(runs.c.created_at)
-            .limit(bindparam("limit", type_=Integer()))
-        )
-        if by_root:
-            candidates = candidates.where(
-                runs.c.root_run_id.in_(bindparam("roots", expanding=True))
-            )
+        limit = bindparam("limit", type_=Integer())
+        ready = run_status_is(RunStatus.READY)
+        expired = and_(run_status_is(RunStatus.RUNNING), runs.c.lease_expires < now)
+        roots = [runs.c.root_run_id.in_(bindparam("roots", expanding=True))] if by_root else []
         if self.db.backend is Backend.POSTGRESQL:
-            candidates = candidates.with_for_update(skip_locked=True)
+            candidates: Any = (
+                select(runs.c.id)
+                .where(or_(ready, expired), *roots)
+                .order_by(runs.c.created_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        else:
+            # SQLite reads a partial index for neither side of an OR: each side is a query of
+            # its own (on its index, whatever the number of finished runs), then the oldest.
+            sides = [
+                select(runs.c.id, runs.c.created_at)
+                .where(condition, *roots)
+                .order_by(runs.c.created_at)
+                .limit(limit)
+                .subquery()
+                for condition in (ready, expired)
+            ]
+            both = union_all(*(select(side) for side in sides)).subquery()
+            candidates = select(both.c.id).order_by(both.c.created_at).limit(limit)
         statement = (
             update(runs)
             .where(runs.c.id.in_(candidates.scalar_subquery()))
@@ -402,7 +421,7 @@ class RunStore:
         with self.db.write() as conn:
             done = conn.execute(
                 update(runs)
-                .where(runs.c.status == RunStatus.WAITING.value, runs.c.wake_at <= now)
+                .where(run_status_is(RunStatus.WAITING), runs.c.wake_at <= now)
                 .values(status=RunStatus.READY.value, wake_at=None, updated_at=now)
             )
             woken = int(done.rowcount or 0)

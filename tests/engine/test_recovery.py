@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Future
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from quell.clock import ManualClock
 from quell.engine.journal import Op, OpKind, WriteRefused
 from quell.engine.states import RunStatus
 from quell.engine.store import RunStore
 from quell.runtime import Runtime
+from quell.store.database import Backend
 from quell.store.schema import run_steps, runs
 from tests.engine.harness import ENDED, Harness, bare_engine, register, statuses
 from tests.engine.peer import Peer
@@ -297,3 +299,79 @@ def test_a_bad_write_in_a_batch_of_several_fails_alone(runtime: Runtime) -> None
     assert [(key, output["note"]) for key, output in stored] == [
         ("a", "first"), ("b", "b"), ("c", "c"),
     ]  # fmt: skip
+
+
+def _runs_in_every_state(runtime: Runtime, clock: ManualClock) -> dict[str, str]:
+    """Runs made a second apart, oldest first: finished ones, two ready, one running with a
+    lease that ran out, one running with a good lease, one waiting on a timer that is due."""
+    engine = bare_engine(runtime)
+    version = register(runtime, engine, "id: s\nname: S\nsteps: [{id: a, action: core.noop}]\n")
+    made = {}
+    rows = []
+    for name, status, owner in [
+        ("done1", RunStatus.SUCCEEDED, None), ("expired", RunStatus.RUNNING, "worker-x"),
+        ("ready1", RunStatus.READY, None), ("done2", RunStatus.FAILED, None),
+        ("ready2", RunStatus.READY, None), ("waiting", RunStatus.WAITING, None),
+    ]:  # fmt: skip
+        made[name] = run_id = f"run_{name}"
+        rows.append(engine.run_row(run_id, version, "s", {}, status=status, owner=owner, epoch=1))
+        clock.advance(timedelta(seconds=1))
+    with runtime.db.write() as conn:
+        engine.journal.insert_run.run(conn, rows)
+        conn.execute(runs.update().where(runs.c.id == "run_waiting").values(wake_at=clock.now()))
+    clock.advance(engine.lease)  # the lease of "expired" ran out
+    made["held"] = "run_held"
+    row = engine.run_row("run_held", version, "s", {}, status=RunStatus.RUNNING, owner="w", epoch=1)
+    with runtime.db.write() as conn:
+        engine.journal.insert_run.run(conn, [row])
+    return made
+
+
+def test_claims_take_ready_runs_and_lapsed_leases_oldest_first(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    made = _runs_in_every_state(runtime, clock)
+    store = RunStore(runtime.db, clock)
+    first = store.claim("worker-b", 2, timedelta(seconds=30))
+    assert [c.id for c in first] == [made["expired"], made["ready1"]]
+    assert [c.epoch for c in first] == [2, 2]
+    assert [c.id for c in store.claim("worker-b", 5, timedelta(seconds=30))] == [made["ready2"]]
+    assert store.claim("worker-b", 5, timedelta(seconds=30)) == []  # "held" keeps its lease
+    assert store.wake_due() == 1
+    assert [c.id for c in store.claim("worker-b", 5, timedelta(seconds=30))] == [made["waiting"]]
+
+
+def test_claims_and_wakes_search_the_partial_indexes_not_every_run(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """Finished runs pile up: a claim (several a second) and a wake (every tick), both under
+    the write lock, must reach the few runs in their state through its partial index. SQLite
+    only does when the query names the status itself and has no OR across two of them."""
+    _runs_in_every_state(runtime, clock)
+    store = RunStore(runtime.db, clock)
+    ran: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
+        if sql.lstrip().upper().startswith("UPDATE RUNS"):
+            ran.append((sql, params))
+
+    event.listen(runtime.db.engine, "before_cursor_execute", record)
+    try:
+        store.claim("worker-b", 1, timedelta(seconds=30))
+        store.claim("worker-b", 1, timedelta(seconds=30), roots=["run_ready2"])
+        store.wake_due()
+    finally:
+        event.remove(runtime.db.engine, "before_cursor_execute", record)
+    assert len(ran) == 3
+    with runtime.db.write() as conn:
+        if runtime.db.backend is Backend.POSTGRESQL:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a seq scan only if need be
+        for sql, params in ran:
+            if runtime.db.backend is Backend.SQLITE:
+                plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
+                runs_read = [step for step in plan if step.split(" ")[:2][-1] == "runs"]
+                assert runs_read, plan
+                assert all(" USING " in step for step in runs_read), plan  # an index, each
+            else:
+                plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
+                assert not any("Seq Scan on runs" in step for step in plan), plan
