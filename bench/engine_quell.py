@@ -263,7 +263,7 @@ def _postgres(args: argparse.Namespace, url: str, schema: str, data_dir: str) ->
         # primary key, so that polling every 2 ms costs the two cores Quell shares with it as
         # little as Celery's blocking pop does. A fresh schema has no statistics yet and its
         # runs table bloats with updates, so the planner would scan it whole each time.
-        poll = psycopg.connect(_psycopg_url(url), autocommit=True)
+        poll = psycopg.connect(_psycopg_url(url), autocommit=True)  # closed with the workers
         poll.execute("SET enable_seqscan = off")
         poll_sql = "SELECT id, status FROM runs WHERE id = ANY(%s) AND status = ANY(%s)"
 

@@ -450,13 +450,37 @@ class SlaService:
     def _create_missing(
         self, conn: Connection, targets: Targets, found: Mapping[str, list[str]]
     ) -> list[tuple[str, str]]:
-        """Clocks for the incidents found without one; the clocks made (incident, metric)."""
+        """Clocks for the incidents found without one; the clocks made (incident, metric).
+
+        The incidents are read by id only and the missing query's conditions checked on the
+        rows: given the conditions too, SQLite (which has no statistics) searches the status
+        index instead, every open incident."""
         created: list[tuple[str, str]] = []
-        for metric, query in self._missing_queries(targets).items():
+        for metric in METRICS:
+            severities = {s for s, t in targets.items() if t[metric]}
             ids = found.get(metric)
-            if not ids:
+            if not ids or not severities:
                 continue
-            rows = conn.execute(query.where(incidents.c.id.in_(ids))).all()
+            i = incidents.c
+            clocked = set(
+                conn.execute(
+                    select(incident_slas.c.incident_id).where(
+                        incident_slas.c.incident_id.in_(ids), incident_slas.c.metric == metric
+                    )
+                ).scalars()
+            )
+            rows = [
+                row
+                for row in conn.execute(
+                    select(i.id, i.severity_id, i.created_at, i.status, i.merged_into)
+                    .where(i.id.in_(ids))
+                    .order_by(i.created_at, i.id)
+                )
+                if row.status in OPEN_STATUSES
+                and row.merged_into is None
+                and row.severity_id in severities
+                and row.id not in clocked
+            ]
             if not rows:
                 continue
             values = [
@@ -479,11 +503,22 @@ class SlaService:
         return created
 
     def _resume_reopened(self, conn: Connection, found: list[str]) -> list[tuple[str, str]]:
-        """Resume the close clocks of the incidents found open again; the clocks resumed."""
+        """Resume the close clocks of the incidents found open again; the clocks resumed (read
+        by key, the reopened query's conditions checked on the rows, as for missing clocks)."""
         if not found:
             return []
-        query = self._reopened_query().where(incident_slas.c.incident_id.in_(found))
-        rows = conn.execute(query).all()
+        s, i = incident_slas.c, incidents.c
+        query = (
+            select(s.incident_id, s.due_at, s.met_at, i.updated_at, i.closed_at, i.status)
+            .select_from(incident_slas.join(incidents, i.id == s.incident_id))
+            .where(s.incident_id.in_(found), s.metric == "close")
+            .order_by(s.incident_id)
+        )
+        rows = [
+            row
+            for row in conn.execute(query)
+            if row.met_at is not None and row.closed_at is None and row.status in OPEN_STATUSES
+        ]
         for row in rows:
             reopened = _reopened_at(conn, row.incident_id) or row.updated_at
             closed_for = max(reopened - row.met_at, timedelta(0))

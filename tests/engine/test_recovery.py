@@ -345,7 +345,8 @@ def test_claims_and_wakes_search_the_partial_indexes_not_every_run(
 ) -> None:
     """Finished runs pile up: a claim (several a second) and a wake (every tick), both under
     the write lock, must reach the few runs in their state through its partial index. SQLite
-    only does when the query names the status itself and has no OR across two of them."""
+    only does when the query names the status itself and has no OR across two of them (its
+    half failed before the queries did; PostgreSQL's planner used the indexes already)."""
     _runs_in_every_state(runtime, clock)
     store = RunStore(runtime.db, clock)
     ran: list[tuple[str, Any]] = []
@@ -356,21 +357,27 @@ def test_claims_and_wakes_search_the_partial_indexes_not_every_run(
 
     event.listen(runtime.db.engine, "before_cursor_execute", record)
     try:
-        store.claim("worker-b", 1, timedelta(seconds=30))
-        store.claim("worker-b", 1, timedelta(seconds=30), roots=["run_ready2"])
-        store.wake_due()
+        assert [c.id for c in store.claim("worker-b", 1, timedelta(seconds=30))] == ["run_expired"]
+        by_root = store.claim("worker-b", 5, timedelta(seconds=30), roots=["run_ready2"])
+        assert [c.id for c in by_root] == ["run_ready2"]  # not ready1, the older one
+        assert store.wake_due() == 1
     finally:
         event.remove(runtime.db.engine, "before_cursor_execute", record)
     assert len(ran) == 3
+    # The claims read both partial indexes (ready runs, running runs by lease), the wake its own.
+    wanted = [{"ix_runs_ready", "ix_runs_running_lease"}] * 2 + [{"ix_runs_waiting_wake"}]
     with runtime.db.write() as conn:
         if runtime.db.backend is Backend.POSTGRESQL:
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a seq scan only if need be
-        for sql, params in ran:
+        for (sql, params), indexes in zip(ran, wanted, strict=True):
             if runtime.db.backend is Backend.SQLITE:
                 plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
                 runs_read = [step for step in plan if step.split(" ")[:2][-1] == "runs"]
+                # Each read of runs goes through an index: the row updated by its key, the
+                # candidates through the partial indexes (a bare "SCAN runs" reads them all).
                 assert runs_read, plan
-                assert all(" USING " in step for step in runs_read), plan  # an index, each
+                assert all(" USING " in step for step in runs_read), plan
             else:
                 plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
                 assert not any("Seq Scan on runs" in step for step in plan), plan
+            assert all(any(index in step for step in plan) for index in indexes), plan
