@@ -59,17 +59,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import (
-    Connection,
-    Select,
-    and_,
-    bindparam,
-    delete,
-    func,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Select, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -371,10 +361,10 @@ class SlaService:
         return Work(missing, reopened, running)
 
     def apply(self, conn: Connection, work: Work, now: datetime) -> int:
-        """Do ``work`` in the write transaction (holding the check's lock). Each phase runs its
-        query again for the rows found only (by key, through the indexes), so a row that
-        changed since is acted on as it is now, or not at all when it no longer qualifies;
-        the number of breaches announced."""
+        """Do ``work`` in the write transaction (holding the check's lock). Each phase reads the
+        rows found again, by key, and checks its conditions on them as they are now: a row
+        that changed since is acted on as it is, or not at all when it no longer qualifies.
+        The number of breaches announced."""
         targets = self._targets(conn)
         created = self._create_missing(conn, targets, work.missing)
         resumed = self._resume_reopened(conn, work.reopened)
