@@ -486,6 +486,9 @@ waits = Table(
     Column("escalated_at", UTCDateTime(), nullable=True),
 )
 Index("ix_waits_status_expires_at", waits.c.status, waits.c.expires_at)
+# Approvals due to escalate, searched on every tick: pending, not yet escalated, by time. The
+# index above would only narrow that to every pending wait.
+Index("ix_waits_status_escalation", waits.c.status, waits.c.escalated_at, waits.c.escalate_at)
 
 # Approval policy: the first enabled rule (by position) that matches a write decides how many
 # approvals it needs and from which roles.

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from quell.clock import ManualClock
 from quell.engine.guardrails import GuardrailService
@@ -23,6 +24,8 @@ from quell.governance.approvals import (
 from quell.playbooks.compiler import parse_playbook
 from quell.runtime import Runtime
 from quell.sdk.actions import RiskLevel
+from quell.store.database import Backend
+from quell.store.schema import waits
 from tests.engine.harness import ENDED, Harness
 from tests.engine.peer import Peer
 
@@ -288,6 +291,68 @@ def test_an_approval_escalates_then_expires_as_its_rule_says(
         assert [e.detail["because"] for e in reversed(escalations)] == ["reminder", "expiry"]
 
     asyncio.run(scenario())
+
+
+def test_each_tick_reaches_due_escalations_and_expiries_by_time_not_every_pending_wait(
+    runtime: Runtime, rules: ApprovalRuleService, clock: ManualClock
+) -> None:
+    """Approvals can wait for days, thousands at once, and every tick looks for the few due to
+    escalate or expire, under the write lock. Both searches must be bounded by their time in
+    an index: the escalations' search used to narrow only to pending waits, and read them all
+    (4 ms a tick at 10,000 waiting)."""
+    _rule(
+        rules, name="slow", match={"actions": ["test.contain"]}, roles=["approver"],
+        escalate_after="1h", escalate_to=["admin"], expires_after="4h", on_expiry="escalate",
+    )  # fmt: skip
+    ran: list[tuple[str, Any]] = []
+    started: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
+        if sql.lstrip().upper().startswith("SELECT") and "FROM waits" in sql:
+            ran.append((sql, params))
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            for host in ("ws-1", "ws-2"):
+                started.append(await _start(harness, CONTAIN, {"host": host}))
+                await _waiting_approval(harness, started[-1])
+            clock.advance(timedelta(hours=1, seconds=1))
+            event.listen(runtime.db.engine, "before_cursor_execute", record)
+            try:
+                assert harness.waits.expire_due() == 2  # both escalate; none expires yet
+            finally:
+                event.remove(runtime.db.engine, "before_cursor_execute", record)
+            assert harness.waits.expire_due() == 0  # escalated once: not again
+
+    asyncio.run(scenario())
+    assert len(ran) == 2
+    # Thousands waiting, due later, with the planners' statistics on them (PostgreSQL's would
+    # otherwise choose between two indexes by a tie on two rows).
+    now = clock.now()
+    later = {"created_at": now, "escalate_at": now + timedelta(days=1),
+             "expires_at": now + timedelta(days=2)}  # fmt: skip
+    waiting = [
+        {"id": f"wai_later{n:05d}", "run_id": started[0], "step_key": f"later{n}",
+         "kind": "approval", "status": "pending", **later}
+        for n in range(3000)
+    ]  # fmt: skip
+    wanted = [
+        ("ix_waits_status_escalation", "escalate_at"),
+        ("ix_waits_status_expires_at", "expires_at"),
+    ]
+    with runtime.db.write() as conn:
+        conn.execute(waits.insert(), waiting)
+        conn.exec_driver_sql("ANALYZE waits")
+        for (sql, params), (index, column) in zip(ran, wanted, strict=True):
+            if runtime.db.backend is Backend.SQLITE:
+                plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
+                # The time is a constraint of the search ("escalate_at<?"), not a test of
+                # each row the status found.
+                assert any(index in step and f"{column}<" in step for step in plan), plan
+            else:
+                plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
+                assert any(index in step for step in plan), plan
+                assert any("Index Cond" in step and column in step for step in plan), plan
 
 
 def test_an_escalated_approval_takes_the_wider_role(
