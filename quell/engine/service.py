@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, literal_column, select, update
 
 from quell.clock import Clock
 from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus, StepStatus
+from quell.engine.store import run_status_is
 from quell.engine.waits import close_canceled
-from quell.errors import Conflict, NotFound
+from quell.errors import Conflict, InvalidInput, NotFound
 from quell.store.database import Database
 from quell.store.schema import run_steps, runs
 
@@ -186,7 +187,17 @@ class RunService:
         """Runs, newest first; ``offset`` skips that many (paging)."""
         query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc())
         if status is not None:
-            query = query.where(runs.c.status == status)
+            try:
+                wanted = RunStatus(status)
+            except ValueError:
+                raise InvalidInput(
+                    f"status must be one of: {', '.join(RunStatus)}", field="status"
+                ) from None
+            query = query.where(run_status_is(wanted))
+            if wanted is not RunStatus.SUCCEEDED:
+                # The condition of the index that holds them in order, written as it is:
+                # SQLite searches a partial index only for a query that says it.
+                query = query.where(runs.c.status != literal_column("'succeeded'"))
         if playbook is not None:
             query = query.where(runs.c.playbook_id == playbook)
         query = query.limit(min(max(limit, 1), 10_000)).offset(max(offset, 0))

@@ -369,13 +369,19 @@ class RunStore:
         else:
             # SQLite reads a partial index for neither side of an OR: each side is a query of
             # its own (on its index, whatever the number of finished runs), then the oldest.
+            # The ready runs' index is in age order. The lapsed leases are found by lease and
+            # then sorted: "+" keeps SQLite from walking every run by age (ix_runs_created_at)
+            # to find the few running ones.
             sides = [
                 select(runs.c.id, runs.c.created_at)
                 .where(condition, *roots)
-                .order_by(runs.c.created_at)
+                .order_by(order)
                 .limit(limit)
                 .subquery()
-                for condition in (ready, expired)
+                for condition, order in (
+                    (ready, runs.c.created_at),
+                    (expired, literal_column("+runs.created_at")),
+                )
             ]
             both = union_all(*(select(side) for side in sides)).subquery()
             candidates = select(both.c.id).order_by(both.c.created_at).limit(limit)

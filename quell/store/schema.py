@@ -423,6 +423,21 @@ Index(
     postgresql_where=runs.c.status == "waiting",
 )
 Index("ix_runs_playbook_id_created_at", runs.c.playbook_id, runs.c.created_at)
+# The list of runs, newest first, and the runs an incident's alerts started (its timeline):
+# without these, both read every run there ever was. Runs that succeeded are the bulk; the
+# runs of every other status keep their own ordered range, so that listing the failed (or
+# the few running) ones never walks past all those that succeeded. Only transitions before
+# the end, and the end in another status, touch it.
+Index("ix_runs_created_at", runs.c.created_at, runs.c.id)
+Index("ix_runs_trigger_ref", runs.c.trigger_ref)
+Index(
+    "ix_runs_not_succeeded",
+    runs.c.status,
+    runs.c.created_at,
+    runs.c.id,
+    sqlite_where=runs.c.status != "succeeded",
+    postgresql_where=runs.c.status != "succeeded",
+)
 Index(
     "ix_runs_parent_run_id",
     runs.c.parent_run_id,
