@@ -247,6 +247,9 @@ alerts = Table(
 )
 Index("ix_alerts_fingerprint_last_seen", alerts.c.fingerprint, alerts.c.last_seen)
 # No index on received_at: ids are time-ordered at receipt, so "newest first" is the id order.
+# A source's alerts, newest first: without it, listing a quiet source (the phishing mailbox
+# beside an IDS) walked every alert.
+Index("ix_alerts_source_id", alerts.c.source, alerts.c.id)
 
 # Keyed (type, value, alert_id) and WITHOUT ROWID on SQLite: one B-tree per row, ordered the
 # way it is searched (which alerts saw this IP?). An alert's own observables are read from its
@@ -693,6 +696,9 @@ audit_events = Table(
     Column("hash", String(64), nullable=False),
     Column("request_id", String(40), nullable=True),  # the API request that caused it
 )
+# What was done to one run, host, instance or incident, newest first: the question an audit
+# asks; without it, answering it read the whole trail.
+Index("ix_audit_events_subject_seq", audit_events.c.subject, audit_events.c.seq)
 
 # Events on their way to the chain: a run's action calls are written here in the journal's own
 # transactions (no lock on the chain in the hot path) and appended in order by the engine's tick

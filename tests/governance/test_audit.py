@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, event, func, insert, select, update
 
 from quell.governance.audit import GENESIS, AuditLog
 from quell.runtime import Runtime
 from quell.sdk import SecretValue
+from quell.store.database import Backend
 from quell.store.schema import audit_events, audit_outbox
 
 
@@ -147,3 +149,50 @@ steps:
     checked, broken = runtime.audit.verify()
     assert broken is None
     assert checked == len(runtime.audit.list_all(limit=1000))
+
+
+def test_what_was_done_to_one_subject_is_read_by_its_index_newest_first(
+    runtime: Runtime,
+) -> None:
+    """An auditor asks what was done to one run, host or incident. The trail grows by every
+    action of every run; answering used to read all of it, newest first."""
+    log = AuditLog(runtime.db, runtime.clock)
+    log.record("alice", "incident.update", "inc_1", {"n": 0})
+    now = runtime.clock.now()
+    calls = [
+        {"id": f"aob_{n:05d}", "at": now, "actor": "run:x", "action": "action.call",
+         "subject": f"run_{n}", "detail": {"n": n}}
+        for n in range(3000)
+    ]  # fmt: skip
+    with runtime.db.write() as conn:
+        conn.execute(insert(audit_outbox), calls)
+    log.drain()  # appended to the chain, in order
+    log.record("bob", "incident.close", "inc_1", {"n": 1})
+    ran: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
+        if "FROM audit_events" in sql:
+            ran.append((sql, params))
+
+    event.listen(runtime.db.engine, "before_cursor_execute", record)
+    try:
+        found = log.list_all(subject="inc_1")
+    finally:
+        event.remove(runtime.db.engine, "before_cursor_execute", record)
+    assert [(e.actor, e.action) for e in found] == [
+        ("bob", "incident.close"), ("alice", "incident.update"),
+    ]  # fmt: skip
+    assert log.verify() == (3002, None)
+    ((sql, params),) = ran
+    with runtime.db.write() as conn:
+        conn.exec_driver_sql("ANALYZE audit_events")
+        if runtime.db.backend is Backend.SQLITE:
+            plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
+            assert plan == [
+                "SEARCH audit_events USING INDEX ix_audit_events_subject_seq (subject=?)"
+            ], plan
+        else:
+            plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
+            assert any("ix_audit_events_subject_seq" in step for step in plan), plan
+            # (It may sort what the index found: the subject's events, two here.)
+            assert not any("Seq Scan" in step for step in plan), plan

@@ -8,13 +8,14 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from quell.cases.incidents import IncidentStatus, Resolution
 from quell.ingest.intake import IntakeResult
 from quell.ingest.records import split_body
 from quell.ingest.staging import StagingPool
 from quell.runtime import Runtime
+from quell.store.database import Backend
 from quell.store.schema import alert_observables, alerts, dead_letters
 from tests.fixtures.requirements import corpus_path
 
@@ -232,6 +233,42 @@ def test_the_fingerprint_is_configurable(runtime: Runtime) -> None:
         "by-rule", [_event(0, host="a", src="192.0.2.1"), _event(1, host="b", src="192.0.2.2")]
     )
     assert (result.stored, result.deduplicated) == (1, 1)
+
+
+def test_a_quiet_sources_alerts_are_found_by_index_newest_first(
+    runtime: Runtime, generic: str
+) -> None:
+    """Listing a source's alerts: a quiet one (a phishing mailbox beside an IDS) used to mean
+    walking every alert newest first, 5.4 s at 73,000 alerts."""
+    runtime.sources.create("mailbox", "http", "json", parser_options=MAPPING)
+    busy = [_event(k % 60, rule=f"scan {k}", host=f"h{k}") for k in range(2000)]
+    assert runtime.pipeline.ingest(generic, busy).stored == 2000
+    quiet = [_event(k, rule=f"phish {k}", host="mail") for k in range(3)]
+    assert runtime.pipeline.ingest("mailbox", quiet).stored == 3
+    assert runtime.pipeline.ingest(generic, [busy[0], _event(59, rule="late")]).stored == 1
+    ran: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
+        if "FROM alerts" in sql:
+            ran.append((sql, params))
+
+    event.listen(runtime.db.engine, "before_cursor_execute", record)
+    try:
+        listed = runtime.alerts.list_all(source="mailbox")
+    finally:
+        event.remove(runtime.db.engine, "before_cursor_execute", record)
+    assert [a.title for a in listed] == ["phish 2 on mail", "phish 1 on mail", "phish 0 on mail"]
+    assert [a.title for a in runtime.alerts.list_all(source=generic, limit=1)] == ["late on web-01"]
+    ((sql, params),) = ran
+    with runtime.db.write() as conn:
+        conn.exec_driver_sql("ANALYZE alerts")  # the planners know the mailbox is quiet
+        if runtime.db.backend is Backend.SQLITE:
+            plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
+            assert plan == ["SEARCH alerts USING INDEX ix_alerts_source_id (source=?)"], plan
+        else:
+            plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
+            assert any("ix_alerts_source_id" in step for step in plan), plan
+            assert not any("Seq Scan on alerts" in step or "Sort" in step for step in plan), plan
 
 
 # -- streams staged in worker processes --------------------------------------------------------
