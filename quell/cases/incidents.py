@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 
 from quell.errors import InvalidInput, NotFound
 from quell.ingest.model import Severity
@@ -51,6 +51,11 @@ class Resolution(StrEnum):
 OPEN_STATUSES = tuple(
     status.value for status in IncidentStatus if status is not IncidentStatus.CLOSED
 )
+
+
+def _active_first(columns: Any) -> tuple[Any, ...]:
+    """The incident list's order: most recently active first, then by id."""
+    return (columns.last_seen.desc(), columns.id)
 
 
 @dataclass(frozen=True)
@@ -166,19 +171,37 @@ class IncidentService:
         self, *, status: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[Incident]:
         """Incidents, most recently active first; ``status`` may be ``open``."""
-        query = select(*incidents.c).order_by(incidents.c.last_seen.desc(), incidents.c.id)
-        if status == "open":
-            query = query.where(incidents.c.status.in_(OPEN_STATUSES))
-        elif status is not None:
+        if status is None:
+            statuses = tuple(IncidentStatus)
+        elif status == "open":
+            statuses = tuple(IncidentStatus(value) for value in OPEN_STATUSES)
+        else:
             try:
-                query = query.where(incidents.c.status == IncidentStatus(status).value)
+                statuses = (IncidentStatus(status),)
             except ValueError:
                 raise InvalidInput(
                     f"status must be open or one of: {', '.join(IncidentStatus)}", field="status"
                 ) from None
+        limit, offset = min(max(limit, 1), 1000), max(offset, 0)
+        # Each status's incidents are read in order from the (status, last_seen) index, as
+        # many as the page may need, and merged: asked of several statuses at once, the
+        # databases instead read all their incidents (every open one, for the queue) and
+        # sorted them.
+        sides = [
+            select(*incidents.c)
+            .where(incidents.c.status == wanted.value)
+            .order_by(*_active_first(incidents.c))
+            .limit(limit + offset)
+            for wanted in statuses
+        ]
+        if len(sides) == 1:
+            query = sides[0].offset(offset).limit(limit)
+        else:
+            merged = union_all(*(select(side.subquery()) for side in sides)).subquery()
+            query = select(*merged.c).order_by(*_active_first(merged.c)).limit(limit)
+            query = query.offset(offset)
         with self.db.read() as conn:
-            rows = conn.execute(query.limit(min(max(limit, 1), 1000)).offset(max(offset, 0)))
-            return [_incident(row) for row in rows]
+            return [_incident(row) for row in conn.execute(query)]
 
     def get(self, incident_id: str) -> Incident:
         """One incident."""
