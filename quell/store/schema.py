@@ -478,7 +478,7 @@ waits = Table(
     "waits",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("run_id", String(32), ForeignKey("runs.id"), nullable=False, index=True),
+    Column("run_id", String(32), ForeignKey("runs.id"), nullable=False),
     Column("step_key", String(512), nullable=False),
     Column("kind", String(16), nullable=False),  # approval, task, event, reconcile
     Column("status", String(16), nullable=False),  # pending, approved, rejected, done, ...
@@ -507,6 +507,10 @@ Index("ix_waits_status_expires_at", waits.c.status, waits.c.expires_at)
 # Approvals due to escalate, searched on every tick: pending, not yet escalated, by time. The
 # index above would only narrow that to every pending wait.
 Index("ix_waits_status_escalation", waits.c.status, waits.c.escalated_at, waits.c.escalate_at)
+# A run's waits, and its pending ones (a cancel closes them): with the status in it, SQLite
+# (which has no statistics) prefers it to the status indexes above, which hold every pending
+# wait of every run.
+Index("ix_waits_run_id_status", waits.c.run_id, waits.c.status)
 
 # Approval policy: the first enabled rule (by position) that matches a write decides how many
 # approvals it needs and from which roles.

@@ -355,6 +355,58 @@ def test_each_tick_reaches_due_escalations_and_expiries_by_time_not_every_pendin
                 assert any("Index Cond" in step and column in step for step in plan), plan
 
 
+def test_a_cancel_closes_the_runs_own_pending_waits_found_by_run_not_every_pending_one(
+    runtime: Runtime, rules: ApprovalRuleService, clock: ManualClock
+) -> None:
+    """A cancel closes its run's pending waits under the write lock. SQLite, asked for a run's
+    pending waits, took a status index as good as the run's own and read every pending wait
+    of every run (PostgreSQL's planner chose the run's index already)."""
+    _rule(rules, name="all", match={"actions": ["test.contain"]}, roles=["approver"])
+    ran: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
+        if sql.lstrip().upper().startswith("UPDATE WAITS"):
+            ran.append((sql, params))
+
+    async def scenario() -> tuple[str, str]:
+        async with Harness(runtime) as harness:
+            doomed = await _start(harness, CONTAIN, {"host": "ws-1"})
+            other = await _start(harness, CONTAIN, {"host": "ws-2"})
+            doomed_wait = await _waiting_approval(harness, doomed)
+            await _waiting_approval(harness, other)
+            now = clock.now()
+            waiting = [
+                {"id": f"wai_other{n:05d}", "run_id": other, "step_key": f"later{n}",
+                 "kind": "approval", "status": "pending", "created_at": now}
+                for n in range(3000)
+            ]  # fmt: skip
+            with runtime.db.write() as conn:
+                conn.execute(waits.insert(), waiting)
+            event.listen(runtime.db.engine, "before_cursor_execute", record)
+            try:
+                harness.runs.cancel(doomed)
+            finally:
+                event.remove(runtime.db.engine, "before_cursor_execute", record)
+            assert harness.waits.get(doomed_wait.id).status == "canceled"
+            pending = harness.waits.list_all(run_id=other, limit=10_000)
+            assert len(pending) == 3001  # the other run's, untouched
+            return doomed, other
+
+    asyncio.run(scenario())
+    ((sql, params),) = ran
+    with runtime.db.write() as conn:
+        conn.exec_driver_sql("ANALYZE waits")
+        if runtime.db.backend is Backend.SQLITE:
+            plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
+            assert plan == [
+                "SEARCH waits USING INDEX ix_waits_run_id_status (run_id=? AND status=?)"
+            ]
+        else:
+            plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
+            assert any("Index Cond" in step and "run_id" in step for step in plan), plan
+            assert not any("Seq Scan on waits" in step for step in plan), plan
+
+
 def test_an_escalated_approval_takes_the_wider_role(
     runtime: Runtime, rules: ApprovalRuleService, clock: ManualClock
 ) -> None:
