@@ -194,9 +194,10 @@ class RunService:
                     f"status must be one of: {', '.join(RunStatus)}", field="status"
                 ) from None
             query = query.where(run_status_is(wanted))
-            if wanted is not RunStatus.SUCCEEDED:
+            if wanted is not RunStatus.SUCCEEDED and playbook is None:
                 # The condition of the index that holds them in order, written as it is:
-                # SQLite searches a partial index only for a query that says it.
+                # SQLite searches a partial index only for a query that says it. (With a
+                # playbook, its own index is the narrower one.)
                 query = query.where(runs.c.status != literal_column("'succeeded'"))
         if playbook is not None:
             query = query.where(runs.c.playbook_id == playbook)

@@ -399,7 +399,8 @@ def test_the_incident_list_is_most_recently_active_first_and_read_by_status_in_o
         event.remove(runtime.db.engine, "before_cursor_execute", record)
     assert len(ran) == 2
     with runtime.db.write() as conn:
-        conn.exec_driver_sql("ANALYZE incidents")
+        if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
+            conn.exec_driver_sql("ANALYZE incidents")
         for sql, params in ran:
             if runtime.db.backend is Backend.SQLITE:
                 plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]

@@ -326,8 +326,8 @@ def test_each_tick_reaches_due_escalations_and_expiries_by_time_not_every_pendin
 
     asyncio.run(scenario())
     assert len(ran) == 2
-    # Thousands waiting, due later, with the planners' statistics on them (PostgreSQL's would
-    # otherwise choose between two indexes by a tie on two rows).
+    # Thousands waiting, due later; PostgreSQL with its statistics on them (else it would
+    # choose between two indexes by a tie on two rows), SQLite without, as it runs.
     now = clock.now()
     later = {"created_at": now, "escalate_at": now + timedelta(days=1),
              "expires_at": now + timedelta(days=2)}  # fmt: skip
@@ -342,7 +342,8 @@ def test_each_tick_reaches_due_escalations_and_expiries_by_time_not_every_pendin
     ]
     with runtime.db.write() as conn:
         conn.execute(waits.insert(), waiting)
-        conn.exec_driver_sql("ANALYZE waits")
+        if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
+            conn.exec_driver_sql("ANALYZE waits")
         for (sql, params), (index, column) in zip(ran, wanted, strict=True):
             if runtime.db.backend is Backend.SQLITE:
                 plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
@@ -395,12 +396,13 @@ def test_a_cancel_closes_the_runs_own_pending_waits_found_by_run_not_every_pendi
     asyncio.run(scenario())
     ((sql, params),) = ran
     with runtime.db.write() as conn:
-        conn.exec_driver_sql("ANALYZE waits")
+        if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
+            conn.exec_driver_sql("ANALYZE waits")
         if runtime.db.backend is Backend.SQLITE:
             plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
-            assert plan == [
-                "SEARCH waits USING INDEX ix_waits_run_id_status (run_id=? AND status=?)"
-            ]
+            # The run bounds the search (not the status alone: every pending wait).
+            assert len(plan) == 1, plan
+            assert "(run_id=? AND status=?)" in plan[0], plan
         else:
             plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
             assert any("Index Cond" in step and "run_id" in step for step in plan), plan

@@ -387,5 +387,5 @@ def test_claims_and_wakes_search_the_partial_indexes_not_every_run(
                 used = set(
                     re.findall(r"(?:Index Scan|Index Only Scan) (?:using|on) (\w+)", " ".join(plan))
                 )
-                assert used, plan
+                assert used - {"pk_runs"}, plan  # the candidates through a state's index
                 assert used <= indexes | {"ix_runs_not_succeeded", "pk_runs"}, plan

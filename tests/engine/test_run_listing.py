@@ -83,24 +83,31 @@ def test_listing_and_timelines_read_runs_through_indexes(
         assert [r.id for r in service.list_all(status="failed")] == ["run_bad2", "run_bad1"]
         assert [r.id for r in service.list_all(status="running")] == ["run_held"]
         assert len(service.list_all(status="succeeded", limit=5)) == 5
+        assert [r.id for r in service.list_all(status="failed", playbook="s")] == [
+            "run_bad2", "run_bad1",
+        ]  # fmt: skip
         runtime.incidents.full_timeline("inc_none")  # its runs: those of its alerts and its own
     finally:
         event.remove(runtime.db.engine, "before_cursor_execute", record)
     wanted = ["ix_runs_created_at"] + ["ix_runs_not_succeeded"] * 2 + ["ix_runs_created_at"]
-    wanted.append("ix_runs_trigger_ref")
+    wanted += ["ix_runs_playbook_id_created_at", "ix_runs_trigger_ref"]
+    # PostgreSQL, knowing that the playbook is every run's, may take the status instead.
+    also = {"ix_runs_playbook_id_created_at": "ix_runs_not_succeeded"}
     assert len(ran) == len(wanted)
     with runtime.db.write() as conn:
-        conn.exec_driver_sql("ANALYZE runs")  # the planners know that most runs succeeded
+        if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
+            conn.exec_driver_sql("ANALYZE runs")
         for (sql, params), index in zip(ran, wanted, strict=True):
             if runtime.db.backend is Backend.SQLITE:
                 plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
-                # In the index's order: no sorting of what was read ("USE TEMP B-TREE").
+                # In the index's order: no sorting of what was read ("USE TEMP B-TREE FOR
+                # ORDER BY"; runs made at the same instant may be put in id order).
                 assert [step for step in plan if "runs" in step] == [
                     step for step in plan if f"USING INDEX {index}" in step
                 ], plan
                 assert plan
-                assert not any("TEMP B-TREE" in step for step in plan), plan
+                assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan
             else:
                 plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
-                assert any(index in step for step in plan), plan
+                assert any(index in step or also.get(index, index) in step for step in plan), plan
                 assert not any("Seq Scan on runs" in step for step in plan), plan

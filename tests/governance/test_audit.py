@@ -185,7 +185,8 @@ def test_what_was_done_to_one_subject_is_read_by_its_index_newest_first(
     assert log.verify() == (3002, None)
     ((sql, params),) = ran
     with runtime.db.write() as conn:
-        conn.exec_driver_sql("ANALYZE audit_events")
+        if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
+            conn.exec_driver_sql("ANALYZE audit_events")
         if runtime.db.backend is Backend.SQLITE:
             plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
             assert plan == [
