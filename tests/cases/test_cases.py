@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import func, insert, select
 
 from quell.cases.incidents import IncidentStatus, Resolution
 from quell.clock import ManualClock
@@ -19,6 +19,7 @@ from quell.runtime import Runtime
 from quell.store.database import Backend
 from quell.store.schema import incidents, outbox, runs
 from tests.engine.harness import ENDED, Harness, eventually
+from tests.fixtures.plans import explain, statements
 
 MAPPING = {"fields": {"title": "title", "time": "ts", "src.ip": "src", "rule_name": "title"}}
 
@@ -385,30 +386,20 @@ def test_the_incident_list_is_most_recently_active_first_and_read_by_status_in_o
     with pytest.raises(InvalidInput, match="status must be open or one of"):
         runtime.incidents.list_all(status="asleep")
 
-    ran: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
-        if "FROM incidents" in sql:
-            ran.append((sql, params))
-
-    event.listen(runtime.db.engine, "before_cursor_execute", record)
-    try:
+    with statements(runtime.db, lambda sql: "FROM incidents" in sql) as ran:
         runtime.incidents.list_all(status="open")
         runtime.incidents.list_all()
-    finally:
-        event.remove(runtime.db.engine, "before_cursor_execute", record)
     assert len(ran) == 2
     with runtime.db.write() as conn:
         if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
             conn.exec_driver_sql("ANALYZE incidents")
-        for sql, params in ran:
+        for statement in ran:
+            plan = explain(conn, runtime.db.backend, statement)
             if runtime.db.backend is Backend.SQLITE:
-                plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
                 reads = [step for step in plan if step.split(" ")[:2][-1] == "incidents"]
                 assert len(reads) in (len(opened), len(everything)), plan
                 index = "SEARCH incidents USING INDEX ix_incidents_status_last_seen (status=?)"
                 assert all(step == index for step in reads), plan
             else:
-                plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
                 assert any("ix_incidents_status_last_seen" in step for step in plan), plan
                 assert not any("Seq Scan on incidents" in step for step in plan), plan

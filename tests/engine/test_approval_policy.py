@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from quell.clock import ManualClock
 from quell.engine.guardrails import GuardrailService
@@ -28,6 +27,7 @@ from quell.store.database import Backend
 from quell.store.schema import waits
 from tests.engine.harness import ENDED, Harness
 from tests.engine.peer import Peer
+from tests.fixtures.plans import Statement, explain, statements
 
 CONTAIN = """
 id: contain
@@ -304,27 +304,23 @@ def test_each_tick_reaches_due_escalations_and_expiries_by_time_not_every_pendin
         rules, name="slow", match={"actions": ["test.contain"]}, roles=["approver"],
         escalate_after="1h", escalate_to=["admin"], expires_after="4h", on_expiry="escalate",
     )  # fmt: skip
-    ran: list[tuple[str, Any]] = []
     started: list[str] = []
 
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
-        if sql.lstrip().upper().startswith("SELECT") and "FROM waits" in sql:
-            ran.append((sql, params))
+    def searches(sql: str) -> bool:
+        return sql.lstrip().upper().startswith("SELECT") and "FROM waits" in sql
 
-    async def scenario() -> None:
+    async def scenario() -> list[Statement]:
         async with Harness(runtime) as harness:
             for host in ("ws-1", "ws-2"):
                 started.append(await _start(harness, CONTAIN, {"host": host}))
                 await _waiting_approval(harness, started[-1])
             clock.advance(timedelta(hours=1, seconds=1))
-            event.listen(runtime.db.engine, "before_cursor_execute", record)
-            try:
+            with statements(runtime.db, searches) as ran:
                 assert harness.waits.expire_due() == 2  # both escalate; none expires yet
-            finally:
-                event.remove(runtime.db.engine, "before_cursor_execute", record)
             assert harness.waits.expire_due() == 0  # escalated once: not again
+            return ran
 
-    asyncio.run(scenario())
+    ran = asyncio.run(scenario())
     assert len(ran) == 2
     # Thousands waiting, due later; PostgreSQL with its statistics on them (else it would
     # choose between two indexes by a tie on two rows), SQLite without, as it runs.
@@ -344,14 +340,13 @@ def test_each_tick_reaches_due_escalations_and_expiries_by_time_not_every_pendin
         conn.execute(waits.insert(), waiting)
         if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
             conn.exec_driver_sql("ANALYZE waits")
-        for (sql, params), (index, column) in zip(ran, wanted, strict=True):
+        for statement, (index, column) in zip(ran, wanted, strict=True):
+            plan = explain(conn, runtime.db.backend, statement)
             if runtime.db.backend is Backend.SQLITE:
-                plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
                 # The time is a constraint of the search ("escalate_at<?"), not a test of
                 # each row the status found.
                 assert any(index in step and f"{column}<" in step for step in plan), plan
             else:
-                plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
                 assert any(index in step for step in plan), plan
                 assert any("Index Cond" in step and column in step for step in plan), plan
 
@@ -363,13 +358,11 @@ def test_a_cancel_closes_the_runs_own_pending_waits_found_by_run_not_every_pendi
     pending waits, took a status index as good as the run's own and read every pending wait
     of every run (PostgreSQL's planner chose the run's index already)."""
     _rule(rules, name="all", match={"actions": ["test.contain"]}, roles=["approver"])
-    ran: list[tuple[str, Any]] = []
 
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
-        if sql.lstrip().upper().startswith("UPDATE WAITS"):
-            ran.append((sql, params))
+    def updates(sql: str) -> bool:
+        return sql.lstrip().upper().startswith("UPDATE WAITS")
 
-    async def scenario() -> tuple[str, str]:
+    async def scenario() -> list[Statement]:
         async with Harness(runtime) as harness:
             doomed = await _start(harness, CONTAIN, {"host": "ws-1"})
             other = await _start(harness, CONTAIN, {"host": "ws-2"})
@@ -383,28 +376,23 @@ def test_a_cancel_closes_the_runs_own_pending_waits_found_by_run_not_every_pendi
             ]  # fmt: skip
             with runtime.db.write() as conn:
                 conn.execute(waits.insert(), waiting)
-            event.listen(runtime.db.engine, "before_cursor_execute", record)
-            try:
+            with statements(runtime.db, updates) as ran:
                 harness.runs.cancel(doomed)
-            finally:
-                event.remove(runtime.db.engine, "before_cursor_execute", record)
             assert harness.waits.get(doomed_wait.id).status == "canceled"
             pending = harness.waits.list_all(run_id=other, limit=10_000)
             assert len(pending) == 3001  # the other run's, untouched
-            return doomed, other
+            return ran
 
-    asyncio.run(scenario())
-    ((sql, params),) = ran
+    (statement,) = asyncio.run(scenario())
     with runtime.db.write() as conn:
         if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
             conn.exec_driver_sql("ANALYZE waits")
+        plan = explain(conn, runtime.db.backend, statement)
         if runtime.db.backend is Backend.SQLITE:
-            plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
             # The run bounds the search (not the status alone: every pending wait).
             assert len(plan) == 1, plan
             assert "(run_id=? AND status=?)" in plan[0], plan
         else:
-            plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
             assert any("Index Cond" in step and "run_id" in step for step in plan), plan
             assert not any("Seq Scan on waits" in step for step in plan), plan
 

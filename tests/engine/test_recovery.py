@@ -6,9 +6,8 @@ import asyncio
 import re
 from concurrent.futures import Future
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from quell.clock import ManualClock
 from quell.engine.journal import Op, OpKind, WriteRefused
@@ -19,6 +18,7 @@ from quell.store.database import Backend
 from quell.store.schema import run_steps, runs
 from tests.engine.harness import ENDED, Harness, bare_engine, register, statuses
 from tests.engine.peer import Peer
+from tests.fixtures.plans import explain, statements
 
 CONTAIN = """
 id: contain
@@ -350,29 +350,21 @@ def test_claims_and_wakes_search_the_partial_indexes_not_every_run(
     half failed before the queries did; PostgreSQL's planner used the indexes already)."""
     _runs_in_every_state(runtime, clock)
     store = RunStore(runtime.db, clock)
-    ran: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
-        if sql.lstrip().upper().startswith("UPDATE RUNS"):
-            ran.append((sql, params))
-
-    event.listen(runtime.db.engine, "before_cursor_execute", record)
-    try:
+    updates = statements(runtime.db, lambda sql: sql.lstrip().upper().startswith("UPDATE RUNS"))
+    with updates as ran:
         assert [c.id for c in store.claim("worker-b", 1, timedelta(seconds=30))] == ["run_expired"]
         by_root = store.claim("worker-b", 5, timedelta(seconds=30), roots=["run_ready2"])
         assert [c.id for c in by_root] == ["run_ready2"]  # not ready1, the older one
         assert store.wake_due() == 1
-    finally:
-        event.remove(runtime.db.engine, "before_cursor_execute", record)
     assert len(ran) == 3
     # The claims read both partial indexes (ready runs, running runs by lease), the wake its own.
     wanted = [{"ix_runs_ready", "ix_runs_running_lease"}] * 2 + [{"ix_runs_waiting_wake"}]
     with runtime.db.write() as conn:
         if runtime.db.backend is Backend.POSTGRESQL:
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a seq scan only if need be
-        for (sql, params), indexes in zip(ran, wanted, strict=True):
+        for statement, indexes in zip(ran, wanted, strict=True):
+            plan = explain(conn, runtime.db.backend, statement)
             if runtime.db.backend is Backend.SQLITE:
-                plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
                 runs_read = [step for step in plan if step.split(" ")[:2][-1] == "runs"]
                 # Each read of runs goes through an index: the row updated by its key, the
                 # candidates through the partial indexes (a bare "SCAN runs" reads them all).
@@ -380,7 +372,6 @@ def test_claims_and_wakes_search_the_partial_indexes_not_every_run(
                 assert all(" USING " in step for step in runs_read), plan
                 assert all(any(index in step for step in plan) for index in indexes), plan
             else:
-                plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
                 assert not any("Seq Scan on runs" in step for step in plan), plan
                 # PostgreSQL may as well read the runs not succeeded by status (the list's
                 # index): that too reaches only the runs in the state asked for.

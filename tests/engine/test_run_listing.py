@@ -5,10 +5,8 @@ was (runs pile up by the hundred thousand, most of them succeeded)."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from quell.clock import ManualClock
 from quell.engine.service import RunService
@@ -17,6 +15,7 @@ from quell.errors import InvalidInput
 from quell.runtime import Runtime
 from quell.store.database import Backend
 from tests.engine.harness import bare_engine, register
+from tests.fixtures.plans import explain, statements
 
 # Made a second apart, oldest first.
 MADE = [
@@ -71,14 +70,7 @@ def test_listing_and_timelines_read_runs_through_indexes(
     spent 74 ms finding the runs of its alerts."""
     _make(runtime, clock, succeeded_before=3000)
     service = RunService(runtime.db, clock)
-    ran: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
-        if "FROM runs" in sql:
-            ran.append((sql, params))
-
-    event.listen(runtime.db.engine, "before_cursor_execute", record)
-    try:
+    with statements(runtime.db, lambda sql: "FROM runs" in sql) as ran:
         assert len(service.list_all(limit=5)) == 5
         assert [r.id for r in service.list_all(status="failed")] == ["run_bad2", "run_bad1"]
         assert [r.id for r in service.list_all(status="running")] == ["run_held"]
@@ -87,8 +79,6 @@ def test_listing_and_timelines_read_runs_through_indexes(
             "run_bad2", "run_bad1",
         ]  # fmt: skip
         runtime.incidents.full_timeline("inc_none")  # its runs: those of its alerts and its own
-    finally:
-        event.remove(runtime.db.engine, "before_cursor_execute", record)
     wanted = ["ix_runs_created_at"] + ["ix_runs_not_succeeded"] * 2 + ["ix_runs_created_at"]
     wanted += ["ix_runs_playbook_id_created_at", "ix_runs_trigger_ref"]
     # PostgreSQL, knowing that the playbook is every run's, may take the status instead.
@@ -97,9 +87,9 @@ def test_listing_and_timelines_read_runs_through_indexes(
     with runtime.db.write() as conn:
         if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
             conn.exec_driver_sql("ANALYZE runs")
-        for (sql, params), index in zip(ran, wanted, strict=True):
+        for statement, index in zip(ran, wanted, strict=True):
+            plan = explain(conn, runtime.db.backend, statement)
             if runtime.db.backend is Backend.SQLITE:
-                plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
                 # In the index's order: no sorting of what was read ("USE TEMP B-TREE FOR
                 # ORDER BY"; runs made at the same instant may be put in id order).
                 assert [step for step in plan if "runs" in step] == [
@@ -108,6 +98,5 @@ def test_listing_and_timelines_read_runs_through_indexes(
                 assert plan
                 assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan
             else:
-                plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
                 assert any(index in step or also.get(index, index) in step for step in plan), plan
                 assert not any("Seq Scan on runs" in step for step in plan), plan

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from quell.governance.audit import GENESIS, AuditLog
 from quell.runtime import Runtime
 from quell.sdk import SecretValue
 from quell.store.database import Backend
 from quell.store.schema import audit_events, audit_outbox
+from tests.fixtures.plans import explain, statements
 
 
 def test_events_chain_by_hash_and_any_change_breaks_the_chain(runtime: Runtime) -> None:
@@ -168,32 +168,22 @@ def test_what_was_done_to_one_subject_is_read_by_its_index_newest_first(
         conn.execute(insert(audit_outbox), calls)
     log.drain()  # appended to the chain, in order
     log.record("bob", "incident.close", "inc_1", {"n": 1})
-    ran: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
-        if "FROM audit_events" in sql:
-            ran.append((sql, params))
-
-    event.listen(runtime.db.engine, "before_cursor_execute", record)
-    try:
+    with statements(runtime.db, lambda sql: "FROM audit_events" in sql) as ran:
         found = log.list_all(subject="inc_1")
-    finally:
-        event.remove(runtime.db.engine, "before_cursor_execute", record)
     assert [(e.actor, e.action) for e in found] == [
         ("bob", "incident.close"), ("alice", "incident.update"),
     ]  # fmt: skip
     assert log.verify() == (3002, None)
-    ((sql, params),) = ran
+    (statement,) = ran
     with runtime.db.write() as conn:
         if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
             conn.exec_driver_sql("ANALYZE audit_events")
+        plan = explain(conn, runtime.db.backend, statement)
         if runtime.db.backend is Backend.SQLITE:
-            plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
             assert plan == [
                 "SEARCH audit_events USING INDEX ix_audit_events_subject_seq (subject=?)"
             ], plan
         else:
-            plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
             assert any("ix_audit_events_subject_seq" in step for step in plan), plan
             # (It may sort what the index found: the subject's events, two here.)
             assert not any("Seq Scan" in step for step in plan), plan

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from quell.cases.incidents import IncidentStatus, Resolution
 from quell.ingest.intake import IntakeResult
@@ -17,6 +17,7 @@ from quell.ingest.staging import StagingPool
 from quell.runtime import Runtime
 from quell.store.database import Backend
 from quell.store.schema import alert_observables, alerts, dead_letters
+from tests.fixtures.plans import explain, statements
 from tests.fixtures.requirements import corpus_path
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -246,45 +247,36 @@ def test_a_quiet_sources_alerts_are_found_by_index_newest_first(
     quiet = [_event(k, rule=f"phish {k}", host="mail", src=None) for k in range(3)]
     assert runtime.pipeline.ingest("mailbox", quiet).stored == 3
     assert runtime.pipeline.ingest(generic, [busy[0], _event(59, rule="late")]).stored == 1
-    ran: list[tuple[str, Any]] = []
 
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
-        if "FROM alerts" in sql:
-            ran.append((sql, params))
+    def reads_alerts(sql: str) -> bool:
+        return "FROM alerts" in sql
 
-    event.listen(runtime.db.engine, "before_cursor_execute", record)
-    try:
+    with statements(runtime.db, reads_alerts) as ran:
         listed = runtime.alerts.list_all(source="mailbox")
-    finally:
-        event.remove(runtime.db.engine, "before_cursor_execute", record)
+    (by_source,) = ran
     assert [a.title for a in listed] == ["phish 2 on mail", "phish 1 on mail", "phish 0 on mail"]
     (incident_id,) = {a.incident_id for a in listed}
-    event.listen(runtime.db.engine, "before_cursor_execute", record)
-    try:  # an incident's alerts of one source: the incident's few, not the source's many
+    # An incident's alerts of one source: the incident's few, not the source's many.
+    with statements(runtime.db, reads_alerts) as by_incident:
         assert runtime.alerts.list_all(source=generic, incident_id=incident_id) == []
         assert len(runtime.alerts.list_all(source="mailbox", incident_id=incident_id)) == 3
-    finally:
-        event.remove(runtime.db.engine, "before_cursor_execute", record)
-    assert [a.title for a in runtime.alerts.list_all(source=generic, limit=1)] == ["late on web-01"]
-    (sql, params), *by_incident = ran
     assert len(by_incident) == 2
+    assert [a.title for a in runtime.alerts.list_all(source=generic, limit=1)] == ["late on web-01"]
     with runtime.db.write() as conn:
         if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
             conn.exec_driver_sql("ANALYZE alerts")
+        plan = explain(conn, runtime.db.backend, by_source)
         if runtime.db.backend is Backend.SQLITE:
-            plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
             assert plan == ["SEARCH alerts USING INDEX ix_alerts_source_id (source=?)"], plan
         else:
-            plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
             assert any("ix_alerts_source_id" in step for step in plan), plan
             assert not any("Seq Scan on alerts" in step or "Sort" in step for step in plan), plan
-        for sql, params in by_incident:
+        for statement in by_incident:
+            plan = explain(conn, runtime.db.backend, statement)
             if runtime.db.backend is Backend.SQLITE:
-                plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
                 reads = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
                 assert reads == ["SEARCH alerts USING INDEX ix_alerts_incident_id (incident_id=?)"]
             else:
-                plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}", params)]
                 assert any("Index Cond" in step and "incident_id" in step for step in plan), plan
 
 
