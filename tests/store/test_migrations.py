@@ -109,3 +109,28 @@ def test_downgrade_to_an_unknown_revision_names_it(blank: Database) -> None:
     migrate.upgrade(blank)
     with pytest.raises(InvalidInput, match="no-such-revision"):
         migrate.downgrade(blank, "no-such-revision")
+
+
+def test_every_migration_file_is_named_by_its_revision() -> None:
+    """Opening a store finds the newest migration by file name, without Alembic; that holds
+    only while every file is ``<revision>.py`` and the names sort in migration order."""
+    from pathlib import Path
+
+    scripts = list(migrate._scripts().walk_revisions())
+    assert len(scripts) == len(migrate.history()) >= 20
+    for script in scripts:
+        name = Path(script.path).name
+        assert migrate.MIGRATION_FILE.fullmatch(name), name
+        assert name == f"{script.revision}.py"
+    assert migrate.newest_migration() == migrate.head_revision()
+
+
+def test_a_store_one_migration_behind_is_seen_behind_and_upgraded(blank: Database) -> None:
+    migrate.upgrade(blank)
+    newest = migrate.history()[-1]
+    migrate.downgrade(blank, newest.down or "base")
+    assert migrate.state(blank).status is migrate.SchemaStatus.BEHIND
+    with pytest.raises(MigrationRequired, match="run `quell db upgrade`"):
+        migrate.ensure_schema(blank, auto_migrate=False)
+    assert migrate.ensure_schema(blank, auto_migrate=True).current == newest.id
+    assert migrate.state(blank).status is migrate.SchemaStatus.CURRENT
