@@ -1,37 +1,23 @@
 """The ``quell`` command: a root with global options and one module per command group.
 
+Command modules load on demand: ``quell alert list`` imports ``quell.cli.alerts`` and what it
+needs, not the connectors, the API or the intel importers. ``quell --help``, which shows every
+group's summary, loads them all.
+
 Expected errors (every :class:`~quell.errors.QuellError`) become one line on stderr,
 ``error: <message>``, and exit code 1. Usage errors exit with 2, as click does.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import click
 
 from quell import __version__
-from quell.cli import (
-    alerts,
-    approvals,
-    audit,
-    cases,
-    config,
-    connectors,
-    db,
-    guardrails,
-    ingest,
-    intel,
-    playbooks,
-    roles,
-    secrets,
-    serve,
-    sla,
-    sources,
-    token,
-    user,
-)
 from quell.cli.state import CliState
 from quell.errors import QuellError
 from quell.logs import configure_logging
@@ -52,8 +38,74 @@ class QuellCliError(click.ClickException):
         click.echo(f"error: {self.error.message}", file=file, err=file is None)
 
 
+def _attribute(target: str) -> Callable[[], click.Command]:
+    """A loader for ``module:attribute``."""
+
+    def load() -> click.Command:
+        module, _, name = target.partition(":")
+        command = getattr(importlib.import_module(module), name)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+    return load
+
+
+def _incident_group() -> click.Command:
+    """``quell incident``: the reads from the alerts module, the case work from the cases one."""
+    from quell.cli import alerts, cases
+
+    for command in cases.COMMANDS:
+        alerts.incident_group.add_command(command)
+    return alerts.incident_group
+
+
+LAZY_COMMANDS: dict[str, Callable[[], click.Command]] = {
+    "db": _attribute("quell.cli.db:group"),
+    "token": _attribute("quell.cli.token:group"),
+    "user": _attribute("quell.cli.user:group"),
+    "config": _attribute("quell.cli.config:group"),
+    "ingest": _attribute("quell.cli.ingest:group"),
+    "source": _attribute("quell.cli.sources:source_group"),
+    "suppression": _attribute("quell.cli.sources:suppression_group"),
+    "alert": _attribute("quell.cli.alerts:alert_group"),
+    "incident": _incident_group,
+    "playbook": _attribute("quell.cli.playbooks:playbook_group"),
+    "run": _attribute("quell.cli.playbooks:run_group"),
+    "approval": _attribute("quell.cli.approvals:approval_group"),
+    "role": _attribute("quell.cli.roles:role_group"),
+    "task": _attribute("quell.cli.playbooks:task_group"),
+    "worker": _attribute("quell.cli.playbooks:worker_command"),
+    "connector": _attribute("quell.cli.connectors:connector_group"),
+    "action": _attribute("quell.cli.connectors:action_group"),
+    "containment": _attribute("quell.cli.connectors:containment_group"),
+    "guardrail": _attribute("quell.cli.guardrails:guardrail_group"),
+    "audit": _attribute("quell.cli.audit:audit_group"),
+    "secrets": _attribute("quell.cli.secrets:secrets_group"),
+    "intel": _attribute("quell.cli.intel:intel_group"),
+    "sla": _attribute("quell.cli.sla:sla_group"),
+    "serve": _attribute("quell.cli.serve:serve_command"),
+    "demo": _attribute("quell.cli.serve:demo_command"),
+}
+"""Every command group by name, loaded when it is first asked for."""
+
+
 class QuellGroup(click.Group):
-    """The root group: turns a QuellError from any command into a QuellCliError."""
+    """The root group: loads command modules on demand, and turns a QuellError from any
+    command into a QuellCliError."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command's name, loaded or not, sorted as click sorts them."""
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command by name, importing its module the first time."""
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            command = LAZY_COMMANDS[cmd_name]()
+            if command.name != cmd_name:
+                raise RuntimeError(f"{cmd_name!r} loaded a command named {command.name!r}")
+            self.add_command(command)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; map expected errors to one clear line."""
@@ -105,32 +157,3 @@ def cli(
 def version_command() -> None:
     """Print the version of Quell."""
     click.echo(f"quell {__version__}")
-
-
-cli.add_command(db.group)
-cli.add_command(token.group)
-cli.add_command(user.group)
-cli.add_command(config.group)
-cli.add_command(ingest.group)
-cli.add_command(sources.source_group)
-cli.add_command(sources.suppression_group)
-cli.add_command(alerts.alert_group)
-cli.add_command(alerts.incident_group)
-for _command in cases.COMMANDS:
-    alerts.incident_group.add_command(_command)
-cli.add_command(playbooks.playbook_group)
-cli.add_command(playbooks.run_group)
-cli.add_command(approvals.approval_group)
-cli.add_command(roles.role_group)
-cli.add_command(playbooks.task_group)
-cli.add_command(playbooks.worker_command)
-cli.add_command(connectors.connector_group)
-cli.add_command(connectors.action_group)
-cli.add_command(connectors.containment_group)
-cli.add_command(guardrails.guardrail_group)
-cli.add_command(audit.audit_group)
-cli.add_command(secrets.secrets_group)
-cli.add_command(intel.intel_group)
-cli.add_command(sla.sla_group)
-cli.add_command(serve.serve_command)
-cli.add_command(serve.demo_command)

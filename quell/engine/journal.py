@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-import psycopg
 import structlog
 from sqlalchemy import Connection, bindparam, case, cast, literal_column, null, or_
 from sqlalchemy import update as sql_update
@@ -314,7 +314,10 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         message = str(exc).lower()
         return any(word in message for word in ("locked", "busy", "disk i/o", "unable to open"))
-    return isinstance(exc, psycopg.OperationalError)
+    # Looked up, not imported: a process on SQLite never loads the PostgreSQL driver, and an
+    # error cannot be the driver's unless the driver is loaded.
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def _release_waiting(db: Database) -> BulkStatement:

@@ -12,8 +12,16 @@ from quell import __version__
 from quell.cli import cli
 
 
+def _subcommand(group: click.Group, name: str) -> click.Command:
+    """A subcommand as click finds it, loading its module when the group loads on demand."""
+    command = group.get_command(click.Context(group), name)
+    assert command is not None, name
+    return command
+
+
 def _commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    for name, command in group.commands.items():
+    for name in group.list_commands(click.Context(group)):
+        command = _subcommand(group, name)
         yield (*path, name)
         if isinstance(command, click.Group):
             yield from _commands(command, (*path, name))
@@ -34,7 +42,7 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
     command: click.Command = cli
     for name in path:
         assert isinstance(command, click.Group)
-        command = command.commands[name]
+        command = _subcommand(command, name)
     assert command.help, f"quell {' '.join(path)} has no help"
     assert len(command.help.strip()) > 10
     for param in command.params:
