@@ -40,12 +40,15 @@ Running clocks follow the incident and the policy:
   clocks; the survivor's carry on. One that had breached is stopped at the merge.
 
 Incidents closed before any check saw them get no clocks. :meth:`SlaService.check` does all of
-this over bounded batches: it finds them in a read transaction (the queries scan the open
-incidents and the running clocks, so their cost grows with them), then acts on those rows in one
+this over bounded batches: it finds them in a read transaction, then acts on those rows in one
 short write transaction that reads them again by key (a row that changed in between is taken as
-it is now). Every engine tick runs it (at most every :data:`CHECK_EVERY` seconds, by the clock,
-and on the next tick while a batch came back full), so ``quell serve`` and every
-``quell worker`` do.
+it is now). Every change to an incident moves its ``updated_at``, so after one full look (the
+queries then scan the open incidents and the running clocks) a service reads only the incidents
+changed since its last check, :data:`MARGIN` earlier to cover a writer that committed late, and
+the clocks come due, by index. It looks at everything again on its first check, every
+:data:`FULL_EVERY` checks, while a batch comes back full, and when the policy changed.
+Every engine tick runs it (at most every :data:`CHECK_EVERY` seconds, by the clock, and on the
+next tick while a batch came back full), so ``quell serve`` and every ``quell worker`` do.
 On PostgreSQL one check at a time holds an advisory lock (the others skip that turn), and each
 breach is a conditional ``UPDATE ... WHERE breached_at IS NULL`` whose row count decides
 whether the events are written, so a breach is announced exactly once on both backends.
@@ -81,6 +84,8 @@ NO_SLA = frozenset({"none", "off"})
 BREACH_EVENT = "incident.sla_breached"
 CHECK_EVERY = 5.0  # seconds between checks of one process (by the clock)
 BATCH = 200  # clocks (per phase) one check handles; the rest wait for the next check
+FULL_EVERY = 60  # checks between full looks (about five minutes at CHECK_EVERY)
+MARGIN = timedelta(minutes=1)  # how far before its last check a check looks for changes
 
 _M, _H, _D = 60, 3600, 86400
 DEFAULTS: dict[int, dict[str, int | None]] = {
@@ -224,6 +229,10 @@ class SlaService:
         self.audit = audit
         self.behind = False  # the last check left work for the next one
         self._last_check: float | None = None
+        # Incidents changed since then are what the next check reads; None: all of them.
+        self._since: datetime | None = None
+        self._looked_with: Targets | None = None  # the policy the last check looked with
+        self._partial_checks = 0  # checks since the last full look
 
     # -- policy ---------------------------------------------------------------------------------
 
@@ -333,31 +342,49 @@ class SlaService:
         breached clocks; the number of breaches announced (each once, across workers)."""
         now = now or self.clock.now()
         with self.db.read() as conn:  # most checks find nothing: no write lock for them
-            work = self.find(conn, now)
-        if not work:
-            self.behind = False
-            return 0
-        with self.db.write() as conn:
-            if not self._lock(conn, wait=False):
-                return 0  # another worker is checking now
-            breaches = self.apply(conn, work, now)
+            targets = self._targets(conn)
+            full = (
+                self._since is None
+                or targets != self._looked_with
+                or self._partial_checks >= FULL_EVERY
+            )
+            work = self.find(conn, now, since=None if full else self._since)
+        breaches = 0
+        if work:
+            with self.db.write() as conn:
+                if not self._lock(conn, wait=False):
+                    return 0  # another worker is checking now; this one looks again next time
+                breaches = self.apply(conn, work, now)
         self.behind = work.full
+        if not work.full:  # all found was done: the next check may read only what changes
+            self._since = now - MARGIN
+            self._looked_with = targets
+            self._partial_checks = 0 if full else self._partial_checks + 1
         return breaches
 
-    def find(self, conn: Connection, now: datetime) -> Work:
-        """What a check has to do, found in a read transaction: the queries scan the open
-        incidents and the running clocks, which grows with them, so they run without the write
-        lock (on SQLite, the one every writer, ingest included, waits for)."""
+    def find(self, conn: Connection, now: datetime, *, since: datetime | None = None) -> Work:
+        """What a check has to do, found in a read transaction, without the write lock (on
+        SQLite, the one every writer, ingest included, waits for). Without ``since`` the
+        queries scan the open incidents and the running clocks, which grows with them; with
+        it they read the incidents changed since then, and the clocks come due."""
         targets = self._targets(conn)
         missing = {
             metric: [row.id for row in conn.execute(query.limit(BATCH))]
-            for metric, query in self._missing_queries(targets).items()
+            for metric, query in self._missing_queries(targets, since).items()
         }
-        reopened = [row.incident_id for row in conn.execute(self._reopened_query().limit(BATCH))]
-        running = [
-            (row.incident_id, row.metric)
-            for row in conn.execute(self._running_query(now).limit(BATCH))
+        reopened = [
+            row.incident_id for row in conn.execute(self._reopened_query(since).limit(BATCH))
         ]
+        if since is None:
+            found = list(conn.execute(self._running_query(now).limit(BATCH)))
+        else:
+            changed = conn.execute(self._running_query(now, since).limit(BATCH))
+            due = conn.execute(self._due_query(now).limit(BATCH))
+            found = sorted(
+                {(row.incident_id, row.metric): row for row in [*changed, *due]}.values(),
+                key=lambda row: (row.due_at, row.incident_id, row.metric),
+            )[:BATCH]
+        running = [(row.incident_id, row.metric) for row in found]
         return Work(missing, reopened, running)
 
     def apply(self, conn: Connection, work: Work, now: datetime) -> int:
@@ -375,16 +402,43 @@ class SlaService:
 
     # -- the check's phases ---------------------------------------------------------------------
 
-    def _missing_queries(self, targets: Targets) -> dict[str, Select[Any]]:
+    def _missing_queries(
+        self, targets: Targets, since: datetime | None = None
+    ) -> dict[str, Select[Any]]:
         return {
-            metric: self._missing_query(metric, severities)
+            metric: self._missing_query(metric, severities, since)
             for metric in METRICS
             if (severities := [s for s, t in targets.items() if t[metric]])
         }
 
     @staticmethod
-    def _missing_query(metric: str, severities: list[int]) -> Select[Any]:
-        """Open incidents of these severities without a clock for ``metric``."""
+    def _open(since: datetime | None) -> list[Any]:
+        """Open incidents (changed since ``since``). With ``since``, the status is compared as
+        ``status || ''``: SQLite, which has no statistics, would otherwise walk the status index,
+        every open incident, instead of the few changed ones by ``updated_at``."""
+        if since is None:
+            return [incidents.c.status.in_(OPEN_STATUSES)]
+        return [
+            incidents.c.updated_at >= since,
+            (incidents.c.status + "").in_(OPEN_STATUSES),
+        ]
+
+    @staticmethod
+    def _of_changed(since: datetime | None) -> list[Any]:
+        """The clocks of the incidents changed since ``since`` (all, without it). Written as
+        ``incident_id IN (…)`` so that SQLite reads the changed incidents by ``updated_at`` and
+        their clocks by key, instead of walking every clock."""
+        if since is None:
+            return []
+        changed = select(incidents.c.id).where(incidents.c.updated_at >= since)
+        return [incident_slas.c.incident_id.in_(changed)]
+
+    @staticmethod
+    def _missing_query(
+        metric: str, severities: list[int], since: datetime | None = None
+    ) -> Select[Any]:
+        """Open incidents of these severities (changed since ``since``) without a clock for
+        ``metric``."""
         has_clock = (
             select(incident_slas.c.incident_id)
             .where(incident_slas.c.incident_id == incidents.c.id, incident_slas.c.metric == metric)
@@ -393,7 +447,7 @@ class SlaService:
         return (
             select(incidents.c.id, incidents.c.severity_id, incidents.c.created_at)
             .where(
-                incidents.c.status.in_(OPEN_STATUSES),
+                *SlaService._open(since),
                 incidents.c.merged_into.is_(None),
                 incidents.c.severity_id.in_(severities),
                 ~has_clock,
@@ -402,13 +456,14 @@ class SlaService:
         )
 
     @staticmethod
-    def _reopened_query() -> Select[Any]:
-        """Close clocks that stopped, of incidents open again."""
+    def _reopened_query(since: datetime | None = None) -> Select[Any]:
+        """Close clocks that stopped, of incidents open again (changed since ``since``)."""
         s, i = incident_slas.c, incidents.c
         return (
             select(s.incident_id, s.due_at, s.met_at, i.updated_at)
             .select_from(incident_slas.join(incidents, i.id == s.incident_id))
             .where(
+                *SlaService._of_changed(since),
                 s.metric == "close",
                 s.met_at.is_not(None),
                 i.closed_at.is_(None),
@@ -418,14 +473,17 @@ class SlaService:
         )
 
     @staticmethod
-    def _running_query(now: datetime) -> Select[Any]:
-        """Running clocks with something to do: stopped, due, merged, severity changed."""
+    def _running_query(now: datetime, since: datetime | None = None) -> Select[Any]:
+        """Running clocks with something to do: stopped, due, merged, severity changed; with
+        ``since``, those of the incidents changed since then (:meth:`_due_query` finds the
+        others that came due)."""
         s, i = incident_slas.c, incidents.c
         stopped = or_(*(and_(s.metric == m, stop.is_not(None)) for m, stop in _STOPS.items()))
         return (
             select(*_RUNNING_COLUMNS)
             .select_from(incident_slas.join(incidents, i.id == s.incident_id))
             .where(
+                *SlaService._of_changed(since),
                 s.met_at.is_(None),
                 or_(
                     i.merged_into.is_not(None),
@@ -434,6 +492,16 @@ class SlaService:
                     and_(s.breached_at.is_(None), s.due_at <= now),
                 ),
             )
+            .order_by(s.due_at, s.incident_id, s.metric)
+        )
+
+    @staticmethod
+    def _due_query(now: datetime) -> Select[Any]:
+        """Running clocks come due, by the due index (breached_at, met_at, due_at)."""
+        s = incident_slas.c
+        return (
+            select(s.incident_id, s.metric, s.due_at)
+            .where(s.breached_at.is_(None), s.met_at.is_(None), s.due_at <= now)
             .order_by(s.due_at, s.incident_id, s.metric)
         )
 

@@ -200,6 +200,8 @@ incidents = Table(
     Column("closed_by", String(128), nullable=True),
 )
 Index("ix_incidents_status_last_seen", incidents.c.status, incidents.c.last_seen)
+# The SLA check reads the incidents changed since its last look (quell.cases.sla).
+Index("ix_incidents_updated_at", incidents.c.updated_at)
 
 # The observables an open incident correlates on, with when each was last seen in it.
 incident_keys = Table(

@@ -11,15 +11,18 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from quell.cases import sla as sla_module
 from quell.cases.sla import SlaService, parse_severity, parse_target
 from quell.clock import ManualClock
 from quell.errors import InvalidInput
 from quell.playbooks.compiler import PlaybookInvalid, parse_playbook
 from quell.runtime import Runtime
-from quell.store.schema import incident_events, outbox, runs
+from quell.store.database import Backend
+from quell.store.schema import incident_events, incidents, outbox, runs
 from tests.engine.harness import ENDED, Harness, eventually
+from tests.fixtures.plans import explain, statements
 
 MAPPING = {
     "fields": {"title": "title", "time": "ts", "severity": "sev", "src.ip": "src",
@@ -32,9 +35,10 @@ def _incident(runtime: Runtime, severity: str = "high", src: str = "203.0.113.9"
         runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
     alert = {"title": f"beacon {src}", "ts": "2026-11-28T08:00:00Z", "sev": severity, "src": src}
     runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
-    found = [i for i in runtime.incidents.list_all() if i.title == f"beacon {src}"]
-    assert len(found) == 1
-    return found[0].id
+    with runtime.db.read() as conn:
+        found = conn.execute(select(incidents.c.id).where(incidents.c.title == f"beacon {src}"))
+        (incident_id,) = found.scalars()
+    return str(incident_id)
 
 
 def _clocks(runtime: Runtime, incident_id: str) -> dict[str, Any]:
@@ -307,6 +311,104 @@ def test_policy_and_severity_changes_move_running_clocks(
     clock.advance(timedelta(minutes=10))  # the critical one is past its 15m now
     assert runtime.sla.check() == 1
     assert [b["metric"] for b in _breaches(runtime, first)] == ["acknowledge"]
+
+
+def _catch_up(service: SlaService) -> None:
+    """Check until a check leaves nothing behind (a batch is at most 200 clocks)."""
+    for _ in range(50):
+        service.check()
+        if not service.behind:
+            return
+    raise AssertionError("the SLA check never caught up")
+
+
+def test_after_a_full_look_a_check_reads_the_changed_incidents_and_clocks_come_due_by_index(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """The check ran every 5 s over every open incident and running clock (80 ms at 10,500
+    open incidents on SQLite). After its first full look it reads the incidents changed since
+    its last check, and the clocks come due, by index."""
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    alerts = [
+        orjson.dumps({"title": f"scan {n}", "ts": "2026-11-28T08:00:00Z", "sev": "low",
+                      "src": f"198.18.{n // 250}.{n % 250 + 1}"})
+        for n in range(600)
+    ]  # fmt: skip
+    assert runtime.pipeline.ingest("edr", alerts).stored == 600
+    service = runtime.sla
+    _catch_up(service)  # the full look: 1,800 clocks
+    clock.advance(timedelta(hours=1))
+    service.check()  # nothing changed in the last hour: reads nearly nothing
+    due_soon = _incident(runtime, "critical", "203.0.113.40")  # acknowledge within 15m
+    triaged = _incident(runtime, "high", "203.0.113.41")
+    service.check()
+    clock.advance(timedelta(minutes=5))
+    runtime.cases.update(triaged, by="alice", status="triage")
+    clock.advance(timedelta(minutes=5))
+    service.check()  # sees the triage; due_soon has not changed since its clocks were made
+    assert _clocks(runtime, triaged)["acknowledge"].state == "met"
+    assert _clocks(runtime, due_soon)["acknowledge"].state == "running"
+    clock.advance(timedelta(minutes=10))  # past due_soon's 15 minutes, unchanged since
+
+    def reads(sql: str) -> bool:
+        return sql.lstrip().upper().startswith("SELECT") and (
+            "FROM incident_slas" in sql or "FROM incidents" in sql
+        )
+
+    with statements(runtime.db, reads) as ran:
+        assert service.check() == 1  # found by the due index alone
+    assert [b["metric"] for b in _breaches(runtime, due_soon)] == ["acknowledge"]
+    found = [statement for statement in ran if "sla_policies" not in statement[0]]
+    assert len(found) >= 5  # three missing-clock reads, reopened, changed, due, then by key
+    with runtime.db.write() as conn:
+        if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
+            conn.exec_driver_sql("ANALYZE incidents")
+            conn.exec_driver_sql("ANALYZE incident_slas")
+        for statement in found:
+            plan = explain(conn, runtime.db.backend, statement)
+            if runtime.db.backend is Backend.SQLITE:
+                # Not every clock, nor every open incident by the status index.
+                scans = [step for step in plan if step.startswith("SCAN") or "status" in step]
+            else:
+                scans = [step for step in plan if "Seq Scan" in step]
+            assert scans == [], (statement[0], plan)
+
+
+def test_a_change_committed_later_than_the_margin_is_found_by_the_next_full_look(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """A check reads changes from a minute before its last one; a writer that committed later
+    than that is caught by the full look every FULL_EVERY checks."""
+    service = runtime.sla
+    first = _incident(runtime, "high", "203.0.113.50")
+    service.check()
+    clock.advance(timedelta(minutes=10))
+    late = _incident(runtime, "high", "203.0.113.51")
+    stamped = clock.now() - timedelta(minutes=30)  # as if its transaction began 30 min ago
+    with runtime.db.write() as conn:
+        conn.execute(update(incidents).where(incidents.c.id == late).values(updated_at=stamped))
+    for _ in range(sla_module.FULL_EVERY):
+        service.check()
+        assert _clocks(runtime, late) == {}  # older than what a partial check reads
+    service.check()  # the full look
+    assert set(_clocks(runtime, late)) == {"acknowledge", "contain", "close"}
+    assert set(_clocks(runtime, first)) == {"acknowledge", "contain", "close"}
+
+
+def test_a_target_given_to_a_severity_without_one_clocks_its_open_incidents(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """A new target concerns incidents that have not changed: the check looks at all again."""
+    runtime.sla.set_policy("low", contain="none", by="admin")
+    low = _incident(runtime, "low", "203.0.113.60")
+    runtime.sla.check()
+    assert set(_clocks(runtime, low)) == {"acknowledge", "close"}
+    clock.advance(timedelta(hours=1))
+    runtime.sla.check()
+    runtime.sla.set_policy("low", contain="2d", by="admin")
+    runtime.sla.check()
+    created = runtime.incidents.get(low).created_at
+    assert _clocks(runtime, low)["contain"].due_at == created + timedelta(days=2)
 
 
 def test_policy_input_is_checked() -> None:
