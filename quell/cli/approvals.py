@@ -14,7 +14,7 @@ import asyncio
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -23,10 +23,11 @@ from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.state import CliState, pass_state
 from quell.durations import parse_duration
 from quell.errors import InvalidInput, NotFound, PermissionDenied
-from quell.governance.approvals import parse_rule
 from quell.governance.permissions import Permission
-from quell.governance.users import User
 from quell.sdk.secret import SecretValue
+
+if TYPE_CHECKING:
+    from quell.governance.users import User
 
 
 @click.group("approval")
@@ -272,6 +273,8 @@ def set_rule(state: CliState, /, name: str, path: str | None, disabled: bool, as
                 data[key] = options[key]
         for key in ("roles", "escalate_to"):
             data[key] = list(options[key])
+    from quell.governance.approvals import parse_rule
+
     rule = parse_rule(data)
     stored = state.runtime().approval_rules.put(rule, by=state.operator)
     if as_json:

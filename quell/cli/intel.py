@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import click
 
 from quell import codec
@@ -16,9 +15,8 @@ from quell.cli.intel_feeds import feed_group
 from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.playbooks import actor
 from quell.cli.state import CliState, pass_state
+from quell.intel.formats import IMPORT_FORMATS
 from quell.intel.model import IndicatorType, Tlp
-from quell.intel.service import IMPORT_FORMATS, allow, disallow, guess_type, import_bytes
-from quell.intel.service import import_path as import_file
 
 TYPES = [t.value for t in IndicatorType]
 TLPS = ["clear", "white", "green", "amber", "amber+strict", "red"]
@@ -71,6 +69,9 @@ def import_command(
 
     STIX 2.1 bundles, MISP events and feeds, CSV with a column mapping, plain lists. One
     transaction: a bad input changes nothing. The last line is JSON with the counts."""
+    from quell.intel.service import import_bytes
+    from quell.intel.service import import_path as import_file
+
     runtime = state.runtime()
     options: dict[str, Any] = {
         "mapping": mapping,
@@ -118,6 +119,8 @@ def import_command(
 
 async def _download(runtime: Any, url: str) -> bytes:
     """GET ``url`` through the outbound policy, refusing a body over the import limit."""
+    import aiohttp
+
     from quell.intel.feeds import FeedError
     from quell.intel.taxii import display_url, read_limited
     from quell.sdk.http import OutboundBlocked, OutboundPolicy, guard
@@ -160,6 +163,8 @@ def lookup(
     as_json: bool,
 ) -> None:
     """The verdict on VALUE (an IP, domain, URL, hash or e-mail address), with its reasons."""
+    from quell.intel.service import guess_type
+
     runtime = state.runtime()
     kind = type_ or guess_type(value)
     result = asyncio.run(
@@ -270,6 +275,8 @@ def allow_group() -> None:
 @pass_state
 def allow_add(state: CliState, type_: str, value: str, reason: str, exact: bool) -> None:
     """Allow VALUE (an IP or range, a domain and its subdomains, a URL, a hash, an address)."""
+    from quell.intel.service import allow
+
     entry = allow(
         state.runtime(), type_, value, reason, actor=actor(), match="exact" if exact else None
     )
@@ -296,6 +303,8 @@ def allow_list(state: CliState, as_json: bool) -> None:
 @pass_state
 def allow_remove(state: CliState, entry: str) -> None:
     """Remove an allow-list entry, by id or value."""
+    from quell.intel.service import disallow
+
     removed = disallow(state.runtime(), entry, actor=actor())
     click.echo(f"removed {removed.type} {removed.value}")
 

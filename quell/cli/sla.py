@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import click
 
-from quell.cases.sla import METRICS, SEVERITIES
 from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.playbooks import actor
 from quell.cli.state import CliState, pass_state
+from quell.ingest.model import Severity
+
+# quell.cases.sla.SEVERITIES by name, without loading the SLA service (and SQLAlchemy) for help.
+SEVERITY_NAMES = [s.name.lower() for s in Severity if Severity.INFORMATIONAL <= s <= Severity.FATAL]
 
 _TARGET = "e.g. 15m, 4h, 3d; 'none' for no SLA (left out: unchanged)."
 
@@ -25,6 +28,8 @@ def sla_group() -> None:
 @pass_state
 def show(state: CliState, as_json: bool) -> None:
     """Each severity's targets, and whether they are the defaults."""
+    from quell.cases.sla import METRICS
+
     policy = [p.as_dict() for p in state.runtime().sla.policy()]
     if as_json:
         print_json(policy)
@@ -44,7 +49,7 @@ def show(state: CliState, as_json: bool) -> None:
 
 
 @sla_group.command("set")
-@click.argument("severity", type=click.Choice(list(SEVERITIES), case_sensitive=False))
+@click.argument("severity", type=click.Choice(SEVERITY_NAMES, case_sensitive=False))
 @click.option("--acknowledge", help=f"Time to acknowledge (leave new): {_TARGET}")
 @click.option("--contain", help=f"Time to contain (or close): {_TARGET}")
 @click.option("--close", help=f"Time to close: {_TARGET}")
@@ -66,7 +71,7 @@ def set_targets(
 
 
 @sla_group.command("reset")
-@click.argument("severity", type=click.Choice(list(SEVERITIES), case_sensitive=False))
+@click.argument("severity", type=click.Choice(SEVERITY_NAMES, case_sensitive=False))
 @json_option
 @pass_state
 def reset(state: CliState, severity: str, as_json: bool) -> None:
@@ -75,6 +80,8 @@ def reset(state: CliState, severity: str, as_json: bool) -> None:
 
 
 def _print(policy: dict[str, object], as_json: bool) -> None:
+    from quell.cases.sla import METRICS
+
     if as_json:
         print_json(policy)
         return

@@ -15,6 +15,9 @@ import orjson
 from quell.intel.model import IntelError, Parsed, Tlp
 
 FORMATS = ("stix", "misp", "csv", "list")
+# What an import accepts: the formats above, and a MISP feed (its manifest and events), which
+# quell.intel.service reads through quell.intel.feeds.
+IMPORT_FORMATS = (*FORMATS, "misp-feed")
 
 
 def guess_format(data: bytes, name: str = "") -> str:

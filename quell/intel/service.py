@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quell.errors import TooLarge
-from quell.intel.formats import FORMATS, guess_format, parse
+from quell.intel.formats import IMPORT_FORMATS, guess_format, parse
 from quell.intel.model import (
     HASH_TYPES,
     ImportReport,
@@ -23,8 +23,6 @@ from quell.intel.store import Allowed, check_source
 
 if TYPE_CHECKING:
     from quell.runtime import Runtime
-
-IMPORT_FORMATS = (*FORMATS, "misp-feed")
 
 
 def import_bytes(
@@ -121,3 +119,13 @@ def guess_type(value: str) -> str:
     if "@" in text:
         return IndicatorType.EMAIL.value
     return IndicatorType.DOMAIN.value
+
+
+__all__ = [
+    "IMPORT_FORMATS",
+    "allow",
+    "disallow",
+    "guess_type",
+    "import_bytes",
+    "import_path",
+]

@@ -54,3 +54,10 @@ def test_the_sla_policy_from_the_command_line(
     assert [c["metric"] for c in shown_incident["slas"]] == ["acknowledge", "contain", "close"]
     text = invoke("incident", "show", incident.id, env=env).stdout
     assert "sla acknowledge: " in text  # breached: this process runs on the real clock
+
+
+def test_the_severities_offered_are_the_ones_the_policy_knows() -> None:
+    from quell.cases.sla import SEVERITIES
+    from quell.cli.sla import SEVERITY_NAMES
+
+    assert list(SEVERITIES) == SEVERITY_NAMES

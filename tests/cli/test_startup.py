@@ -49,6 +49,14 @@ def current_store(tmp_path: Path) -> Path:
     return data_dir
 
 
+def test_root_help_loads_no_database_or_http_stack(tmp_path: Path) -> None:
+    """``quell --help`` loads every group to show it, each importing only what it declares."""
+    report = _run(tmp_path / "data", "--help")
+    assert "approval" in report["output"]  # type: ignore[operator]
+    loaded = set(report["loaded"])  # type: ignore[arg-type]
+    assert not loaded & {"sqlalchemy", "alembic", "aiohttp", "fastapi", "psycopg", "lark"}
+
+
 def test_a_read_on_a_current_store_loads_no_migrations_engine_or_other_groups(
     current_store: Path,
 ) -> None:
