@@ -4,7 +4,10 @@ Each incident has one document (``incident_documents``): its title, description,
 resolution, owner and assignee, tags and techniques, notes, task titles, correlation values, and
 the titles, rules and observables of its alerts. Documents are rebuilt for the incidents that
 changed since they were indexed (their ``updated_at`` moved past ``indexed_at``), in bounded
-batches, before each search and on the engine's tick; ingest never waits for it.
+batches, before each search and on the engine's tick; ingest never waits for it. Finding them
+compares every incident with its document on a service's first refresh and every
+:data:`FULL_EVERY` refreshes; in between, only the incidents changed since a minute
+(:data:`MARGIN`) before the newest change the last refresh saw, by the ``updated_at`` index.
 
 - **SQLite:** an FTS5 table ``incident_fts`` (``unicode61``, diacritics folded), ranked by bm25.
 - **PostgreSQL:** a GIN index over ``to_tsvector('simple', body)``, ranked by ``ts_rank``.
@@ -17,9 +20,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, Select, func, select, text
 
 from quell.cases.incidents import Incident, IncidentService
 from quell.errors import InvalidInput
@@ -38,6 +42,8 @@ from quell.store.schema import (
 # The engines' own objects, made by migration 0011 (the schema comparison leaves them out).
 ENGINE_OBJECTS = frozenset({"incident_fts", "ix_incident_documents_fts"})
 BATCH = 500  # incidents re-indexed per round
+FULL_EVERY = 20  # refreshes between full comparisons (the engine refreshes every 30 s)
+MARGIN = timedelta(minutes=1)  # how far before the newest change seen a refresh looks
 MAX_ALERTS = 200  # alerts of an incident that go into its document
 MAX_BODY_CHARS = 200_000
 _WORD = re.compile(r"[\w@.:/+-]+", re.UNICODE)
@@ -54,6 +60,8 @@ class IncidentSearch:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._since: datetime | None = None  # incidents changed since then; None: all
+        self._partial = 0  # refreshes since the last full comparison
 
     def refresh(self, *, rounds: int = 20) -> int:
         """Re-index the incidents changed since they were last indexed (at most ``rounds``
@@ -63,33 +71,27 @@ class IncidentSearch:
         transaction of their own: on SQLite, whose one writer is ingest's too, the write lock
         is held for the upserts only. An incident that changes in between keeps a stamp that
         differs from its ``updated_at``, and is indexed again next time."""
-        done = 0
+        full = self._since is None or self._partial >= FULL_EVERY
+        since = None if full else self._since
+        done, newest, caught_up = 0, None, False
         for _ in range(rounds):
             with self.db.read() as conn:
-                stale = list(
-                    conn.execute(
-                        select(incidents.c.id)
-                        .select_from(
-                            incidents.outerjoin(
-                                incident_documents,
-                                incident_documents.c.incident_id == incidents.c.id,
-                            )
-                        )
-                        .where(
-                            incident_documents.c.indexed_at.is_(None)
-                            | (incident_documents.c.indexed_at != incidents.c.updated_at)
-                        )
-                        .limit(BATCH)
-                    ).scalars()
-                )
+                if newest is None:
+                    newest = conn.execute(select(func.max(incidents.c.updated_at))).scalar()
+                stale: list[str] = list(conn.execute(_stale(since).limit(BATCH)).scalars())
                 if not stale:
+                    caught_up = True
                     break
                 documents = _documents(conn, self.db.backend, stale)
             with self.db.write() as conn:
                 self._store(conn, documents)
             done += len(stale)
             if len(stale) < BATCH:
+                caught_up = True
                 break
+        if caught_up and newest is not None:  # the next refresh may read only what changes
+            self._since = newest - MARGIN
+            self._partial = 0 if full else self._partial + 1
         return done
 
     def search(self, query: str, *, limit: int = 50) -> list[tuple[Incident, float]]:
@@ -152,6 +154,26 @@ class IncidentSearch:
                 ),
                 [{"id": i, "body": body} for i, (body, _stamp) in documents.items()],
             )
+
+
+def _stale(since: datetime | None) -> Select[Any]:
+    """Incidents whose document is missing or older than they are (changed since ``since``).
+    With ``since``, SQLite reads the changed ones by the ``updated_at`` index and their
+    documents by key; without it, every incident."""
+    changed = [] if since is None else [incidents.c.updated_at >= since]
+    return (
+        select(incidents.c.id)
+        .select_from(
+            incidents.outerjoin(
+                incident_documents, incident_documents.c.incident_id == incidents.c.id
+            )
+        )
+        .where(
+            *changed,
+            incident_documents.c.indexed_at.is_(None)
+            | (incident_documents.c.indexed_at != incidents.c.updated_at),
+        )
+    )
 
 
 def _documents(

@@ -9,12 +9,15 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 
+from quell.cases import search as search_module
 from quell.clock import ManualClock
 from quell.errors import InvalidInput
 from quell.runtime import Runtime
-from quell.store.schema import incident_documents, incident_keys
+from quell.store.database import Backend
+from quell.store.schema import incident_documents, incident_keys, incidents
+from tests.fixtures.plans import explain, statements
 
 MAPPING = {
     "fields": {"title": "title", "time": "ts", "src.ip": "src", "rule_name": "rule", "user": "u"}
@@ -24,7 +27,9 @@ MAPPING = {
 def _ingest(runtime: Runtime, title: str, src: str, rule: str, user: str) -> str:
     alert = {"title": title, "ts": "2026-11-28T08:00:00Z", "src": src, "rule": rule, "u": user}
     runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
-    return next(i.id for i in runtime.incidents.list_all() if i.title == title)
+    with runtime.db.read() as conn:
+        (incident_id,) = conn.execute(select(incidents.c.id).where(incidents.c.title == title))
+    return str(incident_id[0])
 
 
 def test_incidents_are_found_by_their_text(runtime: Runtime, clock: ManualClock) -> None:
@@ -101,3 +106,69 @@ def test_documents_are_read_outside_the_write_transaction(runtime: Runtime) -> N
     destinations = {"198.51.100.1", "198.51.100.2", "198.51.100.3"}
     assert not destinations & keys  # found only through the alerts' observables
     assert destinations | {"alice", "bob", "carol", "203.0.113.77"} <= lines
+
+
+def _many(runtime: Runtime, count: int) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    alerts = [
+        orjson.dumps({"title": f"scan {n}", "ts": "2026-11-28T08:00:00Z", "rule": "Scan",
+                      "src": f"198.18.{n // 250}.{n % 250 + 1}", "u": f"user{n}"})
+        for n in range(count)
+    ]  # fmt: skip
+    assert runtime.pipeline.ingest("edr", alerts).stored == count
+
+
+def test_after_a_full_comparison_a_refresh_reads_the_changed_incidents_by_index(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """Every search refreshed first by comparing every incident with its document (11 ms
+    of a 15 ms search at 13,700 incidents). After a first full comparison, a refresh reads the
+    incidents changed since a minute before the newest change it saw."""
+    _many(runtime, 600)
+    search = runtime.incident_search
+    assert search.refresh() == 600  # the full comparison
+    clock.advance(timedelta(hours=1))
+    beacon = _ingest(runtime, "Cobalt Strike beacon", "203.0.113.4", "C2 traffic", "mallory")
+    assert search.refresh() == 1
+    clock.advance(timedelta(minutes=10))
+    runtime.cases.add_note(beacon, "Lateral movement towards the payroll server", by="alice")
+
+    def reads(sql: str) -> bool:
+        return "incident_documents" in sql and sql.lstrip().upper().startswith("SELECT")
+
+    with statements(runtime.db, reads) as ran:
+        found = [incident.id for incident, _rank in search.search("payroll")]
+    assert found == [beacon]
+    (stale, *_rest) = ran
+    with runtime.db.write() as conn:
+        if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
+            conn.exec_driver_sql("ANALYZE incidents")
+            conn.exec_driver_sql("ANALYZE incident_documents")
+        plan = explain(conn, runtime.db.backend, stale)
+    if runtime.db.backend is Backend.SQLITE:
+        assert plan[0] == "SEARCH incidents USING INDEX ix_incidents_updated_at (updated_at>?)"
+        assert not [step for step in plan if step.startswith("SCAN")], plan
+    else:
+        assert any("ix_incidents_updated_at" in step for step in plan), plan
+        assert not [step for step in plan if "Seq Scan on incidents" in step], plan
+
+
+def test_a_change_stamped_before_the_margin_is_indexed_by_the_next_full_comparison(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    early = _ingest(runtime, "Cobalt Strike beacon", "203.0.113.4", "C2 traffic", "mallory")
+    search = runtime.incident_search
+    assert search.refresh() == 1
+    clock.advance(timedelta(minutes=30))
+    late = _ingest(runtime, "Credential phishing page", "203.0.113.9", "Phish kit", "alice")
+    assert search.refresh() == 1  # the newest change moves the window on
+    with runtime.db.write() as conn:  # a writer whose transaction began 20 minutes ago
+        stamped = clock.now() - timedelta(minutes=20)
+        conn.execute(update(incidents).where(incidents.c.id == early).values(updated_at=stamped))
+    for _ in range(search_module.FULL_EVERY - 1):
+        assert search.refresh() == 0  # older than what a partial refresh reads
+    assert search.refresh() == 1  # the full comparison
+    assert search.refresh() == 0
+    assert {i.id for i, _rank in search.search("beacon")} == {early}
+    assert {i.id for i, _rank in search.search("phishing")} == {late}
