@@ -7,7 +7,9 @@ changed since they were indexed (their ``updated_at`` moved past ``indexed_at``)
 batches, before each search and on the engine's tick; ingest never waits for it. Finding them
 compares every incident with its document on a service's first refresh and every
 :data:`FULL_EVERY` refreshes; in between, only the incidents changed since a minute
-(:data:`MARGIN`) before the newest change the last refresh saw, by the ``updated_at`` index.
+(:data:`MARGIN`) before the newest change the last refresh saw, by the ``updated_at`` index. A
+change stamped earlier than that (a writer whose clock lags the others' by more than the margin)
+is found by the next full comparison.
 
 - **SQLite:** an FTS5 table ``incident_fts`` (``unicode61``, diacritics folded), ranked by bm25.
 - **PostgreSQL:** a stored ``body_tsv`` column (``to_tsvector('simple', body)``, generated) with

@@ -45,8 +45,12 @@ short write transaction that reads them again by key (a row that changed in betw
 it is now). Every change to an incident moves its ``updated_at``, so after one full look (the
 queries then scan the open incidents and the running clocks) a service reads only the incidents
 changed since its last check, :data:`MARGIN` earlier to cover a writer that committed late, and
-the clocks come due, by index. It looks at everything again on its first check, every
-:data:`FULL_EVERY` checks, while a batch comes back full, and when the policy changed.
+the clocks come due, by index. It looks at everything on its first check (and on the next
+ones while that look's batches come back full), every :data:`FULL_EVERY` checks, and when the
+policy changed. A check that did not finish its work (a full batch, a failure, another worker
+holding the lock) keeps the window where it was, so the next one reads the rest. Stamps come
+from the writers' clocks: hosts running Quell must keep time (NTP) within the margin; a change
+stamped earlier than that is still found, by the next full look.
 Every engine tick runs it (at most every :data:`CHECK_EVERY` seconds, by the clock, and on the
 next tick while a batch came back full), so ``quell serve`` and every ``quell worker`` do.
 On PostgreSQL one check at a time holds an advisory lock (the others skip that turn), and each

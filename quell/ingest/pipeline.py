@@ -27,8 +27,9 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Connection, bindparam, select, text, update
+from sqlalchemy import Connection, bindparam, case, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import BindParameter
 
 from quell.clock import Clock
 from quell.codec import nul_free
@@ -568,11 +569,21 @@ class IngestPipeline:
                     latest[at] = seen
         self.correlator.refresh_keys(conn, ((*key, seen) for key, seen in latest.items()))
         if touched:
+            # updated_at is when this write happens, never earlier than it was: ``now`` is the
+            # batch's receipt, which may precede a change an analyst committed while the batch
+            # waited for the lock, and the SLA check and the search index read changes by it.
+            written = max(now, self.clock.now())
+            stamp: BindParameter[datetime] = bindparam("w", type_=incidents.c.updated_at.type)
             conn.execute(
                 update(incidents)
                 .where(incidents.c.id == bindparam("iid"), incidents.c.last_seen < bindparam("t"))
-                .values(last_seen=bindparam("t"), updated_at=now),
-                [{"iid": r.incident_id, "t": r.last_seen} for r in touched],
+                .values(
+                    last_seen=bindparam("t"),
+                    updated_at=case(
+                        (incidents.c.updated_at < stamp, stamp), else_=incidents.c.updated_at
+                    ),
+                ),
+                [{"iid": r.incident_id, "t": r.last_seen, "w": written} for r in touched],
             )
 
 

@@ -200,3 +200,32 @@ def test_a_search_matches_and_ranks_on_the_engines_index_without_tokenizing_agai
         assert any("ix_incident_documents_fts" in step for step in plan), plan
         assert not [step for step in plan if "to_tsvector" in step], plan
         assert any("body_tsv" in step for step in plan), plan
+
+
+def test_a_refresh_cut_short_keeps_its_window(runtime: Runtime, clock: ManualClock) -> None:
+    """A refresh that ran out of rounds leaves the rest to the next one, which still compares
+    everything: the rest may be older than the newest change it saw."""
+    _many(runtime, search_module.BATCH + 50)
+    clock.advance(timedelta(minutes=10))
+    newest = _ingest(runtime, "Cobalt Strike beacon", "203.0.113.4", "C2 traffic", "mallory")
+    search = runtime.incident_search
+    assert search.refresh(rounds=1) == search_module.BATCH
+    assert search.refresh() == 51  # every one left, old and new
+    assert search.refresh() == 0
+    assert [i.id for i, _rank in search.search("beacon")] == [newest]
+    assert len(search.search("scan", limit=500)) == 500
+
+
+def test_a_refresh_reads_changes_from_a_minute_before_the_newest_it_saw(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    _ingest(runtime, "Cobalt Strike beacon", "203.0.113.4", "C2 traffic", "mallory")
+    search = runtime.incident_search
+    assert search.refresh() == 1
+    late = _ingest(runtime, "Credential phishing page", "203.0.113.9", "Phish kit", "alice")
+    stamped = clock.now() - timedelta(seconds=30)  # committed after that refresh, stamped before
+    with runtime.db.write() as conn:
+        conn.execute(update(incidents).where(incidents.c.id == late).values(updated_at=stamped))
+    assert search.refresh() == 1  # a partial refresh
+    assert [i.id for i, _rank in search.search("phishing")] == [late]

@@ -411,6 +411,68 @@ def test_a_target_given_to_a_severity_without_one_clocks_its_open_incidents(
     assert _clocks(runtime, low)["contain"].due_at == created + timedelta(days=2)
 
 
+def test_a_repeat_received_before_an_analysts_change_does_not_hide_it(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """A repeat's batch received before a triage but written after it stamped the incident
+    with its receipt: updated_at moved back, and the check, reading changes by it, missed
+    the triage until its next full look."""
+    incident_id = _incident(runtime, "high", "203.0.113.70")
+    service = runtime.sla
+    service.check()
+    clock.advance(timedelta(minutes=10))
+    received = clock.now() - timedelta(minutes=2)
+    runtime.cases.update(incident_id, by="alice", status="triage")
+    repeat = {"title": "beacon 203.0.113.70", "ts": "2026-11-28T08:05:00Z", "sev": "high",
+              "src": "203.0.113.70"}  # fmt: skip
+    result = runtime.pipeline.ingest("edr", [orjson.dumps(repeat)], received_at=received)
+    assert result.deduplicated == 1
+    assert runtime.incidents.get(incident_id).updated_at == clock.now()
+    service.check()
+    assert _clocks(runtime, incident_id)["acknowledge"].state == "met"
+
+
+def test_a_check_that_did_not_act_keeps_its_window(
+    runtime: Runtime, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check that yields to another worker, or fails, leaves the next one the same window:
+    what it found is found again. And a check reads changes from a minute before the last."""
+    service = runtime.sla
+    _incident(runtime, "high", "203.0.113.80")
+    service.check()
+    clock.advance(timedelta(minutes=10))
+    yielded = _incident(runtime, "high", "203.0.113.81")
+    clock.advance(timedelta(minutes=2))
+    with monkeypatch.context() as patched:
+        patched.setattr(SlaService, "_lock", lambda self, conn, wait: False)
+        assert service.check() == 0  # another worker is checking
+    clock.advance(timedelta(minutes=2))
+    failed = _incident(runtime, "high", "203.0.113.82")
+    clock.advance(timedelta(minutes=2))
+
+    def broken(self: SlaService, conn: Any, work: Any, now: Any) -> int:
+        raise RuntimeError("the database went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SlaService, "apply", broken)
+        with pytest.raises(RuntimeError):
+            service.check()
+    clock.advance(timedelta(minutes=2))
+    service.check()
+    assert set(_clocks(runtime, yielded)) == {"acknowledge", "contain", "close"}
+    assert set(_clocks(runtime, failed)) == {"acknowledge", "contain", "close"}
+
+    clock.advance(timedelta(minutes=5))
+    service.check()  # its window now starts a minute before this check
+    late = _incident(runtime, "high", "203.0.113.83")
+    stamped = clock.now() - timedelta(seconds=30)  # committed after the check, stamped before
+    with runtime.db.write() as conn:
+        conn.execute(update(incidents).where(incidents.c.id == late).values(updated_at=stamped))
+    clock.advance(timedelta(seconds=5))
+    service.check()
+    assert set(_clocks(runtime, late)) == {"acknowledge", "contain", "close"}
+
+
 def test_policy_input_is_checked() -> None:
     assert parse_severity("Critical") == 5
     assert parse_severity(2) == 2

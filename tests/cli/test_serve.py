@@ -24,6 +24,9 @@ def test_serve_answers_health_and_guards_openapi(env: dict[str, str]) -> None:
     with QuellProcess("serve", "--port", "0", env=env) as server:
         url = server.wait_for(URL_LINE).group(1)
         assert httpx.get(f"{url}/healthz").status_code == 200
+        # A query string can carry a secret (an OIDC callback's code): the server logs each
+        # request by its path, and uvicorn's own access line (the whole URL) stays off.
+        assert httpx.get(f"{url}/api/whoami?code=canary-code-7c1e").status_code == 401
         anonymous = httpx.get(f"{url}/api/openapi.json")
         assert anonymous.status_code == 401
         assert anonymous.headers["content-type"] == "application/problem+json"
@@ -33,6 +36,8 @@ def test_serve_answers_health_and_guards_openapi(env: dict[str, str]) -> None:
         assert authorized.status_code == 200
         assert authorized.json()["openapi"].startswith("3.")
     assert server.process.returncode == 0
+    assert [line for line in server.lines if "path=/api/whoami" in line], server.lines  # logged
+    assert not [line for line in server.lines if "canary-code-7c1e" in line], server.lines
 
 
 def test_serve_on_a_taken_port_is_a_one_line_error(env: dict[str, str]) -> None:
