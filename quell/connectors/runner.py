@@ -34,9 +34,8 @@ import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-import asyncssh
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from quell.connectors.ssh import KnownHosts, SshHost, SshPort, SshUsername, open_connection
@@ -50,6 +49,9 @@ from quell.sdk import (
     TransientError,
     action,
 )
+
+if TYPE_CHECKING:
+    import asyncssh  # the SSH connector's open_connection imports it when it connects
 
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 LANG = "C.UTF-8"

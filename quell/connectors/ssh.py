@@ -29,9 +29,8 @@ import asyncio
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import asyncssh
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -53,6 +52,9 @@ from quell.sdk import (
     action,
 )
 
+if TYPE_CHECKING:
+    import asyncssh  # imported where a connection is made: it takes 0.2 s to load
+
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]{0,31})\}")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -64,6 +66,8 @@ def _check_known_hosts(value: str) -> str:
     entries = [line for line in lines if line and not line.startswith("#")]
     if not entries:
         raise ValueError("not OpenSSH known_hosts lines: no key given")
+    import asyncssh
+
     for number, line in enumerate(entries, 1):
         parts = line.split()
         if parts and parts[0].startswith("@"):  # @cert-authority / @revoked
@@ -105,6 +109,8 @@ async def open_connection(
     call's ``private_key`` (and ``passphrase``) or ``password`` secret; the failures as
     ActionErrors that never carry a secret. No agent, no default keys: only what the
     instance was given."""
+    import asyncssh
+
     claimed = ctx.secrets.get("username")  # a playbook's credential (CACAO user-auth) names one
     if claimed is not None and claimed.reveal() != username:
         raise PermanentError(

@@ -84,3 +84,12 @@ def test_a_store_behind_is_still_migrated_when_a_command_opens_it(current_store:
         assert migrate.state(db).current == newest.id
     finally:
         db.dispose()
+
+
+def test_listing_the_connectors_loads_no_ssh_stack(current_store: Path) -> None:
+    """Every engine process and ``quell playbook validate`` discover the connectors; the SSH
+    library (0.2 s to import) loads only when a connection is made or a key is checked."""
+    report = _run(current_store, "connector", "list", "--json")
+    listed = json.loads(report["output"])  # type: ignore[arg-type]
+    assert {"ssh", "runner"} <= {c["name"] for c in listed["connectors"]}
+    assert "asyncssh" not in report["loaded"]  # type: ignore[operator]
