@@ -17,6 +17,15 @@ the ratio within each round as well as the ratio of the medians:
   quell_postgres     2 ``quell worker`` processes sharing one PostgreSQL (``--postgres-url``)
   celery             Celery 5 + Redis, a chain of 5 tasks, a prefork worker of fixed concurrency
   dbos               DBOS Transact, a workflow of DBOS steps, SQLite system database
+  floor              no engine: the peer harness's hand-written asyncio loop, a commit per step,
+                     SQLite ``synchronous=NORMAL`` (``bench.engine_floor``)
+  floor_full         the same loop with ``synchronous=FULL`` and batched commits
+
+The floor legs are what the issue's "floor for a durable engine in Python" rows measured (2,578
+and 1,887 runs/s on the machine the issue's figures come from). The issue's absolute targets
+are 78% and 79% of those floors; the summary also gives each target scaled by this run's floor
+over the issue's (``targets_at_this_floor``), and Quell's runs/s over the floor
+(``quell_vs_floor``), because an absolute figure means nothing on a machine of another speed.
 
 Peak RSS and CPU per run are those of the processes that run the flows (the engine or the
 workers, with the load generator when it shares their process), never the database server's or
@@ -55,7 +64,9 @@ DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/quell"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/13"
 INSTALL_HINT = "pip install -e '.[bench]'"
 LEG_TIMEOUT = 900.0  # seconds for one repetition of one leg, whatever its size
-LEGS = ("quell_sqlite", "quell_sqlite_full", "quell_postgres", "celery", "dbos")
+LEGS = (
+    "quell_sqlite", "quell_sqlite_full", "quell_postgres", "celery", "dbos", "floor", "floor_full"
+)  # fmt: skip
 FIGURES = ("runs_per_s", "steps_per_s", "p50_ms", "p95_ms", "peak_rss_mb", "cpu_ms_per_run")
 
 _DIGITS = {"cpu_ms_per_run": 2}
@@ -67,6 +78,8 @@ TARGETS = {
     "quell_postgres": 800.0,
 }
 CELERY_FACTOR = 20.0
+# The floor each absolute target compares with, and that floor's figure in the issue's table.
+FLOORS = {"quell_sqlite": ("floor", 2578.0), "quell_sqlite_full": ("floor_full", 1887.0)}
 
 # The range the peer harness drew addresses from (11.0.0.0 up to 223.0.0.0).
 _LOW, _HIGH = 0x0B000000, 0xDF000000
@@ -437,6 +450,11 @@ def main(argv: list[str]) -> int:
                     "--concurrency", str(args.celery_concurrency),
                 ]  # fmt: skip
                 before[name] = functools.partial(_flush, args.redis_url)
+            elif name == "floor":
+                commands[name] = [sys.executable, "-m", "bench.engine_floor", "normal", *common]
+            elif name == "floor_full":
+                command = [sys.executable, "-m", "bench.engine_floor", "full-batched", *common]
+                commands[name] = command
             elif name == "dbos":
                 problem = _missing("dbos")
                 if problem:
@@ -488,11 +506,26 @@ def main(argv: list[str]) -> int:
         rows,
     )
     celery = figure("celery")
+
+    def at_floor(name: str) -> float | None:
+        """``name``'s target scaled by this run's floor over the floor the issue quotes."""
+        if name not in FLOORS:
+            return None
+        floor, quoted = FLOORS[name]
+        here = figure(floor)
+        return round(TARGETS[name] * here / quoted) if here else None
+
+    def vs_floor(name: str) -> float | None:
+        mine, floor = figure(name), figure(FLOORS[name][0]) if name in FLOORS else None
+        return round(mine / floor, 2) if mine and floor else None
+
     summary = [
         [
             name,
             figure(name) or "-",
             target,
+            at_floor(name) or "-",
+            f"{vs_floor(name):.2f}" if vs_floor(name) else "-",
             _ratio(figure(name), celery) or "-",
             " ".join(f"{r:g}" for r in paired_ratios(legs, name, "celery")) or "-",
         ]
@@ -500,9 +533,12 @@ def main(argv: list[str]) -> int:
     ]
     table(
         f"Targets (issue 4): runs/s, and at least {CELERY_FACTOR:.0f}x Celery",
-        ["leg", "runs/s", "target", "x celery", "x celery by round"],
+        [
+            "leg", "runs/s", "target", "target at this floor", "x floor", "x celery",
+            "x celery by round",
+        ],
         summary,
-    )
+    )  # fmt: skip
     emit(
         {
             "benchmark": "engine",
@@ -514,6 +550,8 @@ def main(argv: list[str]) -> int:
             "quell_postgres_runs_per_s": figure("quell_postgres"),
             "celery_runs_per_s": celery,
             "dbos_runs_per_s": figure("dbos"),
+            "floor_runs_per_s": figure("floor"),
+            "floor_full_runs_per_s": figure("floor_full"),
             # The headline latency and memory are Quell's on SQLite NORMAL (not this process's).
             "p95_ms": figure("quell_sqlite", "p95_ms"),
             "p50_ms": figure("quell_sqlite", "p50_ms"),
@@ -522,6 +560,9 @@ def main(argv: list[str]) -> int:
             "quell_full_vs_celery": _ratio(figure("quell_sqlite_full"), celery),
             "quell_postgres_vs_celery": _ratio(figure("quell_postgres"), celery),
             "quell_vs_dbos": _ratio(figure("quell_sqlite"), figure("dbos")),
+            "quell_vs_floor": vs_floor("quell_sqlite"),
+            "quell_full_vs_floor": vs_floor("quell_sqlite_full"),
+            "targets_at_this_floor": {name: at_floor(name) for name in FLOORS},
             "quell_vs_celery_by_round": paired_ratios(legs, "quell_sqlite", "celery"),
             "quell_full_vs_celery_by_round": paired_ratios(legs, "quell_sqlite_full", "celery"),
             "quell_postgres_vs_celery_by_round": paired_ratios(legs, "quell_postgres", "celery"),

@@ -131,7 +131,8 @@ def test_engine_data_has_the_peer_workload_shape(tmp_path: Path) -> None:
 
 def test_engine_benchmark_on_sqlite_prints_a_table_then_its_figures(tmp_path: Path) -> None:
     result = _bench(
-        "engine", "--quick", "--skip-peers", "--legs", "quell_sqlite,quell_sqlite_full",
+        "engine", "--quick", "--skip-peers", "--legs",
+        "quell_sqlite,quell_sqlite_full,floor,floor_full",
         "--workdir", str(tmp_path / "w"),
         cwd=tmp_path,
     )  # fmt: skip
@@ -142,8 +143,15 @@ def test_engine_benchmark_on_sqlite_prints_a_table_then_its_figures(tmp_path: Pa
     assert figures["quell_sqlite_runs_per_s"] > 0
     assert figures["quell_sqlite_full_runs_per_s"] > 0
     assert figures["p95_ms"] > 0
-    for leg in ("quell_sqlite", "quell_sqlite_full"):
+    for leg in ("quell_sqlite", "quell_sqlite_full", "floor", "floor_full"):
         _sane_leg(figures["legs"][leg], 200)
+    # The floor legs scale the absolute targets: 2,000 of 2,578 and 1,500 of 1,887.
+    scaled = figures["targets_at_this_floor"]
+    assert scaled["quell_sqlite"] == round(2000 * figures["floor_runs_per_s"] / 2578)
+    assert scaled["quell_sqlite_full"] == round(1500 * figures["floor_full_runs_per_s"] / 1887)
+    assert figures["quell_vs_floor"] == round(
+        figures["quell_sqlite_runs_per_s"] / figures["floor_runs_per_s"], 2
+    )
     for skipped in ("quell_postgres", "celery", "dbos"):
         assert figures[f"{skipped}_runs_per_s"] is None
         assert skipped in figures["notes"]
