@@ -200,9 +200,32 @@ class Correlator:
 
     def refresh_keys(
         self, conn: Connection, seen: Iterable[tuple[str, str, str, datetime]]
-    ) -> None:
-        """Record (incident, type, value, time) sightings; a key's last_seen only moves forward."""
-        self._upsert_key.run(conn, list(seen))
+    ) -> set[str]:
+        """Record (incident, type, value, time) sightings; a key's last_seen only moves forward.
+
+        Returns the incidents that gained a key they did not have: a repeat whose fingerprint
+        leaves a key observable out can carry one its alert did not. What reads an incident's
+        keys (its search document) must then see the incident as changed."""
+        rows = list(seen)
+        wanted = {(incident_id, kind, value) for incident_id, kind, value, _seen in rows}
+        present: set[tuple[str, str, str]] = set()
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), _LOOKUP_CHUNK):
+            chunk = ordered[start : start + _LOOKUP_CHUNK]
+            # Three INs, not a row-value IN: SQLite searches the primary key for these, and
+            # scans a whole index for (incident_id, type, value) IN (VALUES ...).
+            found = conn.execute(
+                select(
+                    incident_keys.c.incident_id, incident_keys.c.type, incident_keys.c.value
+                ).where(
+                    incident_keys.c.incident_id.in_(sorted({k[0] for k in chunk})),
+                    incident_keys.c.type.in_(sorted({k[1] for k in chunk})),
+                    incident_keys.c.value.in_(sorted({k[2] for k in chunk})),
+                )
+            )
+            present.update((row[0], row[1], row[2]) for row in found)
+        self._upsert_key.run(conn, rows)
+        return {incident_id for incident_id, _kind, _value in wanted - present}
 
     def assign(self, conn: Connection, batch: Sequence[AlertKeys]) -> GroupingResult:
         """Set ``incident_id`` on every alert of ``batch`` and write the incidents."""

@@ -567,23 +567,27 @@ class IngestPipeline:
                 at = (repeat.incident_id or "", kind, value)
                 if at not in latest or seen > latest[at]:
                     latest[at] = seen
-        self.correlator.refresh_keys(conn, ((*key, seen) for key, seen in latest.items()))
-        if touched:
-            # updated_at is when this write happens, never earlier than it was: ``now`` is the
-            # batch's receipt, which may precede a change an analyst committed while the batch
-            # waited for the lock, and the SLA check and the search index read changes by it.
-            written = max(now, self.clock.now())
-            stamp: BindParameter[datetime] = bindparam("w", type_=incidents.c.updated_at.type)
+        gained = self.correlator.refresh_keys(conn, ((*key, seen) for key, seen in latest.items()))
+        if not touched:
+            return
+        # updated_at is when this write happens, never earlier than it was: ``now`` is the
+        # batch's receipt, which may precede a change an analyst committed while the batch
+        # waited for the lock, and the SLA check and the search index read changes by it.
+        written = max(now, self.clock.now())
+        stamp: BindParameter[datetime] = bindparam("w", type_=incidents.c.updated_at.type)
+        restamp = case((incidents.c.updated_at < stamp, stamp), else_=incidents.c.updated_at)
+        conn.execute(
+            update(incidents)
+            .where(incidents.c.id == bindparam("iid"), incidents.c.last_seen < bindparam("t"))
+            .values(last_seen=bindparam("t"), updated_at=restamp),
+            [{"iid": r.incident_id, "t": r.last_seen, "w": written} for r in touched],
+        )
+        if gained:  # a key it did not have, whether or not the repeat is its newest sighting
             conn.execute(
                 update(incidents)
-                .where(incidents.c.id == bindparam("iid"), incidents.c.last_seen < bindparam("t"))
-                .values(
-                    last_seen=bindparam("t"),
-                    updated_at=case(
-                        (incidents.c.updated_at < stamp, stamp), else_=incidents.c.updated_at
-                    ),
-                ),
-                [{"iid": r.incident_id, "t": r.last_seen, "w": written} for r in touched],
+                .where(incidents.c.id == bindparam("iid"))
+                .values(updated_at=restamp),
+                [{"iid": incident_id, "w": written} for incident_id in sorted(gained)],
             )
 
 

@@ -236,6 +236,48 @@ def test_the_fingerprint_is_configurable(runtime: Runtime) -> None:
     assert (result.stored, result.deduplicated) == (1, 1)
 
 
+def test_a_repeat_that_brings_a_new_key_marks_its_incident_changed(
+    runtime: Runtime, clock: Any
+) -> None:
+    """With a fingerprint of the rule alone, a repeat can carry a host its alert did not. Its
+    key joins the incident, and the incident's search document must follow, even when the
+    repeat is not the incident's newest sighting (which moved nothing before)."""
+    runtime.sources.create(
+        "by-rule", "http", "json", parser_options=MAPPING, settings={"fingerprint": ["rule"]}
+    )
+    first = runtime.pipeline.ingest(
+        "by-rule", [_event(0, rule="r1", host="web-01"), _event(10, rule="r2", host="web-01")]
+    )
+    assert first.stored == 2
+    search = runtime.incident_search
+    ((incident, _rank),) = search.search("web-01")
+    assert search.search("zeta-07") == []
+    clock.advance(timedelta(seconds=5))
+    # r1 again at minute 5: later than its alert's last sighting, earlier than the incident's.
+    with statements(runtime.db, lambda sql: "FROM incident_keys" in sql) as looked_up:
+        repeat = runtime.pipeline.ingest("by-rule", [_event(5, rule="r1", host="zeta-07")])
+    assert (repeat.stored, repeat.deduplicated) == (0, 1)
+    with runtime.db.read() as conn:  # which keys are new: by primary key, on ingest's path
+        for statement in looked_up:
+            plan = " ".join(explain(conn, runtime.db.backend, statement))
+            if runtime.db.backend is Backend.SQLITE:
+                # The primary key, or the lookup index that carries it: all three columns.
+                assert plan.startswith("SEARCH incident_keys USING"), plan
+                assert all(f"{column}=?" in plan for column in ("incident_id", "type", "value"))
+                assert "SCAN" not in plan, plan
+            else:
+                assert "pk_incident_keys" in plan, plan
+    changed = runtime.incidents.get(incident.id)
+    assert changed.last_seen == T0 + timedelta(minutes=10)  # not moved back
+    assert changed.updated_at > incident.updated_at
+    assert [i.id for i, _rank in search.search("zeta-07")] == [incident.id]
+    # A repeat that brings no new key leaves the incident as it was.
+    clock.advance(timedelta(seconds=5))
+    again = runtime.pipeline.ingest("by-rule", [_event(6, rule="r1", host="zeta-07")])
+    assert again.deduplicated == 1
+    assert runtime.incidents.get(incident.id).updated_at == changed.updated_at
+
+
 def test_a_quiet_sources_alerts_are_found_by_index_newest_first(
     runtime: Runtime, generic: str
 ) -> None:
