@@ -117,14 +117,20 @@ def _stamp(db: Database) -> str | None:
 
 
 @cache
-def newest_migration() -> str | None:
-    """The newest migration by file name, without Alembic; None when none is named so."""
-    names = [
+def newest_migration(directory: Path = VERSIONS_DIR) -> str | None:
+    """The newest migration by file name, without Alembic.
+
+    None, so that Alembic looks, unless the files number 0001 to N without a gap or a
+    repeat: an install missing a migration in the middle must not be told that a store
+    stamped with the newest is current (Alembic refuses its broken history)."""
+    names = sorted(
         match.group(1)
-        for path in VERSIONS_DIR.iterdir()
+        for path in directory.iterdir()
         if (match := MIGRATION_FILE.fullmatch(path.name))
-    ]
-    return max(names, default=None)
+    )
+    if [int(name[:4]) for name in names] != list(range(1, len(names) + 1)):
+        return None
+    return names[-1] if names else None
 
 
 def _at_head(db: Database) -> SchemaState | None:

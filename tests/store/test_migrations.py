@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,8 +115,6 @@ def test_downgrade_to_an_unknown_revision_names_it(blank: Database) -> None:
 def test_every_migration_file_is_named_by_its_revision() -> None:
     """Opening a store finds the newest migration by file name, without Alembic; that holds
     only while every file is ``<revision>.py`` and the names sort in migration order."""
-    from pathlib import Path
-
     scripts = list(migrate._scripts().walk_revisions())
     assert len(scripts) == len(migrate.history()) >= 20
     for script in scripts:
@@ -123,6 +122,24 @@ def test_every_migration_file_is_named_by_its_revision() -> None:
         assert migrate.MIGRATION_FILE.fullmatch(name), name
         assert name == f"{script.revision}.py"
     assert migrate.newest_migration() == migrate.head_revision()
+
+
+@pytest.mark.parametrize(
+    ("files", "newest"),
+    [
+        (["0001_a.py", "0002_b.py", "0003_c.py", "__init__.py", "notes.txt"], "0003_c"),
+        (["0001_a.py", "0003_c.py"], None),  # 0002 missing: Alembic must look
+        (["0001_a.py", "0002_b.py", "0002_b2.py"], None),  # two of one number
+        (["0002_b.py", "0003_c.py"], None),  # no first
+        ([], None),
+    ],
+)
+def test_the_newest_migration_is_trusted_only_from_an_unbroken_sequence(
+    tmp_path: Path, files: list[str], newest: str | None
+) -> None:
+    for name in files:
+        (tmp_path / name).write_text("")
+    assert migrate.newest_migration(tmp_path) == newest
 
 
 def test_a_store_one_migration_behind_is_seen_behind_and_upgraded(blank: Database) -> None:
