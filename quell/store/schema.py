@@ -513,6 +513,9 @@ Index("ix_waits_status_escalation", waits.c.status, waits.c.escalated_at, waits.
 # (which has no statistics) prefers it to the status indexes above, which hold every pending
 # wait of every run.
 Index("ix_waits_run_id_status", waits.c.run_id, waits.c.status)
+# The approvals and tasks pages: pending waits, oldest first, a page at a time, read in order
+# instead of sorting every pending wait.
+Index("ix_waits_status_created", waits.c.status, waits.c.created_at, waits.c.id)
 
 # Approval policy: the first enabled rule (by position) that matches a write decides how many
 # approvals it needs and from which roles.

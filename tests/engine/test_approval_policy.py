@@ -441,3 +441,49 @@ def test_two_approvers_deciding_at_once_both_count(
         assert list(Peer.applied.values()) == ["ws-10"]
 
     asyncio.run(scenario())
+
+
+def test_the_pending_approvals_page_reads_the_oldest_by_index_not_every_pending_wait(
+    runtime: Runtime, rules: ApprovalRuleService, clock: ManualClock
+) -> None:
+    """The approvals page (pending, oldest first, 200 a page) sorted every pending wait: 38 ms
+    at 9,750 waiting. It reads the first page in order from an index now."""
+    _rule(rules, name="all", match={"actions": ["test.contain"]}, roles=["approver"])
+
+    async def scenario() -> str:
+        async with Harness(runtime) as harness:
+            run_id = await _start(harness, CONTAIN, {"host": "ws-1"})
+            await _waiting_approval(harness, run_id)
+            return run_id
+
+    run_id = asyncio.run(scenario())
+    now = clock.now()
+    waiting = [
+        {"id": f"wai_later{n:05d}", "run_id": run_id, "step_key": f"later{n}",
+         "kind": "approval" if n % 3 else "task", "status": "pending",
+         "created_at": now + timedelta(seconds=n)}
+        for n in range(3000)
+    ]  # fmt: skip
+    with runtime.db.write() as conn:
+        conn.execute(waits.insert(), waiting)
+    service = runtime.waits()
+
+    def lists(sql: str) -> bool:
+        return sql.lstrip().upper().startswith("SELECT") and "FROM waits" in sql
+
+    with statements(runtime.db, lists) as ran:
+        page = service.list_all(kinds=("approval",), limit=200)
+    assert len(page) == 200
+    assert [w.created_at for w in page] == sorted(w.created_at for w in page)
+    assert page[0].step_key not in {row["step_key"] for row in waiting}  # the oldest: the run's
+    assert {w.kind for w in page} == {"approval"}
+    with runtime.db.write() as conn:
+        if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
+            conn.exec_driver_sql("ANALYZE waits")
+        plan = explain(conn, runtime.db.backend, ran[0])
+    if runtime.db.backend is Backend.SQLITE:
+        assert any("ix_waits_status_created" in step for step in plan), plan
+        assert not any("TEMP B-TREE" in step for step in plan), plan  # no sort of them all
+    else:
+        assert any("ix_waits_status_created" in step for step in plan), plan
+        assert not any(step.lstrip("-> ").startswith("Sort") for step in plan), plan
