@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 from celery import Celery, chain
 from celery.signals import worker_init
 
-from bench.engine_quell import die_with_parent
+from bench.engine_quell import die_with_parent, leg_figures
 
 DONE_LIST = "quell-bench:done"
 REDIS_URL = os.environ.get("QUELL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -143,11 +143,6 @@ def record(ctx: dict[str, Any]) -> dict[str, Any]:
 def _submit(raw: str) -> None:
     flow = chain(parse.s(raw, time.time()), lookup.s(), decide.s(), contain.s(), record.s())
     flow.apply_async(ignore_result=False)
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def _tree(root: int) -> list[int]:
@@ -279,13 +274,7 @@ def main(argv: list[str]) -> int:
         _stop_worker(worker)
     result = {
         "mode": "celery",
-        "runs": len(latencies),
-        "runs_per_s": len(latencies) / elapsed,
-        "steps_per_s": 5 * len(latencies) / elapsed,
-        "p50_ms": _quantile(latencies, 0.5) * 1000,
-        "p95_ms": _quantile(latencies, 0.95) * 1000,
-        "peak_rss_mb": rss,
-        "cpu_ms_per_run": cpu * 1000 / max(1, len(latencies)),
+        **leg_figures(latencies, elapsed, 5 * len(latencies), cpu, rss),
         "concurrency": args.concurrency,
     }
     print(json.dumps(result), flush=True)

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 from dbos import DBOS, DBOSConfig
 
+from bench.engine_quell import _own_peak_rss_mb, leg_figures
+
 _local = threading.local()
 _steps = [0]
 _steps_lock = threading.Lock()
@@ -119,11 +121,6 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench.engine_dbos")
     parser.add_argument("--data", type=Path, required=True)
@@ -168,13 +165,7 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     result = {
         "mode": "dbos",
-        "runs": len(latencies),
-        "runs_per_s": len(latencies) / elapsed,
-        "steps_per_s": _steps[0] / elapsed,
-        "p50_ms": _quantile(latencies, 0.5) * 1000,
-        "p95_ms": _quantile(latencies, 0.95) * 1000,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "cpu_ms_per_run": cpu * 1000 / max(1, len(latencies)),
+        **leg_figures(latencies, elapsed, _steps[0], cpu, _own_peak_rss_mb()),
         "system_database": "sqlite",
     }
     print(json.dumps(result), flush=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import shutil
 import sqlite3
 import sys
@@ -41,7 +40,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.engine_quell import _alerts, _cpu_seconds, _quantile, _warmup_alert
+from bench.engine_quell import (
+    _alerts,
+    _cpu_seconds,
+    _own_peak_rss_mb,
+    _warmup_alert,
+    leg_figures,
+)
 
 _SCHEMA = (
     "CREATE TABLE flows (id TEXT PRIMARY KEY, step INTEGER NOT NULL, state TEXT NOT NULL,"
@@ -188,14 +193,8 @@ async def _measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results = store.db.execute("SELECT count(*) FROM results WHERE id != 'WARMUP'").fetchone()[0]
     await store.stop()
     return {
-        "runs": len(latencies),
+        **leg_figures(latencies, elapsed, flows.steps, cpu, _own_peak_rss_mb()),
         "failed": len(latencies) - int(results),
-        "runs_per_s": len(latencies) / elapsed,
-        "steps_per_s": flows.steps / elapsed,
-        "p50_ms": _quantile(latencies, 0.5) * 1000,
-        "p95_ms": _quantile(latencies, 0.95) * 1000,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "cpu_ms_per_run": cpu * 1000 / max(1, len(latencies)),
         "commits": store.commits,
     }
 

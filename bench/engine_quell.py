@@ -78,6 +78,27 @@ def _warmup_alert(alerts: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(alert)
 
 
+def leg_figures(
+    latencies: list[float], elapsed: float, steps: int, cpu: float, rss_mb: float
+) -> dict[str, Any]:
+    """The figures every leg reports, from its latencies (s), the load's wall time (s), the
+    steps that ran, the CPU seconds of the processes that ran the flows and their peak RSS."""
+    runs = len(latencies)
+    return {
+        "runs": runs,
+        "runs_per_s": runs / elapsed,
+        "steps_per_s": steps / elapsed,
+        "p50_ms": _quantile(latencies, 0.5) * 1000,
+        "p95_ms": _quantile(latencies, 0.95) * 1000,
+        "peak_rss_mb": rss_mb,
+        "cpu_ms_per_run": cpu * 1000 / max(1, runs),
+    }
+
+
+def _own_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -136,14 +157,8 @@ async def _embedded(args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
             cpu = _cpu_seconds() - cpu_before
         steps = _count_steps(runtime) - steps_before
     return {
-        "runs": len(latencies),
+        **leg_figures(latencies, elapsed, steps, cpu, _own_peak_rss_mb()),
         "failed": failed,
-        "runs_per_s": len(latencies) / elapsed,
-        "steps_per_s": steps / elapsed,
-        "p50_ms": _quantile(latencies, 0.5) * 1000,
-        "p95_ms": _quantile(latencies, 0.95) * 1000,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "cpu_ms_per_run": cpu * 1000 / max(1, len(latencies)),
     }
 
 
@@ -339,14 +354,8 @@ def _postgres(args: argparse.Namespace, url: str, schema: str, data_dir: str) ->
                     worker.kill()
                     worker.wait()
     return {
-        "runs": len(latencies),
+        **leg_figures(latencies, elapsed, steps, cpu, rss),
         "failed": failed,
-        "runs_per_s": len(latencies) / elapsed,
-        "steps_per_s": steps / elapsed,
-        "p50_ms": _quantile(latencies, 0.5) * 1000,
-        "p95_ms": _quantile(latencies, 0.95) * 1000,
-        "peak_rss_mb": rss,
-        "cpu_ms_per_run": cpu * 1000 / max(1, len(latencies)),
         "load_generator_cpu_ms_per_run": own_cpu * 1000 / max(1, len(latencies)),
         "workers": args.workers,
     }
