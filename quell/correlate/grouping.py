@@ -212,15 +212,15 @@ class Correlator:
         ordered = sorted(wanted)
         for start in range(0, len(ordered), _LOOKUP_CHUNK):
             chunk = ordered[start : start + _LOOKUP_CHUNK]
-            # Three INs, not a row-value IN: SQLite searches the primary key for these, and
-            # scans a whole index for (incident_id, type, value) IN (VALUES ...).
+            # The incidents' keys of those types, by the primary key's prefix, sifted here.
+            # Not a row-value IN (SQLite scans a whole index for it), nor a value IN beside
+            # these (SQLite probes every combination of incident, type and value).
             found = conn.execute(
                 select(
                     incident_keys.c.incident_id, incident_keys.c.type, incident_keys.c.value
                 ).where(
                     incident_keys.c.incident_id.in_(sorted({k[0] for k in chunk})),
                     incident_keys.c.type.in_(sorted({k[1] for k in chunk})),
-                    incident_keys.c.value.in_(sorted({k[2] for k in chunk})),
                 )
             )
             present.update((row[0], row[1], row[2]) for row in found)
