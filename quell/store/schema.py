@@ -509,10 +509,14 @@ Index("ix_waits_status_expires_at", waits.c.status, waits.c.expires_at)
 # Approvals due to escalate, searched on every tick: pending, not yet escalated, by time. The
 # index above would only narrow that to every pending wait.
 Index("ix_waits_status_escalation", waits.c.status, waits.c.escalated_at, waits.c.escalate_at)
-# A run's waits, and its pending ones (a cancel closes them): with the status in it, SQLite
-# (which has no statistics) prefers it to the status indexes above, which hold every pending
-# wait of every run.
-Index("ix_waits_run_id_status", waits.c.run_id, waits.c.status)
+# A run's waits, and its pending ones (a cancel closes them; the pages list them by run, oldest
+# first): with the status in it, SQLite (which has no statistics) prefers it to the status
+# indexes, which hold every pending wait of every run; with the age after it, that holds for
+# the ordered listing too.
+Index(
+    "ix_waits_run_id_status_created",
+    waits.c.run_id, waits.c.status, waits.c.created_at, waits.c.id,
+)  # fmt: skip
 # The approvals and tasks pages: pending waits, oldest first, a page at a time, read in order
 # instead of sorting every pending wait.
 Index("ix_waits_status_created", waits.c.status, waits.c.created_at, waits.c.id)

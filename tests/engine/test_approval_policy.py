@@ -450,16 +450,18 @@ def test_the_pending_approvals_page_reads_the_oldest_by_index_not_every_pending_
     at 9,750 waiting. It reads the first page in order from an index now."""
     _rule(rules, name="all", match={"actions": ["test.contain"]}, roles=["approver"])
 
-    async def scenario() -> str:
+    async def scenario() -> tuple[str, str]:
         async with Harness(runtime) as harness:
-            run_id = await _start(harness, CONTAIN, {"host": "ws-1"})
-            await _waiting_approval(harness, run_id)
-            return run_id
+            started = []
+            for host in ("ws-1", "ws-2"):
+                started.append(await _start(harness, CONTAIN, {"host": host}))
+                await _waiting_approval(harness, started[-1])
+            return started[0], started[1]
 
-    run_id = asyncio.run(scenario())
+    busy, quiet = asyncio.run(scenario())
     now = clock.now()
     waiting = [
-        {"id": f"wai_later{n:05d}", "run_id": run_id, "step_key": f"later{n}",
+        {"id": f"wai_later{n:05d}", "run_id": busy, "step_key": f"later{n}",
          "kind": "approval" if n % 3 else "task", "status": "pending",
          "created_at": now + timedelta(seconds=n)}
         for n in range(3000)
@@ -475,7 +477,7 @@ def test_the_pending_approvals_page_reads_the_oldest_by_index_not_every_pending_
         page = service.list_all(kinds=("approval",), limit=200)
     assert len(page) == 200
     assert [w.created_at for w in page] == sorted(w.created_at for w in page)
-    assert page[0].step_key not in {row["step_key"] for row in waiting}  # the oldest: the run's
+    assert page[0].step_key not in {row["step_key"] for row in waiting}  # the oldest: a run's
     assert {w.kind for w in page} == {"approval"}
     with runtime.db.write() as conn:
         if runtime.db.backend is Backend.POSTGRESQL:  # as autovacuum would; SQLite runs without
@@ -487,3 +489,24 @@ def test_the_pending_approvals_page_reads_the_oldest_by_index_not_every_pending_
     else:
         assert any("ix_waits_status_created" in step for step in plan), plan
         assert not any(step.lstrip("-> ").startswith("Sort") for step in plan), plan
+    # One run's pending waits (the pages' ?run=): the run's own, not every pending wait.
+    other = [
+        {"id": f"wai_other{n:05d}", "run_id": quiet, "step_key": f"other{n}",
+         "kind": "approval", "status": "approved", "created_at": now}
+        for n in range(50)
+    ]  # fmt: skip
+    with runtime.db.write() as conn:
+        conn.execute(waits.insert(), other)
+    with statements(runtime.db, lists) as by_run:
+        mine = service.list_all(kinds=("approval",), run_id=quiet)
+    assert [(w.run_id, w.status) for w in mine] == [(quiet, "pending")]
+    with runtime.db.write() as conn:
+        if runtime.db.backend is Backend.POSTGRESQL:
+            conn.exec_driver_sql("ANALYZE waits")
+        plan = explain(conn, runtime.db.backend, by_run[0])
+    if runtime.db.backend is Backend.SQLITE:
+        assert plan == [
+            "SEARCH waits USING INDEX ix_waits_run_id_status_created (run_id=? AND status=?)"
+        ], plan
+    else:
+        assert any("Index Cond" in step and "run_id" in step for step in plan), plan
