@@ -367,7 +367,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--inflight", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="200 alerts, 1 repetition")
-    parser.add_argument("--skip-peers", action="store_true", help="measure Quell only")
+    parser.add_argument(
+        "--skip-peers", action="store_true", help="skip Celery and DBOS (the floor legs still run)"
+    )
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("QUELL_BENCH_POSTGRES_URL")
