@@ -10,7 +10,8 @@ value except :meth:`InstanceService.resolve`, which hands it to the action runne
 
 Which instance an action runs against: the instance named after the connector if there is one,
 else the connector's only instance, else (when the connector's config has defaults for every
-field, like ``http``) the connector unconfigured. A connector with two instances and none
+field, like ``http``, and it does not declare ``needs_instance``, as ``nftables`` does) the
+connector unconfigured. A connector with two instances and none
 named after it must be told which (``quell action run --instance``).
 """
 
@@ -351,6 +352,12 @@ class InstanceService:
 
 
 def default_config(connector: type[Connector]) -> BaseModel | None:
+    if connector.needs_instance:
+        raise ConfigurationError(
+            f"connector {connector.name!r} acts on this host unless configured otherwise, and "
+            "runs only on an instance an admin added: quell connector add NAME --type "
+            f"{connector.name} --config ..."
+        )
     model = connector.Config
     if model is None:
         return None

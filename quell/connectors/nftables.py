@@ -434,6 +434,7 @@ class Nftables(Connector):
     name = "nftables"
     title = "nftables (OpenC2 SLPF)"
     Config = NftablesConfig
+    needs_instance = True  # unconfigured, it would change this host's own firewall
 
     def __init__(self, config: BaseModel | None = None) -> None:
         super().__init__(config)

@@ -322,6 +322,8 @@ class Consumer:
             status = 404 if isinstance(exc, TargetNotFound) else 500
             if exc.code == "invalid_input":
                 status = 400
+            elif exc.code == "connector_config":  # no instance to act on, or a broken one
+                status = 501
             log.info("openc2_action_failed", action=plan.key, code=exc.code, status=status)
             return Reply(status, exc.message)
         finally:

@@ -170,6 +170,10 @@ class Connector:
     # (an action may declare tighter ones of its own).
     concurrency: ClassVar[int | None] = None  # calls at once
     rate: ClassVar[str | None] = None  # e.g. "4/s", "500/m"
+    # A connector whose defaults act on the host Quell runs on (its firewall) never runs
+    # unconfigured: only on an instance an admin added, so that nothing changes this machine
+    # because a playbook or an OpenC2 command named an action nobody set up.
+    needs_instance: ClassVar[bool] = False
 
     def __init__(self, config: BaseModel | None = None) -> None:
         self.config = config

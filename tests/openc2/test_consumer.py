@@ -379,9 +379,10 @@ def test_the_actuator_names_the_instance(
     )
     assert grouped.json()["status"] == 501
     assert grouped.json()["status_text"].startswith("actuator.slpf.named_group is not supported")
-    # Two instances and none named: the default cannot be chosen, and the answer says so.
+    # Two instances and none named: the default cannot be chosen, and the answer says so
+    # (a configuration the consumer cannot act on: 501, as with none configured).
     ambiguous = send(admin, _deny("203.0.113.43"))
-    assert ambiguous.json()["status"] == 500
+    assert ambiguous.json()["status"] == 501
     assert "several instances" in ambiguous.json()["status_text"]
     assert fake_nft.rules() == []
     assert len(other.rules()) == 1
@@ -540,3 +541,36 @@ def test_the_guardrails_hold_commands_from_other_systems(
     assert limited["status"] == 503
     assert "reached its limit of 1" in limited["status_text"]
     assert len(fake_nft.rules()) == 1
+
+
+def test_without_a_configured_firewall_a_deny_changes_nothing_on_this_host(
+    runtime: Runtime,
+    role_tokens: dict[Role, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unconfigured, the nftables connector would run this host's own nft: an OpenC2 deny sent
+    to a fresh install used to add a drop rule to the machine's firewall. The connector runs
+    only on an instance an admin added; the command is answered 501, saying so. An ``nft``
+    first on PATH records any call, so a regression shows here without touching the host."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    called = tmp_path / "nft-called"
+    nft = tools / "nft"
+    nft.write_text(f'#!/bin/sh\necho "$@" >> {called}\nexit 1\n')
+    nft.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    server = start_server(create_app(runtime))
+    try:
+        with server.client(role_tokens[Role.ADMIN]) as admin:
+            for actuator in ({}, {"actuator": {"slpf": {}}}):
+                command = {"action": "deny", "target": {"ipv4_net": "203.0.113.9"}, **actuator}
+                answer = send(admin, command).json()
+                assert answer["status"] == 501, answer
+                assert "quell connector add" in answer["status_text"], answer
+                assert "nftables" in answer["status_text"], answer
+            listed = admin.get("/api/containments").json()
+    finally:
+        server.stop()
+    assert not called.exists()
+    assert listed == [] or listed.get("items") == [], listed
