@@ -9,7 +9,6 @@ the library's versions (a CACAO playbook is stored, reviewed and published like 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -154,7 +153,7 @@ def version_for(db: Database, playbook: Playbook) -> Playbook:
     highest = 0
     for number, digest in rows:
         candidate = replace(playbook, version=number)
-        if hashlib.sha256(candidate.to_json()).hexdigest() == digest:
+        if candidate.digest() == digest:
             return candidate
         highest = max(highest, number)
     return replace(playbook, version=highest + 1)

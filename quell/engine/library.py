@@ -206,9 +206,7 @@ class PlaybookLibrary:
     def _refuse_changed(self, playbook: Playbook) -> None:
         """A version never changes: other content under a number in use is refused (so the
         version a reviewer read is the one they publish)."""
-        import hashlib
-
-        digest = hashlib.sha256(playbook.to_json()).hexdigest()
+        digest = playbook.digest()
         with self.db.read() as conn:
             taken = conn.execute(
                 select(playbook_versions.c.state, playbook_versions.c.digest).where(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -115,7 +114,7 @@ class PlaybookStore:
         (as ``published_by``, else its author) and make its triggers live. The review workflow
         on top of this is :class:`quell.engine.library.PlaybookLibrary`'s."""
         ir = playbook.to_json()
-        digest = hashlib.sha256(ir).hexdigest()
+        digest = playbook.digest()
         now = self.clock.now()
         with self.db.write() as conn:
             row = conn.execute(

@@ -21,6 +21,7 @@ JSON (and back) unchanged, so a run can pin exactly the version it started with.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -226,6 +227,10 @@ class Playbook:
         """The IR as JSON (what a run pins)."""
         return orjson.dumps(asdict(self))
 
+    def digest(self) -> str:
+        """What identifies this content: see :func:`content_digest`."""
+        return content_digest(self.to_json())
+
     @classmethod
     def from_json(cls, data: bytes | str) -> Playbook:
         """The IR from :meth:`to_json`."""
@@ -234,6 +239,22 @@ class Playbook:
         variables = {key: Variable(**value) for key, value in raw.pop("variables").items()}
         triggers = tuple(Trigger(**value) for value in raw.pop("triggers"))
         return cls(steps=steps, variables=variables, triggers=triggers, **raw)
+
+
+def content_digest(ir: bytes | str) -> str:
+    """SHA-256 of an IR (:meth:`Playbook.to_json`) without the name of the file it was read
+    from, at the top and in each step's position. The same text added from another folder,
+    under another path, or through the API without one, is the same content (and the same
+    version); lines and columns come from the text itself and stay in.
+
+    Migration 0024 holds a copy of this: change the two together."""
+    document = orjson.loads(ir)
+    document["file"] = None
+    for step in document.get("steps", {}).values():
+        position = step.get("position")
+        if isinstance(position, dict):
+            position["file"] = None
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def step_from_dict(raw: dict[str, Any]) -> Step:
@@ -264,5 +285,6 @@ __all__ = [
     "Variable",
     "Wait",
     "WaitKind",
+    "content_digest",
     "step_from_dict",
 ]

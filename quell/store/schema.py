@@ -326,7 +326,7 @@ playbook_versions = Table(
     Column("playbook_id", String(128), nullable=False),
     Column("version", Integer, nullable=False),
     Column("name", String(200), nullable=False),
-    Column("digest", String(64), nullable=False, unique=True),  # sha256 of the IR JSON
+    Column("digest", String(64), nullable=False, unique=True),  # the content: ir.content_digest
     Column("ir", Text, nullable=False),
     Column("source", Text, nullable=True),
     Column("source_format", String(16), nullable=False),

@@ -149,3 +149,20 @@ def test_a_version_goes_live_only_through_someone_elses_review(server: LiveServe
     published_event = next(e for e in trail if e["action"] == "playbook.published")
     assert published_event["detail"]["before"] == {"state": "in_review", "active": False}
     assert published_event["detail"]["after"] == {"state": "published", "active": True}
+
+
+def test_the_same_text_is_the_same_version_whatever_path_it_comes_under(
+    server: LiveServer,
+) -> None:
+    """A version is its content: adding the text again from another folder, or through the
+    API without a file name, was refused as "other content" under the same version number."""
+    with _session(server, "dana") as dana:
+        first = _add(dana, V1.format(version=1), file="pb/triage.yaml")
+        assert first.status_code == 201, first.text
+        for params in ({"file": "triage.yaml"}, {"file": "/srv/pb/triage.yaml"}, {}):
+            same = _add(dana, V1.format(version=1), **params)
+            assert same.status_code in (200, 201), same.text
+            assert same.json()["id"] == first.json()["id"]
+        changed = _add(dana, V1.format(version=1) + V2_EXTRA, file="pb/triage.yaml")
+        assert changed.status_code == 409  # other content is still other content
+        assert "never changes" in changed.json()["detail"]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from quell.cases.search import ENGINE_OBJECTS
 from quell.errors import InvalidInput, MigrationRequired
@@ -151,3 +151,44 @@ def test_a_store_one_migration_behind_is_seen_behind_and_upgraded(blank: Databas
         migrate.ensure_schema(blank, auto_migrate=False)
     assert migrate.ensure_schema(blank, auto_migrate=True).current == newest.id
     assert migrate.state(blank).status is migrate.SchemaStatus.CURRENT
+
+
+def test_0024_gives_stored_versions_their_content_digest_and_0023_the_old_one(
+    blank: Database,
+) -> None:
+    """Two versions of one text stored under two paths (possible before 0024): the older gets
+    the digest of its content, the newer keeps its own (the digest is unique); the downgrade
+    gives both their digest of old, the SHA-256 of the IR as stored."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    from quell.playbooks.compiler import parse_playbook
+    from quell.store.schema import playbook_versions
+
+    migrate.upgrade(blank, "0023_waits_status_created")
+    text = "id: pb\nname: A playbook\nvars: {x: 0}\nsteps:\n  - {id: one, set: {x: 1}}\n"
+    rows = []
+    for n, file in enumerate(("pb/triage.yaml", "/srv/pb/triage.yaml")):
+        playbook = parse_playbook(text, file)
+        ir = playbook.to_json().decode()
+        rows.append(
+            {"id": f"pbv_{n}", "playbook_id": "pb", "version": 1, "name": "A playbook",
+             "digest": hashlib.sha256(ir.encode()).hexdigest(), "ir": ir,
+             "source_format": "yaml", "active": False, "state": "draft",
+             "created_at": datetime(2026, 1, 1, 0, n, tzinfo=UTC)}
+        )  # fmt: skip
+    with blank.write() as conn:
+        conn.execute(playbook_versions.insert(), rows)
+
+    def digests() -> list[str]:
+        with blank.read() as conn:
+            query = select(playbook_versions.c.digest).order_by(playbook_versions.c.id)
+            return list(conn.execute(query).scalars())
+
+    old = [row["digest"] for row in rows]
+    assert old[0] != old[1]
+    migrate.upgrade(blank)
+    content = parse_playbook(text, "elsewhere.yaml").digest()
+    assert digests() == [content, old[1]]
+    migrate.downgrade(blank, "0023_waits_status_created")
+    assert digests() == old
