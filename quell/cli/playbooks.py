@@ -684,9 +684,9 @@ def playbook_test(
 
 
 def _check_inputs(playbook: Playbook, inputs: dict[str, Any]) -> None:
-    for name, variable in playbook.variables.items():
-        if variable.external and variable.required and name not in inputs:
-            raise InvalidInput(f"the playbook needs the input {name!r}", field=f"input.{name}")
+    from quell.engine.launch import check_inputs
+
+    check_inputs(playbook, inputs, field="input")
 
 
 def _enqueue(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from quell.engine.notify import notify_ready
 from quell.errors import InvalidInput
 from quell.ids import new_id
+from quell.playbooks.validate import TRIGGER_NAMES
 
 if TYPE_CHECKING:
     from quell.connectors.registry import Registry
@@ -24,11 +25,63 @@ if TYPE_CHECKING:
     from quell.runtime import Runtime
 
 
-def check_inputs(playbook: Playbook, inputs: dict[str, Any]) -> None:
-    """InvalidInput naming the first required input that is missing."""
-    for name, variable in playbook.variables.items():
-        if variable.external and variable.required and name not in inputs:
-            raise InvalidInput(f"the playbook needs the input {name!r}", field=f"inputs.{name}")
+# A declared type's JSON shape: the DSL's types and CACAO 2.0's variable types. Other types
+# (and ``any``) take any value.
+_TEXT_TYPES = (
+    "string", "uri", "uuid", "ipv4-addr", "ipv6-addr", "mac-addr", "hash", "md5-hash",
+    "sha1-hash", "sha224-hash", "sha256-hash", "sha384-hash", "sha512-hash", "hexstring",
+)  # fmt: skip
+_SHAPES: dict[str, tuple[str, tuple[type, ...]]] = {
+    **dict.fromkeys(_TEXT_TYPES, ("a string", (str,))),
+    "integer": ("an integer", (int,)),
+    "long": ("an integer", (int,)),
+    "number": ("a number", (int, float)),
+    "boolean": ("true or false", (bool,)),
+    "list": ("a list", (list,)),
+    "object": ("an object", (dict,)),
+    "dictionary": ("an object", (dict,)),
+}
+
+
+def check_inputs(playbook: Playbook, inputs: dict[str, Any], *, field: str = "inputs") -> None:
+    """InvalidInput naming the first input that is missing, not declared, or not of its
+    declared type (``field`` prefixes the input's name in the error: ``inputs.host``)."""
+    declared = {name: v for name, v in playbook.variables.items() if v.external}
+    # What a trigger of the playbook passes (alert, incident, ...): a run by hand may pass it.
+    payloads: set[str] = set()
+    for trigger in playbook.triggers:
+        payloads |= TRIGGER_NAMES.get(trigger.on, frozenset())
+    for name in inputs:
+        if name not in declared and name not in payloads:
+            known = ", ".join(sorted({*declared, *payloads})) or "none"
+            raise InvalidInput(
+                f"the playbook has no input {name!r} (its inputs: {known})",
+                field=f"{field}.{name}",
+            )
+    for name, variable in declared.items():
+        value = inputs.get(name)
+        if value is None:
+            if variable.required:
+                raise InvalidInput(
+                    f"the playbook needs the input {name!r}", field=f"{field}.{name}"
+                )
+            continue
+        shape = _SHAPES.get(variable.type)
+        if shape is None:
+            continue
+        what, types = shape
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise InvalidInput(
+                f"input {name!r} must be {what} (declared {variable.type}), "
+                f"not {_json_kind(value)}",
+                field=f"{field}.{name}",
+            )
+
+
+def _json_kind(value: Any) -> str:
+    kinds = ((bool, "true or false"), (int, "an integer"), (float, "a number"),
+             (str, "a string"), (list, "a list"), (dict, "an object"))  # fmt: skip
+    return next((what for kind, what in kinds if isinstance(value, kind)), type(value).__name__)
 
 
 class Launcher:

@@ -322,3 +322,21 @@ def test_a_reconcile_task_is_completed_with_whether_the_write_landed(
     assert run["status"] == "succeeded", run["error"]
     assert step(run, "isolate")["output"]["landed"] is True
     assert list(Peer.applied.values()) == ["ws-7"]  # never blindly repeated
+
+
+def test_a_run_with_a_wrong_input_is_refused_naming_it(
+    engine_server: LiveServer, role_tokens: dict[Role, str]
+) -> None:
+    """Declared input types were not enforced: an integer input took "abc", and an input the
+    playbook does not declare was taken silently."""
+    with engine_server.client(role_tokens[Role.ADMIN]) as admin:
+        add(admin, APPROVAL)
+        for inputs, field, words in (
+            ({"ip": 7}, "inputs.ip", "input 'ip' must be a string (declared string)"),
+            ({"ip": "203.0.113.7", "ipp": "x"}, "inputs.ipp", "the playbook has no input 'ipp'"),
+        ):
+            refused = admin.post("/api/playbooks/approve-block/runs", json={"inputs": inputs})
+            assert refused.status_code in (400, 422), refused.text
+            assert words in refused.json()["detail"], refused.json()
+            assert refused.json()["field"] == field
+        assert admin.get("/api/runs").json() == []  # nothing started
