@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,9 +53,14 @@ def acting_user(state: CliState, as_user: str | None, permission: Permission) ->
     runtime = state.runtime()
     user: User | None
     if as_user:
-        password = click.prompt(
-            f"password of {as_user}", hide_input=True, err=True, show_default=False
-        )
+        if sys.stdin.isatty():
+            password = click.prompt(
+                f"password of {as_user}", hide_input=True, err=True, show_default=False
+            )
+        else:  # piped: one line, without getpass's warning that it cannot hide the echo
+            password = sys.stdin.readline().rstrip("\r\n")
+            if not password:
+                raise InvalidInput(f"no password of {as_user} on stdin", field="password")
         token, session = runtime.users.login(as_user, SecretValue(password), client="cli")
         del token
         runtime.users.logout(session.id, by=as_user)  # only the check was wanted

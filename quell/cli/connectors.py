@@ -320,7 +320,8 @@ def run(
     try:
         output = _run_async(runtime, call())
     except ActionError as exc:
-        click.echo(f"error: {key}: {exc.message}", err=True)
+        said = exc.message if exc.message.startswith(f"{key}:") else f"{key}: {exc.message}"
+        click.echo(f"error: {said}", err=True)  # the action named once
         sys.exit(1)
     if as_json:
         print_json(output)

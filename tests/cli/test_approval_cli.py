@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from quell.playbooks.compiler import parse_playbook
 from quell.runtime import Runtime
 from quell.sdk import SecretValue
 from tests.cli.conftest import Invoke
+from tests.cli.processes import quell_command
 from tests.engine.harness import ENDED, Harness
 from tests.engine.peer import Peer
 
@@ -99,3 +102,22 @@ def test_rules_and_four_eyes_from_the_command_line(
 
     assert asyncio.run(scenario()) == "succeeded"
     assert list(Peer.applied.values()) == ["ws-3"]
+
+
+def test_a_piped_password_for_as_is_read_without_getpass_warnings(tmp_path: Path) -> None:
+    """``--as USER`` with the password piped in (a script, CI) printed getpass's warning and
+    traceback lines, since it cannot hide what a pipe does not echo. A piped password is read
+    as one line; no terminal is involved (a new session has none)."""
+    done = subprocess.run(
+        [*quell_command(), "approval", "approve", "wai_nope", "--as", "alice", "-m", "x"],
+        input="not-her-password\n",
+        env={**os.environ, "QUELL_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+    assert "error:" in done.stderr  # the login is refused: no such user, or a wrong password

@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import select
 
 from quell.connectors.instances import InstanceService
@@ -19,11 +20,15 @@ from quell.engine.actions import ActionRunner, EnvSecrets
 from quell.errors import ConfigurationError, Conflict, InvalidInput, NotFound
 from quell.runtime import Runtime
 from quell.sdk import (
+    ActionContext,
+    Connector,
     PermanentError,
+    RiskLevel,
     SecretValue,
+    action,
 )
 from quell.store.schema import connector_instances
-from tests.connectors.echo import SECRET, Echo
+from tests.connectors.echo import SECRET, Echo, EchoIn
 
 
 @pytest.fixture
@@ -153,3 +158,46 @@ def test_settings_merge_and_secrets_are_set_and_cleared(service: InstanceService
     service.remove("one")
     with pytest.raises(NotFound):
         service.remove("one")
+
+
+class _LocalConfig(BaseModel):
+    table: str = "quell"  # every field has a default: unconfigured, it would run as it is
+
+
+class _Local(Connector):
+    """Stands for a connector whose defaults act on this host (as nftables's do)."""
+
+    name = "localfw"
+    Config = _LocalConfig
+    needs_instance = True
+
+    @action("say", risk=RiskLevel.READ)
+    async def say(self, ctx: ActionContext, params: EchoIn) -> EchoIn:
+        return params
+
+
+def test_a_connector_that_needs_an_instance_never_runs_unconfigured(runtime: Runtime) -> None:
+    registry = Registry()
+    registry.add(_Local)
+    service = InstanceService(runtime.db, runtime.clock, runtime.secret_box, registry)
+    for instances in (service, None):  # the runtime's instances, and none at all
+        runner = ActionRunner(registry, secrets=EnvSecrets({}), instances=instances)
+
+        async def call(run: ActionRunner = runner) -> dict[str, Any]:
+            try:
+                return await run.run_once("localfw.say", {"word": "hi"})
+            finally:
+                await run.aclose()
+
+        with pytest.raises(PermanentError, match="runs only on an instance an admin added"):
+            asyncio.run(call())
+    service.create("edge", "localfw", {"table": "edge"})
+    runner = ActionRunner(registry, secrets=EnvSecrets({}), instances=service)
+
+    async def configured() -> dict[str, Any]:
+        try:
+            return await runner.run_once("localfw.say", {"word": "hi"})
+        finally:
+            await runner.aclose()
+
+    assert asyncio.run(configured()) == {"word": "hi"}
