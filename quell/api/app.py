@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -73,6 +74,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner = SourceRunner(runtime, ingest_service)
         app.state.sources = runner
+        app.state.sources_changed = None
+        watcher: asyncio.Task[None] | None = None
         pool: StagingPool | None = None
         embedded: EmbeddedEngine | None = None
         try:
@@ -86,8 +89,13 @@ def create_app(
                 app.state.embedded = embedded
             if run_sources:
                 await runner.start()
+                changed = app.state.sources_changed = asyncio.Event()
+                watcher = asyncio.create_task(runner.watch(changed), name="sources-watch")
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             await runner.stop()
             if embedded is not None:
                 # Stop taking work first, then hand the runs in flight back (ready).

@@ -2,18 +2,23 @@
 
 Each enabled source of those kinds becomes one task in the server process, feeding the same
 intake as the HTTP route. A source whose configuration is broken is logged and left stopped;
-it never stops the server or the other sources. A source's ``settings.connection`` holds its
-kind's configuration (ports, mailbox, cluster); its secret (a mailbox password, an API key)
-is opened from the sealed column only when the source starts.
+it never stops the server or the other sources. The server looks again every
+:data:`RECONCILE_EVERY` seconds (and at once after a change through its own API): a source
+added or enabled since starts, one removed or disabled stops, and one whose settings or secret
+changed starts again with them, failed or not. A source's
+``settings.connection`` holds its kind's configuration (ports, mailbox, cluster); its secret
+(a mailbox password, an API key) is opened from the sealed column only when the source starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 RUN_KINDS = (SourceKind.SYSLOG, SourceKind.IMAP, SourceKind.ELASTIC)
+RECONCILE_EVERY = 5.0  # seconds between looks at the configured sources
 
 
 def _invalid(kind: SourceKind, exc: ValidationError) -> InvalidInput:
@@ -70,6 +76,16 @@ def connection_config(
     return None
 
 
+def _configuration(source: Source) -> tuple[Any, ...]:
+    """What a running source depends on: a change to any of it means a restart. The secret is
+    not shown, but setting it moves ``updated_at``."""
+    return (
+        source.id, source.kind, source.format, orjson.dumps(source.parser_options,
+        option=orjson.OPT_SORT_KEYS), orjson.dumps(source.settings.model_dump(mode="json"),
+        option=orjson.OPT_SORT_KEYS), source.has_secret, source.updated_at,
+    )  # fmt: skip
+
+
 @dataclass
 class _Running:
     source: str
@@ -87,15 +103,58 @@ class SourceRunner:
     sink: IntakeSink
     running: dict[str, _Running] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    # The configuration each source was started with, running or failed (see _configuration).
+    started_with: dict[str, Any] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
         """Start every enabled source that runs in the background."""
-        for source in await run_in_threadpool(self.runtime.sources.list_all):
-            if source.enabled and source.kind in RUN_KINDS:
+        await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Bring what runs in line with what is configured: start what is new or enabled,
+        stop what was removed or disabled, restart what changed."""
+        async with self._lock:
+            configured = await run_in_threadpool(self.runtime.sources.list_all)
+            wanted = {s.name: s for s in configured if s.enabled and s.kind in RUN_KINDS}
+            for name in [n for n in {*self.running, *self.failed} if n not in wanted]:
+                await self._stop_one(name)
+                log.info("source_stopped", source=name, reason="removed or disabled")
+            for name, source in wanted.items():
+                known = name in self.running or name in self.failed
+                if known and self.started_with.get(name) == _configuration(source):
+                    continue
+                if known:
+                    await self._stop_one(name)
+                    log.info("source_restarting", source=name, reason="configuration changed")
                 await self.start_source(source)
+
+    async def _stop_one(self, name: str) -> None:
+        self.failed.pop(name, None)
+        self.started_with.pop(name, None)
+        running = self.running.pop(name, None)
+        if running is None:
+            return
+        await running.stop()
+        _, pending = await asyncio.wait([running.task], timeout=60)
+        for task in pending:
+            task.cancel()
+
+    async def watch(self, wake: asyncio.Event) -> None:
+        """Reconcile every :data:`RECONCILE_EVERY` seconds, or when ``wake`` is set, until
+        cancelled; a failed look is logged and tried again at the next."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), RECONCILE_EVERY)
+            wake.clear()
+            try:
+                await self.reconcile()
+            except Exception as exc:  # noqa: BLE001 - the database may be away for a moment
+                log.warning("sources_reconcile_failed", error=type(exc).__name__)
 
     async def start_source(self, source: Source) -> None:
         """Start one source; a failure is logged and remembered, never raised."""
+        self.started_with[source.name] = _configuration(source)
         try:
             secret = await run_in_threadpool(self.runtime.sources.secret, source.name)
             config = connection_config(source.kind, source.settings.connection, secret)
@@ -178,6 +237,8 @@ class SourceRunner:
 
     async def stop(self) -> None:
         """Stop every running source, letting each flush what it holds."""
+        self.failed.clear()
+        self.started_with.clear()
         for running in list(self.running.values()):
             await running.stop()
         tasks = [running.task for running in self.running.values()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, text
 
+from quell.api.app import create_app
 from quell.clock import ManualClock
 from quell.governance.permissions import Role
 from quell.ingest.pipeline import INGEST_LOCK
@@ -22,7 +24,7 @@ from quell.ingest.signing import sign
 from quell.runtime import Runtime
 from quell.sdk.secret import SecretValue
 from quell.store.database import Backend
-from tests.fixtures.servers import LiveServer
+from tests.fixtures.servers import LiveServer, start_server
 
 MAPPING = {"fields": {"title": "title", "time": "ts", "host.hostname": "host", "src.ip": "src"}}
 SECRET = SecretValue("whsec-test-0123456789abcdef")
@@ -410,3 +412,37 @@ def test_a_background_source_says_whether_this_server_runs_it(
     with live_server.client(role_tokens[Role.ANALYST]) as client:
         shown = client.get("/api/sources/fw").json()
     assert shown["runner"] == {"state": "stopped"}  # this test server does not run sources
+
+
+def test_a_source_added_through_a_serving_api_starts_and_a_removed_one_stops(
+    runtime: Runtime, role_tokens: dict[Role, str]
+) -> None:
+    """A server that runs its sources (as ``quell serve``) looks at them again at once after a
+    change through its API, and every few seconds for changes made elsewhere (the CLI)."""
+    server = start_server(create_app(runtime, run_sources=True))
+    try:
+        with server.client(role_tokens[Role.ADMIN]) as admin:
+            created = admin.post(
+                "/api/sources",
+                json={"name": "fw", "kind": "syslog", "format": "syslog",
+                      "settings": {"connection": {"udp_port": 0, "tcp_port": 0}}},
+            )  # fmt: skip
+            assert created.status_code == 201, created.text
+            _until_runner(admin, "fw", "running")
+            assert admin.delete("/api/sources/fw").status_code == 204
+            runtime.sources.create(  # elsewhere, as the CLI does: found by the periodic look
+                "fw2", "syslog", "syslog", settings={"connection": {"udp_port": 0}}
+            )
+            _until_runner(admin, "fw2", "running", seconds=15)
+    finally:
+        server.stop()
+
+
+def _until_runner(client: httpx.Client, name: str, state: str, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        shown = client.get(f"/api/sources/{name}").json()
+        if shown["runner"]["state"] == state:
+            return
+        assert time.monotonic() < deadline, shown["runner"]
+        time.sleep(0.05)

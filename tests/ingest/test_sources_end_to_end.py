@@ -265,3 +265,63 @@ def test_an_imap_source_turns_reported_phish_into_alerts(
     )
     assert imap_account.uids("INBOX") == []
     assert len(imap_account.uids("Processed")) == 3
+
+
+def test_sources_added_changed_disabled_or_removed_while_serving_are_followed(
+    runtime: Runtime,
+) -> None:
+    """A source added while ``quell serve`` ran stayed stopped until the server restarted. The
+    runner now follows the configuration: it starts what is added or enabled, restarts what
+    changed (a failed source too, once its configuration changes), stops what is disabled or
+    removed."""
+    connection = {"udp_port": 0, "tcp_port": 0, "batch_latency_ms": 5}
+
+    async def scenario() -> None:
+        runner = SourceRunner(runtime, IngestService(runtime.pipeline))
+        await runner.start()
+        try:
+            assert runner.running == {}
+            await asyncio.to_thread(
+                runtime.sources.create, "fw", "syslog", "syslog",
+                settings={"connection": connection},
+            )  # fmt: skip
+            await runner.reconcile()
+            assert runner.status("fw") == {"state": "running"}
+            first = runner.running["fw"].detail
+            await runner.reconcile()  # nothing changed: the same listener
+            assert runner.running["fw"].detail is first
+
+            await asyncio.to_thread(
+                runtime.sources.update, "fw",
+                settings={"connection": {**connection, "batch_latency_ms": 7}},
+            )  # fmt: skip
+            await runner.reconcile()
+            second = runner.running["fw"].detail
+            assert second is not first  # started again with the new settings
+            assert second.config.batch_latency_ms == 7
+
+            # A source that cannot start is failed, and not retried until it changes.
+            bad = {"udp_port": second.udp_address[1], "tcp_port": 0}  # a port in use
+            await asyncio.to_thread(
+                runtime.sources.create, "fw2", "syslog", "syslog", settings={"connection": bad}
+            )
+            await runner.reconcile()
+            assert runner.status("fw2")["state"] == "failed"
+            await asyncio.to_thread(
+                runtime.sources.update, "fw2", settings={"connection": connection}
+            )
+            await runner.reconcile()
+            assert runner.status("fw2") == {"state": "running"}
+
+            tasks = [runner.running[name].task for name in ("fw", "fw2")]
+            await asyncio.to_thread(runtime.sources.update, "fw", enabled=False)
+            await asyncio.to_thread(runtime.sources.remove, "fw2")
+            await runner.reconcile()
+            assert runner.status("fw") == {"state": "stopped"}
+            assert runner.status("fw2") == {"state": "stopped"}
+            assert runner.running == {}
+            assert all(task.done() for task in tasks)
+        finally:
+            await runner.stop()
+
+    asyncio.run(scenario())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, status
@@ -53,6 +54,13 @@ class SecretIn(BaseModel):
     secret: SecretValue | None
 
 
+def _changed(request: Request) -> None:
+    """Tell this server's source runner to look at the sources now (when it runs them)."""
+    event: asyncio.Event | None = getattr(request.app.state, "sources_changed", None)
+    if event is not None:
+        event.set()
+
+
 def _shown(source: Source, request: Request) -> dict[str, Any]:
     data = source.as_dict()
     runner: SourceRunner | None = getattr(request.app.state, "sources", None)
@@ -80,7 +88,7 @@ async def get_source(
 
 @router.post("/sources", status_code=status.HTTP_201_CREATED, summary="Create a source")
 async def create_source(
-    body: SourceIn, runtime: RuntimeDep, principal: CanManageSources
+    body: SourceIn, request: Request, runtime: RuntimeDep, principal: CanManageSources
 ) -> dict[str, Any]:
     """Add a source; its format and options are checked by building its parser."""
     source = await run_in_threadpool(
@@ -97,12 +105,17 @@ async def create_source(
         runtime, principal, "source.create", f"source:{source.name}",
         {"after": {**source.as_dict(), "secret_set": body.secret is not None}},
     )  # fmt: skip
+    _changed(request)
     return source.as_dict()
 
 
 @router.patch("/sources/{name}", summary="Change a source")
 async def update_source(
-    name: Name, body: SourceChange, runtime: RuntimeDep, principal: CanManageSources
+    name: Name,
+    body: SourceChange,
+    request: Request,
+    runtime: RuntimeDep,
+    principal: CanManageSources,
 ) -> dict[str, Any]:
     """Change parser options (e.g. a field mapping), settings or the enabled flag."""
     before = await run_in_threadpool(runtime.sources.get, name)
@@ -115,29 +128,34 @@ async def update_source(
         runtime, principal, "source.update", f"source:{name}",
         {"before": before.as_dict(), "after": source.as_dict()},
     )  # fmt: skip
+    _changed(request)
     return source.as_dict()
 
 
 @router.put("/sources/{name}/secret", summary="Set or clear a source's secret")
 async def set_source_secret(
-    name: Name, body: SecretIn, runtime: RuntimeDep, principal: CanManageSources
+    name: Name, body: SecretIn, request: Request, runtime: RuntimeDep, principal: CanManageSources
 ) -> dict[str, Any]:
     """Replace the source's secret; it is sealed at rest and never returned."""
     await run_in_threadpool(runtime.sources.set_secret, name, body.secret)
     await services.audited(
         runtime, principal, "source.secret", f"source:{name}", {"set": body.secret is not None}
     )
+    _changed(request)
     return (await run_in_threadpool(runtime.sources.get, name)).as_dict()
 
 
 @router.delete("/sources/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a source")
-async def remove_source(name: Name, runtime: RuntimeDep, principal: CanManageSources) -> None:
+async def remove_source(
+    name: Name, request: Request, runtime: RuntimeDep, principal: CanManageSources
+) -> None:
     """Delete the source's configuration; its alerts stay."""
     before = await run_in_threadpool(runtime.sources.get, name)
     await run_in_threadpool(runtime.sources.remove, name)
     await services.audited(
         runtime, principal, "source.remove", f"source:{name}", {"before": before.as_dict()}
     )
+    _changed(request)
 
 
 class SuppressionIn(BaseModel):
