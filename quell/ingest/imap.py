@@ -206,6 +206,8 @@ class ImapPoller:
         self.clock = clock
         self._sleep: Sleep = sleep or asyncio.sleep
         self.checkpoint_key = f"imap:{source}:{config.folder}"
+        # While polls fail and are retried: how many in a row, and the last one's error.
+        self.retrying: tuple[int, str] | None = None
         self._client: Any = None  # an IMAPClient, used from one worker thread at a time
         self._lock = asyncio.Lock()
 
@@ -264,6 +266,7 @@ class ImapPoller:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a failing poll must not end the loop
                     failures += 1
+                    self.retrying = (failures, self._describe(exc))
                     delay = self.backoff(failures)
                     log.warning(
                         "imap_poll_failed",
@@ -276,6 +279,7 @@ class ImapPoller:
                     await self._wait(stop, delay)
                     continue
                 failures = 0
+                self.retrying = None
                 if result.more:
                     await asyncio.sleep(0)  # let others run between back-to-back batches
                     continue

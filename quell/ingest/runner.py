@@ -221,8 +221,9 @@ class SourceRunner:
         task = asyncio.create_task(guarded(), name=f"{source.kind.value}:{source.name}")
         return _Running(source.name, source.kind, task, stop, detail)
 
-    def status(self, name: str) -> dict[str, str]:
-        """Whether this process runs source ``name``: running, failed (with why) or stopped."""
+    def status(self, name: str) -> dict[str, Any]:
+        """Whether this process runs source ``name``: running, retrying (its polls or pulls
+        fail and are tried again: how many in a row, and why), failed (with why) or stopped."""
         if name in self.failed:
             return {"state": "failed", "reason": self.failed[name]}
         running = self.running.get(name)
@@ -233,6 +234,10 @@ class SourceRunner:
             if error is not None:  # logged by asyncio; the message may hold anything: not shown
                 return {"state": "failed", "reason": f"stopped by {type(error).__name__}"}
             return {"state": "stopped"}
+        retrying = getattr(running.detail, "retrying", None)
+        if retrying is not None:
+            failures, reason = retrying
+            return {"state": "retrying", "failures": failures, "reason": reason}
         return {"state": "running"}
 
     async def stop(self) -> None:

@@ -167,6 +167,8 @@ class SiemPuller(ABC):
         self.sleep = sleep
         self.poll_interval = poll_interval
         self.backoff = backoff or Backoff()
+        # While pulls fail and are retried: how many in a row, and the last one's error.
+        self.retrying: tuple[int, str] | None = None
 
     @property
     def checkpoint_key(self) -> str:
@@ -223,6 +225,7 @@ class SiemPuller(ABC):
                     )
                     raise
                 failures += 1
+                self.retrying = (failures, f"{type(exc).__name__}: {exc}")
                 delay = self.backoff.delay(failures)
                 # The SIEM's Retry-After (SiemError) or the pipeline's (quell.errors.Overloaded).
                 hint = getattr(exc, "retry_after", None)
@@ -239,6 +242,7 @@ class SiemPuller(ABC):
                 )
             else:
                 failures = 0
+                self.retrying = None
                 if result.events:
                     log.info(
                         "siem.pulled",

@@ -325,3 +325,37 @@ def test_sources_added_changed_disabled_or_removed_while_serving_are_followed(
             await runner.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_source_whose_polls_keep_failing_says_so_while_it_retries(runtime: Runtime) -> None:
+    """An IMAP source whose server cannot be reached showed ``running`` while every poll
+    failed; it now shows ``retrying``, with how many failed in a row and why (never the
+    password). A free loopback port stands for the unreachable server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: a connection is refused at once
+    runtime.sources.create(
+        "phish", "imap", "email",
+        settings={"connection": {"host": "127.0.0.1", "port": port, "security": "none",
+                                 "username": "soc", "backoff_initial": 0.05,
+                                 "backoff_max": 0.05, "connect_timeout": 2}},
+        secret=_secret("canary-imap-password"),
+    )  # fmt: skip
+
+    async def scenario() -> dict[str, Any]:
+        runner = SourceRunner(runtime, IngestService(runtime.pipeline))
+        await runner.start()
+        try:
+            async with asyncio.timeout(20):  # polled: the runner has no event to wait on
+                while True:
+                    status = runner.status("phish")
+                    if status["state"] == "retrying" and status["failures"] >= 2:
+                        return status
+                    await asyncio.sleep(0.02)
+        finally:
+            await runner.stop()
+
+    status = asyncio.run(scenario())
+    assert status["failures"] >= 2
+    assert "refused" in status["reason"].lower(), status
+    assert "canary" not in str(status)
