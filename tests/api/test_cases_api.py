@@ -42,6 +42,10 @@ def test_an_analyst_works_the_case_and_an_auditor_only_reads(
     assert unknown.status_code == 422
 
     assert auditor.post(f"{path}/notes", json={"body": "x"}).status_code == 403
+    # A misnamed field is named, not dropped (it used to say only that "body" was missing).
+    misnamed = analyst.post(f"{path}/notes", json={"text": "user called"})
+    assert misnamed.status_code == 422
+    assert "body.text" in misnamed.text, misnamed.text
     assert analyst.post(f"{path}/notes", json={"body": "user called"}).status_code == 201
     task = analyst.post(f"{path}/tasks", json={"title": "Reimage", "assignee": "ops"}).json()
     assert auditor.post(f"/api/incident-tasks/{task['id']}/complete", json={}).status_code == 403

@@ -47,6 +47,8 @@ class IncidentChange(BaseModel):
 class NoteIn(BaseModel):
     """A note."""
 
+    model_config = ConfigDict(extra="forbid")
+
     body: str = Field(min_length=1, max_length=20_000)
 
 
@@ -64,6 +66,8 @@ class TaskIn(BaseModel):
 class MergeIn(BaseModel):
     """The incident this one merges into."""
 
+    model_config = ConfigDict(extra="forbid")
+
     into: str = Field(pattern=r"^inc_[0-9a-z]{26}$")
     comment: str | None = Field(None, max_length=2000)
 
@@ -71,12 +75,16 @@ class MergeIn(BaseModel):
 class SplitIn(BaseModel):
     """The alerts that become a new incident."""
 
+    model_config = ConfigDict(extra="forbid")
+
     alert_ids: list[str] = Field(min_length=1, max_length=1000)
     title: str | None = Field(None, max_length=512)
 
 
 class TaskDone(BaseModel):
     """How a task ended."""
+
+    model_config = ConfigDict(extra="forbid")
 
     result: str | None = Field(None, max_length=20_000)
     cancel: bool = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from quell.api.auth import Authorize, RuntimeDep
@@ -37,6 +37,8 @@ ActionKey = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,160}$")]
 class InstanceIn(BaseModel):
     """An instance to configure."""
 
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     connector: str = Field(max_length=64)
     config: dict[str, Any] = Field(default_factory=dict)
@@ -48,6 +50,8 @@ class InstanceIn(BaseModel):
 class InstanceChange(BaseModel):
     """What to change; absent fields stay as they are."""
 
+    model_config = ConfigDict(extra="forbid")
+
     config: dict[str, Any] | None = Field(None, description="Merged into the current one.")
     replace: bool = Field(False, description="Replace the config instead of merging.")
     enabled: bool | None = None
@@ -56,11 +60,15 @@ class InstanceChange(BaseModel):
 class SecretIn(BaseModel):
     """A secret's new value (null clears it)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     value: SecretValue | None
 
 
 class ActionRun(BaseModel):
     """One call of an action by hand."""
+
+    model_config = ConfigDict(extra="forbid")
 
     input: dict[str, Any] = Field(default_factory=dict)
     instance: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from quell.api.auth import Authorize, RuntimeDep
@@ -27,12 +27,16 @@ PlaybookId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 class KillSwitch(BaseModel):
     """Turn the kill switch on or off."""
 
+    model_config = ConfigDict(extra="forbid")
+
     on: bool
     reason: str = Field("", max_length=500)
 
 
 class LimitIn(BaseModel):
     """An hourly limit for one action or one risk."""
+
+    model_config = ConfigDict(extra="forbid")
 
     action: str | None = Field(None, max_length=160)
     risk: RiskLevel | None = None
@@ -41,6 +45,8 @@ class LimitIn(BaseModel):
 
 class ProtectedChange(BaseModel):
     """Assets (and asset tags) to protect, and to stop protecting."""
+
+    model_config = ConfigDict(extra="forbid")
 
     add: list[str] = Field(default_factory=list, max_length=1000)
     remove: list[str] = Field(default_factory=list, max_length=1000)
@@ -51,12 +57,16 @@ class ProtectedChange(BaseModel):
 class AssetTags(BaseModel):
     """An asset's tags (none removes it)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     entry: str = Field(min_length=1, max_length=253)
     tags: list[str] = Field(default_factory=list, max_length=50)
 
 
 class BreakerIn(BaseModel):
     """When a playbook's circuit opens."""
+
+    model_config = ConfigDict(extra="forbid")
 
     failure_rate: float = Field(0.5, gt=0, le=1)
     min_runs: int = Field(10, ge=1, le=100_000)

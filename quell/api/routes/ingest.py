@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from quell.api import services
@@ -153,6 +153,8 @@ async def ingest(
 
 class ReplayIn(BaseModel):
     """Which dead letters to replay: by id, or every pending one of a source."""
+
+    model_config = ConfigDict(extra="forbid")
 
     ids: list[str] = Field(default_factory=list, max_length=10_000)
     source: str | None = None

@@ -155,6 +155,8 @@ async def export(
 class AllowIn(BaseModel):
     """A known-good value."""
 
+    model_config = ConfigDict(extra="forbid")
+
     type: IndicatorType
     value: str = Field(min_length=1, max_length=2048)
     reason: str = Field(min_length=1, max_length=512)

@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from quell.api import services
@@ -30,6 +30,8 @@ Name = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:-]{0,127}$")]
 class SourceIn(BaseModel):
     """A source to create."""
 
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     kind: SourceKind
     format: str
@@ -43,6 +45,8 @@ class SourceIn(BaseModel):
 class SourceChange(BaseModel):
     """What to change on a source; absent fields stay as they are."""
 
+    model_config = ConfigDict(extra="forbid")
+
     parser_options: dict[str, Any] | None = None
     settings: dict[str, Any] | None = Field(default=None, description="Merged into the current.")
     enabled: bool | None = None
@@ -50,6 +54,8 @@ class SourceChange(BaseModel):
 
 class SecretIn(BaseModel):
     """A new secret for a source (null clears it)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     secret: SecretValue | None
 
@@ -160,6 +166,8 @@ async def remove_source(
 
 class SuppressionIn(BaseModel):
     """A suppression rule to create."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str
     match: dict[str, Any]

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from quell.api import services
@@ -34,6 +34,8 @@ UserName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
 
 class LoginIn(BaseModel):
     """A name and a password."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64)
     password: SecretValue
@@ -72,6 +74,8 @@ class UserOut(BaseModel):
 class UserCreate(BaseModel):
     """A user to add."""
 
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
     role: str = Field(min_length=1, max_length=32, description="A built-in or custom role.")
     display_name: str | None = Field(default=None, max_length=128)
@@ -82,6 +86,8 @@ class UserCreate(BaseModel):
 
 class UserPatch(BaseModel):
     """What to change; absent fields stay."""
+
+    model_config = ConfigDict(extra="forbid")
 
     role: str | None = Field(default=None, max_length=32, description="A new role.")
     disabled: bool | None = None
@@ -94,11 +100,15 @@ class UserPatch(BaseModel):
 class PasswordIn(BaseModel):
     """A new password."""
 
+    model_config = ConfigDict(extra="forbid")
+
     password: SecretValue
 
 
 class PasswordChangeIn(BaseModel):
     """The current password and the new one."""
+
+    model_config = ConfigDict(extra="forbid")
 
     current_password: SecretValue
     new_password: SecretValue = Field(description="At least 12 characters.")
