@@ -390,6 +390,17 @@ class _TomlSource(PydanticBaseSettingsSource):
         return data
 
 
+def _given_by(field: str, env_name: str, overrides: dict[str, Any]) -> str:
+    """Where the value of ``field`` came from, by the sources' order: an argument, the
+    environment, else the TOML file (its path). Called while the file override is set."""
+    if field.split(".")[0] in overrides:
+        return "as given"
+    if env_name in os.environ:
+        return f"from {env_name}"
+    path = _config_path()
+    return f"in {path}" if path is not None else env_name
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read settings, turning validation errors into one ConfigurationError naming the field."""
     token = _config_file_override.set(config_file)
@@ -400,7 +411,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         field = ".".join(str(part) for part in first["loc"]) or "settings"
         env_name = f"{ENV_PREFIX}{field.upper()}"
         raise ConfigurationError(
-            f"invalid setting {field} ({env_name}): {first['msg']}",
+            f"invalid setting {field} ({_given_by(field, env_name, overrides)}): {first['msg']}",
             field=field,
             env=env_name,
         ) from None

@@ -65,6 +65,25 @@ def test_broken_toml_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         load_settings()
 
 
+def test_an_invalid_value_says_where_it_came_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The error named the environment variable even for a value written in the file."""
+    config = tmp_path / "quell.toml"
+    config.write_text('api_port = "abc"\n')
+    monkeypatch.setenv("QUELL_CONFIG_FILE", str(config))
+    with pytest.raises(ConfigurationError) as in_file:
+        load_settings()
+    assert in_file.value.message.startswith(f"invalid setting api_port (in {config}): ")
+    monkeypatch.setenv("QUELL_API_PORT", "xyz")
+    with pytest.raises(ConfigurationError) as in_env:
+        load_settings()
+    assert in_env.value.message.startswith("invalid setting api_port (from QUELL_API_PORT): ")
+    with pytest.raises(ConfigurationError) as given:
+        load_settings(api_port="no")
+    assert given.value.message.startswith("invalid setting api_port (as given): ")
+
+
 def test_missing_explicit_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUELL_CONFIG_FILE", "/nonexistent/quell.toml")
     with pytest.raises(ConfigurationError, match="does not exist"):

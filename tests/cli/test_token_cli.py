@@ -90,7 +90,7 @@ def test_bad_settings_are_one_line(invoke: Invoke, env: dict[str, str]) -> None:
     result = invoke("token", "list", env={**env, "QUELL_API_PORT": "not-a-port"})
     assert result.exit_code == 1
     assert result.stderr.strip() == (
-        "error: invalid setting api_port (QUELL_API_PORT): "
+        "error: invalid setting api_port (from QUELL_API_PORT): "
         "Input should be a valid integer, unable to parse string as an integer"
     )
 
