@@ -213,7 +213,11 @@ def compile_expression(expression: Any, where: str) -> Getter:
     try:
         compiled = jmespath.compile(expression)
     except jmespath_errors.JMESPathError as exc:
-        detail = str(exc).splitlines()[0]
+        # jmespath's text is "<what>:\n<expression>\n<caret>": one line, with where it broke.
+        detail = str(exc).splitlines()[0].rstrip(": ")
+        position = getattr(exc, "lex_position", None)
+        if isinstance(position, int) and "column" not in detail:
+            detail += f" at character {position + 1} of {expression!r}"
         raise ParseError(f"invalid JMESPath in {where}: {detail}", field=where) from None
     _check_functions(compiled.parsed, where)
     search: Getter = compiled.search

@@ -190,6 +190,11 @@ def test_direct_walk_agrees_with_jmespath(expression: str) -> None:
     ("options", "field", "words"),
     [
         ({"fields": {"title": "a."}}, "options.fields.title", "invalid JMESPath"),
+        (  # says where it broke; it used to end in a dangling "Incomplete expression:"
+            {"fields": {"title": "detection.[name", "time": "t"}},
+            "options.fields.title",
+            "Incomplete expression at character 16 of 'detection.[name'",
+        ),
         (
             {"fields": {"title": "a", "time": "b", "src.ipp": "c"}},
             "options.fields.src.ipp",
