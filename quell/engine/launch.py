@@ -9,6 +9,7 @@ a busy one at its next poll. Either way the caller hears of the run only once it
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Any
 
 from quell.engine.notify import notify_ready
@@ -67,7 +68,7 @@ def check_inputs(playbook: Playbook, inputs: dict[str, Any], *, field: str = "in
                 )
             continue
         shape = _SHAPES.get(variable.type)
-        if shape is None:
+        if shape is None or (playbook.source_format == "cacao" and _cacao_text(variable, value)):
             continue
         what, types = shape
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
@@ -76,6 +77,18 @@ def check_inputs(playbook: Playbook, inputs: dict[str, Any], *, field: str = "in
                 f"not {_json_kind(value)}",
                 field=f"{field}.{name}",
             )
+
+
+def _cacao_text(variable: Any, value: Any) -> bool:
+    """CACAO 2.0 writes numbers and booleans as JSON strings ("3", "true"): a string that
+    reads as its declared type is that type in a CACAO playbook."""
+    if not isinstance(value, str):
+        return False
+    if variable.type in ("integer", "long"):
+        return re.fullmatch(r"[+-]?\d+", value.strip()) is not None
+    if variable.type == "number":
+        return re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", value.strip()) is not None
+    return variable.type == "boolean" and value.strip().lower() in ("true", "false")
 
 
 def _json_kind(value: Any) -> str:

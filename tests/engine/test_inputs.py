@@ -4,6 +4,7 @@ the input."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -86,3 +87,16 @@ def test_a_triggered_playbook_takes_its_triggers_payload_by_hand() -> None:
     check_inputs(playbook, {"alert": {"title": "x"}})
     refused = _refusal(TRIGGERED, {"incident": {}})
     assert refused.message == "the playbook has no input 'incident' (its inputs: alert)"
+
+
+def test_a_cacao_playbook_takes_numbers_and_booleans_written_as_strings() -> None:
+    """CACAO 2.0 writes a number or a boolean as a JSON string ("3", "true"); the same string
+    is refused for a playbook written in Quell's YAML."""
+    yaml_playbook = parse_playbook(TYPED, "pb.yaml")
+    cacao = dataclasses.replace(yaml_playbook, source_format="cacao")
+    check_inputs(cacao, {"host": "ws-1", "n": "7", "score": "0.5", "urgent": "true"})
+    for inputs in ({"n": "seven"}, {"score": "high"}, {"urgent": "yes"}):
+        with pytest.raises(InvalidInput):
+            check_inputs(cacao, {"host": "ws-1", **inputs})
+    with pytest.raises(InvalidInput, match="must be an integer"):
+        check_inputs(yaml_playbook, {"host": "ws-1", "n": "7"})
