@@ -335,6 +335,19 @@ class ContainmentService:
             }
             await asyncio.to_thread(self._failed, item, error)
             return await asyncio.to_thread(self.get, item.id)
+        revert = runner.registry.actions.get(item.revert_action)
+        if item.instance is None and revert is not None and revert.connector.needs_instance:
+            # Made before the connector needed an instance, on the unconfigured one: this
+            # host's own. An instance added since is another peer, where the same input (a
+            # rule number) names something else.
+            error = {
+                "code": "no_instance",
+                "message": f"{item.action} ran unconfigured, on the host that ran it; "
+                f"{item.revert_action} now runs only on a configured instance, which may be "
+                f"another peer: revert it on that host by hand ({item.revert_input})",
+            }
+            await asyncio.to_thread(self._failed, item, error)
+            return await asyncio.to_thread(self.get, item.id)
         try:
             await runner.run_once(
                 item.revert_action,

@@ -12,6 +12,7 @@ from quell.clock import ManualClock
 from quell.engine.containment import ContainmentService, ContainmentStatus
 from quell.errors import Conflict
 from quell.runtime import Runtime
+from quell.store.schema import containments
 from tests.engine.harness import ENDED, Harness, eventually
 from tests.engine.peer import Peer
 
@@ -149,3 +150,38 @@ steps:
         assert Peer.released == ["ws-5", "ws-6"]
 
     asyncio.run(scenario())
+
+
+def test_an_unconfigured_nftables_containment_is_not_reverted_on_another_firewall(
+    runtime: Runtime, service: ContainmentService
+) -> None:
+    """Before nftables needed an instance, a deny could run unconfigured, on the host's own
+    firewall. Its revert (a delete by rule number) must not go to an instance added since,
+    another firewall where that number is another rule: it fails, saying to revert by hand."""
+    with runtime.db.write() as conn:
+        conn.execute(
+            containments.insert().values(
+                id="cnt_legacy", action="nftables.deny", instance="",
+                target={"ipv4_net": "203.0.113.9"}, output={"rule_number": 2},
+                revert_action="nftables.delete", revert_input={"rule_number": 2},
+                created_by="cli:root", created_at=runtime.clock.now(), status="active",
+                attempts=0,
+            )
+        )  # fmt: skip
+    runtime.connector_instances.create(
+        "edge-fw", "nftables", {"command": ["/nonexistent/nft"]}, created_by="test"
+    )
+
+    async def revert() -> None:
+        runner = runtime.action_runner("cli:root")
+        try:
+            await service.revert(runner, "cnt_legacy", by="cli:root")
+        finally:
+            await runner.aclose()
+
+    asyncio.run(revert())
+    item = service.get("cnt_legacy")
+    assert item.status is ContainmentStatus.FAILED
+    assert item.last_error is not None
+    assert item.last_error["code"] == "no_instance"  # not an attempt on edge-fw's nft
+    assert "by hand" in item.last_error["message"]
