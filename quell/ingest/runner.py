@@ -5,7 +5,8 @@ intake as the HTTP route. A source whose configuration is broken is logged and l
 it never stops the server or the other sources. The server looks again every
 :data:`RECONCILE_EVERY` seconds (and at once after a change through its own API): a source
 added or enabled since starts, one removed or disabled stops, and one whose settings or secret
-changed starts again with them, failed or not. A source's
+changed starts again with them, failed or not; one that could not start is tried again
+after :data:`RETRY_START_AFTER` seconds. A source's
 ``settings.connection`` holds its kind's configuration (ports, mailbox, cluster); its secret
 (a mailbox password, an API key) is opened from the sealed column only when the source starts.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,10 @@ log = structlog.get_logger(__name__)
 
 RUN_KINDS = (SourceKind.SYSLOG, SourceKind.IMAP, SourceKind.ELASTIC)
 RECONCILE_EVERY = 5.0  # seconds between looks at the configured sources
+# A source that could not start (a port another source held) is tried again after this long,
+# though its configuration did not change. One that failed while running (a refused login) is
+# not: retrying a wrong password only locks the account.
+RETRY_START_AFTER = 60.0
 
 
 def _invalid(kind: SourceKind, exc: ValidationError) -> InvalidInput:
@@ -105,6 +111,7 @@ class SourceRunner:
     failed: dict[str, str] = field(default_factory=dict)
     # The configuration each source was started with, running or failed (see _configuration).
     started_with: dict[str, Any] = field(default_factory=dict)
+    start_failed_at: dict[str, float] = field(default_factory=dict)  # monotonic
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
@@ -122,7 +129,9 @@ class SourceRunner:
                 log.info("source_stopped", source=name, reason="removed or disabled")
             for name, source in wanted.items():
                 known = name in self.running or name in self.failed
-                if known and self.started_with.get(name) == _configuration(source):
+                failed_at = self.start_failed_at.get(name)
+                retry = failed_at is not None and time.monotonic() - failed_at >= RETRY_START_AFTER
+                if known and not retry and self.started_with.get(name) == _configuration(source):
                     continue
                 if known:
                     await self._stop_one(name)
@@ -131,14 +140,17 @@ class SourceRunner:
 
     async def _stop_one(self, name: str) -> None:
         self.failed.pop(name, None)
+        self.start_failed_at.pop(name, None)
         self.started_with.pop(name, None)
-        running = self.running.pop(name, None)
+        running = self.running.get(name)
         if running is None:
             return
         await running.stop()
         _, pending = await asyncio.wait([running.task], timeout=60)
         for task in pending:
             task.cancel()
+        # Forgotten only once stopped: a shutdown that cancels this midway still finds it.
+        self.running.pop(name, None)
 
     async def watch(self, wake: asyncio.Event) -> None:
         """Reconcile every :data:`RECONCILE_EVERY` seconds, or when ``wake`` is set, until
@@ -160,9 +172,11 @@ class SourceRunner:
             config = connection_config(source.kind, source.settings.connection, secret)
             self.running[source.name] = await self._launch(source, config)
             self.failed.pop(source.name, None)
+            self.start_failed_at.pop(source.name, None)
             log.info("source_started", source=source.name, kind=source.kind.value)
         except QuellError as exc:
             self.failed[source.name] = exc.message
+            self.start_failed_at[source.name] = time.monotonic()
             log.error("source_not_started", source=source.name, reason=exc.message)
 
     async def _launch(self, source: Source, config: Any) -> _Running:
@@ -244,6 +258,7 @@ class SourceRunner:
         """Stop every running source, letting each flush what it holds."""
         self.failed.clear()
         self.started_with.clear()
+        self.start_failed_at.clear()
         for running in list(self.running.values()):
             await running.stop()
         tasks = [running.task for running in self.running.values()]

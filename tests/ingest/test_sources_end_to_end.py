@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from quell.ingest import runner as runner_module
 from quell.ingest.intake import IntakeResult
 from quell.ingest.runner import SourceRunner
 from quell.ingest.service import IngestService
@@ -268,7 +269,7 @@ def test_an_imap_source_turns_reported_phish_into_alerts(
 
 
 def test_sources_added_changed_disabled_or_removed_while_serving_are_followed(
-    runtime: Runtime,
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A source added while ``quell serve`` ran stayed stopped until the server restarted. The
     runner now follows the configuration: it starts what is added or enabled, restarts what
@@ -307,9 +308,30 @@ def test_sources_added_changed_disabled_or_removed_while_serving_are_followed(
             )
             await runner.reconcile()
             assert runner.status("fw2")["state"] == "failed"
+            await runner.reconcile()  # unchanged, and failed a moment ago: left alone
+            assert runner.status("fw2")["state"] == "failed"
             await asyncio.to_thread(
                 runtime.sources.update, "fw2", settings={"connection": connection}
             )
+            await runner.reconcile()
+            assert runner.status("fw2") == {"state": "running"}
+
+            # A source that could not start is tried again a while later, unchanged: the
+            # port it wanted may have been freed since (here: fw3 wants fw2's, then fw2 goes).
+            taken = {"udp_port": runner.running["fw2"].detail.udp_address[1]}
+            await asyncio.to_thread(
+                runtime.sources.create, "fw3", "syslog", "syslog", settings={"connection": taken}
+            )
+            await runner.reconcile()
+            assert runner.status("fw3")["state"] == "failed"
+            await asyncio.to_thread(runtime.sources.update, "fw2", enabled=False)
+            await runner.reconcile()  # fw2 stops; fw3 failed too recently to be tried again
+            assert runner.status("fw3")["state"] == "failed"
+            monkeypatch.setattr(runner_module, "RETRY_START_AFTER", 0.0)
+            await runner.reconcile()
+            assert runner.status("fw3") == {"state": "running"}
+            await asyncio.to_thread(runtime.sources.update, "fw2", enabled=True)
+            await asyncio.to_thread(runtime.sources.remove, "fw3")
             await runner.reconcile()
             assert runner.status("fw2") == {"state": "running"}
 
