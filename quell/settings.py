@@ -393,12 +393,15 @@ class _TomlSource(PydanticBaseSettingsSource):
 def _given_by(field: str, env_name: str, overrides: dict[str, Any]) -> str:
     """Where the value of ``field`` came from, by the sources' order: an argument, the
     environment, else the TOML file (its path). Called while the file override is set."""
-    if field.split(".")[0] in overrides:
+    top = field.split(".")[0]
+    if top in overrides:
         return "as given"
-    if env_name in os.environ:
-        return f"from {env_name}"
+    variable = f"{ENV_PREFIX}{top.upper()}"
+    named = [key for key in os.environ if key.upper() == variable]  # in any case, as read
+    if named:
+        return f"from {named[0]}"
     path = _config_path()
-    return f"in {path}" if path is not None else env_name
+    return f"in {path}" if path is not None and path.is_file() else env_name
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -79,6 +79,11 @@ def test_an_invalid_value_says_where_it_came_from(
     with pytest.raises(ConfigurationError) as in_env:
         load_settings()
     assert in_env.value.message.startswith("invalid setting api_port (from QUELL_API_PORT): ")
+    monkeypatch.delenv("QUELL_API_PORT")
+    monkeypatch.setenv("quell_api_port", "abc")  # read in any case: named as it was set
+    with pytest.raises(ConfigurationError) as lower:
+        load_settings()
+    assert lower.value.message.startswith("invalid setting api_port (from quell_api_port): ")
     with pytest.raises(ConfigurationError) as given:
         load_settings(api_port="no")
     assert given.value.message.startswith("invalid setting api_port (as given): ")

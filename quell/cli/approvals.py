@@ -41,6 +41,15 @@ def _decider(state: CliState, as_user: str | None) -> tuple[str, str]:
     return acting_user(state, as_user, Permission.APPROVALS_DECIDE)
 
 
+def _has_terminal() -> bool:
+    """Whether this process has a controlling terminal to ask a password on."""
+    try:
+        with open("/dev/tty", "rb"):  # noqa: PTH123 - a device, opened only to see that it can be
+            return True
+    except OSError:
+        return False
+
+
 def acting_user(state: CliState, as_user: str | None, permission: Permission) -> tuple[str, str]:
     """Who acts at the CLI, with which role, holding ``permission``.
 
@@ -53,11 +62,12 @@ def acting_user(state: CliState, as_user: str | None, permission: Permission) ->
     runtime = state.runtime()
     user: User | None
     if as_user:
-        if sys.stdin.isatty():
+        if sys.stdin.isatty() or _has_terminal():
+            # getpass asks on the terminal, even when stdin is a pipe (a loop reading ids)
             password = click.prompt(
                 f"password of {as_user}", hide_input=True, err=True, show_default=False
             )
-        else:  # piped: one line, without getpass's warning that it cannot hide the echo
+        else:  # no terminal (a script, CI): one line, without getpass's echo warning
             password = sys.stdin.readline().rstrip("\r\n")
             if not password:
                 raise InvalidInput(f"no password of {as_user} on stdin", field="password")
