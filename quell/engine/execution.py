@@ -300,8 +300,9 @@ class Execution:
                 self.records[row.key] = record
         self.variables: dict[str, Any] = {}
         for name, variable in playbook.variables.items():
-            if variable.external:
-                self.variables[name] = run.inputs.get(name, variable.value)
+            if variable.external:  # an input given as null is not given: its default holds
+                given = run.inputs.get(name)
+                self.variables[name] = variable.value if given is None else given
             else:
                 self.variables[name] = variable.value
         self.control: str | None = None  # "cancel" or "pause", set by the worker

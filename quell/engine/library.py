@@ -136,8 +136,9 @@ class PlaybookLibrary:
         """Store a compiled (or imported) playbook as a draft; see :meth:`add`."""
         self.refuse_activate(activate)
         self._refuse_changed(playbook)
-        version = self.store.register(playbook, source=source, created_by=created_by)
-        self._record(version, event, created_by or "unknown", None)
+        version, created = self.store.add_version(playbook, source=source, created_by=created_by)
+        if created:  # the same content added again is the version stored before: no new step
+            self._record(version, event, created_by or "unknown", None)
         if activate:
             return self.publish(
                 playbook.id,

@@ -29,7 +29,7 @@ from quell.engine.notify import notify_ready
 from quell.engine.states import RunStatus
 from quell.errors import NotFound
 from quell.ids import new_id
-from quell.playbooks.ir import Playbook
+from quell.playbooks.ir import Playbook, content_digest
 from quell.store.database import Backend, Database
 from quell.store.schema import playbook_versions, run_steps, runs, schedules
 from quell.store.types import UTCDateTime
@@ -113,8 +113,30 @@ class PlaybookStore:
         """Store ``playbook`` (once per content) as a draft and, with ``activate``, publish it
         (as ``published_by``, else its author) and make its triggers live. The review workflow
         on top of this is :class:`quell.engine.library.PlaybookLibrary`'s."""
+        version, _created = self.add_version(
+            playbook,
+            source=source,
+            created_by=created_by,
+            activate=activate,
+            published_by=published_by,
+            published=published,
+        )
+        return version
+
+    def add_version(
+        self,
+        playbook: Playbook,
+        *,
+        source: str | None = None,
+        created_by: str | None = None,
+        activate: bool = False,
+        published_by: str | None = None,
+        published: bool = False,
+    ) -> tuple[PlaybookVersion, bool]:
+        """:meth:`register`, and whether this content was new (False: the version stored
+        before is returned, unchanged but for ``activate``)."""
         ir = playbook.to_json()
-        digest = playbook.digest()
+        digest = content_digest(ir)
         now = self.clock.now()
         with self.db.write() as conn:
             row = conn.execute(
@@ -144,6 +166,7 @@ class PlaybookStore:
                 )
             else:
                 version_id = row.id
+            created = row is None
             if activate:
                 publisher = published_by or created_by or (row.created_by if row else None)
                 self.mark_published(conn, version_id, publisher or "system", now)
@@ -152,7 +175,7 @@ class PlaybookStore:
                 select(playbook_versions).where(playbook_versions.c.id == version_id)
             ).one()
         self._irs[version_id] = playbook
-        return _version(row)
+        return _version(row), created
 
     @staticmethod
     def mark_published(conn: Connection, version_id: str, by: str, now: datetime) -> None:

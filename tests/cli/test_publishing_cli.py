@@ -56,6 +56,8 @@ def test_publishing_from_the_command_line(
     assert "lacks the permission 'playbooks:publish'" in out
     code, out = quell("publish", "look", "-m", "fine", "--as", "pat")
     assert (code, out) == (0, "look v1: active\n")
+    code, out = quell("add", str(files[0]), "--as", "dana")  # the same text: the same version
+    assert (code, out.split(" (")[0]) == (0, "look v1 active")  # and no second "added" below
     quell("add", str(files[1]), "--as", "dana")
     quell("submit", "look", "--version", "2", "--as", "dana")
     assert quell("reject", "look", "--version", "2", "-m", "not yet", "--as", "pat") == (

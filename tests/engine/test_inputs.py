@@ -4,6 +4,7 @@ the input."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 from quell.engine.launch import check_inputs
 from quell.errors import InvalidInput
 from quell.playbooks.compiler import parse_playbook
+from quell.runtime import Runtime
+from tests.engine.harness import Harness
 
 TYPED = """\
 id: typed
@@ -100,3 +103,25 @@ def test_a_cacao_playbook_takes_numbers_and_booleans_written_as_strings() -> Non
             check_inputs(cacao, {"host": "ws-1", **inputs})
     with pytest.raises(InvalidInput, match="must be an integer"):
         check_inputs(yaml_playbook, {"host": "ws-1", "n": "7"})
+
+
+DEFAULTED = """\
+id: defaulted
+name: An input with a default
+inputs:
+  host: {type: string, required: true}
+  level: {type: string, default: low}
+steps:
+  - {id: say, action: core.echo, with: {value: "{{ host }} {{ level }}"}}
+"""
+
+
+def test_an_input_given_as_null_takes_its_default(runtime: Runtime) -> None:
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            nulled = await harness.run(DEFAULTED, {"host": "ws-1", "level": None})
+            given = await harness.run(DEFAULTED, {"host": "ws-2", "level": "high"})
+        assert (nulled.status, given.status) == ("succeeded", "succeeded")
+        assert (nulled.variables["level"], given.variables["level"]) == ("low", "high")
+
+    asyncio.run(scenario())
