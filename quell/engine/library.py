@@ -27,6 +27,7 @@ from sqlalchemy import insert, select, update
 
 from quell.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from quell.ids import new_id
+from quell.playbooks.ir import content_digest
 from quell.store.schema import playbook_reviews, playbook_versions
 
 if TYPE_CHECKING:
@@ -206,17 +207,22 @@ class PlaybookLibrary:
 
     def _refuse_changed(self, playbook: Playbook) -> None:
         """A version never changes: other content under a number in use is refused (so the
-        version a reviewer read is the one they publish)."""
+        version a reviewer read is the one they publish). The stored IR is what is compared: a
+        copy of one content stored under two paths before migration 0024 keeps its older digest
+        (the digest is unique), yet holds the same content."""
         digest = playbook.digest()
         with self.db.read() as conn:
             taken = conn.execute(
-                select(playbook_versions.c.state, playbook_versions.c.digest).where(
+                select(
+                    playbook_versions.c.state, playbook_versions.c.digest, playbook_versions.c.ir
+                ).where(
                     playbook_versions.c.playbook_id == playbook.id,
                     playbook_versions.c.version == playbook.version,
                 )
             ).all()
-        for state, other in taken:
-            if other != digest:  # a number names one content: what a reviewer read is published
+        for state, other, ir in taken:
+            # A number names one content: what a reviewer read is published.
+            if other != digest and content_digest(ir) != digest:
                 raise Conflict(
                     f"{playbook.id} version {playbook.version} exists ({state or PUBLISHED}) with "
                     "other content, and a version never changes: give the new content a new "

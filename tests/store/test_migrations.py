@@ -162,6 +162,11 @@ def test_0024_gives_stored_versions_their_content_digest_and_0023_the_old_one(
     import hashlib
     from datetime import UTC, datetime
 
+    from quell.clock import SystemClock
+    from quell.connectors.registry import Registry
+    from quell.engine.library import PlaybookLibrary
+    from quell.engine.store import PlaybookStore
+    from quell.errors import Conflict
     from quell.playbooks.compiler import parse_playbook
     from quell.store.schema import playbook_versions
 
@@ -190,5 +195,13 @@ def test_0024_gives_stored_versions_their_content_digest_and_0023_the_old_one(
     migrate.upgrade(blank)
     content = parse_playbook(text, "elsewhere.yaml").digest()
     assert digests() == [content, old[1]]
+    # The newer copy's older digest is still the same content: adding the text again is no
+    # change of version 1, and finds the older copy.
+    library = PlaybookLibrary(
+        blank, PlaybookStore(blank, SystemClock()), Registry.discover(), review_required=False
+    )
+    assert library.add(text, "again.yaml").id == "pbv_0"
+    with pytest.raises(Conflict, match="other content"):
+        library.add(text.replace("x: 1", "x: 2"), "again.yaml")
     migrate.downgrade(blank, "0023_waits_status_created")
     assert digests() == old
