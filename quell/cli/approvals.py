@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
 
 from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.state import CliState, pass_state
@@ -269,7 +268,9 @@ def set_rule(state: CliState, /, name: str, path: str | None, disabled: bool, as
              **options: Any) -> None:  # fmt: skip
     """Create or replace rule NAME."""
     if path is not None:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        from quell.playbooks.source import load_data
+
+        data = load_data(Path(path).read_text(encoding="utf-8"), path)
         if not isinstance(data, dict):
             raise InvalidInput(f"{path}: a rule is a mapping", field="file")
         data = {**data, "name": name}

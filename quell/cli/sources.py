@@ -29,12 +29,9 @@ def _object(text: str | None, what: str) -> dict[str, Any]:
             text = path.read_text("utf-8")
         except OSError as exc:
             raise InvalidInput(f"{what}: cannot read {path}: {exc.strerror}", field=what) from None
-    try:
-        import yaml
+    from quell.playbooks.source import load_data
 
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{what}: not JSON or YAML: {exc}", field=what) from None
+    value = load_data(text, what)
     if not isinstance(value, dict):
         raise InvalidInput(f"{what}: must be an object", field=what)
     return value

@@ -19,10 +19,13 @@ What keeps it safe (nothing here calls Python's ``eval`` on user text):
   default Jinja globals (``range``, ``lipsum``, ``cycler`` …) are removed.
 - Methods may be called only from a short allow-list (``startswith``, ``split``, ``get`` …);
   the filters that size their output from an argument (``center``, ``format``, ``indent`` …)
-  are not offered, and ``*`` and ``**`` are checked before they run, so no expression builds a
-  huge string or number.
+  are not offered. What can make something much larger than its operands is sized before it
+  runs: ``*``, ``+``, ``~`` and ``**``, the ``replace`` method and filter, ``join``, ``sum``,
+  ``to_json``, ``batch`` and ``slice``; ``%`` formats no strings. So no expression builds a
+  huge string, list or number, and none is computed while compiling (no constant folding).
 - Every evaluation has a deadline (checked at each filter and function call) and its result a
-  size limit; source text is limited too. Errors are :class:`ExpressionError` naming where.
+  size limit; source text and nesting are limited too. Errors are :class:`ExpressionError`
+  naming where.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import ipaddress
+import itertools
 import math
 import operator
 import re
@@ -47,7 +51,9 @@ from jinja2 import (
     Undefined,
     nodes,
 )
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
+from jinja2.filters import make_attrgetter
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from quell.durations import parse_duration
@@ -123,14 +129,60 @@ def _guarded(function: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-def _sized(value: Any) -> int:
-    return len(value) if isinstance(value, str | list | tuple) else 0
+def _weight(value: Any, limit: int = MAX_OUTPUT) -> int:
+    """How large ``value`` is at least as JSON (a string its length and quotes, any other
+    scalar one character, a list or dict its brackets, commas and keys), counted only until it
+    passes ``limit``: a list holding one huge string many times weighs what it would print."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += len(item) + 2
+        elif isinstance(item, list | tuple):
+            total += len(item) + 1
+            stack.extend(item)
+        elif isinstance(item, Mapping):
+            total += 2 * len(item) + 1
+            for key, member in item.items():
+                stack.append(key)
+                stack.append(member)
+        else:
+            total += 1
+    return total
+
+
+def _too_large(what: str) -> ExpressionError:
+    return ExpressionError(f"{what} would be larger than the size limit ({MAX_OUTPUT} bytes)")
+
+
+def _concat(parts: Iterable[Any]) -> str:
+    """Text made of parts (``a ~ b``, and a template's text and values), sized before it is
+    joined: each part may be large, the text may not."""
+    texts = [str(part) for part in parts]
+    if sum(map(len, texts)) > MAX_OUTPUT:
+        raise _too_large("the text")
+    return "".join(texts)
+
+
+class _Generator(CodeGenerator):
+    """Jinja's code generator, with ``~`` going through :func:`_concat` (the environment's
+    ``concat``, which also joins a template's output)."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.concat((")
+        for part in node.nodes:
+            self.visit(part, frame)
+            self.write(", ")
+        self.write("))")
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """The sandbox, narrowed further: method allow-list, checked repetition and powers."""
+    """The sandbox, narrowed further: method allow-list, sized operators."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _Generator
+    concat = staticmethod(_concat)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if not super().is_safe_attribute(obj, attr, value):
@@ -146,6 +198,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         # Jinja hands out a sandboxed str.format, which still pads to any width it is told.
         if isinstance(obj, str) and attribute in ("format", "format_map"):
             return self.unsafe_undefined(obj, attribute)
+        if isinstance(obj, str) and attribute == "replace":
+            return functools.partial(_replace, obj)
         if isinstance(obj, Undefined):  # a.b.c on a missing a: missing too
             return obj
         return super().getattr(obj, attribute)
@@ -157,9 +211,24 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         _check_deadline()
         if operator_name == "*":
             for sequence, times in ((left, right), (right, left)):
-                if isinstance(times, int) and _sized(sequence) * max(times, 0) > MAX_OUTPUT:
-                    raise ExpressionError("a repetition would exceed the size limit")
+                if isinstance(times, int) and isinstance(sequence, str | list | tuple):
+                    # What each repetition adds: the weight but for the quotes or brackets.
+                    each = _weight(sequence) - (2 if isinstance(sequence, str) else 1)
+                    if each * max(times, 0) > MAX_OUTPUT:
+                        raise _too_large("a repetition")
             return operator.mul(left, right)
+        if operator_name == "+":
+            if (
+                isinstance(left, str | list | tuple)
+                and isinstance(right, str | list | tuple)
+                and _weight(left) + _weight(right) > MAX_OUTPUT
+            ):
+                raise _too_large("a concatenation (+)")
+            return operator.add(left, right)
+        if operator_name == "%":
+            if isinstance(left, str | bytes):  # printf-style formatting pads to any width
+                raise ExpressionError("% does not format text: join text with ~")
+            return operator.mod(left, right)
         if (
             isinstance(left, int)
             and isinstance(right, int)
@@ -177,9 +246,87 @@ class _Undefined(ChainableUndefined):
     __slots__ = ()
 
 
+def _check_replace(text: str, old: str, new: str, count: Any) -> None:
+    """Whether a replace's result fits: an empty ``old`` inserts ``new`` between every
+    character."""
+    if len(new) <= len(old):
+        return
+    hits = text.count(old) if old else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    if len(text) + hits * (len(new) - len(old)) > MAX_OUTPUT:
+        raise _too_large("a replace")
+
+
+def _replace(text: str, old: Any, new: Any, count: Any = -1) -> str:
+    """``str.replace`` for expressions, sized first."""
+    old, new = str(old), str(new)
+    _check_replace(text, old, new, count)
+    return text.replace(old, new, count if isinstance(count, int) else -1)
+
+
+def _sized_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    """Jinja's filters whose output an argument can make much larger than their input, each
+    checking the size first (and keeping how Jinja calls it: with the context it asks for)."""
+    replace, join, total = filters["replace"], filters["join"], filters["sum"]
+    batch, slices = filters["batch"], filters["slice"]
+
+    @functools.wraps(replace)
+    def sized_replace(eval_ctx: Any, text: Any, old: Any, new: Any, count: Any = None) -> Any:
+        _check_replace(str(text), str(old), str(new), count)
+        return replace(eval_ctx, text, old, new, count)
+
+    @functools.wraps(join)
+    def sized_join(eval_ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> Any:
+        items = list(value) if not isinstance(value, str) else value
+        separator = len(str(d)) * max(len(items) - 1, 0)
+        if separator + _weight(items, MAX_OUTPUT) > MAX_OUTPUT:
+            raise _too_large("a join")
+        return join(eval_ctx, items, d, attribute)
+
+    @functools.wraps(total)
+    def sized_sum(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+        if isinstance(start, int | float):  # numbers: Jinja's sum
+            return total(environment, iterable, attribute, start)
+        # Lists (or text) added one by one copy the growing result each time: n squared.
+        items = list(iterable)
+        if attribute is not None:
+            items = list(map(make_attrgetter(environment, attribute), items))
+        if _weight(start) + sum(_weight(item) for item in items) > MAX_OUTPUT:
+            raise _too_large("a sum")
+        if isinstance(start, list | tuple) and all(isinstance(i, list | tuple) for i in items):
+            return type(start)(itertools.chain(start, *items))
+        return functools.reduce(operator.add, items, start)
+
+    def counted(function: Callable[..., Any], what: str) -> Callable[..., Any]:
+        """``function(value, count, ...)`` with ``count`` (how many lists to make, or how long
+        each is, padded) at most MAX_ITEMS; after the context, when Jinja passes one."""
+        place = 2 if getattr(function, "jinja_pass_arg", None) is not None else 1
+
+        @functools.wraps(function)
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            count = args[place] if len(args) > place else next(iter(kwargs.values()), None)
+            if isinstance(count, int) and count > MAX_ITEMS:
+                raise ExpressionError(f"{what} takes a count of at most {MAX_ITEMS}")
+            return function(*args, **kwargs)
+
+        return bounded
+
+    return {
+        "replace": sized_replace,
+        "join": sized_join,
+        "sum": sized_sum,
+        "batch": counted(batch, "batch"),
+        "slice": counted(slices, "slice"),
+    }
+
+
 def _build_environment() -> _Sandbox:
-    env = _Sandbox(undefined=_Undefined, autoescape=False, cache_size=0)
+    # Not optimized: Jinja's optimizer computes constant parts (filters included) while
+    # compiling, where no deadline holds; a playbook is compiled by anyone who may validate it.
+    env = _Sandbox(undefined=_Undefined, autoescape=False, cache_size=0, optimized=False)
     kept: dict[str, Callable[..., Any]] = {name: env.filters[name] for name in _KEPT_FILTERS}
+    kept.update(_sized_filters(kept))
     env.filters = {name: _guarded(function) for name, function in kept.items()}
     env.filters.update({name: _guarded(f) for name, f in FILTERS.items()})
     tests = cast(dict[str, Callable[..., Any]], env.tests)
@@ -362,6 +509,8 @@ def severity(label: Any) -> int:
 
 def to_json(value: Any) -> str:
     """The value as compact JSON text."""
+    if _weight(value) > MAX_OUTPUT:
+        raise _too_large("to_json")
     return orjson.dumps(_plain(value), default=str).decode()
 
 
@@ -454,7 +603,10 @@ def _check_size(value: Any, where: str) -> Any:
     if isinstance(value, str):
         size = len(value)
     elif isinstance(value, dict | list):
-        size = len(orjson.dumps(value, default=str))
+        # The weight first: what holds one huge value many times is refused before printing.
+        size = _weight(value)
+        if size <= MAX_OUTPUT:
+            size = len(orjson.dumps(value, default=str))
     else:
         return value
     if size > MAX_OUTPUT:
@@ -488,6 +640,8 @@ class Expression:
             value = _plain(self._function(scope))
         except ExpressionError as exc:
             raise ExpressionError(f"{self.where}: {exc.message}", field=self.where) from None
+        except RecursionError:  # data nested deeper than Python's stack
+            raise _nesting(self.where) from None
         except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise ExpressionError(
                 f"{self.where}: {type(exc).__name__}: {str(exc)[:200]}", field=self.where
@@ -542,9 +696,20 @@ def _syntax(where: str, exc: TemplateSyntaxError) -> ExpressionError:
     return ExpressionError(f"{where}: {exc.message or 'syntax error'}", field=where)
 
 
-@functools.lru_cache(maxsize=8192)
+def _nesting(where: str) -> ExpressionError:
+    return ExpressionError(f"{where}: nested too deeply", field=where)
+
+
 def compile_expression(source: str, where: str = "expression") -> Expression:
     """Compile a bare expression (``a.b > 3 and c``); ``{{ … }}`` around it is accepted too."""
+    try:
+        return _compile_expression(source, where)
+    except RecursionError:  # Jinja's parser and Python's compiler recurse per level
+        raise _nesting(where) from None
+
+
+@functools.lru_cache(maxsize=8192)
+def _compile_expression(source: str, where: str) -> Expression:
     text = source.strip()
     if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
         text = text[2:-2].strip()
@@ -673,6 +838,8 @@ class Template:
             text = self._template.render(**scope)
         except ExpressionError as exc:
             raise ExpressionError(f"{self.where}: {exc.message}", field=self.where) from None
+        except RecursionError:  # data nested deeper than Python's stack
+            raise _nesting(self.where) from None
         except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise ExpressionError(
                 f"{self.where}: {type(exc).__name__}: {str(exc)[:200]}", field=self.where
@@ -689,9 +856,16 @@ def is_template(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
 
 
-@functools.lru_cache(maxsize=8192)
 def compile_template(source: str, where: str = "value") -> Template:
     """Compile text with ``{{ … }}`` parts; statements (``{% … %}``) are refused."""
+    try:
+        return _compile_template(source, where)
+    except RecursionError:
+        raise _nesting(where) from None
+
+
+@functools.lru_cache(maxsize=8192)
+def _compile_template(source: str, where: str) -> Template:
     if len(source) > MAX_SOURCE:
         raise ExpressionError(f"{where}: longer than {MAX_SOURCE} characters", field=where)
     try:

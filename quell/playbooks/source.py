@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from quell.errors import InvalidInput
@@ -39,8 +41,57 @@ class Source:
         return Position(self.file)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader (no Python tags), with YAML 1.1's ``on``/``yes`` booleans kept as text."""
+MAX_DEPTH = 100  # levels of nesting a document may have
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """SafeLoader (no Python tags) that refuses aliases and deep nesting.
+
+    An alias (``*name``) repeats the node it names: a few hundred bytes of nested aliases expand
+    to billions of values for whatever walks the data (the positions here, the compiler, the
+    IR's JSON). Nothing Quell reads needs them, so they are refused where they are written.
+    The composer recurses once per level: nesting is bounded before Python's stack is."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        if self.check_event(AliasEvent):
+            raise ComposerError(
+                None,
+                None,
+                "YAML aliases (*name) are not allowed here: write the value out",
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+            )
+        if self._depth >= MAX_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_data(text: str, what: str) -> Any:
+    """Plain data from YAML (or JSON) text given by a user (a file of options, a rule):
+    SafeLoader's types, no aliases; InvalidInput naming ``what`` and where when it does not
+    parse."""
+    loader = _PlainLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{what}:{mark.line + 1}:{mark.column + 1}" if mark else what
+        raise InvalidInput(f"{where}: {exc.problem or 'not valid YAML'}", field=what) from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{what}: not valid YAML or JSON ({exc})", field=what) from None
+    finally:
+        loader.dispose()
+
+
+class _Loader(_PlainLoader):
+    """The playbook loader: :class:`_PlainLoader`, with YAML 1.1's ``on``/``yes`` booleans kept
+    as text."""
 
 
 # ``on: alert.created`` must stay the key "on", not become True.
@@ -103,4 +154,4 @@ def _walk_value(node: Node, path: Path, positions: dict[Path, tuple[int, int]]) 
     positions[path] = key_place  # keep pointing at the key for the entry itself
 
 
-__all__ = ["Path", "Source", "load"]
+__all__ = ["MAX_DEPTH", "Path", "Source", "load", "load_data"]

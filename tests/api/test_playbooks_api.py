@@ -147,6 +147,20 @@ def test_an_invalid_playbook_is_refused_with_each_problem_at_its_line_and_column
             }
         ]
 
+        # Nested aliases expanded to billions of values; deep parentheses overflowed the stack.
+        laughs = "id: x\na0: &a0 [x, x]\na1: &a1 [*a0, *a0]\n"
+        deep = "(" * 900 + "1" + ")" * 900
+        nested = "id: x\nname: y\nvars: {v: 0}\nsteps:\n  - {id: a, set: {v: '{{ DEEP }}'}}\n"
+        nested = nested.replace("DEEP", deep)
+        for text, words in ((laughs, "YAML aliases"), (nested, "nested too deeply")):
+            checked = author.post("/api/playbooks/validate", content=text.encode())
+            assert checked.status_code == 200, checked.text
+            assert checked.json()["valid"] is False
+            assert words in checked.json()["problems"][0]["text"]
+            refused = author.post("/api/playbooks", content=text.encode())
+            assert refused.status_code == 422, refused.text
+            assert words in refused.json()["detail"]
+
         wrapped = author.post("/api/playbooks", json={"source": 42})
         assert wrapped.status_code == 422
         assert wrapped.json()["field"] == "body.source"

@@ -59,6 +59,11 @@ def test_rules_and_four_eyes_from_the_command_line(
     refused = invoke("approval", "rule", "set", "y", "--file", str(from_file), env=env)
     assert refused.exit_code == 1
     assert "approvals" in refused.stderr
+    from_file.write_text("match: {initiator: person\napprovals: 2\n")  # a YAML mistake
+    broken = invoke("approval", "rule", "set", "y", "--file", str(from_file), env=env)
+    assert broken.exit_code == 1
+    assert f"{from_file}:2:" in broken.stderr
+    assert "Traceback" not in broken.stderr
     (rule,) = json.loads(invoke("approval", "rule", "list", "--json", env=env).stdout)
     assert (rule["name"], rule["approvals"], rule["expires_after"]) == ("contain", 2, 14_400)
     assert rule["match"] == {"risks": ["high"], "actions": ["test.*"]}

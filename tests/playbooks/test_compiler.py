@@ -315,6 +315,25 @@ def test_yaml_that_does_not_parse_names_its_place() -> None:
     assert str(caught.value).startswith("bad.yaml:3:")
 
 
+def test_yaml_aliases_and_deep_nesting_are_refused_where_they_are_written() -> None:
+    """A few hundred bytes of nested aliases expanded to billions of values for whatever walked
+    them (1.5 GB and 11 s at six levels, through the API's validate)."""
+    lines = ["id: x", "name: y", "a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 9) + "]" for n in range(1, 7)]
+    with pytest.raises(InvalidInput) as caught:
+        parse_playbook("\n".join(lines), "laughs.yaml")
+    assert str(caught.value) == (
+        "laughs.yaml:4:10: YAML aliases (*name) are not allowed here: write the value out"
+    )
+    with pytest.raises(InvalidInput) as caught:
+        parse_playbook("id: x\nvars: {v: " + "[" * 5000 + "]" * 5000 + "}", "deep.yaml")
+    assert str(caught.value) == "deep.yaml:2:109: nested deeper than 100 levels"
+    anchored = _compile(
+        "id: x\nname: y\nvars: {v: &one 1}\nsteps:\n  - {id: a, action: core.log, with: {}}\n"
+    )
+    assert anchored.variables["v"].value == 1  # an anchor no alias uses is harmless
+
+
 def test_the_json_schema_accepts_the_language_and_refuses_mistakes() -> None:
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)

@@ -193,3 +193,74 @@ def test_a_literal_over_the_size_limit_is_refused() -> None:
     scope = {"big": "x" * 600_000}
     with pytest.raises(ExpressionError, match="larger than"):
         compile_expression("[big, big]").evaluate(scope)
+
+
+BIG: dict[str, Any] = {
+    "big": "x" * 600_000,
+    "s": "y" * 40_000,
+    "ids": list(range(100)),
+    "many": ["x" * 600_000] * 100,  # one string a hundred times: small in memory, not printed
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        # Each of these took from seconds to minutes and up to gigabytes before it was sized.
+        ("[1] | batch(150000000, 0) | list | length", "batch takes a count of at most 100000"),
+        ("[1] | slice(50000000) | list | length", "slice takes a count of at most 100000"),
+        ("(('%0' ~ 2000000000 ~ 'd') % 1) | length", "% does not format text"),
+        ("s.replace('', s)", "a replace would be larger than the size limit"),
+        ("s | replace('', s)", "a replace would be larger than the size limit"),
+        ("ids | join(big)", "a join would be larger than the size limit"),
+        ("many | join", "a join would be larger than the size limit"),
+        ("big + big", "a concatenation (+) would be larger than the size limit"),
+        ("big ~ big", "the text would be larger than the size limit"),
+        ("many | to_json", "to_json would be larger than the size limit"),
+        ("[big] * 1000000", "a repetition would be larger than the size limit"),
+        ("many | list", "the result is larger than"),
+        ("many | sum(start=[])", "a sum would be larger than the size limit"),
+        ("(" * 2500 + "1" + ")" * 2500, "nested too deeply"),
+        ("not " * 2000 + "1", "nested too deeply"),
+    ],
+)
+def test_what_would_grow_past_the_size_limit_is_refused_before_it_is_built(
+    source: str, words: str
+) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        compile_expression(source, "if").evaluate(BIG)
+    assert words in caught.value.message
+    assert caught.value.message.startswith("if: ")
+
+
+def test_the_sized_operations_still_compute_what_fits() -> None:
+    scope = {"s": "a-b-c", "lists": [[1], [2, 3]], "ids": [1, 2, 3]}
+    cases = {
+        "s.replace('-', '+')": "a+b+c",
+        "s | replace('-', '', 1)": "ab-c",
+        "s.replace('', '.')": ".a.-.b.-.c.",
+        "ids | join(', ')": "1, 2, 3",
+        "lists | sum(start=[])": [1, 2, 3],
+        "[{'n': [1]}, {'n': [2]}] | sum(attribute='n', start=[])": [1, 2],
+        "ids | sum": 6,
+        "7 % 3": 1,
+        "s + '!'": "a-b-c!",
+        "ids + [4]": [1, 2, 3, 4],
+        "s ~ 1": "a-b-c1",
+        "ids | batch(2) | list": [[1, 2], [3]],
+        "ids | batch(2, 0) | list": [[1, 2], [3, 0]],
+        "ids | slice(2) | list": [[1, 2], [3]],
+        "'ab' * 3": "ababab",
+        "[0] * 3": [0, 0, 0],
+        "ids | to_json": "[1,2,3]",
+    }
+    for source, expected in cases.items():
+        assert compile_expression(source).evaluate(scope) == expected, source
+    assert compile_template("{{ s }} and {{ ids | length }}").render(scope) == "a-b-c and 3"
+
+
+def test_a_template_whose_text_would_be_too_large_is_refused_before_it_is_joined() -> None:
+    with pytest.raises(ExpressionError, match="the text would be larger than the size limit"):
+        compile_template("{{ big }}" * 40).render(BIG)
+    with pytest.raises(ExpressionError, match="nested too deeply"):
+        compile_template("x {{ " + "(" * 400 + "1" + ")" * 400 + " }}")
