@@ -22,7 +22,7 @@ import click
 from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.state import CliState, pass_state
 from quell.durations import parse_duration
-from quell.errors import InvalidInput, NotFound, PermissionDenied
+from quell.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from quell.governance.permissions import Permission
 from quell.sdk.secret import SecretValue
 
@@ -173,16 +173,31 @@ def reject(state: CliState, wait_id: str, comment: str, as_user: str | None) -> 
 @click.option("--user", "user", required=True, help="The approver the link is for.")
 @click.option("--via", help="A notify (chat) or mail instance to send it through.")
 @click.option("--ttl", help="How long it works (default 24h, at most 7d).")
+@click.option(
+    "--as", "as_user", metavar="USER", help="Ask as this Quell user (asks their password)."
+)
 @pass_state
-def link(state: CliState, wait_id: str, user: str, via: str | None, ttl: str | None) -> None:
-    """Make a signed, single-use approval link for USER; send it with --via, or print it."""
+def link(
+    state: CliState, wait_id: str, user: str, via: str | None, ttl: str | None,
+    as_user: str | None,
+) -> None:  # fmt: skip
+    """Make a signed, single-use approval link for USER and send it with --via; a link is
+    printed only to USER themselves (signed in with --as USER, or their own account)."""
     from quell.governance import approval_links
 
     runtime = state.runtime()
     life: timedelta | None = parse_duration(ttl, field="ttl") if ttl else None
+    asker, _role = acting_user(state, as_user, Permission.RUNS_CONTROL)
+    if via is None and asker != user:
+        # Printed, it would let whoever runs this decide as USER, under USER's name.
+        raise Conflict(
+            f"a link is {user}'s credential: send it through an instance (--via), or ask for "
+            f"your own (--as {user})",
+            field="via",
+        )
     waits = runtime.waits()
     links = runtime.approval_links(waits)
-    operator = state.operator
+    operator = asker
     instance = runtime.connector_instances.get(via) if via else None
     channel = f"{instance.connector}:{via}" if instance is not None else None
     made = links.create(wait_id, user, by=operator, ttl=life, sent_via=channel)
@@ -196,7 +211,7 @@ def link(state: CliState, wait_id: str, user: str, via: str | None, ttl: str | N
         try:
             await approval_links.send(
                 runner, instance.connector, via, made, waits.get(wait_id), email=email,
-                actor=operator,
+                actor=operator, links=links,
             )  # fmt: skip
         finally:
             await runner.aclose()

@@ -16,6 +16,7 @@ deciding is a POST. Only the link's id is stored or audited, never its token.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -26,14 +27,23 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from quell.clock import Clock
 from quell.engine.waits import Wait, WaitService, person
-from quell.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from quell.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    QuellError,
+    UpstreamUnavailable,
+)
 from quell.governance.audit import AuditLog
 from quell.governance.permissions import Permission
 from quell.ids import new_id
+from quell.sdk.errors import ActionError, TransientError
 from quell.sdk.secret import SecretValue
 from quell.store.database import Database
 from quell.store.schema import approval_links, users
@@ -163,6 +173,20 @@ class ApprovalLinks:
         url = f"{self.public_url}/api/approval-links/{token}"
         return Link(link_id, wait_id, user, token, url, expires)
 
+    def withdraw(self, link: Link, *, by: str, reason: str) -> None:
+        """Spend a link nobody received (its sending failed), so that it never decides; the
+        audit trail says why."""
+        with self.db.write() as conn:
+            conn.execute(
+                update(approval_links)
+                .where(approval_links.c.id == link.id, approval_links.c.used_at.is_(None))
+                .values(used_at=self.clock.now())
+            )
+        self.audit.record(
+            by, "approval.link_withdrawn", link.wait_id,
+            {"link": link.id, "user": link.user, "reason": reason[:300]},
+        )  # fmt: skip
+
     def _decider(self, wait: Wait, user: str) -> str:
         """The role ``user`` decides ``wait`` with; refused when they may not."""
         with self.db.read() as conn:
@@ -248,11 +272,24 @@ def _shared(sent_via: str | None) -> bool:
 
 async def send(
     runner: Any, connector: str, instance: str, link: Link, wait: Wait, *, email: str | None,
-    actor: str,
+    actor: str, links: ApprovalLinks,
 ) -> None:  # fmt: skip
     """Send ``link`` to its user through a connector instance: ``notify`` (a chat channel:
     the message names the user it is for) or ``mail`` (to the user's e-mail address). The call
-    is an action call by hand, so it is audited (without its inputs) and guarded like any."""
+    is an action call by hand, so it is audited (without its inputs) and guarded like any.
+    A link that could not be sent is withdrawn (``links``): nobody holds it, and it is not left
+    looking sent."""
+    try:
+        await _send(runner, connector, instance, link, wait, email=email, actor=actor)
+    except QuellError as exc:
+        await asyncio.to_thread(links.withdraw, link, by=actor, reason=exc.message)
+        raise
+
+
+async def _send(
+    runner: Any, connector: str, instance: str, link: Link, wait: Wait, *, email: str | None,
+    actor: str,
+) -> None:  # fmt: skip
     title = f"Approval needed: {wait.step_key}"[:150]
     text = (
         f"{link.user}: run {wait.run_id} waits for your approval.\n{(wait.prompt or '')[:1500]}"
@@ -276,7 +313,13 @@ async def send(
             "notify (chat) or mail instance",
             field="via",
         )
-    await runner.run_once(key, inputs, instance=instance, actor=actor)
+    try:
+        await runner.run_once(key, inputs, instance=instance, actor=actor)
+    except ActionError as exc:
+        said = f"the link for {link.user} was not sent through {instance!r}: {exc.message}"
+        if isinstance(exc, TransientError):
+            raise UpstreamUnavailable(said) from None
+        raise ConfigurationError(said, field="via") from None
 
 
 __all__ = ["DEFAULT_TTL", "PREFIX", "ApprovalLinks", "Link", "send"]

@@ -110,6 +110,10 @@ def server(runtime: Runtime, slack: str, mailbox: tuple[_Mailbox, int]) -> Itera
     app_runtime.connector_instances.create(
         "team-chat", "notify", {"format": "slack"}, {"webhook_url": SecretValue(slack)}
     )
+    app_runtime.connector_instances.create(  # nothing listens on port 9
+        "dead-chat", "notify", {"format": "slack"},
+        {"webhook_url": SecretValue("http://127.0.0.1:9/hook")},
+    )  # fmt: skip
     app_runtime.connector_instances.create(
         "team-mail", "mail",
         {"host": "127.0.0.1", "port": mailbox[1], "security": "none",
@@ -172,6 +176,9 @@ def test_four_eyes_over_http_with_a_link_sent_to_chat(
         assert "token" not in sent.json()
         assert "url" not in sent.json()
         assert sent.json()["sent_via"] == "team-chat"
+        unsent = token_analyst.post(f"{url}/links", json={"user": "bob", "via": "dead-chat"})
+        assert unsent.status_code == 502, unsent.text  # was a 500 with a traceback in the log
+        assert "the link for bob was not sent through 'dead-chat': " in unsent.json()["detail"]
         assert settle(root, run_id)["status"] == "waiting"
         assert Peer.applied == {}
 
@@ -230,8 +237,12 @@ def test_four_eyes_over_http_with_a_link_sent_to_chat(
     assert actions == [
         ("alice", "approval.vote"),
         ("test-analyst", "approval.link_created"),
+        ("test-analyst", "approval.link_created"),  # through dead-chat: not sent, so withdrawn
+        ("test-analyst", "approval.link_withdrawn"),
         ("bob", "approval.approve"),
     ]
+    withdrawn = next(e for e in trail if e["action"] == "approval.link_withdrawn")
+    assert "was not sent through 'dead-chat'" in withdrawn["detail"]["reason"]
     assert path.rsplit("/", 1)[1] not in json.dumps(trail)  # the token is never audited
 
 

@@ -44,8 +44,13 @@ def test_rules_and_four_eyes_from_the_command_line(
     clock = runtime.clock
     assert isinstance(clock, ManualClock)
     clock.advance(datetime.now(UTC) - clock.now())
-    for name, role in [("alice", "approver"), ("bob", "approver"), ("olga", "analyst")]:
+    for name, role in [("alice", "approver"), ("bob", "approver"), ("olga", "analyst"),
+                       ("adam", "admin")]:  # fmt: skip
         runtime.users.add(name, role, password=SecretValue(PASSWORD), by="setup")
+    runtime.connector_instances.create(  # no outbound allow-list here: the guard refuses it
+        "soc-chat", "notify", {"format": "slack"},
+        {"webhook_url": SecretValue("http://127.0.0.1:9/hook")},
+    )  # fmt: skip
     made = invoke(
         "approval", "rule", "set", "contain", "--action", "test.*", "--risk", "high",
         "--approvals", "2", "--role", "approver", "--expires-after", "4h", env=env,
@@ -79,6 +84,31 @@ def test_rules_and_four_eyes_from_the_command_line(
             def cli(*args: str, password: str = PASSWORD) -> tuple[int, str]:
                 done = invoke("approval", *args, env=env, input=f"{password}\n")
                 return done.exit_code, done.stdout + done.stderr
+
+            # A link is its user's credential: printed only to that user, else sent.
+            code, out = await asyncio.to_thread(cli, "link", wait.id, "--user", "alice")
+            assert (code, "a link is alice's credential" in out) == (1, True), out
+            code, out = await asyncio.to_thread(
+                cli, "link", wait.id, "--user", "alice", "--as", "adam"
+            )
+            assert (code, "a link is alice's credential" in out) == (1, True), out
+            code, out = await asyncio.to_thread(
+                cli, "link", wait.id, "--user", "alice", "--as", "alice"
+            )  # making links is runs:control's, as through the API
+            assert (code, "lacks the permission 'runs:control'" in out) == (1, True), out
+            code, out = await asyncio.to_thread(
+                cli, "link", wait.id, "--user", "adam", "--as", "adam"
+            )
+            assert code == 0, out
+            assert "/api/approval-links/qa_" in out
+            # Sending that fails is an error, not a traceback (here: the outbound guard).
+            code, out = await asyncio.to_thread(
+                cli, "link", wait.id, "--user", "bob", "--via", "soc-chat"
+            )
+            assert code == 1, out
+            assert "error: the link for bob was not sent through 'soc-chat': " in out
+            assert "blocked" in out
+            assert "Traceback" not in out
 
             # --as signs in: a wrong password decides nothing.
             code, out = await asyncio.to_thread(

@@ -290,7 +290,14 @@ async def make_link(
     runner = runtime.action_runner(f"api:{principal.name}")
     try:
         await approval_links.send(
-            runner, instance.connector, via, link, wait, email=email, actor=principal.name
+            runner,
+            instance.connector,
+            via,
+            link,
+            wait,
+            email=email,
+            actor=principal.name,
+            links=links,
         )
     finally:
         await runner.aclose()
