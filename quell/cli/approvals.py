@@ -308,7 +308,8 @@ def set_rule(state: CliState, /, name: str, path: str | None, disabled: bool, as
     from quell.governance.approvals import parse_rule
 
     rule = parse_rule(data)
-    stored = state.runtime().approval_rules.put(rule, by=state.operator)
+    runtime = state.runtime()
+    stored = runtime.approval_rules.put(rule, by=state.operator, known=runtime.registry)
     if as_json:
         print_json(stored.as_dict())
         return

@@ -79,7 +79,10 @@ def _scope(action: str | None, risk: str | None) -> dict[str, str | None]:
 @pass_state
 def set_limit(state: CliState, action: str | None, risk: str | None, per_hour: int) -> None:
     """Set (or replace) a limit."""
-    limit = state.runtime().guardrails.add_limit(per_hour, by=actor(), **_scope(action, risk))
+    runtime = state.runtime()
+    limit = runtime.guardrails.add_limit(
+        per_hour, by=actor(), known=runtime.registry, **_scope(action, risk)
+    )
     click.echo(f"limit {limit.scope}: {limit.per_hour} per hour")
 
 
@@ -129,11 +132,18 @@ def unprotect(state: CliState, entries: tuple[str, ...], tags: tuple[str, ...]) 
 @guardrail_group.command("tag")
 @click.argument("entry")
 @click.argument("tags", nargs=-1)
+@click.option("--clear", is_flag=True, help="Remove the asset's tags.")
 @pass_state
-def tag(state: CliState, entry: str, tags: tuple[str, ...]) -> None:
-    """Tag an asset (an address, network or host name): ``tag dc01.corp domain-controller
-    crown-jewel``. No tags removes it."""
-    assets = state.runtime().guardrails.tag_asset(entry, tags, by=actor())
+def tag(state: CliState, entry: str, tags: tuple[str, ...], clear: bool) -> None:
+    """Tag an asset (an address, network or host name), replacing its tags: ``tag dc01.corp
+    domain-controller crown-jewel``. Without tags, show them; ``--clear`` removes them."""
+    guardrails = state.runtime().guardrails
+    if clear and tags:
+        raise click.UsageError("give tags, or --clear, not both")
+    if tags or clear:
+        assets = guardrails.tag_asset(entry, tags, by=actor())
+    else:
+        assets = guardrails.policy().asset_tags
     click.echo(f"{entry}: {', '.join(assets.get(entry.strip(), [])) or 'no tags'}")
 
 

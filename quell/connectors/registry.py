@@ -8,6 +8,8 @@ are defined. Two connectors of one name are refused: an action key must mean one
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import importlib
 import inspect
 from collections.abc import Iterable, Sequence
@@ -19,7 +21,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from quell.errors import ConfigurationError, NotFound
+from quell.errors import ConfigurationError, InvalidInput, NotFound
 from quell.playbooks.catalog import ActionSpec
 from quell.sdk.actions import ActionMeta, Connector, RiskLevel, action_meta, signature_models
 
@@ -137,6 +139,39 @@ class Registry:
     def keys(self) -> Iterable[str]:
         """Every action key."""
         return self.actions.keys()
+
+    # Policy that names actions and connectors (limits, approval rules) is checked against
+    # what there is: a name that matches nothing is a mistake that would never apply.
+
+    def check_action(self, key: str, field: str = "action") -> None:
+        """InvalidInput unless ``key`` names one action, exactly."""
+        if key in self.actions:
+            return
+        if any(mark in key for mark in "*?["):
+            raise InvalidInput(
+                f"{key!r} is a pattern: name one action exactly (one limit per action)",
+                field=field,
+            )
+        raise InvalidInput(f"no action {key!r}{_suggest(key, self.actions)}", field=field)
+
+    def check_pattern(self, pattern: str, field: str = "actions") -> None:
+        """InvalidInput unless the action pattern (``nftables.*``) matches an action."""
+        if any(fnmatch.fnmatchcase(key, pattern) for key in self.actions):
+            return
+        raise InvalidInput(
+            f"{pattern!r} matches no action{_suggest(pattern, self.actions)}", field=field
+        )
+
+    def check_connector(self, name: str, field: str = "connectors") -> None:
+        """InvalidInput unless there is a connector called ``name``."""
+        if name in self.connectors:
+            return
+        raise InvalidInput(f"no connector {name!r}{_suggest(name, self.connectors)}", field=field)
+
+
+def _suggest(wrong: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(wrong, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def describe_action(definition: ActionDef) -> dict[str, Any]:

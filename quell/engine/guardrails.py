@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import delete, func, insert, select, update
@@ -51,6 +51,9 @@ from quell.store.database import Backend, Database
 from quell.store.dialect import upsert
 from quell.store.schema import guard_events, guardrails, run_steps, runs
 
+if TYPE_CHECKING:
+    from quell.connectors.registry import Registry
+
 log = structlog.get_logger(__name__)
 
 RECHECK = 30.0  # seconds a held write waits before it is checked again
@@ -61,6 +64,7 @@ PROTECTED = "protected"
 PROTECTED_TAGS = "protected_tags"
 ASSET_TAGS = "asset_tags"  # address, network or host name -> its tags
 _TAG = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,63}$")
+_NUMERIC = re.compile(r"^[0-9.]+$")  # an IPv4 address, mistyped (a name has a letter)
 BREAKER = "breaker"
 _BREAKER_OPEN = "breaker:"
 _BREAKER_RESET = "breaker-reset:"  # when a person last closed a playbook's circuit
@@ -257,10 +261,22 @@ def _check_tag(tag: str) -> str:
 
 
 def _check_protected_entry(entry: str) -> str:
+    """An address, a network or a name, as written. What looks like an address or a
+    network but is none (``10.0.0.0/33``, ``10.0.0.256``) is refused: stored as a name, it
+    would protect nothing."""
     text = entry.strip()
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        if "/" in text or ":" in text or _NUMERIC.match(text):
+            raise InvalidInput(
+                f"{entry!r} is not a valid address or network ({exc})", field="entry"
+            ) from None
+    else:
+        return text
     if not text or len(text) > 253 or any(c.isspace() for c in text):
-        raise InvalidInput(f"{entry!r} is not an address, a network or a host name")
-    return text
+        raise InvalidInput(f"{entry!r} is not an address, a network or a name", field="entry")
+    return text  # a name: a host, an account, matched whole (case aside)
 
 
 class GuardrailService:
@@ -343,11 +359,20 @@ class GuardrailService:
         return woken
 
     def add_limit(
-        self, per_hour: int, *, by: str, action: str | None = None, risk: str | None = None
+        self,
+        per_hour: int,
+        *,
+        by: str,
+        action: str | None = None,
+        risk: str | None = None,
+        known: Registry | None = None,
     ) -> Limit:
-        """Set the hourly limit of an action or of a risk (replacing one of the same scope)."""
+        """Set the hourly limit of an action or of a risk (replacing one of the same scope);
+        with ``known``, the action must be one of its actions."""
         if (action is None) == (risk is None):
             raise InvalidInput("a limit is for one action (--action) or one risk (--risk)")
+        if action is not None and known is not None:
+            known.check_action(action)
         if per_hour < 0:
             raise InvalidInput("per_hour must be 0 or more", field="per_hour")
         try:

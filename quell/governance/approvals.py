@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import delete, func, insert, select, update
@@ -42,6 +42,9 @@ from quell.playbooks.ir import ExpiryOutcome
 from quell.sdk.actions import RiskLevel
 from quell.store.database import Database
 from quell.store.schema import approval_rules
+
+if TYPE_CHECKING:
+    from quell.connectors.registry import Registry
 
 MAX_APPROVALS = 5
 CRITICAL_APPROVALS = 2  # a critical action needs at least two distinct approvers
@@ -400,10 +403,17 @@ class ApprovalRuleService:
             raise NotFound(f"no approval rule {name!r}", field="name", value=name)
         return _rule(row)
 
-    def put(self, rule: RuleIn, *, by: str) -> ApprovalRule:
-        """Create the rule, or replace the one of that name; the rule as stored."""
+    def put(self, rule: RuleIn, *, by: str, known: Registry | None = None) -> ApprovalRule:
+        """Create the rule, or replace the one of that name; the rule as stored. With
+        ``known``, each action pattern must match one of its actions and each connector be
+        one of its connectors (a rule that can never match is a mistake)."""
         if rule.name is None:
             raise InvalidInput("an approval rule needs a name", field="name")
+        if known is not None:
+            for pattern in rule.match.actions:
+                known.check_pattern(pattern, "match.actions")
+            for connector in rule.match.connectors:
+                known.check_connector(connector, "match.connectors")
         self._check_roles([*rule.roles, *rule.escalate_to])
         now = self.clock.now()
         values = {

@@ -37,6 +37,18 @@ def test_the_person_on_shift_pulls_the_kill_switch_and_admins_set_policy(
     bad = admin.put("/api/guardrails/limits", json={"per_hour": 1})
     assert bad.status_code == 422
     assert "one action" in bad.text
+    # A limit that could never count anything is refused, naming why.
+    for action, said in [
+        ("nftables.dney", "no action 'nftables.dney' (did you mean 'nftables.deny'?)"),
+        ("nftables.*", "'nftables.*' is a pattern: name one action exactly (one limit per action)"),
+    ]:
+        never = admin.put("/api/guardrails/limits", json={"action": action, "per_hour": 3})
+        assert (never.status_code, never.json()["detail"]) == (422, said)
+    # A mistyped network, kept as a name, would protect nothing.
+    for entry in ("192.168.1.0/33", "10.0.0.256", "fe80::zz"):
+        typo = admin.patch("/api/guardrails/protected", json={"add": [entry]})
+        assert typo.status_code == 422, typo.text
+        assert typo.json()["detail"].startswith(f"{entry!r} is not a valid address or network")
     protected = admin.patch(
         "/api/guardrails/protected", json={"add": ["10.0.0.0/8", "dc01.corp"]}
     ).json()

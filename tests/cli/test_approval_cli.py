@@ -32,7 +32,8 @@ steps:
 
 @pytest.fixture
 def env(database_url: str) -> dict[str, str]:
-    return {"QUELL_DATABASE_URL": database_url}
+    # The test's actions (test.contain): a rule naming actions there are not is refused.
+    return {"QUELL_DATABASE_URL": database_url, "QUELL_PLUGINS": "tests.engine.peer"}
 
 
 def test_rules_and_four_eyes_from_the_command_line(
@@ -59,6 +60,13 @@ def test_rules_and_four_eyes_from_the_command_line(
     wrong = invoke("approval", "rule", "set", "x", "--role", "overlord", env=env)
     assert wrong.exit_code == 1
     assert "unknown role 'overlord'" in wrong.stderr
+    for option, name, said in [
+        ("--action", "test.contian", "'test.contian' matches no action (did you mean"),
+        ("--action", "nftables.dney*", "'nftables.dney*' matches no action"),
+        ("--connector", "nftabls", "no connector 'nftabls' (did you mean 'nftables'?)"),
+    ]:
+        never = invoke("approval", "rule", "set", "x", option, name, env=env)
+        assert (never.exit_code, said in never.stderr) == (1, True), never.stderr
     from_file = tmp_path / "rule.yaml"
     from_file.write_text("match: {initiator: person}\napprovals: 7\n")
     refused = invoke("approval", "rule", "set", "y", "--file", str(from_file), env=env)

@@ -401,13 +401,16 @@ async def get_rule(name: RuleName, runtime: RuntimeDep, _: CanReadRuns) -> dict[
 
 @router.put("/approval-rules/{name}", summary="Create or replace an approval rule")
 async def put_rule(
-    name: RuleName, body: RuleIn, runtime: RuntimeDep, principal: CanManage
+    name: RuleName, body: RuleIn, request: Request, runtime: RuntimeDep, principal: CanManage
 ) -> dict[str, Any]:
     """The rule as stored (its name is the path's). Audited with before and after."""
     if body.name is not None and body.name != name:
         raise InvalidInput(f"the body names rule {body.name!r}, the path {name!r}", field="name")
     rule = body.model_copy(update={"name": name})
-    stored = await run_in_threadpool(lambda: runtime.approval_rules.put(rule, by=principal.name))
+    known = services.registry(request, runtime)
+    stored = await run_in_threadpool(
+        lambda: runtime.approval_rules.put(rule, by=principal.name, known=known)
+    )
     return stored.as_dict()
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from quell.api import services
 from quell.api.auth import Authorize, RuntimeDep
 from quell.engine.guardrails import Breaker
 from quell.governance.permissions import Permission
@@ -90,11 +91,14 @@ async def kill_switch(body: KillSwitch, runtime: RuntimeDep, who: CanControl) ->
 
 
 @router.put("/limits", summary="Set an hourly limit")
-async def set_limit(body: LimitIn, runtime: RuntimeDep, who: CanManage) -> dict[str, Any]:
-    """Set (or replace) the limit of an action or of a risk."""
+async def set_limit(
+    body: LimitIn, request: Request, runtime: RuntimeDep, who: CanManage
+) -> dict[str, Any]:
+    """Set (or replace) the limit of an action (one there is) or of a risk."""
+    known = services.registry(request, runtime)
     limit = await run_in_threadpool(
         lambda: runtime.guardrails.add_limit(
-            body.per_hour, by=who.name, action=body.action, risk=body.risk
+            body.per_hour, by=who.name, action=body.action, risk=body.risk, known=known
         )
     )
     return limit.as_dict()
