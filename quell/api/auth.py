@@ -1,9 +1,9 @@
 """Authentication (who is calling) and authorization (may they do this) for API routes.
 
-Every route outside :data:`PUBLIC_PATHS` and :data:`CAPABILITY_PATHS` declares
-``Depends(Authorize(Permission.X))``. The dependency authenticates the bearer token first, so a
-route with a permission is always an authenticated route; the route-by-role test walks every
-route and fails on one without it.
+Every route outside :data:`PUBLIC_PATHS`, :data:`CAPABILITY_PATHS` and :data:`SELF_PATHS`
+(authenticated, about the caller) declares ``Depends(Authorize(Permission.X))``. The
+dependency authenticates the bearer token first, so a route with a permission is always an
+authenticated route; the route-by-role test walks every route and fails on one without it.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ PUBLIC_PATHS = frozenset(
 # token), not a bearer token: they check it themselves and answer 404 to anything else. The
 # edge guard lets them through (quell.api.guard.CAPABILITY).
 CAPABILITY_PATHS = frozenset({"/api/callbacks/{token}", "/api/approval-links/{token}"})
+# About the caller themselves (who am I, end my session, change my password): any valid token
+# may ask, whatever its role grants; a custom role without system:read can still sign out.
+SELF_PATHS = frozenset({"/api/whoami", "/api/logout", "/api/me/password"})
 _PUBLIC_PATTERNS = tuple(
     re.compile(
         "/".join("[^/]+" if part.startswith("{") else re.escape(part) for part in path.split("/"))
@@ -86,6 +89,10 @@ async def authenticate(
     request.state.principal = principal
     structlog.contextvars.bind_contextvars(actor=principal.name)
     return principal
+
+
+Authenticated = Annotated[Principal, Depends(authenticate)]
+"""A route of :data:`SELF_PATHS`: the caller, authenticated, with no permission asked."""
 
 
 class Authorize:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from quell import __version__
-from quell.api.auth import Authorize
+from quell.api.auth import Authenticated, Authorize
 from quell.errors import PermissionDenied
 from quell.governance.permissions import Permission
 from quell.governance.tokens import Principal
@@ -49,7 +49,7 @@ async def version(request: Request, _: CanReadSystem) -> VersionOut:
 
 
 @router.get("/whoami", response_model=WhoAmIOut, summary="The calling token's identity")
-async def whoami(principal: CanReadSystem) -> WhoAmIOut:
+async def whoami(principal: Authenticated) -> WhoAmIOut:
     """Name, role and permissions of the token used for this request."""
     return WhoAmIOut(
         name=principal.name,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from quell.api import services
-from quell.api.auth import Authorize, RuntimeDep
+from quell.api.auth import Authenticated, Authorize, RuntimeDep
 from quell.errors import InvalidInput
 from quell.governance.permissions import Permission
 from quell.governance.tokens import Principal
@@ -27,7 +27,6 @@ router = APIRouter(prefix="/api", tags=["users"])
 
 # Every role holds system:read, so every caller may end its own session (and change its own
 # password).
-CanLogout = Annotated[Principal, Depends(Authorize(Permission.SYSTEM_READ))]
 CanManageUsers = Annotated[Principal, Depends(Authorize(Permission.USERS_MANAGE))]
 UserName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
 
@@ -126,7 +125,7 @@ async def login(body: LoginIn, request: Request, runtime: RuntimeDep) -> LoginOu
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, summary="End the calling session")
-async def logout(runtime: RuntimeDep, principal: CanLogout) -> None:
+async def logout(runtime: RuntimeDep, principal: Authenticated) -> None:
     """Revoke the session whose token made this request."""
     if not principal.token_id.startswith("ses_"):
         raise InvalidInput(
@@ -137,7 +136,7 @@ async def logout(runtime: RuntimeDep, principal: CanLogout) -> None:
 
 @router.post("/me/password", response_model=UserOut, summary="Change your own password")
 async def change_own_password(
-    body: PasswordChangeIn, request: Request, runtime: RuntimeDep, principal: CanLogout
+    body: PasswordChangeIn, request: Request, runtime: RuntimeDep, principal: Authenticated
 ) -> UserOut:
     """Replace the caller's password, given the current one; their other sessions end (the
     one making the change stays). Wrong current passwords count as failed logins."""
