@@ -308,12 +308,13 @@ class Consumer:
     # -- doing -----------------------------------------------------------------------------
 
     async def execute(self, plan: Plan, *, actor: str, dry_run: bool = False) -> Reply:
-        """Call the planned action; its outcome as a reply."""
+        """Call the planned action, as ``actor`` (``openc2:<caller>``, as written to the audit
+        trail); its outcome as a reply."""
         if not dry_run:
             refusal = await self._guarded(plan, actor)
             if refusal is not None:
                 return refusal
-        runner = self.runtime.action_runner(f"openc2:{actor}")
+        runner = self.runtime.action_runner(actor)
         try:
             output = await runner.run_once(
                 plan.key, plan.inputs, dry_run=dry_run, instance=plan.instance, actor=actor
@@ -357,7 +358,7 @@ class Consumer:
         verdict = await asyncio.to_thread(
             lambda: guardrails.check(
                 policy, action=plan.key, risk=definition.meta.risk, inputs=plan.inputs,
-                run_id=None, playbook_id=f"openc2:{actor}", initiator=Initiator.AUTOMATION,
+                run_id=None, playbook_id=actor, initiator=Initiator.AUTOMATION,
             )
         )  # fmt: skip
         if verdict.outcome is Ruling.ALLOW:
@@ -365,7 +366,7 @@ class Consumer:
         log.warning("openc2_guardrail", action=plan.key, rule=verdict.code, actor=actor)
         await asyncio.to_thread(
             guardrails.audit.record,
-            f"openc2:{actor}",
+            actor,
             f"guardrail.{verdict.outcome.value}",
             plan.key,
             {"rule": verdict.code, "message": verdict.message, "inputs": plan.inputs},

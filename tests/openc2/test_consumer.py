@@ -541,6 +541,10 @@ def test_the_guardrails_hold_commands_from_other_systems(
     assert limited["status"] == 503
     assert "reached its limit of 1" in limited["status_text"]
     assert len(fake_nft.rules()) == 1
+    # One name per caller in the trail (it read openc2:openc2:<token> for guardrail events).
+    trail = runtime.audit.list_all(action="guardrail.")
+    callers = {event.actor for event in trail if event.actor != "alice"}
+    assert callers == {"openc2:test-admin"}, callers
 
 
 def test_without_a_configured_firewall_a_deny_changes_nothing_on_this_host(
