@@ -149,7 +149,8 @@ def test_an_action_by_hand_is_guarded_against_ssrf_and_fails_clearly(
     assert "token=abc" not in answer["error"]["message"]
     missing = analyst.post("/api/actions/echo.nothing/run", json={"input": {}})
     assert missing.status_code == 404
-    invalid = analyst.post("/api/actions/echo.say/run", json={"input": {"wrd": "x"}}).json()
-    assert invalid["ok"] is False
-    assert invalid["error"]["code"] == "invalid_input"
-    assert invalid["error"]["message"].startswith("echo.say: input w")
+    invalid = analyst.post("/api/actions/echo.say/run", json={"input": {"wrd": "x"}})
+    assert invalid.status_code == 422  # a bad request is a problem, as everywhere
+    assert invalid.headers["content-type"] == "application/problem+json"
+    assert (invalid.json()["code"], invalid.json()["field"]) == ("invalid_input", "body.input")
+    assert invalid.json()["detail"].startswith("echo.say: input w")

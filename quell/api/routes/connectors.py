@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from quell.api.auth import Authorize, RuntimeDep
 from quell.connectors.registry import describe_connector
-from quell.errors import NotFound, PermissionDenied
+from quell.errors import InvalidInput, NotFound, PermissionDenied
 from quell.governance.permissions import Permission
 from quell.governance.tokens import Principal
 from quell.runtime import Runtime
@@ -193,7 +193,8 @@ async def run_action(
     key: ActionKey, body: ActionRun, runtime: RuntimeDep, principal: CanExecute
 ) -> dict[str, Any]:
     """Call action ``key`` once, as a run would (validation, instance, limits, SSRF guard).
-    A failed call answers 200 with ``ok`` false and the error: the request itself was fine."""
+    An input the action refuses is a 422 problem, like any bad request; a call made that
+    failed answers 200 with ``ok`` false and the error: the request itself was fine."""
     definition = runtime.registry.get(key)
     writes = not definition.is_read and not body.dry_run
     if writes and not principal.can(Permission.CONNECTORS_MANAGE):
@@ -210,6 +211,8 @@ async def run_action(
             actor=f"api:{principal.name}",
         )
     except ActionError as exc:
+        if exc.code == "invalid_input":
+            raise InvalidInput(exc.message, field="body.input") from None
         return {"action": key, "ok": False, "error": exc.to_dict()}
     finally:
         await runner.aclose()
