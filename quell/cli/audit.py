@@ -15,7 +15,7 @@ import click
 
 from quell.cli.output import json_option, print_json, print_table, show_time
 from quell.cli.state import CliState, pass_state
-from quell.errors import QuellError
+from quell.errors import InvalidInput, QuellError
 
 
 @click.group("audit")
@@ -166,6 +166,8 @@ def export(
     )
 
     after = _parse_time(after_time) if after_time else None
+    if protocol != "tls" and (tls_ca or tls_cert or tls_key):
+        raise click.UsageError("--tls-ca, --tls-cert and --tls-key are for --protocol tls")
     target = SyslogTarget.parse(syslog_target) if syslog_target else None
     if target is None and output is None:
         output = "-"
@@ -200,7 +202,10 @@ def export(
         except QuellError as exc:
             click.echo(f"exported {count} event(s); last seq {last}", err=True)
             raise type(exc)(f"{exc.message}; resume with --since {last}", **exc.details) from None
-    click.echo(f"exported {count} event(s); last seq {last}", err=True)
+    if count == 0:
+        click.echo(f"exported 0 events: none after seq {since_seq}", err=True)
+    else:
+        click.echo(f"exported {count} event(s); last seq {last}", err=True)
 
 
 def _parse_time(text: str) -> datetime:
@@ -239,12 +244,14 @@ def _verify_file(exported: IO[bytes]) -> None:
             except orjson.JSONDecodeError:
                 parsed = None
             if not isinstance(parsed, dict):
-                raise click.ClickException(f"line {number} is not a JSON object")
+                raise InvalidInput(f"line {number} is not a JSON object", field="file")
             first.setdefault("prev_hash", parsed.get("prev_hash"))
             yield parsed
 
     first: dict[str, Any] = {}
     checked, broken = verify_exported(events())
+    if broken is None and checked == 0:  # an empty (or emptied) file proves nothing
+        raise InvalidInput("the file holds no events: nothing to verify", field="file")
     if broken is None:
         start = "the first event" if first.get("prev_hash") == GENESIS else "mid-trail"
         click.echo(f"export intact: {checked} event(s) checked (it starts at {start})")

@@ -116,6 +116,27 @@ def test_json_lines_round_trip_and_the_chain_checks_again_from_the_file(
         events[3].id,
     ]
 
+    # Past the end: nothing, said so (it named a last seq that does not exist).
+    beyond = _cli(runtime, tmp_path, "audit", "export", "--since", "1041", "-o", str(later))
+    assert beyond.exit_code == 0
+    assert "exported 0 events: none after seq 1041" in beyond.stderr
+    # An empty file proves nothing; a line that is not JSON is an error, not a traceback.
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    nothing = _cli(runtime, tmp_path, "audit", "verify", "--file", str(empty))
+    assert (nothing.exit_code, nothing.stderr) == (
+        1, "error: the file holds no events: nothing to verify\n",
+    )  # fmt: skip
+    empty.write_bytes(b"[1, 2]\n")
+    assert _cli(runtime, tmp_path, "audit", "verify", "--file", str(empty)).stderr == (
+        "error: line 1 is not a JSON object\n"
+    )
+    # TLS options without TLS were ignored silently.
+    plain = _cli(runtime, tmp_path, "audit", "export", "--syslog", "127.0.0.1:9",
+                 "--protocol", "udp", "--tls-ca", str(whole))  # fmt: skip
+    assert plain.exit_code == 2
+    assert "--tls-ca, --tls-cert and --tls-key are for --protocol tls" in plain.stderr
+
     # Any change to an exported line is found, and named by its seq.
     tampered = exported.copy()
     tampered[2] = {**tampered[2], "detail": {**HOSTILE, "note": "nothing to see"}}
