@@ -171,6 +171,13 @@ def show_incident(state: CliState, incident_id: str, as_json: bool) -> None:
         click.echo(f"sla {clock.metric}: {clock.state}, due {show_time(clock.due_at)}")
     for reason in verdict["reasons"][:10]:
         click.echo(f"  {reason['observable']}: {reason['source']} says {reason['says']}")
+    observables = runtime.enricher.incident_observables(incident_id)
+    if observables:
+        print_table(
+            ["OBSERVABLE", "VALUE", "ALERTS", "VERDICT"],
+            [[o["type"], o["value"], str(o["alerts"]), f"{o['verdict']} ({o['score']})"]
+             for o in observables],
+        )  # fmt: skip
     for event in timeline:
         click.echo(
             f"  {show_time(event['at'])}  {event['kind']}  {event['actor'] or '-'}  "

@@ -106,6 +106,26 @@ def list_connectors(state: CliState, as_json: bool) -> None:
     )  # fmt: skip
 
 
+def _settings_rows(schema: dict[str, Any] | None) -> list[list[str]]:
+    """A connector's settings (its config model's JSON Schema) as table rows."""
+    if not schema:
+        return []
+    required = set(schema.get("required", []))
+    rows = []
+    for name, field in schema.get("properties", {}).items():
+        kinds = [field, *field.get("anyOf", [])]
+        kind = "|".join(
+            str(k.get("type") or k.get("$ref", "").rsplit("/", 1)[-1] or "")
+            for k in kinds
+            if k.get("type") != "null" and (k.get("type") or k.get("$ref"))
+        )
+        if "enum" in field:
+            kind = "|".join(map(str, field["enum"]))
+        default = "(required)" if name in required else repr(field.get("default", None))
+        rows.append([name, kind or "-", default, str(field.get("description", ""))])
+    return rows
+
+
 @connector_group.command("describe")
 @click.argument("name")
 @json_option
@@ -142,6 +162,11 @@ def describe(state: CliState, name: str, as_json: bool) -> None:
         click.echo(f"  secrets set: {', '.join(instance['secrets']) or 'none'}")
     click.echo(f"secrets declared: {', '.join(described['secrets']) or 'none'}")
     click.echo(f"health check: {'yes' if described['health_check'] else 'no'}")
+    settings = _settings_rows(described["config_schema"])
+    if settings:
+        print_table(["SETTING", "TYPE", "DEFAULT", "DESCRIPTION"], settings)
+    else:
+        click.echo("settings: none")
     print_table(
         ["ACTION", "RISK", "DRY-RUN", "REVERTS", "OPENC2", "TITLE"],
         [

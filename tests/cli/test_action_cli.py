@@ -17,3 +17,16 @@ def test_a_refused_input_names_the_action_once(invoke: Invoke, tmp_path: Path) -
     assert "error: nftables.list_rules: connector 'nftables' acts on this host" in (
         unconfigured.stderr
     )
+
+
+def test_describe_shows_the_settings_as_the_readme_says(invoke: Invoke, tmp_path: Path) -> None:
+    """``quell connector describe`` printed secrets and actions; its settings were only in
+    ``--json``."""
+    env = {"QUELL_DATA_DIR": str(tmp_path / "data")}
+    shown = invoke("connector", "describe", "nftables", env=env)
+    assert shown.exit_code == 0, shown.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in shown.stdout.splitlines() if line}
+    assert rows["SETTING"] == ["TYPE", "DEFAULT", "DESCRIPTION"]
+    assert rows["hook"][:2] == ["input|forward|output", "'input'"]
+    assert rows["table"] == ["string", "'quell'"]
+    assert rows["timeout"][:3] == ["number", "10.0", "Seconds"]

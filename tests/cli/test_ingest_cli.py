@@ -54,6 +54,12 @@ def test_ingest_a_file_by_format_ends_with_the_counts(invoke: Invoke, env: dict[
     assert incidents[0]["alert_count"] == 1
     shown = json.loads(invoke("incident", "show", incidents[0]["id"], "--json", env=env).stdout)
     assert shown["alerts"][0]["id"] == alerts[0]["id"]
+    # The text shows the observables too (only the JSON did).
+    text = invoke("incident", "show", incidents[0]["id"], env=env).stdout
+    assert shown["observables"]
+    for observable in shown["observables"]:
+        assert f"{observable['type']} " in text
+        assert f" {observable['value']} " in text
     ocsf = json.loads(invoke("alert", "show", alerts[0]["id"], "--format", "ocsf", env=env).stdout)
     assert ocsf["class_uid"] == 2004
 
