@@ -203,7 +203,10 @@ def export(
             click.echo(f"exported {count} event(s); last seq {last}", err=True)
             raise type(exc)(f"{exc.message}; resume with --since {last}", **exc.details) from None
     if count == 0:
-        click.echo(f"exported 0 events: none after seq {since_seq}", err=True)
+        since = (
+            f"after {after_time} and seq {since_seq}" if after_time else f"after seq {since_seq}"
+        )
+        click.echo(f"exported 0 events: none {since}", err=True)
     else:
         click.echo(f"exported {count} event(s); last seq {last}", err=True)
 

@@ -64,7 +64,17 @@ PROTECTED = "protected"
 PROTECTED_TAGS = "protected_tags"
 ASSET_TAGS = "asset_tags"  # address, network or host name -> its tags
 _TAG = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,63}$")
-_NUMERIC = re.compile(r"^[0-9.]+$")  # an IPv4 address, mistyped (a name has a letter)
+# Shaped like an address or a network (a mistyped one), not like a name: IPv4 (1 to 4 dotted
+# numbers, /n), or IPv6 (hex groups with :: or eight of them, /n). An account id (123456789012),
+# an ARN, a MAC or host:port are names.
+_ADDRESS_SHAPED = re.compile(r"^\d{1,3}(?:\.\d{1,3}){1,3}(?:/\d+)?$|^\d{1,3}(?:\.\d{1,3})*/\d+$")
+_IPV6_SHAPED = re.compile(r"^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:/\d+)?$")
+
+
+def _ipv6_like(text: str) -> bool:
+    return "::" in text or text.split("/")[0].count(":") == 7
+
+
 BREAKER = "breaker"
 _BREAKER_OPEN = "breaker:"
 _BREAKER_RESET = "breaker-reset:"  # when a person last closed a playbook's circuit
@@ -268,7 +278,7 @@ def _check_protected_entry(entry: str) -> str:
     try:
         ipaddress.ip_network(text, strict=False)
     except ValueError as exc:
-        if "/" in text or ":" in text or _NUMERIC.match(text):
+        if _ADDRESS_SHAPED.match(text) or (_IPV6_SHAPED.match(text) and _ipv6_like(text)):
             raise InvalidInput(
                 f"{entry!r} is not a valid address or network ({exc})", field="entry"
             ) from None

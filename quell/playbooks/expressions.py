@@ -67,6 +67,7 @@ from quell.playbooks.cacao.functions import cacao_result, cacao_text
 MAX_SOURCE = 8 * 1024  # characters in one expression or template
 MAX_OUTPUT = 1024 * 1024  # bytes of JSON (or characters) an evaluation may produce
 MAX_ITEMS = 100_000  # elements a repeated list may have
+MAX_WORK = 8 * MAX_OUTPUT  # what a filter that copies every element may be given
 DEADLINE = 0.25  # seconds one evaluation may take
 
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar(
@@ -156,13 +157,49 @@ def _too_large(what: str) -> ExpressionError:
     return ExpressionError(f"{what} would be larger than the size limit ({MAX_OUTPUT} bytes)")
 
 
+def _text_of(value: Any, what: str) -> str:
+    """``str(value)``, weighed first: a list may hold one huge string many times and print as
+    all of them."""
+    if isinstance(value, str):
+        return value
+    if _weight(value) > MAX_OUTPUT:
+        raise _too_large(what)
+    return str(value)
+
+
 def _concat(parts: Iterable[Any]) -> str:
     """Text made of parts (``a ~ b``, and a template's text and values), sized before it is
     joined: each part may be large, the text may not."""
-    texts = [str(part) for part in parts]
+    texts = [_text_of(part, "the text") for part in parts]
     if sum(map(len, texts)) > MAX_OUTPUT:
         raise _too_large("the text")
     return "".join(texts)
+
+
+def _finalize(value: Any) -> Any:
+    """What a template's ``{{ value }}`` prints, weighed before Jinja makes it text."""
+    if not isinstance(value, str) and _weight(value) > MAX_OUTPUT:
+        raise _too_large("the text")
+    return value
+
+
+# printf-style conversions: %s, %(name)s, %-10.3f, %% ...
+_CONVERSION = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?([a-zA-Z%])")
+MAX_WIDTH = 100  # the widest field or precision a % format may ask for
+
+
+def _format(text: str, values: Any) -> str:
+    """``text % values`` (``'%.1f%%' % score``), sized first: no width or precision past
+    MAX_WIDTH, and no more text than the size limit, however often a value is used."""
+    conversions = _CONVERSION.findall(text)
+    for width, precision, _kind in conversions:
+        for number in (width, precision):
+            if number == "*" or (number and int(number) > MAX_WIDTH):
+                raise ExpressionError(f"% formats fields of at most {MAX_WIDTH} characters")
+    each = MAX_WIDTH + 2 * _weight(values) + 64  # what one conversion may print, at most
+    if len(text) + len(conversions) * each > MAX_OUTPUT:
+        raise _too_large("a % format")
+    return str(text % values)
 
 
 class _Generator(CodeGenerator):
@@ -193,6 +230,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             if isinstance(obj, kind):
                 return attr in names
         return False
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        # A text has no keys: Jinja falls back to its attributes (s['replace']), which must be
+        # checked as s.replace is.
+        if isinstance(obj, str) and isinstance(argument, str):
+            return self.getattr(obj, argument)
+        return super().getitem(obj, argument)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Jinja hands out a sandboxed str.format, which still pads to any width it is told.
@@ -226,8 +270,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 raise _too_large("a concatenation (+)")
             return operator.add(left, right)
         if operator_name == "%":
-            if isinstance(left, str | bytes):  # printf-style formatting pads to any width
-                raise ExpressionError("% does not format text: join text with ~")
+            if isinstance(left, str):  # printf-style formatting pads to any width it is told
+                return _format(left, right)
             return operator.mod(left, right)
         if (
             isinstance(left, int)
@@ -265,6 +309,10 @@ def _replace(text: str, old: Any, new: Any, count: Any = -1) -> str:
     return text.replace(old, new, count if isinstance(count, int) else -1)
 
 
+# Filters that copy every element of what they are given (print it, or lower-case it to compare).
+_COPYING = ("string", "urlencode", "unique", "sort", "min", "max", "dictsort", "groupby")
+
+
 def _sized_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
     """Jinja's filters whose output an argument can make much larger than their input, each
     checking the size first (and keeping how Jinja calls it: with the context it asks for)."""
@@ -273,7 +321,8 @@ def _sized_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Calla
 
     @functools.wraps(replace)
     def sized_replace(eval_ctx: Any, text: Any, old: Any, new: Any, count: Any = None) -> Any:
-        _check_replace(str(text), str(old), str(new), count)
+        text = _text_of(text, "a replace")
+        _check_replace(text, _text_of(old, "a replace"), _text_of(new, "a replace"), count)
         return replace(eval_ctx, text, old, new, count)
 
     @functools.wraps(join)
@@ -298,16 +347,34 @@ def _sized_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Calla
             return type(start)(itertools.chain(start, *items))
         return functools.reduce(operator.add, items, start)
 
-    def counted(function: Callable[..., Any], what: str) -> Callable[..., Any]:
-        """``function(value, count, ...)`` with ``count`` (how many lists to make, or how long
-        each is, padded) at most MAX_ITEMS; after the context, when Jinja passes one."""
+    def counted(function: Callable[..., Any], what: str, name: str) -> Callable[..., Any]:
+        """``function(value, count, fill_with=None)`` with ``count`` (how many lists to make,
+        or how long each is, padded with ``fill_with``) at most MAX_ITEMS, and the padding
+        within the size limit; positional after the context (when Jinja passes one), or by
+        name."""
         place = 2 if getattr(function, "jinja_pass_arg", None) is not None else 1
 
         @functools.wraps(function)
         def bounded(*args: Any, **kwargs: Any) -> Any:
-            count = args[place] if len(args) > place else next(iter(kwargs.values()), None)
+            count = args[place] if len(args) > place else kwargs.get(name)
+            fill = args[place + 1] if len(args) > place + 1 else kwargs.get("fill_with")
             if isinstance(count, int) and count > MAX_ITEMS:
                 raise ExpressionError(f"{what} takes a count of at most {MAX_ITEMS}")
+            if fill is not None and isinstance(count, int) and count * _weight(fill) > MAX_OUTPUT:
+                raise _too_large(f"{what}'s padding")
+            return function(*args, **kwargs)
+
+        return bounded
+
+    def weighed(function: Callable[..., Any], what: str) -> Callable[..., Any]:
+        """``function(value, ...)`` only on a value within MAX_WORK: it copies (prints, or
+        lower-cases to compare) every element, and a list may hold one huge text many times."""
+        place = 1 if getattr(function, "jinja_pass_arg", None) is not None else 0
+
+        @functools.wraps(function)
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            if len(args) > place and _weight(args[place], MAX_WORK) > MAX_WORK:
+                raise ExpressionError(f"{what} takes at most {MAX_WORK} bytes of data")
             return function(*args, **kwargs)
 
         return bounded
@@ -316,15 +383,18 @@ def _sized_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Calla
         "replace": sized_replace,
         "join": sized_join,
         "sum": sized_sum,
-        "batch": counted(batch, "batch"),
-        "slice": counted(slices, "slice"),
+        "batch": counted(batch, "batch", "linecount"),
+        "slice": counted(slices, "slice", "slices"),
+        **{name: weighed(filters[name], name) for name in _COPYING},
     }
 
 
 def _build_environment() -> _Sandbox:
     # Not optimized: Jinja's optimizer computes constant parts (filters included) while
     # compiling, where no deadline holds; a playbook is compiled by anyone who may validate it.
-    env = _Sandbox(undefined=_Undefined, autoescape=False, cache_size=0, optimized=False)
+    env = _Sandbox(
+        undefined=_Undefined, autoescape=False, cache_size=0, optimized=False, finalize=_finalize
+    )
     kept: dict[str, Callable[..., Any]] = {name: env.filters[name] for name in _KEPT_FILTERS}
     kept.update(_sized_filters(kept))
     env.filters = {name: _guarded(function) for name, function in kept.items()}
@@ -606,7 +676,12 @@ def _check_size(value: Any, where: str) -> Any:
         # The weight first: what holds one huge value many times is refused before printing.
         size = _weight(value)
         if size <= MAX_OUTPUT:
-            size = len(orjson.dumps(value, default=str))
+            try:
+                size = len(orjson.dumps(value, default=str))
+            except orjson.JSONEncodeError as exc:  # nested deeper than JSON goes, say
+                raise ExpressionError(
+                    f"{where}: the result is not JSON ({exc})", field=where
+                ) from None
     else:
         return value
     if size > MAX_OUTPUT:
@@ -642,6 +717,8 @@ class Expression:
             raise ExpressionError(f"{self.where}: {exc.message}", field=self.where) from None
         except RecursionError:  # data nested deeper than Python's stack
             raise _nesting(self.where) from None
+        except MemoryError:  # what no size check foresaw: this evaluation, not the process
+            raise ExpressionError(f"{self.where}: ran out of memory", field=self.where) from None
         except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise ExpressionError(
                 f"{self.where}: {type(exc).__name__}: {str(exc)[:200]}", field=self.where
@@ -840,6 +917,8 @@ class Template:
             raise ExpressionError(f"{self.where}: {exc.message}", field=self.where) from None
         except RecursionError:  # data nested deeper than Python's stack
             raise _nesting(self.where) from None
+        except MemoryError:  # what no size check foresaw: this evaluation, not the process
+            raise ExpressionError(f"{self.where}: ran out of memory", field=self.where) from None
         except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise ExpressionError(
                 f"{self.where}: {type(exc).__name__}: {str(exc)[:200]}", field=self.where

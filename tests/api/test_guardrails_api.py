@@ -45,10 +45,16 @@ def test_the_person_on_shift_pulls_the_kill_switch_and_admins_set_policy(
         never = admin.put("/api/guardrails/limits", json={"action": action, "per_hour": 3})
         assert (never.status_code, never.json()["detail"]) == (422, said)
     # A mistyped network, kept as a name, would protect nothing.
-    for entry in ("192.168.1.0/33", "10.0.0.256", "fe80::zz"):
+    for entry in ("192.168.1.0/33", "10.0.0.256", "192.168.1/24", "2001:db8::/129", "fe80::1::2"):
         typo = admin.patch("/api/guardrails/protected", json={"add": [entry]})
         assert typo.status_code == 422, typo.text
         assert typo.json()["detail"].startswith(f"{entry!r} is not a valid address or network")
+    # Names are names, however many digits or colons: an account id, an ARN, a MAC, host:port.
+    names = ["123456789012", "arn:aws:iam::123456789012:user/bob", "00:1a:2b:3c:4d:5e",
+             "db01.corp:5432"]  # fmt: skip
+    kept = admin.patch("/api/guardrails/protected", json={"add": names})
+    assert kept.json()["protected"] == names, kept.text
+    admin.patch("/api/guardrails/protected", json={"remove": names})
     protected = admin.patch(
         "/api/guardrails/protected", json={"add": ["10.0.0.0/8", "dc01.corp"]}
     ).json()

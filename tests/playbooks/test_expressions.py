@@ -209,7 +209,7 @@ BIG: dict[str, Any] = {
         # Each of these took from seconds to minutes and up to gigabytes before it was sized.
         ("[1] | batch(150000000, 0) | list | length", "batch takes a count of at most 100000"),
         ("[1] | slice(50000000) | list | length", "slice takes a count of at most 100000"),
-        ("(('%0' ~ 2000000000 ~ 'd') % 1) | length", "% does not format text"),
+        ("(('%0' ~ 2000000000 ~ 'd') % 1) | length", "% formats fields of at most 100"),
         ("s.replace('', s)", "a replace would be larger than the size limit"),
         ("s | replace('', s)", "a replace would be larger than the size limit"),
         ("ids | join(big)", "a join would be larger than the size limit"),
@@ -222,6 +222,21 @@ BIG: dict[str, Any] = {
         ("many | sum(start=[])", "a sum would be larger than the size limit"),
         ("(" * 2500 + "1" + ")" * 2500, "nested too deeply"),
         ("not " * 2000 + "1", "nested too deeply"),
+        # A reviewer's: the same methods by subscript, the counts by keyword, one huge text
+        # held many times and printed, copied or lower-cased, and % with wide fields.
+        ("s['replace']('', s)", "a replace would be larger than the size limit"),
+        ("'{:>300000000}'['format']('x') | length", "access to attribute 'format'"),
+        ("[1] | batch(fill_with=0, linecount=150000000) | list", "batch takes a count of at most"),
+        ("[1] | slice(fill_with=0, slices=100000000) | list", "slice takes a count of at most"),
+        ("[1] | batch(100000, big) | list | length", "batch's padding would be larger than"),
+        ("many | string | length", "string takes at most"),
+        ("many | unique | list | length", "unique takes at most"),
+        ("many | sort | length", "sort takes at most"),
+        ("(([0] * 20) | map('default', big, true) | list) ~ 'x'", "the text would be larger"),
+        ("'%999999999d' % 1", "% formats fields of at most 100 characters"),
+        ("'%*d' % (9, 1)", "% formats fields of at most 100 characters"),
+        ("'%(a)s' * 1000 % {'a': s}", "a % format would be larger than the size limit"),
+        ("('[' * 300 ~ ']' * 300) | from_json", "the result is not JSON"),
     ],
 )
 def test_what_would_grow_past_the_size_limit_is_refused_before_it_is_built(
@@ -253,6 +268,12 @@ def test_the_sized_operations_still_compute_what_fits() -> None:
         "'ab' * 3": "ababab",
         "[0] * 3": [0, 0, 0],
         "ids | to_json": "[1,2,3]",
+        "'%.1f%%' % 97.25": "97.2%",
+        "'%s/%s' % (1, 2)": "1/2",
+        "'%(n)05d' % {'n': 42}": "00042",
+        "s['upper']()": "A-B-C",
+        "ids | unique | list": [1, 2, 3],
+        "ids | string": "[1, 2, 3]",
     }
     for source, expected in cases.items():
         assert compile_expression(source).evaluate(scope) == expected, source
@@ -262,5 +283,7 @@ def test_the_sized_operations_still_compute_what_fits() -> None:
 def test_a_template_whose_text_would_be_too_large_is_refused_before_it_is_joined() -> None:
     with pytest.raises(ExpressionError, match="the text would be larger than the size limit"):
         compile_template("{{ big }}" * 40).render(BIG)
+    with pytest.raises(ExpressionError, match="the text would be larger than the size limit"):
+        compile_template("x {{ many }}").render(BIG)  # weighed before Jinja makes it text
     with pytest.raises(ExpressionError, match="nested too deeply"):
         compile_template("x {{ " + "(" * 400 + "1" + ")" * 400 + " }}")
