@@ -23,7 +23,13 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    OperationalError,
+)
 
 from quell.codec import column_json
 from quell.errors import ConfigurationError, StorageUnavailable
@@ -198,6 +204,38 @@ class Database:
         """
         with self._transaction(write=True) as conn:
             yield conn
+
+    @contextmanager
+    def migration(self) -> Iterator[Connection]:
+        """The write transaction migrations run in. On SQLite, foreign keys are off for it:
+        a migration in batch mode copies a table, drops it and renames the copy, and dropping a
+        table other rows refer to fails while they are on. SQLite takes that setting only
+        outside a transaction, so it is set on the connection around this one; before the
+        commit, ``PRAGMA foreign_key_check`` must find every reference whole."""
+        if self.backend is not Backend.SQLITE:
+            with self.write() as conn:
+                yield conn
+            return
+        try:
+            with self.connect() as conn:
+                raw = conn.connection.driver_connection
+                assert raw is not None  # a checked-out connection
+                raw.execute("PRAGMA foreign_keys=OFF")
+                try:
+                    conn.execution_options(**{_WRITE_OPTION: True})
+                    with conn.begin():
+                        yield conn
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                        if broken is not None:
+                            raise IntegrityError(
+                                "PRAGMA foreign_key_check",
+                                None,
+                                Exception(f"a row of {broken[0]} refers to a missing {broken[2]}"),
+                            )
+                finally:
+                    raw.execute("PRAGMA foreign_keys=ON")
+        except OperationalError as exc:
+            raise self._unavailable(exc) from exc
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Connection]:

@@ -164,7 +164,7 @@ def _run(db: Database, operation: str, revision: str) -> tuple[str | None, str |
     from alembic import command
     from alembic.util.exc import CommandError
 
-    with db.write() as conn:
+    with db.migration() as conn:
         if db.backend is Backend.POSTGRESQL:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
         before = _current(conn)

@@ -205,3 +205,37 @@ def test_0024_gives_stored_versions_their_content_digest_and_0023_the_old_one(
         library.add(text.replace("x: 1", "x: 2"), "again.yaml")
     migrate.downgrade(blank, "0023_waits_status_created")
     assert digests() == old
+
+
+def test_a_store_holding_runs_goes_down_and_up_again(blank: Database) -> None:
+    """On SQLite a migration in batch mode drops and recreates a table: with foreign keys on,
+    dropping playbook_versions under a run that refers to it failed (a walkthrough's
+    traceback from 'quell db downgrade 0014_secret_keys'), and so would an upgrade of an old
+    store that holds runs. The references must still hold after the round trip."""
+    from datetime import UTC, datetime
+
+    from quell.clock import SystemClock
+    from quell.engine.store import PlaybookStore
+    from quell.playbooks.compiler import parse_playbook
+    from quell.store.schema import runs
+
+    migrate.upgrade(blank)
+    text_ = "id: pb\nname: A playbook\nvars: {x: 0}\nsteps:\n  - {id: one, set: {x: 1}}\n"
+    version = PlaybookStore(blank, SystemClock()).register(parse_playbook(text_, "pb.yaml"))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    with blank.write() as conn:
+        conn.execute(
+            runs.insert().values(
+                id="run_1", playbook_version_id=version.id, playbook_id="pb", status="succeeded",
+                dry_run=False, inputs={}, trigger="manual", root_run_id="run_1", created_at=now,
+                updated_at=now, lease_epoch=0,
+            )
+        )  # fmt: skip
+    migrate.downgrade(blank, "0014_secret_keys")
+    migrate.upgrade(blank)
+    with blank.read() as conn:
+        kept = conn.execute(text("SELECT id, playbook_version_id FROM runs")).all()
+        assert [tuple(row) for row in kept] == [("run_1", version.id)]
+        if blank.backend.value == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # on again
