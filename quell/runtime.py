@@ -116,6 +116,12 @@ class Runtime:
             public_url=self.settings.public_url,
         )
 
+    def preflight(self) -> None:
+        """What a server or a worker checks before it says it is up: its plugins import and
+        its secret key opens what the database holds (ConfigurationError, one line)."""
+        _ = self.registry
+        self.secret_box.check_key()
+
     @cached_property
     def secret_box(self) -> SecretBox:
         """Seals secrets at rest under the data keys (wrapped by the secret key)."""

@@ -23,6 +23,7 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from quell.errors import ConfigurationError
@@ -415,6 +416,16 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         env_name = f"{ENV_PREFIX}{field.upper()}"
         raise ConfigurationError(
             f"invalid setting {field} ({_given_by(field, env_name, overrides)}): {first['msg']}",
+            field=field,
+            env=env_name,
+        ) from None
+    except SettingsError as exc:  # a structured setting whose JSON does not parse
+        named = re.search(r'field "([^"]+)"', str(exc))
+        field = named.group(1) if named else "settings"
+        env_name = f"{ENV_PREFIX}{field.upper()}"
+        reason = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise ConfigurationError(
+            f"invalid setting {field} ({_given_by(field, env_name, overrides)}): not JSON{reason}",
             field=field,
             env=env_name,
         ) from None

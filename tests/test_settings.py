@@ -89,6 +89,16 @@ def test_an_invalid_value_says_where_it_came_from(
     assert given.value.message.startswith("invalid setting api_port (as given): ")
 
 
+def test_a_structured_setting_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad QUELL_OIDC_PROVIDERS was pydantic-settings' SettingsError: a traceback."""
+    monkeypatch.setenv("QUELL_OIDC_PROVIDERS", "{bad")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert caught.value.message.startswith(
+        "invalid setting oidc_providers (from QUELL_OIDC_PROVIDERS): not JSON: Expecting"
+    )
+
+
 def test_missing_explicit_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUELL_CONFIG_FILE", "/nonexistent/quell.toml")
     with pytest.raises(ConfigurationError, match="does not exist"):

@@ -926,4 +926,5 @@ def worker_command(state: CliState, concurrency: int | None) -> None:
     from quell.engine.worker import run_worker
 
     runtime = state.runtime()
+    runtime.preflight()
     run_worker(runtime, concurrency=concurrency)

@@ -38,6 +38,7 @@ def serve_command(state: CliState, host: str | None, port: int | None, worker: b
 
     settings = state.settings
     runtime = state.runtime()
+    runtime.preflight()
     embedded = settings.embedded_worker if worker is None else worker
     sock = bind_socket(host or settings.api_host, settings.api_port if port is None else port)
     mode = "embedded worker" if embedded else "no worker"
@@ -58,6 +59,7 @@ def demo_command(state: CliState, host: str | None, port: int | None, start_serv
 
     settings = state.settings
     runtime = state.runtime()
+    runtime.preflight()
     sock = bind_socket(host or settings.api_host, settings.api_port if port is None else port)
     with contextlib.suppress(NotFound):  # first demo on this data dir
         runtime.tokens.revoke(DEMO_TOKEN_NAME)

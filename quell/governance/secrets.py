@@ -43,6 +43,44 @@ class SecretBox:
         sealed = key.aead.encrypt(nonce, value.reveal().encode(), purpose.encode())
         return _VERSION + key.id + nonce + sealed
 
+    def check_key(self) -> None:
+        """ConfigurationError unless this process's secret key opens what the database holds:
+        the active data key unwraps, and a stored sealed value names a key the ring knows. A
+        server or worker started with another key (a second host without the cluster's
+        QUELL_SECRET_KEY) would otherwise run, and fail every run that needs a secret."""
+        if self.ring.db is None:
+            return
+        self.ring.active()  # a rotated store: its data key must unwrap
+        from sqlalchemy import select
+
+        from quell.store.schema import (
+            connector_instances,
+            intel_feeds,
+            playbook_credentials,
+            sources,
+        )
+
+        columns = (
+            connector_instances.c.secrets, sources.c.secret, intel_feeds.c.secret,
+            playbook_credentials.c.secret,
+        )  # fmt: skip
+        with self.ring.db.read() as conn:  # one sealed value of each kind, if there is one
+            found = [
+                conn.execute(select(c).where(c.is_not(None)).limit(1)).scalar() for c in columns
+            ]
+        stored = [bytes(value) for value in found if value is not None]
+        for sealed in stored:
+            key_id = key_id_of(sealed)
+            if key_id is not None and self.ring.find(key_id) is None:
+                record = self.ring.describe(key_id)
+                if record is not None and record.retired_at is not None:
+                    continue  # sealed before a rotation that retired its key: said when opened
+                raise ConfigurationError(
+                    "this database's secrets were sealed under another secret key: every "
+                    "`quell serve` and `quell worker` of one database needs the same "
+                    "QUELL_SECRET_KEY (or DATA_DIR/secret.key)"
+                )
+
     def open(self, sealed: bytes, *, purpose: str) -> SecretValue:
         """Decrypt a value sealed for ``purpose``; ConfigurationError if it cannot be."""
         key_id = key_id_of(sealed)

@@ -332,3 +332,41 @@ def test_the_schema_does_not_downgrade_past_the_key_table_once_a_key_was_made(
         migrate.downgrade(runtime.db, "0013_approvals")
     assert migrate.state(runtime.db).status is migrate.SchemaStatus.CURRENT
     assert _opened(runtime) == EXPECTED
+
+
+def test_a_server_or_worker_with_another_secret_key_refuses_to_start(
+    runtime: Runtime, database_url: str, tmp_path: Path
+) -> None:
+    """A second worker host without the cluster's QUELL_SECRET_KEY generated a key of its own,
+    said it had started, and failed every run that needed a secret (a walkthrough's). It now
+    refuses to start, before and after a rotation; so do serve and worker with a plugin that
+    does not import, before they say they serve."""
+    _store_secrets(runtime)
+    runtime.preflight()  # its own key opens everything
+    other = SecretValue("another-secret-key-of-at-least-32-characters")
+    stranger = SecretBox(other, KeyRing(other, runtime.db, runtime.clock))
+    with pytest.raises(ConfigurationError, match="sealed under another secret key"):
+        stranger.check_key()
+    env = {
+        "QUELL_DATA_DIR": str(tmp_path / "elsewhere"),  # a host with a key of its own
+        "QUELL_DATABASE_URL": database_url,
+    }
+    for command in (["worker"], ["serve", "--port", "0"]):
+        refused = run_quell(*command, env=env, timeout=30)
+        assert refused.returncode == 1, refused.stderr
+        assert "error: this database's secrets were sealed under another secret key" in (
+            refused.stderr
+        )
+        assert "serving on" not in refused.stderr
+    rotate(runtime.secret_box, runtime.db, runtime.audit, actor="test")
+    runtime.preflight()
+    with pytest.raises(ConfigurationError, match="does not unwrap under this secret key"):
+        SecretBox(other, KeyRing(other, runtime.db, runtime.clock)).check_key()
+    unplugged = run_quell(
+        "serve", "--port", "0", env={**env, "QUELL_DATA_DIR": str(tmp_path / "data"),
+                                     "QUELL_PLUGINS": "nosuchmodule"}, timeout=30,
+    )  # fmt: skip
+    assert unplugged.returncode == 1, unplugged.stderr
+    assert "error: QUELL_PLUGINS names 'nosuchmodule'" in unplugged.stderr
+    assert "serving on" not in unplugged.stderr
+    assert "Traceback" not in unplugged.stderr
