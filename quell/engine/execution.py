@@ -342,13 +342,14 @@ class Execution:
         simulated: bool = False,
         finished: bool = True,
         due_at: datetime | None = None,
+        started_at: datetime | None = None,
     ) -> tuple[str, tuple[Any, ...]]:
         now = self.now()
         self.seq += 1
         values = (
             self.run.id, key, attempt, self.seq, step.id, step.kind.value, status.value,
-            step.action, idempotency_key, inputs, output, error, assigned, simulated, now,
-            now if finished else None, due_at,
+            step.action, idempotency_key, inputs, output, error, assigned, simulated,
+            started_at or now, now if finished else None, due_at,
         )  # fmt: skip
         self.records[key] = Record(
             key, attempt, status, output, error, assigned, due_at, inputs, idempotency_key
@@ -758,12 +759,15 @@ class Execution:
                 await self.record(key, step, StepStatus.FAILED, error=error, attempt=attempt)
                 raise self.failed(step, frame, key, error) from None
             started: Record | None = None
+            begun: datetime | None = None  # a read's start, for its one record
             if not definition.is_read:  # committed before the call: a crash can be reconciled
                 await self.record(
                     key, step, StepStatus.STARTED, inputs=inputs, idempotency_key=ikey,
                     attempt=attempt, finished=False,
                 )  # fmt: skip
                 started = self.records[key]
+            else:
+                begun = self.now()
             try:
                 output = await self.engine.actions.call(definition, params, ctx, limit=step.timeout)
                 assigned = self.out(step, frame, output)
@@ -779,7 +783,7 @@ class Execution:
                 else:
                     await self.record(
                         key, step, status, inputs=inputs, error=error, idempotency_key=ikey,
-                        attempt=attempt, due_at=due,
+                        attempt=attempt, due_at=due, started_at=begun,
                     )  # fmt: skip
                 self.audit_call(definition.key, key, attempt, status, ikey, ctx.instance,
                                 inputs, None, error)  # fmt: skip
@@ -800,7 +804,7 @@ class Execution:
             else:
                 self.note(
                     key, step, StepStatus.SUCCEEDED, inputs=inputs, output=output,
-                    assigned=assigned, idempotency_key=ikey, attempt=attempt,
+                    assigned=assigned, idempotency_key=ikey, attempt=attempt, started_at=begun,
                 )  # fmt: skip
             self.audit_call(definition.key, key, attempt, StepStatus.SUCCEEDED, ikey,
                             ctx.instance, inputs, output, None)  # fmt: skip

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
+from quell.clock import ManualClock
 from quell.runtime import Runtime
 from tests.engine.harness import Harness, statuses
 from tests.engine.peer import Peer
@@ -406,5 +408,30 @@ steps:
         assert view.variables["seen"] == "cmd.exe\ufffd/c whoami"
         (read,) = [s for s in view.steps if s.key == "read"]
         assert read.output["value"] == "cmd.exe\ufffd/c whoami"
+
+    asyncio.run(scenario())
+
+
+def test_a_read_is_recorded_from_when_it_began(runtime: Runtime) -> None:
+    """A read has one record, written when it ends: its start read the end's time (a
+    walkthrough saw a 15 s call shown as taking no time)."""
+    clock = runtime.clock
+    assert isinstance(clock, ManualClock)
+
+    async def scenario() -> None:
+        Peer.reset()
+        Peer.entered, Peer.release = asyncio.Event(), asyncio.Event()
+        async with Harness(runtime) as harness:
+            text = "id: slow\nname: A slow read\nsteps:\n"
+            text += "  - {id: look, action: test.read, with: {value: 1, hold: true}}\n"
+            run_id = await harness.start(text)
+            await asyncio.wait_for(Peer.entered.wait(), 10)
+            clock.advance(timedelta(seconds=15))
+            Peer.release.set()
+            view = await harness.settle(run_id)
+        assert view.status == "succeeded", view.error
+        (look,) = [step for step in view.steps if step.key == "look"]
+        assert look.finished_at is not None
+        assert look.finished_at - look.started_at == timedelta(seconds=15)
 
     asyncio.run(scenario())
