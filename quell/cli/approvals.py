@@ -187,7 +187,10 @@ def link(
 
     runtime = state.runtime()
     life: timedelta | None = parse_duration(ttl, field="ttl") if ttl else None
-    asker, _role = acting_user(state, as_user, Permission.RUNS_CONTROL)
+    # Sending a link to someone is runs:control's (as through the API); asking for one's own,
+    # approvals:decide's.
+    needed = Permission.RUNS_CONTROL if via is not None else Permission.APPROVALS_DECIDE
+    asker, _role = acting_user(state, as_user, needed)
     if via is None and asker != user:
         # Printed, it would let whoever runs this decide as USER, under USER's name.
         raise Conflict(

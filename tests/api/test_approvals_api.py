@@ -169,6 +169,15 @@ def test_four_eyes_over_http_with_a_link_sent_to_chat(
         # A link is someone's credential: nobody gets another person's token in hand.
         handed = carol.post(f"{url}/links", json={"user": "bob"})
         assert handed.status_code == 409
+        # An approver asks for their own (approvals:decide; sending is runs:control's).
+        with _session(server, "ed") as ed:
+            own = ed.post(f"{url}/my-link", json={})
+            assert own.status_code == 201, own.text
+            assert (own.json()["user"], "/api/approval-links/qa_" in own.json()["url"]) == (
+                "ed", True,
+            )  # fmt: skip
+            assert ed.post(f"{url}/links", json={"user": "ed"}).status_code == 403
+        assert carol.post(f"{url}/my-link", json={}).status_code == 403  # an analyst decides none
         to_requester = carol.post(f"{url}/links", json={"user": "root", "via": "team-chat"})
         assert to_requester.status_code == 403
         sent = token_analyst.post(f"{url}/links", json={"user": "bob", "via": "team-chat"})
@@ -236,6 +245,7 @@ def test_four_eyes_over_http_with_a_link_sent_to_chat(
     actions = [(e["actor"], e["action"]) for e in reversed(trail)]
     assert actions == [
         ("alice", "approval.vote"),
+        ("ed", "approval.link_created"),  # his own
         ("test-analyst", "approval.link_created"),
         ("test-analyst", "approval.link_created"),  # through dead-chat: not sent, so withdrawn
         ("test-analyst", "approval.link_withdrawn"),

@@ -306,6 +306,36 @@ async def make_link(
     return {**shown, "sent_via": via}
 
 
+class MyLinkIn(BaseModel):
+    """The caller's own approval link."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl: str | None = Field(default=None, max_length=16, description="How long it works (4h).")
+
+
+@router.post(
+    "/approvals/{wait_id}/my-link",
+    status_code=status.HTTP_201_CREATED,
+    summary="Make my own signed approval link",
+)
+async def make_my_link(
+    wait_id: WaitId, body: MyLinkIn, request: Request, runtime: RuntimeDep, principal: CanDecide
+) -> dict[str, Any]:
+    """A single-use link with which the caller decides this approval as themselves (to open
+    on a phone, say): for a user who may decide approvals, with no permission to send links
+    to others."""
+    if principal.user is None:
+        raise InvalidInput(
+            "a service token belongs to no user: a link is for a person", field="user"
+        )
+    user = principal.user
+    ttl = parse_duration(body.ttl, field="ttl") if body.ttl else None
+    links = runtime.approval_links(services.waits(request, runtime))
+    link = await run_in_threadpool(lambda: links.create(wait_id, user, by=principal.name, ttl=ttl))
+    return link.as_dict()
+
+
 _NO_LINK = "no such approval link (or it expired)"
 
 
