@@ -297,6 +297,14 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretValue | None) -> SecretValue | None:
+        # Checked here too, so that every command (config show included) refuses it.
+        if value is not None and len(value.reveal()) < 32:
+            raise ValueError("too short: use at least 32 characters of random data")
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:

@@ -205,3 +205,16 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
         if f"`QUELL_{name.upper()}`" not in table
     ]  # fmt: skip
     assert missing == []
+
+
+def test_a_short_secret_key_is_refused_when_settings_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the commands that opened the data dir refused it; 'config show' took it."""
+    monkeypatch.setenv("QUELL_SECRET_KEY", "short-canary")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert caught.value.message == (
+        "invalid setting secret_key (from QUELL_SECRET_KEY): Value error, too short: use at "
+        "least 32 characters of random data"
+    )  # and never the value itself

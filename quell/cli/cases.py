@@ -18,7 +18,9 @@ RESOLUTIONS = ["true_positive", "benign", "false_positive", "duplicate"]
 @click.argument("incident_id")
 @click.option("--status", type=click.Choice(STATUSES), help="The NIST SP 800-61 phase.")
 @click.option("--resolution", type=click.Choice(RESOLUTIONS), help="Needed to close.")
-@click.option("--severity-id", type=click.IntRange(1, 6), help="1 informational .. 5 critical, 6 fatal.")
+@click.option(
+    "--severity-id", type=click.IntRange(1, 6), help="1 informational .. 5 critical, 6 fatal."
+)
 @click.option("--priority", type=click.IntRange(1, 4), help="1 (most urgent) to 4.")
 @click.option("--title", help="A new title.")
 @click.option("--owner", help="Who owns the case ('' clears it).")
