@@ -21,8 +21,10 @@ What keeps it safe (nothing here calls Python's ``eval`` on user text):
   the filters that size their output from an argument (``center``, ``format``, ``indent`` …)
   are not offered. What can make something much larger than its operands is sized before it
   runs: ``*``, ``+``, ``~`` and ``**``, the ``replace`` method and filter, ``join``, ``sum``,
-  ``to_json``, ``batch`` and ``slice``; ``%`` formats no strings. So no expression builds a
-  huge string, list or number, and none is computed while compiling (no constant folding).
+  ``to_json``, ``batch`` and ``slice``, ``%`` (fields of at most 100 characters), and what
+  prints, escapes or compares every element of a list. Each is charged against what one
+  evaluation may build in all (MAX_BUILT). So no expression builds a huge string, list or
+  number, and none is computed while compiling (no constant folding).
 - Every evaluation has a deadline (checked at each filter and function call) and its result a
   size limit; source text and nesting are limited too. Errors are :class:`ExpressionError`
   naming where.
@@ -68,10 +70,15 @@ MAX_SOURCE = 8 * 1024  # characters in one expression or template
 MAX_OUTPUT = 1024 * 1024  # bytes of JSON (or characters) an evaluation may produce
 MAX_ITEMS = 100_000  # elements a repeated list may have
 MAX_WORK = 8 * MAX_OUTPUT  # what a filter that copies every element may be given
+MAX_BUILT = 8 * MAX_OUTPUT  # what one evaluation may build in all
 DEADLINE = 0.25  # seconds one evaluation may take
 
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar(
     "quell_expr_deadline", default=0.0
+)
+# What the evaluation in progress has built so far, in bytes (see _charge).
+_budget: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "quell_expr_budget", default=None
 )
 
 
@@ -131,13 +138,19 @@ def _guarded(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _weight(value: Any, limit: int = MAX_OUTPUT) -> int:
-    """How large ``value`` is at least as JSON (a string its length and quotes, any other
-    scalar one character, a list or dict its brackets, commas and keys), counted only until it
-    passes ``limit``: a list holding one huge string many times weighs what it would print."""
+    """About how large ``value`` prints (as JSON, or as Python's text of it), counted only
+    until it passes ``limit``: a string its length and quotes, a list or dict its brackets,
+    commas and keys, a number the digits it may take (a 4096-bit integer prints 1,234 of
+    them), a time or anything else 64. A list holding one huge string many times weighs what
+    it would print; the deadline is checked as it goes."""
     total = 0
     stack = [value]
+    seen = 0
     while stack and total <= limit:
         item = stack.pop()
+        seen += 1
+        if not seen & 4095:
+            _check_deadline()
         if isinstance(item, str | bytes):
             total += len(item) + 2
         elif isinstance(item, list | tuple):
@@ -148,13 +161,32 @@ def _weight(value: Any, limit: int = MAX_OUTPUT) -> int:
             for key, member in item.items():
                 stack.append(key)
                 stack.append(member)
+        elif item is None or isinstance(item, bool):
+            total += 5
+        elif isinstance(item, int):
+            total += item.bit_length() * 30103 // 100000 + 2  # its decimal digits, and a sign
+        elif isinstance(item, float):
+            total += 24
         else:
-            total += 1
+            total += 64
     return total
 
 
 def _too_large(what: str) -> ExpressionError:
     return ExpressionError(f"{what} would be larger than the size limit ({MAX_OUTPUT} bytes)")
+
+
+def _charge(size: int, what: str) -> None:
+    """Count what an operation is about to build: no more than the size limit at once, and no
+    more than MAX_BUILT in all in one evaluation (a list of many large values, each within the
+    limit, is refused as it grows)."""
+    if size > MAX_OUTPUT:
+        raise _too_large(what)
+    spent = _budget.get()
+    if spent is not None:
+        spent[0] += size
+        if spent[0] > MAX_BUILT:
+            raise ExpressionError(f"the expression would build more than {MAX_BUILT} bytes in all")
 
 
 def _text_of(value: Any, what: str) -> str:
@@ -168,11 +200,16 @@ def _text_of(value: Any, what: str) -> str:
 
 
 def _concat(parts: Iterable[Any]) -> str:
-    """Text made of parts (``a ~ b``, and a template's text and values), sized before it is
+    """Text made of parts (``a ~ b``, and a template's text and values), sized as it is
     joined: each part may be large, the text may not."""
-    texts = [_text_of(part, "the text") for part in parts]
-    if sum(map(len, texts)) > MAX_OUTPUT:
-        raise _too_large("the text")
+    texts, size = [], 0
+    for part in parts:
+        text = _text_of(part, "the text")
+        size += len(text)
+        if size > MAX_OUTPUT:
+            raise _too_large("the text")
+        texts.append(text)
+    _charge(size, "the text")
     return "".join(texts)
 
 
@@ -183,22 +220,46 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-# printf-style conversions: %s, %(name)s, %-10.3f, %% ...
-_CONVERSION = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?([a-zA-Z%])")
+# A printf-style conversion: %s, %(name)s, %-10.3f, %% (a key holds no parentheses: Python
+# would read nested ones, and a format this does not read whole is refused).
+_CONVERSION = re.compile(
+    r"%(?:\(([^()]*)\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?([diouxXeEfFgGcrsa%])"
+)
 MAX_WIDTH = 100  # the widest field or precision a % format may ask for
 
 
 def _format(text: str, values: Any) -> str:
-    """``text % values`` (``'%.1f%%' % score``), sized first: no width or precision past
-    MAX_WIDTH, and no more text than the size limit, however often a value is used."""
-    conversions = _CONVERSION.findall(text)
-    for width, precision, _kind in conversions:
+    """``text % values`` (``'%.1f%%' % score``), sized first: every conversion read (one not
+    understood is refused), no width or precision past MAX_WIDTH, and each charged what its
+    own value may print."""
+    conversions = []
+    at = text.find("%")
+    while at != -1:
+        found = _CONVERSION.match(text, at)
+        if found is None:
+            raise ExpressionError(f"% format not understood at {text[at : at + 16]!r}")
+        conversions.append(found.groups())
+        at = text.find("%", found.end())
+    positional = list(values) if isinstance(values, tuple) else [values]
+    size, index = len(text), 0
+    for key, width, precision, kind in conversions:
         for number in (width, precision):
             if number == "*" or (number and int(number) > MAX_WIDTH):
                 raise ExpressionError(f"% formats fields of at most {MAX_WIDTH} characters")
-    each = MAX_WIDTH + 2 * _weight(values) + 64  # what one conversion may print, at most
-    if len(text) + len(conversions) * each > MAX_OUTPUT:
-        raise _too_large("a % format")
+        if kind == "%":
+            continue
+        if key is not None:
+            value = values.get(key) if isinstance(values, Mapping) else None
+        else:
+            value = positional[index] if index < len(positional) else None
+            index += 1
+        # A text by %s prints itself; other values, Python's text of them: up to twice what
+        # they weigh (quotes, escapes).
+        printed = len(value) if isinstance(value, str) and kind == "s" else 2 * _weight(value) + 32
+        size += max(int(width or 0), printed) + int(precision or 0)
+        if size > MAX_OUTPUT:
+            raise _too_large("a % format")
+    _charge(size, "a % format")
     return str(text % values)
 
 
@@ -258,16 +319,11 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 if isinstance(times, int) and isinstance(sequence, str | list | tuple):
                     # What each repetition adds: the weight but for the quotes or brackets.
                     each = _weight(sequence) - (2 if isinstance(sequence, str) else 1)
-                    if each * max(times, 0) > MAX_OUTPUT:
-                        raise _too_large("a repetition")
+                    _charge(each * max(times, 0), "a repetition")
             return operator.mul(left, right)
         if operator_name == "+":
-            if (
-                isinstance(left, str | list | tuple)
-                and isinstance(right, str | list | tuple)
-                and _weight(left) + _weight(right) > MAX_OUTPUT
-            ):
-                raise _too_large("a concatenation (+)")
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                _charge(_weight(left) + _weight(right), "a concatenation (+)")
             return operator.add(left, right)
         if operator_name == "%":
             if isinstance(left, str):  # printf-style formatting pads to any width it is told
@@ -298,8 +354,7 @@ def _check_replace(text: str, old: str, new: str, count: Any) -> None:
     hits = text.count(old) if old else len(text) + 1
     if isinstance(count, int) and count >= 0:
         hits = min(hits, count)
-    if len(text) + hits * (len(new) - len(old)) > MAX_OUTPUT:
-        raise _too_large("a replace")
+    _charge(len(text) + hits * (len(new) - len(old)), "a replace")
 
 
 def _replace(text: str, old: Any, new: Any, count: Any = -1) -> str:
@@ -310,7 +365,7 @@ def _replace(text: str, old: Any, new: Any, count: Any = -1) -> str:
 
 
 # Filters that copy every element of what they are given (print it, or lower-case it to compare).
-_COPYING = ("string", "urlencode", "unique", "sort", "min", "max", "dictsort", "groupby")
+_COPYING = ("unique", "sort", "min", "max", "dictsort", "groupby")
 
 
 def _sized_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
@@ -329,8 +384,7 @@ def _sized_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Calla
     def sized_join(eval_ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> Any:
         items = list(value) if not isinstance(value, str) else value
         separator = len(str(d)) * max(len(items) - 1, 0)
-        if separator + _weight(items, MAX_OUTPUT) > MAX_OUTPUT:
-            raise _too_large("a join")
+        _charge(separator + _weight(items, MAX_OUTPUT), "a join")
         return join(eval_ctx, items, d, attribute)
 
     @functools.wraps(total)
@@ -341,8 +395,7 @@ def _sized_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Calla
         items = list(iterable)
         if attribute is not None:
             items = list(map(make_attrgetter(environment, attribute), items))
-        if _weight(start) + sum(_weight(item) for item in items) > MAX_OUTPUT:
-            raise _too_large("a sum")
+        _charge(_weight(start) + sum(_weight(item) for item in items), "a sum")
         if isinstance(start, list | tuple) and all(isinstance(i, list | tuple) for i in items):
             return type(start)(itertools.chain(start, *items))
         return functools.reduce(operator.add, items, start)
@@ -360,21 +413,31 @@ def _sized_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Calla
             fill = args[place + 1] if len(args) > place + 1 else kwargs.get("fill_with")
             if isinstance(count, int) and count > MAX_ITEMS:
                 raise ExpressionError(f"{what} takes a count of at most {MAX_ITEMS}")
-            if fill is not None and isinstance(count, int) and count * _weight(fill) > MAX_OUTPUT:
-                raise _too_large(f"{what}'s padding")
+            if fill is not None and isinstance(count, int):
+                _charge(count * _weight(fill), f"{what}'s padding")
             return function(*args, **kwargs)
 
         return bounded
 
-    def weighed(function: Callable[..., Any], what: str) -> Callable[..., Any]:
-        """``function(value, ...)`` only on a value within MAX_WORK: it copies (prints, or
-        lower-cases to compare) every element, and a list may hold one huge text many times."""
+    def weighed(function: Callable[..., Any], what: str, most: int) -> Callable[..., Any]:
+        """``function(value, ...)`` only on a value that weighs at most ``most``: it copies
+        (prints, escapes, or lower-cases to compare) every element, and a list may hold one
+        huge text many times. What comes lazily (a generator) is listed first, to be weighed."""
         place = 1 if getattr(function, "jinja_pass_arg", None) is not None else 0
 
         @functools.wraps(function)
         def bounded(*args: Any, **kwargs: Any) -> Any:
-            if len(args) > place and _weight(args[place], MAX_WORK) > MAX_WORK:
-                raise ExpressionError(f"{what} takes at most {MAX_WORK} bytes of data")
+            if len(args) > place:
+                value = args[place]
+                if not isinstance(value, str | bytes | list | tuple | Mapping) and isinstance(
+                    value, Iterable
+                ):
+                    value = list(value)
+                    args = (*args[:place], value, *args[place + 1 :])
+                weight = _weight(value, most)
+                if weight > most:
+                    raise ExpressionError(f"{what} takes at most {most} bytes of data")
+                _charge(min(weight, MAX_OUTPUT), what)
             return function(*args, **kwargs)
 
         return bounded
@@ -385,7 +448,11 @@ def _sized_filters(filters: Mapping[str, Callable[..., Any]]) -> dict[str, Calla
         "sum": sized_sum,
         "batch": counted(batch, "batch", "linecount"),
         "slice": counted(slices, "slice", "slices"),
-        **{name: weighed(filters[name], name) for name in _COPYING},
+        # What prints: within the size limit (urlencode writes a byte as up to 12 characters,
+        # one at a time); what compares or orders: within MAX_WORK.
+        "string": weighed(filters["string"], "string", MAX_OUTPUT),
+        "urlencode": weighed(filters["urlencode"], "urlencode", MAX_OUTPUT // 12),
+        **{name: weighed(filters[name], name, MAX_WORK) for name in _COPYING},
     }
 
 
@@ -579,8 +646,7 @@ def severity(label: Any) -> int:
 
 def to_json(value: Any) -> str:
     """The value as compact JSON text."""
-    if _weight(value) > MAX_OUTPUT:
-        raise _too_large("to_json")
+    _charge(_weight(value), "to_json")
     return orjson.dumps(_plain(value), default=str).decode()
 
 
@@ -710,6 +776,7 @@ class Expression:
         if self.literal:  # built from the scope: no call, no deadline; new data, so sized
             return _check_size(self._function(scope), self.where)
         token = _deadline.set(time.monotonic() + DEADLINE)
+        spent = _budget.set([0])
         clock = _clock_now.set(now) if now is not None else None
         try:
             value = _plain(self._function(scope))
@@ -729,6 +796,7 @@ class Expression:
             ) from None
         finally:
             _deadline.reset(token)
+            _budget.reset(spent)
             if clock is not None:
                 _clock_now.reset(clock)
         return _check_size(value, self.where)
@@ -910,6 +978,7 @@ class Template:
         if self._expression is not None:
             return self._expression.evaluate(scope, now=now)
         token = _deadline.set(time.monotonic() + DEADLINE)
+        spent = _budget.set([0])
         clock = _clock_now.set(now) if now is not None else None
         try:
             text = self._template.render(**scope)
@@ -925,6 +994,7 @@ class Template:
             ) from None
         finally:
             _deadline.reset(token)
+            _budget.reset(spent)
             if clock is not None:
                 _clock_now.reset(clock)
         return _check_size(text, self.where)

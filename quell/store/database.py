@@ -23,13 +23,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import (
-    ArgumentError,
-    DBAPIError,
-    DisconnectionError,
-    IntegrityError,
-    OperationalError,
-)
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, OperationalError
 
 from quell.codec import column_json
 from quell.errors import ConfigurationError, StorageUnavailable
@@ -211,7 +205,9 @@ class Database:
         a migration in batch mode copies a table, drops it and renames the copy, and dropping a
         table other rows refer to fails while they are on. SQLite takes that setting only
         outside a transaction, so it is set on the connection around this one; before the
-        commit, ``PRAGMA foreign_key_check`` must find every reference whole."""
+        commit, ``PRAGMA foreign_key_check`` must find no broken reference that was not
+        there before (rows written with foreign keys off by another tool are not the
+        migration's doing)."""
         if self.backend is not Backend.SQLITE:
             with self.write() as conn:
                 yield conn
@@ -224,14 +220,16 @@ class Database:
                 try:
                     conn.execution_options(**{_WRITE_OPTION: True})
                     with conn.begin():
+                        before = _broken_references(conn)
                         yield conn
-                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
-                        if broken is not None:
-                            raise IntegrityError(
-                                "PRAGMA foreign_key_check",
-                                None,
-                                Exception(f"a row of {broken[0]} refers to a missing {broken[2]}"),
-                            )
+                        after = _broken_references(conn)
+                        for (table, parent), count in after.items():
+                            new = count - before.get((table, parent), 0)
+                            if new > 0:
+                                raise ConfigurationError(
+                                    f"the migration would leave {new} row(s) of {table} "
+                                    f"referring to a missing {parent}; nothing was changed"
+                                )
                 finally:
                     raw.execute("PRAGMA foreign_keys=ON")
         except OperationalError as exc:
@@ -262,6 +260,14 @@ class Database:
 
     def __repr__(self) -> str:
         return f"Database({self.display_url!r})"
+
+
+def _broken_references(conn: Connection) -> dict[tuple[str, str], int]:
+    """SQLite's broken foreign keys, counted by (table, the table it refers to)."""
+    found: dict[tuple[str, str], int] = {}
+    for row in conn.exec_driver_sql("PRAGMA foreign_key_check"):
+        found[(row[0], row[2])] = found.get((row[0], row[2]), 0) + 1
+    return found
 
 
 def _json_dumps(value: Any) -> str:

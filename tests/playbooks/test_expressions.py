@@ -237,6 +237,14 @@ BIG: dict[str, Any] = {
         ("'%*d' % (9, 1)", "% formats fields of at most 100 characters"),
         ("'%(a)s' * 1000 % {'a': s}", "a % format would be larger than the size limit"),
         ("('[' * 300 ~ ']' * 300) | from_json", "the result is not JSON"),
+        # A second review's: numbers weigh their digits, a key holding parentheses is no
+        # key this reads (Python would, and then a width), what comes lazily is weighed, and
+        # many values each within the limit are refused in all.
+        ("[2**4000] * 500000", "a repetition would be larger than the size limit"),
+        ("'%((a))1000000000s' % {'(a)': 1}", "% format not understood at '%((a))"),
+        ("([s] * 12) | batch(2) | urlencode", "urlencode takes at most"),
+        ("[" + ", ".join(["'x' * 999999"] * 10) + "] | length", "would build more than"),
+        ("(['a'] * 3000) | map('replace', 'a', 'x' * 1000000) | list", "would build more than"),
     ],
 )
 def test_what_would_grow_past_the_size_limit_is_refused_before_it_is_built(
@@ -269,6 +277,9 @@ def test_the_sized_operations_still_compute_what_fits() -> None:
         "[0] * 3": [0, 0, 0],
         "ids | to_json": "[1,2,3]",
         "'%.1f%%' % 97.25": "97.2%",
+        "'%5.1f%%|%-10s|%03d' % (1.5, 'ab', 7)": "  1.5%|ab        |007",
+        "'%s' % [1, 2]": "[1, 2]",
+        "ids | batch(2) | list | string": "[[1, 2], [3]]",
         "'%s/%s' % (1, 2)": "1/2",
         "'%(n)05d' % {'n': 42}": "00042",
         "s['upper']()": "A-B-C",
@@ -287,3 +298,12 @@ def test_a_template_whose_text_would_be_too_large_is_refused_before_it_is_joined
         compile_template("x {{ many }}").render(BIG)  # weighed before Jinja makes it text
     with pytest.raises(ExpressionError, match="nested too deeply"):
         compile_template("x {{ " + "(" * 400 + "1" + ")" * 400 + " }}")
+
+
+def test_each_conversion_is_charged_its_own_value() -> None:
+    """A title and a 300 KB raw payload formatted together were refused: each conversion was
+    charged twice the weight of all the values (a reviewer's false positive)."""
+    alert = {"title": "Brute force", "host": "web01", "raw": "A" * 300_000}
+    said = compile_expression("'%s: %s' % (alert.title, alert.raw)").evaluate({"alert": alert})
+    assert said == "Brute force: " + "A" * 300_000
+    assert compile_expression("'%(host)s' % alert").evaluate({"alert": alert}) == "web01"

@@ -239,3 +239,49 @@ def test_a_store_holding_runs_goes_down_and_up_again(blank: Database) -> None:
         if blank.backend.value == "sqlite":
             assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # on again
+
+
+def test_a_migration_may_leave_no_new_broken_reference_and_minds_no_old_one(
+    tmp_path: Path,
+) -> None:
+    """Foreign keys are off while a migration runs on SQLite (only there: PostgreSQL keeps
+    them); the check before its commit refuses a reference it broke, and does not blame it for
+    one written before by a tool that had them off (a reviewer's: every migration failed with
+    a traceback then)."""
+    import sqlite3
+
+    from quell.errors import ConfigurationError
+
+    blank = Database(f"sqlite:///{tmp_path / 'quell.db'}")
+    migrate.upgrade(blank)
+    path = blank.url.database
+    assert path is not None
+    with sqlite3.connect(path) as raw:  # the sqlite3 shell's way: foreign keys off
+        raw.execute(
+            "INSERT INTO runs (id, playbook_version_id, playbook_id, status, dry_run, inputs, "
+            "trigger, root_run_id, created_at, updated_at, lease_epoch) VALUES ('run_orphan', "
+            "'pbv_gone', 'pb', 'succeeded', 0, '{}', 'manual', 'run_orphan', "
+            "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000', 0)"
+        )
+    newest = migrate.history()[-1]
+    migrate.downgrade(blank, newest.down or "base")  # the old orphan is not the migration's
+    migrate.upgrade(blank)
+
+    def break_a_reference() -> None:
+        with blank.migration() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO runs (id, playbook_version_id, playbook_id, status, dry_run, "
+                    "inputs, trigger, root_run_id, created_at, updated_at, lease_epoch) SELECT "
+                    "'run_new', 'pbv_none', playbook_id, status, dry_run, inputs, trigger, "
+                    "'run_new', created_at, updated_at, 0 FROM runs WHERE id = 'run_orphan'"
+                )
+            )
+
+    with pytest.raises(ConfigurationError, match="1 row\\(s\\) of runs referring to a missing"):
+        break_a_reference()
+    with blank.read() as conn:
+        ids = sorted(conn.execute(text("SELECT id FROM runs")).scalars())
+        assert ids == ["run_orphan"]  # nothing of the refused transaction was kept
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    blank.dispose()
