@@ -315,7 +315,9 @@ def test_each_tick_reaches_due_escalations_and_expiries_by_time_not_every_pendin
                 started.append(await _start(harness, CONTAIN, {"host": host}))
                 await _waiting_approval(harness, started[-1])
             clock.advance(timedelta(hours=1, seconds=1))
-            with statements(runtime.db, searches) as ran:
+            # This thread's searches only: the engine's own tick may look meanwhile (a CI run
+            # caught it doing so once).
+            with statements(runtime.db, searches, this_thread=True) as ran:
                 assert harness.waits.expire_due() == 2  # both escalate; none expires yet
             assert harness.waits.expire_due() == 0  # escalated once: not again
             return ran
@@ -376,7 +378,7 @@ def test_a_cancel_closes_the_runs_own_pending_waits_found_by_run_not_every_pendi
             ]  # fmt: skip
             with runtime.db.write() as conn:
                 conn.execute(waits.insert(), waiting)
-            with statements(runtime.db, updates) as ran:
+            with statements(runtime.db, updates, this_thread=True) as ran:  # not the tick's
                 harness.runs.cancel(doomed)
             assert harness.waits.get(doomed_wait.id).status == "canceled"
             pending = harness.waits.list_all(run_id=other, limit=10_000)
