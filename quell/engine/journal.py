@@ -13,6 +13,12 @@ await them. One writer thread takes everything queued, and in one transaction:
    step inserts, step updates, run updates);
 3. commits, and only then resolves the waiters (one wake-up per event loop per batch).
 
+On SQLite, a batch with no WORK operation (the usual one: step records, run releases, audit
+rows) runs on a connection the writer thread keeps for its whole life, with ``BEGIN
+IMMEDIATE`` and ``COMMIT`` sent to the driver directly: no pool checkout, no SQLAlchemy
+transaction, no event dispatch, thousands of times a second. A batch with WORK (a callable
+given an SQLAlchemy connection) takes the ordinary transaction.
+
 If a batch fails because of one operation, each is retried alone so only its caller sees the
 error (the same rule as :mod:`quell.store.group_commit`). Operations without a waiter are
 "queued": they become durable with the next commit, in order, and a crash before that loses
@@ -35,6 +41,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, bindparam, case, cast, literal_column, null, or_
 from sqlalchemy import update as sql_update
+from sqlalchemy.exc import OperationalError
 
 from quell.engine.states import RunStatus
 from quell.errors import QuellError, StorageUnavailable
@@ -134,6 +141,8 @@ class JournalWriter(BatchWriter[Op]):
         # Runs with a queued write that failed, and how: their later writes raise that
         # (WriteLost after an outage: replayed; WriteRefused for the data: failed).
         self._lost: dict[str, type[QuellError]] = {}
+        self._sqlite = db.backend is Backend.SQLITE
+        self._held: Any = None  # the writer thread's own SQLite connection (pool-proxied)
 
     # -- submitting -----------------------------------------------------------------------------
 
@@ -168,11 +177,21 @@ class JournalWriter(BatchWriter[Op]):
 
     def _commit(self, batch: list[Op]) -> None:
         try:
-            with self.db.write() as conn:
-                results, fenced = self._apply(conn, batch)
+            if self._sqlite and not any(op.kind is OpKind.WORK for op in batch):
+                results, fenced = self._apply_direct(batch)
+            else:
+                with self.db.write() as conn:
+                    results, fenced = self._apply(conn, batch)
         except Exception as exc:  # noqa: BLE001 - whatever one operation raises goes to its caller
             if _transient(exc):  # the database is away: nothing of the batch is anyone's fault
-                away = exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(str(exc))
+                away = (
+                    exc
+                    if isinstance(exc, StorageUnavailable)
+                    else StorageUnavailable(
+                        f"the {self.db.backend.value} database is unavailable: {exc}",
+                        backend=self.db.backend.value,
+                    )
+                )
                 self._lose([op for op in batch if op.waiter is None], away, WriteLost)
                 settle([(op.waiter, None, away) for op in batch if op.waiter is not None])
                 return
@@ -204,6 +223,46 @@ class JournalWriter(BatchWriter[Op]):
                 self._lost.setdefault(op.run_id, kind)
             log.error("journal_write_failed", run=op.run_id, error=type(exc).__name__)
 
+    def _apply_direct(self, batch: list[Op]) -> tuple[list[Any], set[str]]:
+        """The batch in one transaction on the writer's own SQLite connection (no WORK)."""
+        if self._held is None:
+            try:
+                self._held = self.db.engine.raw_connection()
+            except OperationalError as exc:
+                raise self.db.unavailable(exc) from exc
+        held = self._held
+        cursor = held.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                outcome = self._apply_on(None, cursor, batch)
+                cursor.execute("COMMIT")
+            except BaseException:
+                try:
+                    held.rollback()
+                except Exception:  # noqa: BLE001 - the connection is no good: a new one next
+                    self._drop_held()
+                raise
+        finally:
+            cursor.close()
+        return outcome
+
+    def _drop_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            try:
+                held.invalidate()
+            except Exception:  # it is being thrown away
+                log.debug("journal_connection_drop_failed", exc_info=True)
+
+    def _finish(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            try:
+                held.close()  # back to the pool
+            except Exception:  # the writer is ending either way
+                log.debug("journal_connection_close_failed", exc_info=True)
+
     def _apply(self, conn: Connection, batch: list[Op]) -> tuple[list[Any], set[str]]:
         cursor = conn.connection.cursor()  # the transaction's own DBAPI connection
         try:
@@ -212,42 +271,40 @@ class JournalWriter(BatchWriter[Op]):
             cursor.close()
 
     def _apply_on(
-        self, conn: Connection, cursor: Any, batch: list[Op]
+        self, conn: Connection | None, cursor: Any, batch: list[Op]
     ) -> tuple[list[Any], set[str]]:
         fenced = self._fence(cursor, batch)
         results: list[Any] = [None] * len(batch)
-        order = sorted(range(len(batch)), key=lambda i: batch[i].kind)
         run_rows: list[Any] = []
+        works: list[int] = []
         step_rows: list[Any] = []
         step_updates: list[Any] = []
         releases: list[Any] = []
         waiting: list[Any] = []
         audits: list[Any] = []
-
-        def flush_rows() -> None:
-            self.insert_run.run_cursor(cursor, run_rows)
-            run_rows.clear()
-
-        for index in order:
-            op = batch[index]
-            if op.epoch is not None and op.run_id in fenced:
+        # One pass sorts the batch by kind (OpKind's order), each kind in the order queued.
+        for index, op in enumerate(batch):
+            if fenced and op.epoch is not None and op.run_id in fenced:
                 continue
-            if op.kind is OpKind.INSERT_RUN:
-                run_rows.append(op.values)
-            elif op.kind is OpKind.WORK:
-                flush_rows()
-                results[index] = op.values(conn)
-            elif op.kind is OpKind.INSERT_STEP:
+            kind = op.kind
+            if kind is OpKind.INSERT_STEP:
                 step_rows.append(op.values)
-            elif op.kind is OpKind.UPDATE_STEP:
+            elif kind is OpKind.UPDATE_STEP:
                 step_updates.append(op.values)
-            elif op.kind is OpKind.AUDIT:
+            elif kind is OpKind.AUDIT:
                 audits.append(op.values)
+            elif kind is OpKind.INSERT_RUN:
+                run_rows.append(op.values)
+            elif kind is OpKind.WORK:
+                works.append(index)
             elif op.values[0] == _WAITING:
                 waiting.append(op.values)
             else:
                 releases.append(op.values)
-        flush_rows()
+        self.insert_run.run_cursor(cursor, run_rows)  # before work that may refer to them
+        for index in works:
+            assert conn is not None  # batches with WORK run in an SQLAlchemy transaction
+            results[index] = batch[index].values(conn)
         self.insert_step.run_cursor(cursor, step_rows)
         self.update_step.run_cursor(cursor, step_updates)
         self.release_run.run_cursor(cursor, releases)
@@ -267,10 +324,12 @@ class JournalWriter(BatchWriter[Op]):
 
     def _fence(self, cursor: Any, batch: list[Op]) -> set[str]:
         """The runs of this batch whose lease epoch is not the one their operations carry."""
-        wanted: dict[str, set[int]] = {}
+        wanted: dict[str, int] = {}
+        mixed: set[str] = set()  # runs whose operations carry two epochs: one is stale
         for op in batch:
-            if op.epoch is not None:
-                wanted.setdefault(op.run_id, set()).add(op.epoch)
+            epoch = op.epoch
+            if epoch is not None and wanted.setdefault(op.run_id, epoch) != epoch:
+                mixed.add(op.run_id)
         if not wanted:
             return set()
         ids = sorted(wanted)
@@ -278,13 +337,20 @@ class JournalWriter(BatchWriter[Op]):
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             cursor.execute(self._fence_query(len(chunk)), tuple(chunk))
-            for run_id, epoch in cursor.fetchall():
-                current[run_id] = epoch
-        return {
-            run_id
-            for run_id, epochs in wanted.items()
-            if run_id in current and epochs != {current[run_id]}
-        } | {run_id for run_id in wanted if run_id not in current and _needs_row(batch, run_id)}
+            current.update(cursor.fetchall())
+        fenced: set[str] = set()
+        created: set[str] | None = None
+        for run_id, epoch in wanted.items():
+            held = current.get(run_id)
+            if held is None:
+                # A run that is not there yet is fine when this batch creates it.
+                if created is None:
+                    created = {op.run_id for op in batch if op.kind is OpKind.INSERT_RUN}
+                if run_id not in created:
+                    fenced.add(run_id)
+            elif held != epoch or run_id in mixed:
+                fenced.add(run_id)
+        return fenced
 
 
 def _step_update(db: Database) -> BulkStatement:
@@ -347,11 +413,6 @@ def _release_waiting(db: Database) -> BulkStatement:
 
 def _placeholders(count: int, postgres: bool) -> str:
     return ", ".join(["%s" if postgres else "?"] * count)
-
-
-def _needs_row(batch: list[Op], run_id: str) -> bool:
-    """A run that is not there yet is fine when this batch creates it."""
-    return not any(op.kind is OpKind.INSERT_RUN and op.run_id == run_id for op in batch)
 
 
 def release_params(

@@ -49,8 +49,9 @@ def sqlite_time(value: datetime | None) -> str | None:
         raise ValueError("naive datetime given to a UTCDateTime column")
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    # isoformat is C and several times faster than strftime; same text as SQLAlchemy stores.
-    text = value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    # isoformat is C and several times faster than strftime; the same text as SQLAlchemy
+    # stores, once the "+00:00" is cut (cheaper than a naive copy of the value first).
+    text = value.isoformat(" ", "microseconds")[:-6]
     _last_time = (value, text)
     return text
 

@@ -166,7 +166,8 @@ class Database:
         finally:
             cursor.close()
 
-    def _unavailable(self, exc: DBAPIError) -> StorageUnavailable:
+    def unavailable(self, exc: DBAPIError) -> StorageUnavailable:
+        """The error that says this database cannot be reached (``exc``: the driver's)."""
         return StorageUnavailable(
             f"the {self.backend.value} database is unavailable: {_reason(exc)}",
             backend=self.backend.value,
@@ -178,7 +179,7 @@ class Database:
         try:
             conn = self.engine.connect()
         except DBAPIError as exc:
-            raise self._unavailable(exc) from exc
+            raise self.unavailable(exc) from exc
         with conn:
             yield conn
 
@@ -233,7 +234,7 @@ class Database:
                 finally:
                     raw.execute("PRAGMA foreign_keys=ON")
         except OperationalError as exc:
-            raise self._unavailable(exc) from exc
+            raise self.unavailable(exc) from exc
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Connection]:
@@ -244,7 +245,7 @@ class Database:
                 with conn.begin():
                     yield conn
         except OperationalError as exc:
-            raise self._unavailable(exc) from exc
+            raise self.unavailable(exc) from exc
 
     def ping(self) -> None:
         """Raise :class:`StorageUnavailable` unless the database answers a query."""
@@ -252,7 +253,7 @@ class Database:
             with self.read() as conn:
                 conn.execute(text("SELECT 1"))
         except DBAPIError as exc:
-            raise self._unavailable(exc) from exc
+            raise self.unavailable(exc) from exc
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -127,6 +127,7 @@ class BatchWriter(Generic[ItemT]):
             # However the writer ends, nobody may wait forever on a write it will not do.
             with self._lock:
                 self._closed = True
+            self._finish()
             leftovers: list[Outcome] = []
             while True:
                 try:
@@ -157,6 +158,9 @@ class BatchWriter(Generic[ItemT]):
             live = self._live(batch)
             if live:
                 self._commit(live)
+
+    def _finish(self) -> None:
+        """Called on the writer thread as it ends (a subclass lets go of what it holds)."""
 
     def _live(self, batch: list[ItemT]) -> list[ItemT]:
         """The items still wanted (a subclass drops those whose caller gave up)."""

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from concurrent.futures import Future
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from quell.clock import ManualClock
 from quell.engine.journal import Op, OpKind, WriteRefused
 from quell.engine.states import RunStatus
 from quell.engine.store import RunStore
+from quell.errors import StorageUnavailable
 from quell.runtime import Runtime
 from quell.store.database import Backend
 from quell.store.schema import run_steps, runs
@@ -380,3 +384,48 @@ def test_claims_and_wakes_search_the_partial_indexes_not_every_run(
                 )
                 assert used - {"pk_runs"}, plan  # the candidates through a state's index
                 assert used <= indexes | {"ix_runs_not_succeeded", "pk_runs"}, plan
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # the writer's own connection is SQLite's
+def test_a_locked_sqlite_database_fails_a_batch_as_an_outage_and_the_next_commits(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """On SQLite the journal commits its batches on a connection its thread keeps. A lock
+    another process holds past the busy timeout fails the batch as an outage (nobody's data
+    is at fault); once the lock is gone the same writer commits the next batch, and when the
+    engine stops the connection goes back to the pool."""
+    runtime.db.busy_timeout_ms = 50  # connections made from here on wait 50 ms for a lock
+    runtime.db.dispose()
+    engine = bare_engine(runtime)
+    version = register(runtime, engine, "id: lk\nname: Lk\nsteps: [{id: a, action: core.noop}]\n")
+
+    def step_row(key: str) -> tuple[object, ...]:
+        now = runtime.clock.now()
+        return (
+            "run_lock", key, 1, 1, key, "action", "succeeded", "core.noop", None,
+            None, {}, None, None, False, now, now, None,
+        )  # fmt: skip
+
+    async def scenario() -> None:
+        async with engine:
+            row = engine.run_row(
+                "run_lock", version, "lk", {}, status=RunStatus.RUNNING, owner=engine.owner,
+                epoch=1,
+            )  # fmt: skip
+            await engine.journal.write(Op(OpKind.INSERT_RUN, "run_lock", None, row))
+            other = sqlite3.connect(runtime.db.url.database or "", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                with pytest.raises(StorageUnavailable, match="unavailable"):
+                    await engine.journal.write(Op(OpKind.INSERT_STEP, "run_lock", 1, step_row("a")))
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            await engine.journal.write(Op(OpKind.INSERT_STEP, "run_lock", 1, step_row("b")))
+            assert engine.journal._held is not None  # the writer's own connection did it
+
+    asyncio.run(scenario())
+    assert runtime.db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    with runtime.db.read() as conn:
+        keys = conn.execute(select(run_steps.c.key).where(run_steps.c.run_id == "run_lock"))
+        assert sorted(keys.scalars()) == ["b"]
