@@ -26,7 +26,10 @@ def _checked(prefix: str) -> str:
 
 
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10-bit value as two digits
-_SHIFTS = tuple(range(120, -10, -10))  # 13 ten-bit groups, the most significant first
+# The 26 digits are 13 ten-bit groups, the most significant first: the first 5 are exactly
+# the 48 bits of milliseconds (and two zero bits), the other 8 exactly the 80 random bits.
+_TIME_SHIFTS = (40, 30, 20, 10, 0)
+_RANDOM_SHIFTS = (70, 60, 50, 40, 30, 20, 10, 0)
 # Ids are unique, not secret (tokens and links carry their own secrets): a seeded PRNG.
 _RANDOM = random.Random(os.urandom(32))  # noqa: S311
 os.register_at_fork(after_in_child=lambda: _RANDOM.seed(os.urandom(32)))
@@ -52,9 +55,20 @@ def new_id(prefix: str, *, now_ms: int | None = None) -> str:
     else:
         ms, rand = now_ms, _RANDOM.getrandbits(80)
     # 128 bits (48 of time, 80 random) as 26 base32 digits: 130 bits, the first two zero.
-    value = (ms << 80) | rand
     pairs = _PAIRS
-    return head + "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
+    last = _time_text  # ids come many to a millisecond: its digits are written once
+    if last[0] != ms:
+        last = (ms, "".join([pairs[(ms >> shift) & 1023] for shift in _TIME_SHIFTS]))
+        _set_time_text(last)
+    return head + last[1] + "".join([pairs[(rand >> shift) & 1023] for shift in _RANDOM_SHIFTS])
+
+
+_time_text: tuple[int, str] = (-1, "")
+
+
+def _set_time_text(value: tuple[int, str]) -> None:
+    global _time_text
+    _time_text = value
 
 
 def id_prefix(identifier: str) -> str:

@@ -63,9 +63,13 @@ class Response(ActionOutput):
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     """The request's timeout (immutable, so one per value serves every request)."""
     return aiohttp.ClientTimeout(total=seconds)
+
+
+_SUCCESS = range(200, 300)  # what a request expects unless it says otherwise
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -156,7 +160,7 @@ class Http(Connector):
             if cause is not None:
                 raise PermanentError(str(cause), code="outbound_blocked") from None
             raise TransientError(f"{method} {host}: {type(exc).__name__}") from None
-        expected = params.expect or list(range(200, 300))
+        expected = params.expect or _SUCCESS
         if status not in expected:
             message = f"{method} {host}: HTTP {status}"
             if status == 429:
