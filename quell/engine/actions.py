@@ -208,7 +208,7 @@ class ActionRunner:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
-            self._http = guard(self.outbound)
+            self._http = guard(self.outbound, keep_cookies=False)  # shared by every run
         return self._http
 
     async def context(

@@ -172,12 +172,16 @@ class GuardedConnector(aiohttp.TCPConnector):
         await asyncio.sleep(0)
 
 
-def guard(policy: OutboundPolicy) -> aiohttp.ClientSession:
-    """A pooled session whose every destination passes the outbound policy (in a loop)."""
+def guard(policy: OutboundPolicy, *, keep_cookies: bool = True) -> aiohttp.ClientSession:
+    """A pooled session whose every destination passes the outbound policy (in a loop).
+
+    ``keep_cookies=False`` for a session unrelated calls share (every run's actions): it keeps
+    no cookie, so what a server set in one run's call is never sent with another run's."""
     return aiohttp.ClientSession(
         connector=GuardedConnector(policy, limit=200),
         timeout=DEFAULT_TIMEOUT,
         raise_for_status=False,
+        cookie_jar=None if keep_cookies else aiohttp.DummyCookieJar(),
     )
 
 

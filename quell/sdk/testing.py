@@ -96,7 +96,7 @@ class Harness:
         }
 
     async def __aenter__(self) -> Self:
-        self._session = guard(self.policy)
+        self._session = guard(self.policy, keep_cookies=False)  # as the engine's
         return self
 
     async def __aexit__(

@@ -182,3 +182,52 @@ def test_a_connection_that_cannot_be_made_is_tried_again_before_failing() -> Non
     refused, after = aio.run(scenario())
     assert refused == 2  # three attempts in all
     assert after == 2
+
+
+def test_a_cookie_one_call_was_given_is_not_sent_with_the_next() -> None:
+    """Every run's actions share one HTTP pool: a cookie a server set in one run's call must
+    not go out with another run's (nor with the connector harness's calls)."""
+    from quell.connectors.registry import Registry
+    from quell.engine.actions import ActionRunner, EnvSecrets
+    from quell.sdk.testing import Harness
+
+    cookies: list[str | None] = []
+
+    async def login(request: web.Request) -> web.Response:
+        cookies.append(request.headers.get("Cookie"))
+        response = web.json_response({"ok": True})
+        response.set_cookie("session", "run-a-secret")
+        return response
+
+    # By name: aiohttp's cookie jar keeps no cookie of a bare IP address anyway.
+    policy = OutboundPolicy.parse(["localhost", "127.0.0.1"])
+
+    async def body() -> None:
+        app = web.Application()
+        app.router.add_post("/login", login)
+        registry = Registry()
+        registry.add(Http)
+        async with serving(app) as served:
+            base = served.replace("127.0.0.1", "localhost")
+            runner = ActionRunner(registry, secrets=EnvSecrets({}), outbound=policy)
+            try:
+                for _ in range(2):
+                    done = await runner.run_once(
+                        "http.request", {"url": f"{base}/login", "method": "POST"}, record=False
+                    )
+                    assert done["status"] == 200
+            finally:
+                await runner.aclose()
+            async with Harness(Http, allow=["localhost", "127.0.0.1"]) as harness:
+                for _ in range(2):
+                    await harness.call("request", {"url": f"{base}/login", "method": "POST"})
+        # The control: a session that keeps cookies sends it back, so the server did set one.
+        async with serving(app) as served, guard(policy) as session:
+            for _ in range(2):
+                async with session.post(
+                    f"{served.replace('127.0.0.1', 'localhost')}/login"
+                ) as response:
+                    assert response.status == 200
+
+    aio.run(body())
+    assert cookies == [None, None, None, None, None, "session=run-a-secret"]
