@@ -90,10 +90,15 @@ class BatchWriter(Generic[ItemT]):
         self._queue: queue.SimpleQueue[ItemT | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._closed = False
+        # Why a write is refused, or None while writes are taken (one check per write).
+        self._refusal: str | None = f"{self.what} was not started"
         self._lock = threading.Lock()
 
     def start(self) -> Self:
         """Start the writer thread."""
+        with self._lock:
+            if not self._closed:
+                self._refusal = None
         self._thread.start()
         return self
 
@@ -103,6 +108,7 @@ class BatchWriter(Generic[ItemT]):
             if self._closed:
                 return
             self._closed = True
+            self._refusal = f"{self.what} is closed"
             # Under the lock: nothing can be queued behind the stop marker.
             self._queue.put(None)
         if self._thread.is_alive():
@@ -110,12 +116,8 @@ class BatchWriter(Generic[ItemT]):
 
     def _put(self, item: ItemT) -> None:
         with self._lock:
-            if self._closed:
-                raise self.stopped(f"{self.what} is closed")
-            if self._thread.ident is None:
-                raise self.stopped(f"{self.what} was not started")
-            if not self._thread.is_alive():
-                raise self.stopped(f"{self.what}'s thread has stopped")
+            if self._refusal is not None:
+                raise self.stopped(self._refusal)
             self._queue.put(item)
 
     def _loop(self) -> None:
@@ -126,6 +128,8 @@ class BatchWriter(Generic[ItemT]):
         finally:
             # However the writer ends, nobody may wait forever on a write it will not do.
             with self._lock:
+                if not self._closed:
+                    self._refusal = f"{self.what}'s thread has stopped"
                 self._closed = True
             self._finish()
             leftovers: list[Outcome] = []
