@@ -45,6 +45,7 @@ from sqlalchemy.exc import OperationalError
 
 from quell.engine.states import RunStatus
 from quell.errors import QuellError, StorageUnavailable
+from quell.governance.audit import pack_outbox
 from quell.store.bulk import BulkStatement, bulk_insert, bulk_update
 from quell.store.database import Backend, Database
 from quell.store.group_commit import BatchWriter, Outcome, Waiter, settle
@@ -99,7 +100,8 @@ class OpKind(IntEnum):
     INSERT_STEP = 2
     UPDATE_STEP = 3
     RELEASE_RUN = 4
-    AUDIT = 5  # an audit_outbox row (AUDIT_COLUMNS): an action call, chained later
+    AUDIT = 5  # an audit_outbox row (AUDIT_COLUMNS): an action call, chained later (a batch's
+    # calls go as one row: quell.governance.audit.pack_outbox)
 
 
 @dataclass(slots=True)
@@ -309,6 +311,8 @@ class JournalWriter(BatchWriter[Op]):
         self.update_step.run_cursor(cursor, step_updates)
         self.release_run.run_cursor(cursor, releases)
         self.release_waiting.run_cursor(cursor, waiting)
+        if len(audits) > 1:
+            audits = [pack_outbox(audits)]
         self.insert_audit.run_cursor(cursor, audits)
         return results, fenced
 

@@ -33,6 +33,20 @@ from quell.sdk.secret import SecretValue
 from quell.store.database import Backend, Database
 from quell.store.schema import audit_events, audit_outbox
 
+PACKED = "action.calls"  # the action of an outbox row that holds several events (pack_outbox)
+
+
+def pack_outbox(rows: list[Any]) -> tuple[Any, ...]:
+    """Outbox rows (id, at, actor, action, subject, detail) as one: the first's id and time,
+    action ``action.calls``, and each event as ``[at, actor, action, subject, detail]``, in
+    order. The journal writes the action calls of one batch so (one row instead of one per
+    call keeps its batches short); :meth:`AuditLog.drain` appends each event as it was."""
+    events = [
+        [at, actor, action, subject, detail] for _, at, actor, action, subject, detail in rows
+    ]
+    return (rows[0][0], rows[0][1], "journal", PACKED, None, {"events": events})
+
+
 # Keys whose values are credentials: their values are replaced before an event is stored.
 REDACTED_KEYS = frozenset(
     {
@@ -200,31 +214,39 @@ class AuditLog:
 
     def drain(self, *, limit: int = 5000) -> int:
         """Append what waits in the outbox (a run's action calls), oldest first, in one
-        transaction; how many events were appended."""
+        transaction of about ``limit`` events; how many events were appended.
+
+        An outbox row is one event, or (action ``action.calls``, as the journal writes the
+        calls of one batch) several, each ``[at, actor, action, subject, detail]`` in order."""
         with self.db.read() as conn:  # most ticks find nothing: no lock for that
             if conn.execute(select(audit_outbox.c.id).limit(1)).first() is None:
                 return 0
         with self.db.write() as conn:
             if self.db.backend is Backend.POSTGRESQL:  # one drainer at a time, across workers
                 conn.execute(select(func.pg_advisory_xact_lock(_LOCK)))
-            rows = conn.execute(select(audit_outbox).order_by(audit_outbox.c.id).limit(limit)).all()
-            if not rows:
+            query = select(audit_outbox).order_by(audit_outbox.c.id).limit(limit)
+            events: list[dict[str, Any]] = []
+            taken: list[str] = []
+            for row in conn.execute(query):
+                if len(events) >= limit:  # a packed row can hold many: the rest next time
+                    break
+                taken.append(row.id)
+                if row.action == PACKED:
+                    for at, actor, action, subject, detail in (row.detail or {})["events"]:
+                        events.append(
+                            self._event(actor, action, subject, detail or {},
+                                        datetime.fromisoformat(at), new_id("aud"), None)
+                        )  # fmt: skip
+                    continue
+                events.append(
+                    self._event(row.actor, row.action, row.subject, row.detail or {}, row.at,
+                                new_id("aud"), None)
+                )  # fmt: skip
+            if not taken:
                 return 0
-            events = [
-                self._event(
-                    row.actor,
-                    row.action,
-                    row.subject,
-                    row.detail or {},
-                    row.at,
-                    new_id("aud"),
-                    None,
-                )
-                for row in rows
-            ]
             self.append(conn, events)
-            conn.execute(delete(audit_outbox).where(audit_outbox.c.id.in_([r.id for r in rows])))
-        return len(rows)
+            conn.execute(delete(audit_outbox).where(audit_outbox.c.id.in_(taken)))
+        return len(events)
 
     def get(self, event_id: str) -> AuditEvent:
         """One event."""
@@ -339,4 +361,12 @@ def verify_exported(
     return checked, None
 
 
-__all__ = ["GENESIS", "AuditEvent", "AuditLog", "iter_events", "verify_exported"]
+__all__ = [
+    "GENESIS",
+    "PACKED",
+    "AuditEvent",
+    "AuditLog",
+    "iter_events",
+    "pack_outbox",
+    "verify_exported",
+]

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from sqlalchemy import delete, func, insert, select, update
 
+from quell.engine.journal import Op, OpKind
 from quell.governance.audit import GENESIS, AuditLog
+from quell.ids import new_id
 from quell.runtime import Runtime
 from quell.sdk import SecretValue
 from quell.store.database import Backend
@@ -187,3 +190,36 @@ def test_what_was_done_to_one_subject_is_read_by_its_index_newest_first(
             assert any("ix_audit_events_subject_seq" in step for step in plan), plan
             # (It may sort what the index found: the subject's events, two here.)
             assert not any("Seq Scan" in step for step in plan), plan
+
+
+def test_the_action_calls_of_one_journal_batch_are_one_outbox_row_and_each_an_event(
+    runtime: Runtime,
+) -> None:
+    """The journal writes the action calls of one batch as one outbox row (its batches stay
+    short); the drain appends each call as its own event, in order, redacted, chained."""
+    from tests.engine.harness import bare_engine
+
+    engine = bare_engine(runtime)
+    at = runtime.clock.now()
+    rows = [
+        (new_id("aob"), at + timedelta(microseconds=n), f"run:run_{n}", "action.call",
+         "test.read", {"step": "look", "n": n, "api_key": "s3cret"})
+        for n in range(3)
+    ]  # fmt: skip
+    later = (new_id("aob"), at, "run:run_9", "action.call", "test.read", {"n": 9})
+    engine.journal._commit([Op(OpKind.AUDIT, f"run_{n}", None, row) for n, row in enumerate(rows)])
+    engine.journal._commit([Op(OpKind.AUDIT, "run_9", None, later)])  # alone: a row of its own
+    with runtime.db.read() as conn:
+        stored = conn.execute(select(audit_outbox).order_by(audit_outbox.c.id)).all()
+    assert [(row.action, len(row.detail.get("events", []))) for row in stored] == [
+        ("action.calls", 3), ("action.call", 0),
+    ]  # fmt: skip
+    assert runtime.audit.drain(limit=2) == 3  # a packed row is taken whole, then no more
+    assert runtime.audit.drain(limit=2) == 1
+    calls = list(reversed(runtime.audit.list_all(action="action.call")))
+    assert [(e.actor, e.detail["n"], e.at) for e in calls] == [
+        *((f"run:run_{n}", n, at + timedelta(microseconds=n)) for n in range(3)),
+        ("run:run_9", 9, at),
+    ]
+    assert "s3cret" not in str([e.detail for e in calls])
+    assert runtime.audit.verify() == (4, None)
