@@ -63,7 +63,6 @@ class Response(ActionOutput):
 
 
 @functools.lru_cache(maxsize=64)
-@functools.lru_cache(maxsize=256)
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     """The request's timeout (immutable, so one per value serves every request)."""
     return aiohttp.ClientTimeout(total=seconds)

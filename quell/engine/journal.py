@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -226,27 +227,44 @@ class JournalWriter(BatchWriter[Op]):
             log.error("journal_write_failed", run=op.run_id, error=type(exc).__name__)
 
     def _apply_direct(self, batch: list[Op]) -> tuple[list[Any], set[str]]:
-        """The batch in one transaction on the writer's own SQLite connection (no WORK)."""
-        if self._held is None:
+        """The batch in one transaction on the writer's own SQLite connection (no WORK).
+
+        The connection is the writer thread's: a batch committed from another thread (a test
+        calling ``_commit``) gets one of its own, given back at the end. The driver's errors
+        at BEGIN and COMMIT (a lock held too long, a full disk, a read-only file) are outages,
+        as the SQLAlchemy transaction reports them: StorageUnavailable."""
+        own = threading.current_thread() is self._thread
+        held = self._held if own else None
+        if held is None:
             try:
-                self._held = self.db.engine.raw_connection()
-            except OperationalError as exc:
-                raise self.db.unavailable(exc) from exc
-        held = self._held
+                held = self.db.engine.raw_connection()
+            except (OperationalError, sqlite3.OperationalError) as exc:
+                raise _outage(exc) from exc
+            if own:
+                self._held = held
         cursor = held.cursor()
         try:
-            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _outage(exc) from exc
             try:
                 outcome = self._apply_on(None, cursor, batch)
-                cursor.execute("COMMIT")
+                try:
+                    cursor.execute("COMMIT")
+                except sqlite3.OperationalError as exc:
+                    raise _outage(exc) from exc
             except BaseException:
                 try:
                     held.rollback()
                 except Exception:  # noqa: BLE001 - the connection is no good: a new one next
-                    self._drop_held()
+                    if own:
+                        self._drop_held()
                 raise
         finally:
             cursor.close()
+            if not own:
+                held.close()
         return outcome
 
     def _drop_held(self) -> None:
@@ -376,6 +394,13 @@ def _step_update(db: Database) -> BulkStatement:
     return BulkStatement(db, run_steps, params, statement)
 
 
+def _outage(exc: BaseException) -> StorageUnavailable:
+    """The SQLite driver's error as the outage it is."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return StorageUnavailable(f"the sqlite database is unavailable: {reason}", backend="sqlite")
+
+
 def _transient(exc: BaseException) -> bool:
     """The database is unavailable (not: it refused this data). The writer runs statements on
     the driver's cursor, so the driver's own errors arrive here unwrapped."""
@@ -383,7 +408,10 @@ def _transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sqlite3.OperationalError):
         message = str(exc).lower()
-        return any(word in message for word in ("locked", "busy", "disk i/o", "unable to open"))
+        return any(
+            word in message
+            for word in ("locked", "busy", "disk i/o", "unable to open", "is full", "readonly")
+        )
     # Looked up, not imported: a process on SQLite never loads the PostgreSQL driver, and an
     # error cannot be the driver's unless the driver is loaded.
     psycopg = sys.modules.get("psycopg")

@@ -429,3 +429,41 @@ def test_a_locked_sqlite_database_fails_a_batch_as_an_outage_and_the_next_commit
     with runtime.db.read() as conn:
         keys = conn.execute(select(run_steps.c.key).where(run_steps.c.run_id == "run_lock"))
         assert sorted(keys.scalars()) == ["b"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # the writer's own connection is SQLite's
+def test_a_full_disk_is_an_outage_for_the_journal_not_bad_data(runtime: Runtime) -> None:
+    """SQLite says "database or disk is full" while a batch is written or committed (in WAL
+    mode the pages are written at COMMIT): an outage, whose runs are replayed once the disk
+    has room, not data the database refused (which would fail the runs for good)."""
+    engine = bare_engine(runtime)
+    version = register(runtime, engine, "id: fd\nname: Fd\nsteps: [{id: a, action: core.noop}]\n")
+
+    def step_row(key: str, size: int) -> tuple[object, ...]:
+        now = runtime.clock.now()
+        return (
+            "run_full", key, 1, 1, key, "action", "succeeded", "core.noop", None,
+            None, {"blob": "x" * size}, None, None, False, now, now, None,
+        )  # fmt: skip
+
+    async def scenario() -> None:
+        async with engine:
+            row = engine.run_row(
+                "run_full", version, "fd", {}, status=RunStatus.RUNNING, owner=engine.owner,
+                epoch=1,
+            )  # fmt: skip
+            await engine.journal.write(Op(OpKind.INSERT_RUN, "run_full", None, row))
+            held = engine.journal._held.driver_connection  # the writer thread's connection
+            pages = held.execute("PRAGMA page_count").fetchone()[0]
+            held.execute(f"PRAGMA max_page_count = {pages}")  # no room for one more page
+            with pytest.raises(StorageUnavailable, match="database or disk is full"):
+                await engine.journal.write(
+                    Op(OpKind.INSERT_STEP, "run_full", 1, step_row("a", 200_000))
+                )
+            held.execute("PRAGMA max_page_count = 1073741823")  # room again
+            await engine.journal.write(Op(OpKind.INSERT_STEP, "run_full", 1, step_row("b", 10)))
+
+    asyncio.run(scenario())
+    with runtime.db.read() as conn:
+        keys = conn.execute(select(run_steps.c.key).where(run_steps.c.run_id == "run_full"))
+        assert sorted(keys.scalars()) == ["b"]

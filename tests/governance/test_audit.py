@@ -223,3 +223,5 @@ def test_the_action_calls_of_one_journal_batch_are_one_outbox_row_and_each_an_ev
     ]
     assert "s3cret" not in str([e.detail for e in calls])
     assert runtime.audit.verify() == (4, None)
+    if runtime.db.backend is Backend.SQLITE:  # committed from this thread: its own connection
+        assert runtime.db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
