@@ -34,6 +34,7 @@ from base64 import urlsafe_b64decode, urlsafe_b64encode
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -278,6 +279,12 @@ class Origin:
         return [name for name in dict.fromkeys((self.requester, self.author)) if name]
 
 
+# A StrEnum member's text, without the enum's ``value`` property (a Python call each time):
+# rows are built with these thousands of times a second.
+_TEXT: dict[StrEnum, str] = {
+    member: member.value for kind in (StepKind, StepStatus, RunStatus) for member in kind
+}
+
 _AUTOMATED = frozenset({"alert.created", "incident.created", "incident.updated", "schedule"})
 
 
@@ -347,7 +354,7 @@ class Execution:
         now = self.now()
         self.seq += 1
         values = (
-            self.run.id, key, attempt, self.seq, step.id, step.kind.value, status.value,
+            self.run.id, key, attempt, self.seq, step.id, _TEXT[step.kind], _TEXT[status],
             step.action, idempotency_key, inputs, output, error, assigned, simulated,
             started_at or now, now if finished else None, due_at,
         )  # fmt: skip
@@ -408,7 +415,7 @@ class Execution:
         record.assigned = assigned
         record.due_at = due_at
         values = (
-            status.value, output, error, assigned, self.now(), due_at,
+            _TEXT[status], output, error, assigned, self.now(), due_at,
             self.run.id, record.key, record.attempt,
         )  # fmt: skip
         return self._op(OpKind.UPDATE_STEP, values)
@@ -830,7 +837,7 @@ class Execution:
             "playbook": self.run.playbook_id,
             "step": key,
             "attempt": attempt,
-            "status": status.value,
+            "status": _TEXT[status],
             "instance": instance,
             "idempotency_key": idempotency_key,
             "dry_run": self.run.dry_run,
@@ -1510,19 +1517,19 @@ class Execution:
         finished = now if outcome.status.finished else None
         params = release_params(
             self.run.id,
-            status=outcome.status.value,
+            status=_TEXT[outcome.status],
             variables=outcome.variables,
             error=outcome.error,
             finished_at=finished,
             wake_at=outcome.wake_at,
             updated_at=now,
         )
-        from quell.engine.waits import close_canceled  # waits imports this module
-
         run_id = self.run.id
         canceled = outcome.status is RunStatus.CANCELED
 
         def close(conn: Connection) -> None:  # with the release: no wait outlives its run
+            from quell.engine.waits import close_canceled  # waits imports this module
+
             close_canceled(conn, run_id, now)
 
         if not outcome.status.finished or self.run.parent_run_id is None:
@@ -1545,7 +1552,7 @@ class Execution:
         def work(conn: Connection) -> None:
             release.run(conn, [params])
             if canceled:
-                close_canceled(conn, run_id, now)
+                close(conn)
             conn.execute(
                 update(run_steps)
                 .where(run_steps.c.run_id == parent_id, run_steps.c.key == parent_key)
