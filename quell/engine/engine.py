@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import operator
 import os
 import socket
 from collections.abc import Sequence
@@ -51,6 +52,10 @@ if TYPE_CHECKING:
     from quell.runtime import Runtime
 
 log = structlog.get_logger(__name__)
+
+_RUN_ROW = operator.itemgetter(*RUN_COLUMNS)  # a runs row's values, in RUN_COLUMNS order
+_CREATED_AT = RUN_COLUMNS.index("created_at")
+_DEADLINE = RUN_COLUMNS.index("deadline")
 
 CLAIM_STOP_WAIT = 10.0  # seconds a stopping engine waits for the claim it has in flight
 
@@ -192,7 +197,7 @@ class Engine:
             "id": run_id,
             "playbook_version_id": version_id,
             "playbook_id": playbook_id,
-            "status": status.value,
+            "status": str(status),
             "dry_run": dry_run,
             "inputs": inputs,
             "variables": None,
@@ -215,7 +220,7 @@ class Engine:
             "lease_epoch": epoch,
             "lease_expires": now + self.lease if owner else None,
         }
-        return tuple(values[name] for name in RUN_COLUMNS)
+        return _RUN_ROW(values)  # type: ignore[no-any-return]
 
     async def start(
         self,
@@ -255,8 +260,8 @@ class Engine:
             root_run_id=run_id,
             parent_run_id=None,
             parent_key=None,
-            created_at=row[RUN_COLUMNS.index("created_at")],
-            deadline=row[RUN_COLUMNS.index("deadline")],
+            created_at=row[_CREATED_AT],
+            deadline=row[_DEADLINE],
             trigger=trigger,
             created_by=created_by,
         )
