@@ -497,11 +497,22 @@ class IngestPipeline:
         window = source.dedup_window
         existing = self._load_existing(conn, batch, window)
         fresh: list[Staged] = []
-        latest: dict[str, Staged | _Existing] = {}
+        # Per fingerprint, every alert a record may repeat: the stored ones near the batch's
+        # times and the batch's own new ones. A record repeats the latest of them whose time
+        # span, widened by the window, holds its time: a record sent again repeats its own
+        # alert, not only the fingerprint's newest one.
+        candidates: dict[str, list[Staged | _Existing]] = {
+            fingerprint: list(rows) for fingerprint, rows in existing.items()
+        }
         for item in sorted(batch, key=lambda s: s.time):
             time = item.time
-            known = latest.get(item.fingerprint) or existing.get(item.fingerprint)
-            if known is not None and known.first_seen - window <= time <= known.last_seen + window:
+            known: Staged | _Existing | None = None
+            for candidate in candidates.get(item.fingerprint, ()):
+                if candidate.first_seen - window <= time <= candidate.last_seen + window and (
+                    known is None or candidate.last_seen > known.last_seen
+                ):
+                    known = candidate
+            if known is not None:
                 if isinstance(known, _Existing):
                     known.added += 1
                     if time > known.last_seen:  # keeps its incident findable by these keys
@@ -510,19 +521,19 @@ class IngestPipeline:
                 known.count += 1
                 known.first_seen = min(known.first_seen, time)
                 known.last_seen = max(known.last_seen, time)
-                latest[item.fingerprint] = known
                 continue
             fresh.append(item)
-            latest[item.fingerprint] = item
-        return fresh, [item for item in existing.values() if item.added]
+            candidates.setdefault(item.fingerprint, []).append(item)
+        return fresh, [alert for rows in existing.values() for alert in rows if alert.added]
 
     @staticmethod
     def _load_existing(
         conn: Connection, batch: list[Staged], window: timedelta
-    ) -> dict[str, _Existing]:
+    ) -> dict[str, list[_Existing]]:
         since = min(item.time for item in batch) - window
+        until = max(item.time for item in batch) + window
         wanted = sorted({item.fingerprint for item in batch})
-        found: dict[str, _Existing] = {}
+        found: dict[str, list[_Existing]] = {}
         for start in range(0, len(wanted), _LOOKUP_CHUNK):
             rows = conn.execute(
                 select(
@@ -535,15 +546,14 @@ class IngestPipeline:
                 ).where(
                     alerts.c.fingerprint.in_(wanted[start : start + _LOOKUP_CHUNK]),
                     alerts.c.last_seen >= since,
+                    alerts.c.first_seen <= until,
                     alerts.c.status == AlertStatus.NEW.value,
                 )
             )
             for row in rows:
-                current = found.get(row.fingerprint)
-                if current is None or row.last_seen > current.last_seen:
-                    found[row.fingerprint] = _Existing(
-                        row.id, row.first_seen, row.last_seen, row.repeats, row.incident_id
-                    )
+                found.setdefault(row.fingerprint, []).append(
+                    _Existing(row.id, row.first_seen, row.last_seen, row.repeats, row.incident_id)
+                )
         return found
 
     def _record_repeats(

@@ -363,6 +363,10 @@ def decode(raw: bytes, kind: RecordKind) -> Any:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
+            try:  # orjson calls any bad UTF-8 "surrogates" at the record's first character
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise ParseError(f"invalid UTF-8 at byte {bad.start}: {bad.reason}") from None
             raise ParseError(f"invalid JSON: {exc}") from None
     if kind is RecordKind.TEXT:
         try:

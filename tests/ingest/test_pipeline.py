@@ -185,7 +185,10 @@ def test_every_record_is_counted_once_and_nothing_is_lost(runtime: Runtime, gene
     assert rules == {"drop-scanner": 1, "close-lab": 1}
 
     reasons = sorted(letter.reason for letter in runtime.dead_letters.list_all(source=generic))
-    assert any(reason.startswith("invalid JSON") for reason in reasons)
+    assert any(reason.startswith("invalid JSON: unexpected end") for reason in reasons)
+    # Where the bad bytes are, not orjson's "surrogates" at the first character:
+    assert "invalid UTF-8 at byte 15: invalid start byte" in reasons
+    assert "json record must be a JSON object, not a string" in reasons
     assert any("exceeds the source's limit of 65536 bytes" in reason for reason in reasons)
     assert any("title" in reason for reason in reasons)
     assert all(letter.raw for letter in runtime.dead_letters.list_all(source=generic))
@@ -224,6 +227,25 @@ def test_a_repeat_outside_the_window_is_a_new_alert(runtime: Runtime, generic: s
     runtime.pipeline.ingest(generic, [_event(0)])
     assert runtime.pipeline.ingest(generic, [_event(61)]).stored == 1
     assert _count(runtime, alerts) == 2
+
+
+def test_a_record_sent_again_repeats_its_own_alert_not_only_the_newest(
+    runtime: Runtime, generic: str
+) -> None:
+    """Two alerts of one fingerprint two hours apart are two alerts; the same file ingested
+    again repeats each of them (a record is matched with every alert of its fingerprint near
+    its time, not only with the newest one), and so does one late record on its own."""
+    first = runtime.pipeline.ingest(generic, [_event(0), _event(120)])
+    assert (first.stored, first.deduplicated) == (2, 0)
+    again = runtime.pipeline.ingest(generic, [_event(0), _event(120)])
+    assert (again.stored, again.deduplicated) == (0, 2)
+    late = runtime.pipeline.ingest(generic, [_event(5)])
+    assert (late.stored, late.deduplicated) == (0, 1)
+    stored = sorted(runtime.alerts.list_all(), key=lambda alert: alert.first_seen)
+    assert [(a.first_seen, a.last_seen, a.count) for a in stored] == [
+        (T0, T0 + timedelta(minutes=5), 3),
+        (T0 + timedelta(minutes=120), T0 + timedelta(minutes=120), 2),
+    ]
 
 
 def test_the_fingerprint_is_configurable(runtime: Runtime) -> None:

@@ -67,6 +67,7 @@ from quell.ingest.parsers.base import (
     Parser,
     ParseResult,
     RecordKind,
+    json_type,
     parse_time,
 )
 from quell.ingest.parsers.coerce import (
@@ -263,7 +264,7 @@ class EcsParser(Parser):
     def parse(self, record: Any) -> ParseResult:
         """The alert in one ECS document or search hit."""
         if not isinstance(record, dict):
-            raise ParseError(f"ecs record must be a JSON object, not {type(record).__name__}")
+            raise ParseError(f"ecs record must be a JSON object, not {json_type(record)}")
         nested, hit_id, arrays = _unwrap(record)
         doc = flatten(nested)
         kind = first_text(get(doc, "event.kind"), "event.kind")

@@ -70,7 +70,14 @@ from jmespath import exceptions as jmespath_errors  # type: ignore[import-untype
 from jmespath.functions import Functions  # type: ignore[import-untyped,unused-ignore]
 
 from quell.ingest.model import Alert, EmailInfo, Endpoint, FileInfo, Severity
-from quell.ingest.parsers.base import NotAnAlert, ParseError, Parser, ParseResult, RecordKind
+from quell.ingest.parsers.base import (
+    NotAnAlert,
+    ParseError,
+    Parser,
+    ParseResult,
+    RecordKind,
+    json_type,
+)
 from quell.ingest.parsers.base import parse_time as _parse_time
 from quell.ingest.parsers.coerce import (
     SEVERITY_LABELS,
@@ -341,6 +348,8 @@ class GenericJsonParser(Parser):
 
     def parse(self, record: Any) -> ParseResult:
         """The alert this source's mapping finds in ``record``."""
+        if not isinstance(record, dict | list):  # a mapping reads objects (or arrays)
+            raise ParseError(f"json record must be a JSON object, not {json_type(record)}")
         if self._match is not None and _falsy(self._search("match", self._match, record)):
             return NotAnAlert("record does not satisfy the source's 'match' expression")
         values: dict[str, Any] = {}

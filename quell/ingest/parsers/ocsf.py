@@ -48,6 +48,7 @@ from quell.ingest.parsers.base import (
     Parser,
     ParseResult,
     RecordKind,
+    json_type,
     parse_time,
 )
 from quell.ingest.parsers.coerce import (
@@ -102,7 +103,7 @@ class OcsfParser(Parser):
     def parse(self, record: Any) -> ParseResult:
         """The alert in one OCSF finding event."""
         if not isinstance(record, dict):
-            raise ParseError(f"ocsf record must be a JSON object, not {type(record).__name__}")
+            raise ParseError(f"ocsf record must be a JSON object, not {json_type(record)}")
         class_uid = integer(record.get("class_uid"), "class_uid")
         if class_uid is None:
             raise ParseError("missing field 'class_uid'", field="class_uid")

@@ -41,7 +41,14 @@ from __future__ import annotations
 from typing import Any
 
 from quell.ingest.model import Alert, Endpoint, FileInfo, Severity
-from quell.ingest.parsers.base import ParseError, Parser, ParseResult, RecordKind, parse_time
+from quell.ingest.parsers.base import (
+    ParseError,
+    Parser,
+    ParseResult,
+    RecordKind,
+    json_type,
+    parse_time,
+)
 from quell.ingest.parsers.coerce import (
     basename,
     endpoint,
@@ -137,7 +144,7 @@ class SplunkParser(Parser):
     def parse(self, record: Any) -> ParseResult:
         """The alert in one notable."""
         if not isinstance(record, dict):
-            raise ParseError(f"splunk record must be a JSON object, not {type(record).__name__}")
+            raise ParseError(f"splunk record must be a JSON object, not {json_type(record)}")
         search_name = _value(record, "search_name") or _value(record, "source")
         rule_name = _value(record, "rule_name")
         title = _value(record, "rule_title") or rule_name or search_name

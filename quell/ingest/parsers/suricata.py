@@ -53,6 +53,7 @@ from quell.ingest.parsers.base import (
     Parser,
     ParseResult,
     RecordKind,
+    json_type,
     parse_time,
 )
 from quell.ingest.parsers.coerce import (
@@ -121,7 +122,7 @@ class SuricataParser(Parser):
     def parse(self, record: Any) -> ParseResult:
         """The alert in one EVE record, or NotAnAlert for other event types."""
         if not isinstance(record, dict):
-            raise ParseError(f"suricata record must be a JSON object, not {type(record).__name__}")
+            raise ParseError(f"suricata record must be a JSON object, not {json_type(record)}")
         event_type = record.get("event_type")
         if event_type != "alert":
             if event_type is None:

@@ -36,7 +36,14 @@ from __future__ import annotations
 from typing import Any
 
 from quell.ingest.model import Alert, Endpoint, FileInfo, Severity
-from quell.ingest.parsers.base import ParseError, Parser, ParseResult, RecordKind, parse_time
+from quell.ingest.parsers.base import (
+    ParseError,
+    Parser,
+    ParseResult,
+    RecordKind,
+    json_type,
+    parse_time,
+)
 from quell.ingest.parsers.coerce import (
     basename,
     endpoint,
@@ -92,7 +99,7 @@ class WazuhParser(Parser):
     def parse(self, record: Any) -> ParseResult:
         """The alert in one Wazuh alert object."""
         if not isinstance(record, dict):
-            raise ParseError(f"wazuh record must be a JSON object, not {type(record).__name__}")
+            raise ParseError(f"wazuh record must be a JSON object, not {json_type(record)}")
         rule = mapping(record.get("rule"), "rule")
         if rule is None:
             raise ParseError("missing field 'rule'", field="rule")

@@ -53,6 +53,7 @@ from quell.ingest.parsers.base import (
     Parser,
     ParseResult,
     RecordKind,
+    json_type,
     parse_time,
 )
 from quell.ingest.parsers.coerce import endpoint, get, ip, port, severity_option, text
@@ -146,7 +147,7 @@ class ZeekParser(Parser):
     def parse(self, record: Any) -> ParseResult:
         """The alert in one notice record."""
         if not isinstance(record, dict):
-            raise ParseError(f"zeek record must be a JSON object, not {type(record).__name__}")
+            raise ParseError(f"zeek record must be a JSON object, not {json_type(record)}")
         log = record.get("_path")
         if isinstance(log, str) and log not in _NOTICE_PATHS:
             return NotAnAlert(f"zeek {log[:40]!r} log is not notice.log")
