@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from quell.clock import Clock
@@ -525,7 +526,13 @@ class Engine:
             log.error("run_crashed", run=info.id, error=type(exc).__name__, exc_info=exc)
             error = {"code": "engine_error", "message": f"the engine failed: {type(exc).__name__}"}
             try:
-                await execution.release(Outcome(RunStatus.FAILED, execution.variables, error))
+                # Its variables as JSON can hold them: the failure may be a value that is not
+                # JSON, and a release that fails on it again would leave the run to be replayed
+                # into the same failure forever.
+                variables = orjson.loads(
+                    orjson.dumps(execution.variables, default=repr, option=orjson.OPT_NON_STR_KEYS)
+                )
+                await execution.release(Outcome(RunStatus.FAILED, variables, error))
             except Exception as again:  # noqa: BLE001 - logged; the lease takes over
                 log.error("run_crash_unrecorded", run=info.id, error=type(again).__name__)
                 return

@@ -67,16 +67,23 @@ def check_inputs(playbook: Playbook, inputs: dict[str, Any], *, field: str = "in
                     f"the playbook needs the input {name!r}", field=f"{field}.{name}"
                 )
             continue
-        shape = _SHAPES.get(variable.type)
-        if shape is None or (playbook.source_format == "cacao" and _cacao_text(variable, value)):
-            continue
-        what, types = shape
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise InvalidInput(
-                f"input {name!r} must be {what} (declared {variable.type}), "
-                f"not {_json_kind(value)}",
-                field=f"{field}.{name}",
-            )
+        problem = input_type_problem(playbook, name, value)
+        if problem is not None:
+            raise InvalidInput(problem, field=f"{field}.{name}")
+
+
+def input_type_problem(playbook: Playbook, name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the declared input ``name`` (not of its type), or None."""
+    variable = playbook.variables.get(name)
+    if variable is None or value is None:
+        return None
+    shape = _SHAPES.get(variable.type)
+    if shape is None or (playbook.source_format == "cacao" and _cacao_text(variable, value)):
+        return None
+    what, types = shape
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        return f"input {name!r} must be {what} (declared {variable.type}), not {_json_kind(value)}"
+    return None
 
 
 def _cacao_text(variable: Any, value: Any) -> bool:
@@ -166,4 +173,4 @@ class Launcher:
         return self._rows
 
 
-__all__ = ["Launcher", "check_inputs"]
+__all__ = ["Launcher", "check_inputs", "input_type_problem"]

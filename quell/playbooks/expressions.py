@@ -40,7 +40,7 @@ import math
 import operator
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
@@ -58,7 +58,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.filters import make_attrgetter
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from quell.durations import parse_duration
+from quell.durations import format_duration, parse_duration
 from quell.errors import InvalidInput
 from quell.ingest.model import Severity
 from quell.ingest.observables import defang as _defang
@@ -518,15 +518,17 @@ def _items(value: Any) -> list[Any]:
 
 
 def refang(value: Any) -> Any:
-    """``hxxp://evil[.]com`` -> ``http://evil.com`` (a list: each element)."""
-    if isinstance(value, list | tuple):
+    """``hxxp://evil[.]com`` -> ``http://evil.com`` (a list, or what ``map`` hands out: each
+    element)."""
+    if isinstance(value, list | tuple | Iterator):
         return [refang(item) for item in value]
     return _refang(str(value)) if value is not None else None
 
 
 def defang(value: Any) -> Any:
-    """``http://evil.com`` -> ``hxxp://evil[.]com`` (a list: each element)."""
-    if isinstance(value, list | tuple):
+    """``http://evil.com`` -> ``hxxp://evil[.]com`` (a list, or what ``map`` hands out: each
+    element)."""
+    if isinstance(value, list | tuple | Iterator):
         return [defang(item) for item in value]
     return _defang(str(value)) if value is not None else None
 
@@ -725,14 +727,29 @@ _ENV = _build_environment()
 
 
 def _plain(value: Any) -> Any:
-    """The value with Jinja's Undefined turned into None, recursively through containers."""
+    """The value as data a run can keep: Jinja's Undefined as None, a span of time as its
+    text (``1h30m``, which ``duration`` reads back), a set as a sorted list, and what a filter
+    hands out one by one (``map``, ``select``) as a list; recursively through containers."""
     if isinstance(value, Undefined):
         return None
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
+    if isinstance(value, timedelta):
+        return _span_text(value)
+    if isinstance(value, set | frozenset):
+        return [_plain(item) for item in sorted(value, key=str)]
+    if isinstance(value, Iterator):
+        return [_plain(item) for item in value]
     return value
+
+
+def _span_text(value: timedelta) -> str:
+    return format_duration(value) if value >= timedelta(0) else "-" + format_duration(-value)
+
+
+_JSON_SCALARS = (int, float, bool, type(None), datetime, date)
 
 
 def _check_size(value: Any, where: str) -> Any:
@@ -742,14 +759,19 @@ def _check_size(value: Any, where: str) -> Any:
         # The weight first: what holds one huge value many times is refused before printing.
         size = _weight(value)
         if size <= MAX_OUTPUT:
-            try:
-                size = len(orjson.dumps(value, default=str))
+            try:  # no default: what JSON cannot hold is refused here, not when it is stored
+                size = len(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
             except orjson.JSONEncodeError as exc:  # nested deeper than JSON goes, say
                 raise ExpressionError(
                     f"{where}: the result is not JSON ({exc})", field=where
                 ) from None
-    else:
+    elif isinstance(value, _JSON_SCALARS):
         return value
+    else:
+        raise ExpressionError(
+            f"{where}: the result is a {type(value).__name__}, which is not a JSON value",
+            field=where,
+        )
     if size > MAX_OUTPUT:
         raise ExpressionError(f"{where}: the result is larger than {MAX_OUTPUT} bytes", field=where)
     return value

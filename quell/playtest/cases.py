@@ -49,6 +49,7 @@ from pydantic import (
 )
 
 from quell.connectors.registry import Registry
+from quell.engine.launch import input_type_problem
 from quell.errors import InvalidInput
 from quell.playbooks.compiler import Problem
 from quell.playbooks.ir import Playbook, Position, Step, StepKind, WaitKind
@@ -500,6 +501,10 @@ class _Checker:
             if variable.required and name not in case.inputs:
                 where = (*path, "inputs") if case.inputs else (*path, "name")
                 self.problem(where, f"inputs: the playbook needs the input {name!r}")
+            elif name in case.inputs:  # as a run refuses it (quell playbook run)
+                problem = input_type_problem(self.playbook, name, case.inputs[name])
+                if problem is not None:
+                    self.problem((*path, "inputs", name), f"inputs: {problem}")
 
     def mock(self, path: Path, key: str, answers: list[MockAnswer]) -> None:
         step = self.steps.action_step(key)

@@ -244,7 +244,7 @@ def _error(expected: str | dict[str, Any], actual: dict[str, Any] | None) -> lis
 def _describe(call: CallExpect) -> str:
     parts = []
     if call.action:
-        parts.append(call.action)
+        parts.append(f"of {call.action}")
     if call.step:
         parts.append(f"by step {call.step!r}")
     if call.with_ is not None:
@@ -271,7 +271,7 @@ def _call(index: int, expected: CallExpect, calls: list[Call]) -> Failure | None
         seen = "; ".join(f"{c.step}: {show(c.inputs)}" for c in candidates[:5])
         return Failure(
             what,
-            f"{what}: expected a call of {_describe(expected)}; "
+            f"{what}: expected a call {_describe(expected)}; "
             + (f"the calls made: {seen}" if candidates else "there was none"),
             expected.model_dump(by_alias=True, exclude_none=True),
             [call.inputs for call in candidates],
@@ -280,7 +280,7 @@ def _call(index: int, expected: CallExpect, calls: list[Call]) -> Failure | None
         return None
     return Failure(
         what,
-        f"{what}: expected {expected.times} call(s) of {_describe(expected)}, got {len(matching)}",
+        f"{what}: expected {expected.times} call(s) {_describe(expected)}, got {len(matching)}",
         expected.times,
         len(matching),
     )

@@ -471,3 +471,24 @@ def test_validate_checks_a_cases_file_against_its_playbook(invoke: Invoke, playb
         f"{cases}:2:12: inputs: 'ipp' is not an input of block-malicious-source; "
         "did you mean 'ip'?",
     ]
+
+
+def test_an_input_of_the_wrong_type_is_refused_as_a_run_refuses_it(
+    invoke: Invoke, playbook: Path
+) -> None:
+    """``quell playbook run`` refuses an input that is not of its declared type; a test case
+    giving one used to run the playbook with it anyway."""
+    cases = _cases(
+        playbook,
+        f"""\
+- name: a list for a string
+  inputs: {{ip: [203.0.113.7]}}
+  mocks: {{lookup: {BENIGN}}}
+  expect: {{status: succeeded}}
+""",
+    )
+    result = invoke("playbook", "test", str(playbook))
+    assert result.exit_code == 2
+    assert result.stdout.splitlines() == [
+        f"{cases}:2:12: inputs: input 'ip' must be a string (declared string), not a list",
+    ]

@@ -98,6 +98,31 @@ def test_else_and_default_branches(runtime: Runtime) -> None:
     asyncio.run(scenario())
 
 
+def test_spans_of_time_and_filtered_lists_are_kept_as_data(runtime: Runtime) -> None:
+    """A duration or a map() result stored in a variable or sent to an action used to reach
+    the journal as a Python object it could not write: the run crashed, or never ended."""
+    text = """
+id: spans
+name: Spans
+vars: {d: null, names: null}
+steps:
+  - {id: keep, set: {d: "{{ '90m' | duration }}", names: "{{ ['a', 'b'] | map('upper') }}"}}
+  - {id: send, action: core.echo, with: {value: {wait: "{{ d | duration }}", names: "{{ names }}"}}}
+  - {id: back, set: {d: "{{ ((d | duration).total_seconds() / 60) | int }}"}}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            view = await harness.run(text)
+        assert view.status == "succeeded", view.error
+        assert next(s for s in view.steps if s.key == "send").output == {
+            "value": {"wait": "1h30m", "names": ["A", "B"]}
+        }
+        assert view.variables == {"d": 90, "names": ["A", "B"]}
+
+    asyncio.run(scenario())
+
+
 EDGES = """
 id: edges
 name: Edges and handlers

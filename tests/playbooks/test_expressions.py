@@ -118,6 +118,36 @@ def test_a_result_over_the_size_limit_is_refused() -> None:
         compile_template("{{ big }}{{ big }}").render(scope)
 
 
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("'90m' | duration", "1h30m"),  # a span: its text, which duration reads back
+        ("('90m' | duration) - ('2h' | duration)", "-30m"),
+        ("{'wait': '1d' | duration}", {"wait": "1d"}),
+        ("('1h30m' | duration).total_seconds()", 5400.0),
+        ("alert.observables | map(attribute='type')", ["ipv4", "ipv4", "sha256", "domain"]),
+        ("alert.observables | map(attribute='type') | unique", ["ipv4", "sha256", "domain"]),
+        ("alert.observables | selectattr('type', 'eq', 'domain') | map(attribute='value')",
+         ["evil.example"]),
+        # refang and defang take what map hands out element by element, not as its text:
+        ("['hxxp://a[.]example'] | map('lower') | refang", ["http://a.example"]),
+        ("alert.observables | map(attribute='value') | select('eq', 'evil.example') | defang",
+         ["evil[.]example"]),
+    ],
+)  # fmt: skip
+def test_a_result_is_data_a_run_can_keep(source: str, expected: Any) -> None:
+    """What an expression gives is stored in the journal as JSON: a span of time, a filter's
+    one-by-one output come out as text and lists, not as Python objects the
+    journal could not write."""
+    assert _eval(source) == expected
+
+
+def test_a_result_json_cannot_hold_is_refused_naming_where() -> None:
+    scope = {"f": lambda: object()}
+    with pytest.raises(ExpressionError, match="not a JSON value"):
+        compile_expression("f()").evaluate(scope)
+
+
 def test_statements_and_bad_syntax_are_refused_when_compiled() -> None:
     with pytest.raises(ExpressionError, match="not \\{% statements %\\}"):
         compile_template("{% for x in alert.observables %}{{ x }}{% endfor %}")
