@@ -1527,15 +1527,22 @@ class Execution:
         run_id = self.run.id
         canceled = outcome.status is RunStatus.CANCELED
 
+        # A run that reached its timeout may have stopped in a wait: closed with it too.
+        timed_out = (outcome.error or {}).get("code") == "run_timeout"
+        closing = canceled or timed_out
+
         def close(conn: Connection) -> None:  # with the release: no wait outlives its run
             from quell.engine.waits import close_canceled  # waits imports this module
 
-            close_canceled(conn, run_id, now)
+            if timed_out:
+                close_canceled(conn, run_id, now, by="timeout", result="the run timed out")
+            else:
+                close_canceled(conn, run_id, now)
 
         if not outcome.status.finished or self.run.parent_run_id is None:
             release = self._op(OpKind.RELEASE_RUN, params)
             await self.journal.write_all(
-                [self._op(OpKind.WORK, close), release] if canceled else [release]
+                [self._op(OpKind.WORK, close), release] if closing else [release]
             )
             if outcome.status is RunStatus.WAITING:
                 self.engine.wake()  # a decision that came meanwhile made it ready again
@@ -1551,7 +1558,7 @@ class Execution:
 
         def work(conn: Connection) -> None:
             release.run(conn, [params])
-            if canceled:
+            if closing:
                 close(conn)
             conn.execute(
                 update(run_steps)

@@ -58,17 +58,23 @@ def _close_incident_task(
     end_incident_tasks(conn, row.run_id, row.step_key, actor, now, status="done", result=comment)
 
 
-def close_canceled(conn: Connection, run_id: str, now: datetime) -> None:
+def close_canceled(
+    conn: Connection,
+    run_id: str,
+    now: datetime,
+    *,
+    by: str = "cancel",
+    result: str = "the run was cancelled",
+) -> None:
     """What a cancelled run leaves open, closed: its pending waits (approvers and assignees no
-    longer see them), its manual steps' incident tasks, and its steps still waiting."""
+    longer see them), its manual steps' incident tasks, and its steps still waiting. ``by``
+    and ``result`` say why (a run that reached its timeout is closed so too)."""
     conn.execute(
         update(waits)
         .where(waits.c.run_id == run_id, waits.c.status == WaitStatus.PENDING.value)
-        .values(status=WaitStatus.CANCELED.value, decided_at=now, decided_by="cancel")
+        .values(status=WaitStatus.CANCELED.value, decided_at=now, decided_by=by)
     )
-    end_incident_tasks(
-        conn, run_id, None, "cancel", now, status="cancelled", result="the run was cancelled"
-    )
+    end_incident_tasks(conn, run_id, None, by, now, status="cancelled", result=result)
     conn.execute(
         update(run_steps)
         .where(run_steps.c.run_id == run_id, run_steps.c.status.like("waiting_%"))

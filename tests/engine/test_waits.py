@@ -208,6 +208,43 @@ steps:
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize(
+    "wait",
+    [
+        "{id: ask, wait: approval, prompt: proceed, approvers: [approver], expires_in: 1h}",
+        "{id: ask, wait: timer, duration: 20m}",
+    ],
+)
+def test_a_run_waiting_past_its_timeout_fails_then_and_closes_its_waits(
+    runtime: Runtime, clock: ManualClock, wait: str
+) -> None:
+    """A playbook's timeout ends a run that waits, when it comes: the run used to be woken at
+    its deadline, find its wait again without awaiting anything (so a timeout of zero never
+    fired) and go back to waiting, until the wait itself ended."""
+    text = f"""
+id: bounded
+name: Bounded
+timeout: 3m
+steps:
+  - {wait}
+  - {{id: after, action: core.log, with: {{message: after}}}}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(text)
+            assert (await harness.settle(run_id)).status == "waiting"
+            clock.advance(timedelta(minutes=3, seconds=1))
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+            pending = harness.waits.list_all(status="pending")
+        assert done.status == "failed"
+        assert done.error["code"] == "run_timeout"
+        assert statuses(done)["ask"] == "canceled"
+        assert pending == []
+
+    asyncio.run(scenario())
+
+
 def test_cancelling_a_waiting_run_cancels_its_waits(runtime: Runtime) -> None:
     async def scenario() -> None:
         async with Harness(runtime) as harness:
