@@ -740,6 +740,12 @@ class Execution:
                 frame.steps[step.id] = {"status": StepStatus.SKIPPED.value, "output": None}
                 return None
             if self.run.dry_run and not definition.is_read:
+                try:  # a write that could not run for real (no instance, a disabled one) fails
+                    await self.engine.actions.resolve(definition, step.instance)
+                except ActionError as exc:
+                    error = _error(exc)
+                    await self.record(key, step, StepStatus.FAILED, error=error, attempt=attempt)
+                    raise self.failed(step, frame, key, error) from None
                 output = {"simulated": True, "action": definition.key}
                 assigned = self.out(step, frame, output)
                 self.assign(assigned)
