@@ -9,6 +9,7 @@ the library's versions (a CACAO playbook is stored, reviewed and published like 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from quell.errors import Conflict, InvalidInput, NotFound
 from quell.governance.secrets import SecretBox
 from quell.ids import new_id
 from quell.playbooks.ir import Playbook, Trigger
+from quell.sdk.http import OutboundPolicy
 from quell.sdk.secret import SecretValue
 from quell.store.database import Database
 from quell.store.schema import playbook_credentials, playbook_versions
@@ -169,11 +171,13 @@ class CacaoService:
         instances: Any | None = None,
         *,
         max_iterations: int = 1000,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         self.library = library
         self.credentials = credentials
         self.instances = instances
         self.max_iterations = max_iterations
+        self.outbound = outbound or OutboundPolicy()
 
     def _connector_of(self, name: str) -> str | None:
         if self.instances is None:
@@ -196,7 +200,7 @@ class CacaoService:
         from quell.playbooks.cacao.schema import load_cacao
 
         doc = load_cacao(text, file)
-        return import_cacao(
+        imported = import_cacao(
             doc,
             mode=mode,
             bindings=bindings,
@@ -204,6 +208,31 @@ class CacaoService:
             max_iterations=self.max_iterations,
             file=file,
         )
+        imported.report.needs[:] = [
+            need for need in map(self._outbound_need, imported.report.needs) if need is not None
+        ]
+        return imported
+
+    def _outbound_need(self, need: dict[str, Any]) -> dict[str, Any] | None:
+        """A host the playbook calls, as this configuration sees it: nothing is needed for an
+        address or name the outbound policy already lets through; a name is reached when it
+        resolves to a public address, and a private one needs outbound_allow."""
+        if need.get("kind") != "host":
+            return need
+        host = str(need.get("ref") or "")
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if host.lower().rstrip(".") in self.outbound.hosts:
+                return None
+            message = (
+                f"outbound HTTP to {host}: reached if the name resolves to a public address; "
+                "a private one must be allowed in outbound_allow"
+            )
+            return {**need, "message": message}
+        if self.outbound.allows(host, address):
+            return None
+        return {**need, "message": f"outbound HTTP to {host} (allow it in outbound_allow)"}
 
     def import_text(
         self,
@@ -337,6 +366,7 @@ def attach(library: Any, runtime: Any) -> CacaoService:
         store,
         runtime.connector_instances,
         max_iterations=runtime.settings.cacao_max_iterations,
+        outbound=OutboundPolicy.parse(runtime.settings.outbound_allow),
     )
     library.cacao = service
     return service

@@ -395,6 +395,10 @@ class _Builder:
 
     def check_flow(self, steps: list[StepModel], path: Path) -> None:
         """Within one list: no loop made of edges, and no step that nothing leads to."""
+        if any(self.paths.get(step.id) != (*path, index) for index, step in enumerate(steps)):
+            # A step id used twice (reported as such) leaves edges that lead to the wrong step:
+            # loops and unreachable steps found from them would be false.
+            return
         ids = [s.id for s in steps if s.id in self.paths and self.paths[s.id][:-1] == path]
         if not ids:
             return

@@ -287,6 +287,21 @@ def test_problems_name_their_file_line_and_column(change: tuple[str, str], expec
     assert expected in problems, problems
 
 
+def test_a_step_id_used_twice_is_the_one_problem_of_its_list() -> None:
+    """The duplicate is dropped, so the step before it led to the first of the two: a loop
+    (a -> a) and every later step 'can never run' were reported as well, and were false."""
+    text = """
+id: dup
+name: Dup
+steps:
+  - {id: a, action: core.log, with: {message: x}}
+  - {id: a, action: core.log, with: {message: x}}
+  - {id: b, action: core.log, with: {message: x}}
+  - {id: c, action: core.log, with: {message: x}}
+"""
+    assert _problems(text) == ["pb.yaml:6:6: step id 'a' is used twice (first at pb.yaml:5:6)"]
+
+
 def test_a_missing_secret_is_reported_against_the_action() -> None:
     problems = _problems(EVERYTHING, secrets=Secrets(set()))
     assert (
