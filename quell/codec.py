@@ -59,6 +59,23 @@ def without_nul(value: Any) -> Any:
     return value
 
 
+def json_type(value: Any) -> str:
+    """The JSON type of a parsed value, as messages name it (``not a string``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 def column_json(value: Any) -> str:
     """JSON for a database column: orjson (dataclasses, datetimes and enums natively), and
     NUL-free (the rare value that has one is walked)."""

@@ -44,6 +44,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from quell.codec import json_type
+
 LANGUAGE_VERSION = "1.0"
 PROFILE = "slpf"
 
@@ -116,23 +118,6 @@ def show(value: Any, limit: int = 80) -> str:
         except TypeError:
             text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def json_type(value: Any) -> str:
-    """The JSON type of a parsed value, as messages name it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _integer(value: Any) -> Any:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from quell.codec import json_type
 from quell.ingest.model import Alert
 
 
@@ -87,26 +88,8 @@ def dig(record: Mapping[str, Any], path: str, default: Any = None) -> Any:
     return current
 
 
-def json_type(value: Any) -> str:
-    """What ``value`` is, in JSON's words: an object, an array, a string, a number, true or
-    false, null."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
 def require_mapping(record: Any, what: str) -> Mapping[str, Any]:
-    """``record`` if it is a JSON object, else ParseError."""
+    """``record`` if it is a JSON object, else ParseError naming what it is (json_type)."""
     if not isinstance(record, Mapping):
         raise ParseError(f"{what} record must be a JSON object, not {json_type(record)}")
     return record

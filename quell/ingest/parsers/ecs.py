@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from quell.codec import json_type
 from quell.ingest.model import (
     Alert,
     EmailInfo,
@@ -67,7 +68,6 @@ from quell.ingest.parsers.base import (
     Parser,
     ParseResult,
     RecordKind,
-    json_type,
     parse_time,
 )
 from quell.ingest.parsers.coerce import (

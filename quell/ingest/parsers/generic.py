@@ -69,6 +69,7 @@ import jmespath  # type: ignore[import-untyped,unused-ignore]
 from jmespath import exceptions as jmespath_errors  # type: ignore[import-untyped,unused-ignore]
 from jmespath.functions import Functions  # type: ignore[import-untyped,unused-ignore]
 
+from quell.codec import json_type
 from quell.ingest.model import Alert, EmailInfo, Endpoint, FileInfo, Severity
 from quell.ingest.parsers.base import (
     NotAnAlert,
@@ -76,7 +77,6 @@ from quell.ingest.parsers.base import (
     Parser,
     ParseResult,
     RecordKind,
-    json_type,
 )
 from quell.ingest.parsers.base import parse_time as _parse_time
 from quell.ingest.parsers.coerce import (

@@ -40,13 +40,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from quell.codec import json_type
 from quell.ingest.model import Alert, Endpoint, FileInfo, Severity
 from quell.ingest.parsers.base import (
     ParseError,
     Parser,
     ParseResult,
     RecordKind,
-    json_type,
     parse_time,
 )
 from quell.ingest.parsers.coerce import (

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from quell.codec import json_type
 from quell.ingest.model import (
     Alert,
     EmailInfo,
@@ -53,7 +54,6 @@ from quell.ingest.parsers.base import (
     Parser,
     ParseResult,
     RecordKind,
-    json_type,
     parse_time,
 )
 from quell.ingest.parsers.coerce import (

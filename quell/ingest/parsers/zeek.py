@@ -46,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from quell.codec import json_type
 from quell.ingest.model import Alert, FileInfo, Severity
 from quell.ingest.parsers.base import (
     NotAnAlert,
@@ -53,7 +54,6 @@ from quell.ingest.parsers.base import (
     Parser,
     ParseResult,
     RecordKind,
-    json_type,
     parse_time,
 )
 from quell.ingest.parsers.coerce import endpoint, get, ip, port, severity_option, text
