@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from quell.clock import ManualClock
+from quell.engine.engine import Engine
 from quell.engine.journal import Op, OpKind, WriteRefused
 from quell.engine.states import RunStatus
 from quell.engine.store import RunStore
@@ -35,6 +36,23 @@ steps:
     with: {target: "{{ host }}", hold: "{{ hold }}", hold_after: "{{ hold_after }}"}
   - {id: after, action: core.log, with: {message: "isolated {{ host }}"}}
 """
+
+
+def _step_row(runtime: Runtime, run_id: str, key: str, output: object = None) -> tuple[object, ...]:
+    """A finished core.noop attempt of ``key`` (STEP_COLUMNS order), as a journal row."""
+    now = runtime.clock.now()
+    return (
+        run_id, key, 1, 1, key, "action", "succeeded", "core.noop", None,
+        None, {} if output is None else output, None, None, False, now, now, None,
+    )  # fmt: skip
+
+
+async def _write_running_run(engine: Engine, version: str, run_id: str, playbook: str) -> None:
+    """Journal a running run of ``version`` held by ``engine`` (epoch 1), and wait for it."""
+    row = engine.run_row(
+        run_id, version, playbook, {}, status=RunStatus.RUNNING, owner=engine.owner, epoch=1
+    )
+    await engine.journal.write(Op(OpKind.INSERT_RUN, run_id, None, row))
 
 
 async def _crash_mid_call(runtime: Runtime, clock: ManualClock, action: str, **holds: bool) -> str:
@@ -176,15 +194,10 @@ steps:
 def test_a_failed_queued_write_stops_its_run_instead_of_leaving_a_hole(runtime: Runtime) -> None:
     """A success is queued, not awaited; if its write fails, the run may not go on past it."""
 
-    def step_row(key: str) -> tuple[object, ...]:
-        now = runtime.clock.now()
-        return (
-            "run_hole", key, 1, 1, key, "action", "succeeded", "core.noop", None,
-            None, {}, None, None, False, now, now, None,
-        )  # fmt: skip
-
     def queue(key: str) -> None:
-        engine.journal.queue(Op(OpKind.INSERT_STEP, "run_hole", 1, step_row(key)))
+        engine.journal.queue(
+            Op(OpKind.INSERT_STEP, "run_hole", 1, _step_row(runtime, "run_hole", key))
+        )
 
     async def refused() -> WriteRefused | None:
         for _ in range(100):  # the duplicate fails in a commit of its own; then:
@@ -202,12 +215,10 @@ def test_a_failed_queued_write_stops_its_run_instead_of_leaving_a_hole(runtime: 
             version = register(
                 runtime, engine, "id: hole\nname: Hole\nsteps: [{id: a, action: core.noop}]\n"
             )
-            row = engine.run_row(
-                "run_hole", version, "hole", {}, status=RunStatus.RUNNING, owner=engine.owner,
-                epoch=1,
-            )  # fmt: skip
-            await engine.journal.write(Op(OpKind.INSERT_RUN, "run_hole", None, row))
-            await engine.journal.write(Op(OpKind.INSERT_STEP, "run_hole", 1, step_row("a")))
+            await _write_running_run(engine, version, "run_hole", "hole")
+            await engine.journal.write(
+                Op(OpKind.INSERT_STEP, "run_hole", 1, _step_row(runtime, "run_hole", "a"))
+            )
             queue("a")  # the same attempt again: its insert fails, and nobody waits for it
             assert await refused() is not None
             engine.journal.forget("run_hole")  # the run left this engine: a new claim is clean
@@ -268,11 +279,7 @@ def test_a_bad_write_in_a_batch_of_several_fails_alone(runtime: Runtime) -> None
     )
 
     def step_row(key: str, note: str) -> tuple[object, ...]:
-        now = runtime.clock.now()
-        return (
-            "run_batch", key, 1, 1, key, "action", "succeeded", "core.noop", None,
-            None, {"note": note}, None, None, False, now, now, None,
-        )  # fmt: skip
+        return _step_row(runtime, "run_batch", key, {"note": note})
 
     def op(kind: OpKind, values: tuple[object, ...]) -> tuple[Op, Future[object]]:
         waiter: Future[object] = Future()
@@ -400,19 +407,11 @@ def test_a_locked_sqlite_database_fails_a_batch_as_an_outage_and_the_next_commit
     version = register(runtime, engine, "id: lk\nname: Lk\nsteps: [{id: a, action: core.noop}]\n")
 
     def step_row(key: str) -> tuple[object, ...]:
-        now = runtime.clock.now()
-        return (
-            "run_lock", key, 1, 1, key, "action", "succeeded", "core.noop", None,
-            None, {}, None, None, False, now, now, None,
-        )  # fmt: skip
+        return _step_row(runtime, "run_lock", key)
 
     async def scenario() -> None:
         async with engine:
-            row = engine.run_row(
-                "run_lock", version, "lk", {}, status=RunStatus.RUNNING, owner=engine.owner,
-                epoch=1,
-            )  # fmt: skip
-            await engine.journal.write(Op(OpKind.INSERT_RUN, "run_lock", None, row))
+            await _write_running_run(engine, version, "run_lock", "lk")
             other = sqlite3.connect(runtime.db.url.database or "", isolation_level=None)
             other.execute("BEGIN IMMEDIATE")
             try:
@@ -440,19 +439,11 @@ def test_a_full_disk_is_an_outage_for_the_journal_not_bad_data(runtime: Runtime)
     version = register(runtime, engine, "id: fd\nname: Fd\nsteps: [{id: a, action: core.noop}]\n")
 
     def step_row(key: str, size: int) -> tuple[object, ...]:
-        now = runtime.clock.now()
-        return (
-            "run_full", key, 1, 1, key, "action", "succeeded", "core.noop", None,
-            None, {"blob": "x" * size}, None, None, False, now, now, None,
-        )  # fmt: skip
+        return _step_row(runtime, "run_full", key, {"blob": "x" * size})
 
     async def scenario() -> None:
         async with engine:
-            row = engine.run_row(
-                "run_full", version, "fd", {}, status=RunStatus.RUNNING, owner=engine.owner,
-                epoch=1,
-            )  # fmt: skip
-            await engine.journal.write(Op(OpKind.INSERT_RUN, "run_full", None, row))
+            await _write_running_run(engine, version, "run_full", "fd")
             held = engine.journal._held.driver_connection  # the writer thread's connection
             pages = held.execute("PRAGMA page_count").fetchone()[0]
             held.execute(f"PRAGMA max_page_count = {pages}")  # no room for one more page
