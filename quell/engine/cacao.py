@@ -208,31 +208,8 @@ class CacaoService:
             max_iterations=self.max_iterations,
             file=file,
         )
-        imported.report.needs[:] = [
-            need for need in map(self._outbound_need, imported.report.needs) if need is not None
-        ]
+        imported.report.needs[:] = outbound_needs(imported.report.needs, self.outbound)
         return imported
-
-    def _outbound_need(self, need: dict[str, Any]) -> dict[str, Any] | None:
-        """A host the playbook calls, as this configuration sees it: nothing is needed for an
-        address or name the outbound policy already lets through; a name is reached when it
-        resolves to a public address, and a private one needs outbound_allow."""
-        if need.get("kind") != "host":
-            return need
-        host = str(need.get("ref") or "")
-        try:
-            address = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            if host.lower().rstrip(".") in self.outbound.hosts:
-                return None
-            message = (
-                f"outbound HTTP to {host}: reached if the name resolves to a public address; "
-                "a private one must be allowed in outbound_allow"
-            )
-            return {**need, "message": message}
-        if self.outbound.allows(host, address):
-            return None
-        return {**need, "message": f"outbound HTTP to {host} (allow it in outbound_allow)"}
 
     def import_text(
         self,
@@ -358,6 +335,32 @@ def check_bindings(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
     return found
 
 
+def outbound_needs(needs: list[dict[str, Any]], policy: OutboundPolicy) -> list[dict[str, Any]]:
+    """An import report's needs with its hosts read against ``policy``: nothing is needed for
+    an address or name the policy already lets through; a name is reached when it resolves to
+    a public address, and a private one needs outbound_allow."""
+    kept: list[dict[str, Any]] = []
+    for need in needs:
+        if need.get("kind") != "host":
+            kept.append(need)
+            continue
+        host = str(need.get("ref") or "")
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if host.lower().rstrip(".") not in policy.hosts:
+                message = (
+                    f"outbound HTTP to {host}: reached if the name resolves to a public "
+                    "address; a private one must be allowed in outbound_allow"
+                )
+                kept.append({**need, "message": message})
+            continue
+        if not policy.allows(host, address):
+            message = f"outbound HTTP to {host} (allow it in outbound_allow)"
+            kept.append({**need, "message": message})
+    return kept
+
+
 def attach(library: Any, runtime: Any) -> CacaoService:
     """Give ``library`` CACAO import and export on the runtime's database and instances."""
     store = CredentialStore(runtime.db, runtime.secret_box, runtime.clock)
@@ -378,6 +381,7 @@ __all__ = [
     "CredentialStore",
     "attach",
     "check_bindings",
+    "outbound_needs",
     "parse_trigger",
     "version_for",
 ]

@@ -221,7 +221,8 @@ class Engine:
             "lease_epoch": epoch,
             "lease_expires": now + self.lease if owner else None,
         }
-        return _RUN_ROW(values)  # type: ignore[no-any-return]
+        row: tuple[Any, ...] = _RUN_ROW(values)
+        return row
 
     async def start(
         self,

@@ -458,25 +458,25 @@ def test_credentials_written_into_a_url_are_refused_not_kept() -> None:
 def test_the_hosts_a_playbook_calls_are_needs_as_the_outbound_policy_sees_them() -> None:
     """The import report told to allow 127.0.0.1 in outbound_allow when it was allowed, and
     gave the same advice for a public name."""
-    from quell.engine.cacao import CacaoService
+    from quell.engine.cacao import outbound_needs
     from quell.sdk.http import OutboundPolicy
 
-    text = (corpus_path() / "cacao" / "playbooks" / "soarca_http-playbook.json").read_bytes()
-    service = CacaoService(None, None, outbound=OutboundPolicy.parse(["127.0.0.1"]))  # type: ignore[arg-type]
-    (need,) = service.translate(text).report.needs
+    loopback = OutboundPolicy.parse(["127.0.0.1"])
+    report = import_cacao(_load("soarca_http-playbook.json")).report
+    (need,) = outbound_needs(report.needs, loopback)
     assert (need["kind"], need["ref"]) == ("host", "httpbin.org")
     assert need["message"] == (
         "outbound HTTP to httpbin.org: reached if the name resolves to a public address; "
         "a private one must be allowed in outbound_allow"
     )
 
-    def need_of(host: str, service: CacaoService) -> dict[str, object] | None:
-        return service._outbound_need({"kind": "host", "ref": host, "message": "?"})
+    def needs(host: str, policy: OutboundPolicy) -> list[str]:
+        found = outbound_needs([{"kind": "host", "ref": host, "message": "?"}], policy)
+        return [str(item["message"]) for item in found]
 
-    assert need_of("127.0.0.1", service) is None  # allowed
-    assert need_of("93.184.216.34", service) is None  # public
-    refused = need_of("10.1.2.3", service)
-    assert refused is not None
-    assert refused["message"] == "outbound HTTP to 10.1.2.3 (allow it in outbound_allow)"
-    named = CacaoService(None, None, outbound=OutboundPolicy.parse(["soar.internal"]))  # type: ignore[arg-type]
-    assert need_of("soar.internal", named) is None
+    assert needs("127.0.0.1", loopback) == []  # allowed
+    assert needs("93.184.216.34", loopback) == []  # public
+    assert needs("10.1.2.3", loopback) == ["outbound HTTP to 10.1.2.3 (allow it in outbound_allow)"]
+    assert needs("soar.internal", OutboundPolicy.parse(["soar.internal"])) == []
+    other = {"kind": "instance", "ref": "x", "message": "an instance"}
+    assert outbound_needs([other], loopback) == [other]  # only hosts are read
