@@ -548,22 +548,19 @@ class Engine:
     async def _bounded(self, execution: Execution, info: RunInfo) -> Outcome:
         if info.deadline is None:
             return await execution.execute()
-        timed_out = Outcome(
-            RunStatus.FAILED,
-            execution.variables,
-            {"code": "run_timeout", "message": "the run reached its timeout"},
-        )
         remaining = (info.deadline - self.clock.now()).total_seconds()
-        if remaining <= 0:
-            # Past its deadline already (woken for it while it waited): it ends here. Run
-            # again, a replay that reaches its wait without awaiting anything would never
-            # give a timeout of zero the chance to fire, and it would wait again, forever.
-            return timed_out
-        try:
-            async with asyncio.timeout(remaining):
-                return await execution.execute()
-        except TimeoutError:
-            return timed_out
+        # Past its deadline already (woken for it while it waited), a run ends here. Run
+        # again, a replay that reaches its wait without awaiting anything would never give a
+        # timeout of zero the chance to fire, and it would wait again, forever.
+        if remaining > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    return await execution.execute()
+            except TimeoutError:
+                pass
+        error = {"code": "run_timeout", "message": "the run reached its timeout"}
+        await execution.handle_timeout(error)
+        return Outcome(RunStatus.FAILED, execution.variables, error)
 
 
 __all__ = ["Engine", "worker_name"]

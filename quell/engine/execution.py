@@ -81,6 +81,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 IN_PROCESS_WAIT = 2.0  # seconds: shorter backoffs and timers sleep in the worker, not as rows
+# seconds the playbook's exception step may run after the run reached its timeout
+EXCEPTION_GRACE = 300.0
 
 
 # A failed attempt with a due time is one whose retry was scheduled: not the step's end.
@@ -313,6 +315,7 @@ class Execution:
             else:
                 self.variables[name] = variable.value
         self.control: str | None = None  # "cancel" or "pause", set by the worker
+        self.root: Frame | None = None  # the top frame, once execute began: the steps it saw
         self._tlp: tuple[str | None] | None = None  # the data's marking, once looked up
         self.wakes: list[datetime] = []
         self.run_view = {
@@ -509,7 +512,7 @@ class Execution:
 
     async def execute(self) -> Outcome:
         """Run until the end or a suspension."""
-        frame = Frame("", {})
+        frame = self.root = Frame("", {})
         try:
             await self.branch(self.playbook.start, frame)
         except Suspended as suspended:
@@ -538,6 +541,26 @@ class Execution:
             await self.branch(handler, handler_frame)
         except (StepFailed, Suspended) as exc:
             log.warning("exception_handler_failed", run=self.run.id, error=type(exc).__name__)
+
+    async def handle_timeout(self, error: dict[str, Any]) -> None:
+        """Run the playbook's exception step for a run that reached its timeout.
+
+        CACAO's ``workflow_exception`` runs whenever a playbook does not end successfully, and
+        a timeout is such an end. The handler sees the steps this execution got through
+        (none when the run was woken already past its deadline) and gets
+        :data:`EXCEPTION_GRACE` seconds of its own; its journaled steps replay like any others,
+        so a crash in it repeats no action.
+        """
+        if self.playbook.on_exception is None:
+            return
+        frame = self.root or Frame("", {})
+        try:
+            async with asyncio.timeout(EXCEPTION_GRACE):
+                await self.handle_exception(frame, StepFailed("", error))
+        except TimeoutError:
+            log.warning("exception_handler_timed_out", run=self.run.id, after=EXCEPTION_GRACE)
+        except Interrupted as stop:  # cancelled meanwhile: the run still ends as timed out
+            log.warning("exception_handler_interrupted", run=self.run.id, control=stop.control)
 
     def checkpoint(self) -> None:
         """Stop here if the run was asked to."""

@@ -245,6 +245,67 @@ steps:
     asyncio.run(scenario())
 
 
+TIMED_HANDLER = """
+id: timed-handler
+name: Timed, with a handler
+timeout: {timeout}
+vars: {{handled: "", saw: ""}}
+on_exception:
+  - id: tell
+    set:
+      handled: "{{{{ error.code }}}}"
+      saw: "{{{{ steps.first.output.value | default('none') }}}}"
+steps:
+  - {{id: first, action: test.read, with: {{value: seen}}}}
+  - {step}
+  - {{id: after, action: core.log, with: {{message: after}}}}
+"""
+
+
+def test_the_exception_step_runs_when_a_running_run_reaches_its_timeout(
+    runtime: Runtime,
+) -> None:
+    """CACAO's workflow_exception runs whenever a playbook does not end successfully: a run cut
+    off at its timeout in the middle of a step gets its handler, which sees the steps before."""
+    slow = "{id: slow, action: test.read, with: {value: x, seconds: 5}}"
+    text = TIMED_HANDLER.format(timeout="300ms", step=slow)
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            done = await harness.run(text)
+        assert done.status == "failed"
+        assert done.error["code"] == "run_timeout"
+        assert done.variables["handled"] == "run_timeout"
+        assert done.variables["saw"] == "seen"
+        assert statuses(done)["!exception/tell"] == "succeeded"
+        assert "after" not in statuses(done)
+
+    asyncio.run(scenario())
+
+
+def test_the_exception_step_runs_when_a_waiting_run_is_woken_past_its_timeout(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    wait = "{id: ask, wait: approval, prompt: proceed, approvers: [approver], expires_in: 1h}"
+    text = TIMED_HANDLER.format(timeout="3m", step=wait)
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(text)
+            assert (await harness.settle(run_id)).status == "waiting"
+            clock.advance(timedelta(minutes=3, seconds=1))
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+            pending = harness.waits.list_all(status="pending")
+        assert done.status == "failed"
+        assert done.error["code"] == "run_timeout"
+        assert done.variables["handled"] == "run_timeout"
+        assert statuses(done)["!exception/tell"] == "succeeded"
+        assert statuses(done)["ask"] == "canceled"
+        assert pending == []
+
+    asyncio.run(scenario())
+
+
 def test_cancelling_a_waiting_run_cancels_its_waits(runtime: Runtime) -> None:
     async def scenario() -> None:
         async with Harness(runtime) as harness:
