@@ -518,15 +518,21 @@ class Execution:
         except Suspended as suspended:
             return Outcome(RunStatus.WAITING, self.variables, None, self._wake(suspended))
         except StepFailed as failure:
-            await self.handle_exception(frame, failure)
+            try:
+                await self.handle_exception(frame, failure)
+            except Interrupted as stop:  # cancelled or paused in the handler: as anywhere else
+                return self._interrupted(stop)
             return Outcome(RunStatus.FAILED, self.variables, failure.error)
         except Interrupted as stop:
-            if stop.control == "pause":
-                return Outcome(RunStatus.PAUSED, self.variables)
-            return Outcome(
-                RunStatus.CANCELED, self.variables, {"code": "canceled", "message": "canceled"}
-            )
+            return self._interrupted(stop)
         return Outcome(RunStatus.SUCCEEDED, self.variables)
+
+    def _interrupted(self, stop: Interrupted) -> Outcome:
+        if stop.control == "pause":
+            return Outcome(RunStatus.PAUSED, self.variables)
+        return Outcome(
+            RunStatus.CANCELED, self.variables, {"code": "canceled", "message": "canceled"}
+        )
 
     def _wake(self, suspended: Suspended) -> datetime | None:
         times = [t for t in [suspended.wake_at, *self.wakes, self.run.deadline] if t is not None]

@@ -346,6 +346,34 @@ def test_a_running_run_stops_at_its_next_step_when_cancelled(runtime: Runtime) -
     asyncio.run(scenario())
 
 
+def test_a_run_cancelled_in_its_exception_step_ends_cancelled_not_crashed(
+    runtime: Runtime,
+) -> None:
+    """The cancel reached the handler's next step; it used to escape the run as a crash."""
+    text = """
+id: cancel-in-handler
+name: Cancelled while handling
+on_exception:
+  - {id: slow, action: test.read, with: {value: x, seconds: 0.5}}
+  - {id: later, action: core.log, with: {message: later}}
+steps:
+  - {id: broken, fail: broken}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime, lease=0.6) as harness:
+            run_id = await harness.start(text)
+            await asyncio.sleep(0.1)
+            harness.runs.cancel(run_id)
+            done = await harness.settle(run_id, until=("canceled", "failed"))
+        assert done.status == "canceled", done.error
+        assert done.error["code"] == "canceled"
+        assert statuses(done)["!exception/slow"] == "succeeded"
+        assert "!exception/later" not in statuses(done)
+
+    asyncio.run(scenario())
+
+
 def test_pause_and_resume(runtime: Runtime) -> None:
     async def scenario() -> None:
         async with Harness(runtime, lease=0.6) as harness:
