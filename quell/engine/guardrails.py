@@ -46,6 +46,7 @@ from quell.governance.approvals import (
 )
 from quell.governance.audit import AuditLog
 from quell.ids import new_id
+from quell.netaddr import host_network
 from quell.sdk.actions import RiskLevel
 from quell.store.database import Backend, Database
 from quell.store.dialect import upsert
@@ -239,13 +240,13 @@ def _protected_hit(protected: Iterable[str], inputs: Any) -> str | None:
     names = set()
     for entry in protected:
         try:
-            networks.append((entry, ipaddress.ip_network(entry, strict=False)))
+            networks.append((entry, host_network(ipaddress.ip_network(entry, strict=False))))
         except ValueError:
             names.add(entry.lower().rstrip("."))
     for text in _strings(inputs):
         candidate = text.strip()
-        try:
-            value = ipaddress.ip_network(candidate, strict=False)
+        try:  # ::ffff:10.0.0.5 is the host 10.0.0.5, whatever a protected 10.0.0.0/24 says
+            value = host_network(ipaddress.ip_network(candidate, strict=False))
         except ValueError:
             if candidate.lower().rstrip(".") in names:
                 return candidate

@@ -63,6 +63,7 @@ from quell.errors import InvalidInput
 from quell.ingest.model import Severity
 from quell.ingest.observables import defang as _defang
 from quell.ingest.observables import refang as _refang
+from quell.netaddr import host_address, host_network
 from quell.playbooks.cacao.conditions import CONDITION_FUNCTIONS
 from quell.playbooks.cacao.functions import cacao_result, cacao_text
 
@@ -536,7 +537,7 @@ def defang(value: Any) -> Any:
 @functools.lru_cache(maxsize=1024)
 def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
-        return ipaddress.ip_network(cidr.strip(), strict=False)
+        return host_network(ipaddress.ip_network(cidr.strip(), strict=False))
     except ValueError:
         raise ExpressionError(f"{cidr!r} is not a CIDR network") from None
 
@@ -551,14 +552,34 @@ def _address(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 
 def in_cidr(value: Any, *cidrs: str) -> bool:
-    """Whether the address (or observable) lies in any of the networks."""
+    """Whether the address (or observable), or every address of the network, lies in any of
+    the networks. An IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is the IPv4 one it maps."""
     address = _address(value)
-    if address is None:
+    if address is not None:
+        host = host_address(address)
+        return any(
+            host.version == network.version and host in network
+            for network in map(_network, _flatten_text(cidrs))
+        )
+    subject = _subnet(value)
+    if subject is None:
         return False
     return any(
-        address.version == network.version and address in network
+        subject.version == network.version and subject.subnet_of(network)  # type: ignore[arg-type]
         for network in map(_network, _flatten_text(cidrs))
     )
+
+
+def _subnet(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    if isinstance(value, Mapping):
+        value = value.get("value")
+    text = str(value).strip()
+    if "/" not in text:
+        return None
+    try:
+        return host_network(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return None
 
 
 def _flatten_text(values: Iterable[Any]) -> list[str]:

@@ -151,6 +151,9 @@ def test_a_write_naming_a_protected_asset_waits_for_a_person(
             done = await harness.settle(run_id, until=ENDED)
             by_name = await harness.start(CONTAIN, {"host": "DC01.corp.example"})
             assert (await harness.settle(by_name)).status == "waiting"
+            # the same host written as an IPv4-mapped IPv6 address is still that host
+            mapped = await harness.start(CONTAIN, {"host": "::ffff:10.0.0.9"})
+            assert (await harness.settle(mapped)).status == "waiting"
             guards.tag_asset("db-07", ["crown-jewel", "pci"], by="admin")
             assert (await harness.run(CONTAIN, {"host": "db-07"})).status == "succeeded"
             guards.protect_tags(["crown-jewel"], by="admin")

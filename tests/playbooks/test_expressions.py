@@ -51,6 +51,13 @@ def _render(source: str) -> Any:
         ("alert.src.ip is in_cidr('93.184.216.0/24')", True),
         ("alert.src.ip is in_cidr('10.0.0.0/8', '192.168.0.0/16')", False),
         ("'10.9.9.9' is private_ip", True),
+        ("'::ffff:10.1.2.3' is in_cidr('10.0.0.0/8')", True),  # the IPv4 host it maps
+        ("'10.1.2.3' is in_cidr('::ffff:10.0.0.0/104')", True),
+        ("'2001:db8::1' is in_cidr('10.0.0.0/8')", False),
+        ("'10.1.0.0/16' is in_cidr('10.0.0.0/8')", True),  # a network: all of it inside
+        ("'10.0.0.0/7' is in_cidr('10.0.0.0/8')", False),
+        ("'2001:db8:1::/48' is in_cidr('2001:db8::/32')", True),
+        ("'not/an ip' is in_cidr('10.0.0.0/8')", False),
         ("alert.observables | of_type('file:sha256') | length", 1),
         (
             "alert.observables | of_type('ip') | rejectattr('value', 'private_ip')"
