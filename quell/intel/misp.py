@@ -229,9 +229,9 @@ def parse_time(value: object) -> datetime | None:
             found = datetime.combine(date.fromisoformat(text), datetime.min.time())
         else:
             found = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        return found.replace(tzinfo=UTC) if found.tzinfo is None else found.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: out of range once in UTC
         raise IntelError(f"not a time: {text[:64]!r}") from None
-    return found.replace(tzinfo=UTC) if found.tzinfo is None else found.astimezone(UTC)
 
 
 def _from_epoch(seconds: float) -> datetime | None:

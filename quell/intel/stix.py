@@ -920,7 +920,7 @@ def _time(obj: dict[str, Any], field: str, where: str) -> datetime | None:
     if isinstance(text, str):
         try:
             return _timestamp(text)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: out of range once in UTC
             pass
     raise IntelError(f"{where}: {field} {text!r} is not a timestamp", field=field)
 

@@ -225,9 +225,18 @@ class IntelStore:
             inserts: list[tuple[Any, ...]] = []
             updates: list[tuple[Any, ...]] = []
             for key, (record, type_, match, value) in wanted.items():
+                known = existing.get(key)
+                if (
+                    known is not None
+                    and known[2] is not None
+                    and not record.revoked
+                    and record.stix_ids[:1] == (known[2],)
+                ):
+                    # STIX 2.1: a revoked object is never un-revoked (no version follows
+                    # it), so a version of it that is not revoked is an older one.
+                    record.revoked = True
                 digest = digest_of(record, key)
                 expired = is_expired(record, now)
-                known = existing.get(key)
                 if known is not None and known[1] == digest:
                     if expired:
                         report.expired += 1
@@ -257,7 +266,7 @@ class IntelStore:
                 )
                 if known is None:
                     row_id = indicator_id_of(source, key)
-                    existing[key] = (row_id, digest)
+                    existing[key] = (row_id, digest, None)
                     inserts.append(
                         (row_id, source, key, str(type_), str(match), value, *content, 0, stamp,
                          stamp, rev)
@@ -276,19 +285,27 @@ class IntelStore:
 
     def _existing(
         self, conn: Connection, source: str, wanted: dict[str, Any]
-    ) -> dict[str, tuple[str, str]]:
-        """(id, digest) of the source's stored indicators among ``wanted``'s keys."""
-        query = select(indicators.c.key, indicators.c.id, indicators.c.digest).where(
-            indicators.c.source == source
-        )
+    ) -> dict[str, tuple[str, str, str | None]]:
+        """(id, digest, the STIX id of a revoked one) of the source's stored indicators among
+        ``wanted``'s keys."""
+        query = select(
+            indicators.c.key,
+            indicators.c.id,
+            indicators.c.digest,
+            indicators.c.revoked,
+            indicators.c.stix_ids,
+        ).where(indicators.c.source == source)
         if conn.execute(query.limit(1)).first() is None:
             return {}  # a new source: nothing to compare with
-        found: dict[str, tuple[str, str]] = {}
+        found: dict[str, tuple[str, str, str | None]] = {}
         keys = list(wanted)
         for start in range(0, len(keys), _CHUNK):
             chunk = keys[start : start + _CHUNK]
-            for key, row_id, digest in conn.execute(query.where(indicators.c.key.in_(chunk))):
-                found[key] = (row_id, digest)
+            for key, row_id, digest, revoked, ids in conn.execute(
+                query.where(indicators.c.key.in_(chunk))
+            ):
+                revoked_id = ids[0] if revoked and ids and isinstance(ids[0], str) else None
+                found[key] = (row_id, digest, revoked_id)
         return found
 
     def _source_sightings(
@@ -296,7 +313,7 @@ class IntelStore:
         conn: Connection,
         source: str,
         parsed: Parsed,
-        rows: dict[str, tuple[str, str]],
+        rows: dict[str, tuple[str, str, str | None]],
     ) -> int:
         """Keep the sightings the input reported; the same sighting imported again is one."""
         fresh: dict[str, tuple[Any, ...]] = {}

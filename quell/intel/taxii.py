@@ -435,7 +435,10 @@ def _before(timestamp: str) -> str | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    earlier = (moment - timedelta(microseconds=1)).astimezone(UTC)
+    try:
+        earlier = (moment - timedelta(microseconds=1)).astimezone(UTC)
+    except OverflowError:  # the first instant there is (0001-01-01T00:00:00Z), or out of range
+        return None
     return earlier.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

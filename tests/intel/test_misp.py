@@ -305,6 +305,9 @@ def test_times_and_sightings() -> None:
     assert parse_time("") is None
     with pytest.raises(IntelError, match="not a time"):
         parse_time("yesterday")
+    # Valid ISO 8601 whose UTC time is out of range: refused (an import is a 422), not a crash.
+    with pytest.raises(IntelError, match="not a time"):
+        parse_time("9999-12-31T23:59:59-01:00")
 
 
 @pytest.mark.requires("corpus")

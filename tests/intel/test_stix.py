@@ -438,6 +438,12 @@ def test_a_malformed_bundle_is_refused_with_what_and_where(data: bytes, message:
         ({"pattern_type": None}, "an indicator without a pattern_type"),
         ({"valid_from": "yesterday"}, "valid_from 'yesterday' is not a timestamp"),
         ({"valid_until": 5}, "valid_until 5 is not a timestamp"),
+        # Valid text, but outside what a time can be once in UTC: refused, not a crash.
+        (
+            {"valid_until": "9999-12-31T23:59:59-01:00"},
+            "valid_until '9999-12-31T23:59:59-01:00' is not a timestamp",
+        ),
+        ({"valid_from": "0001-01-01T00:00:00+01:00"}, "valid_from '0001-01-01T00:00:00\\+01:00'"),
         ({"confidence": 101}, "confidence 101 is not an integer from 0 to 100"),
         ({"confidence": "high"}, "confidence 'high' is not an integer"),
     ],
@@ -628,6 +634,25 @@ def test_revoked_and_expired_indicators_are_kept_and_never_match(
     assert store.lookup("ipv4", "192.0.2.2") == []
     assert len(store.lookup("ipv4", "192.0.2.2", include_expired=True)) == 1
     assert len(store.lookup("ipv4", "192.0.2.3")) == 1
+
+
+def test_an_older_version_imported_after_the_revoked_one_does_not_revive_it(
+    database: Database, clock: ManualClock
+) -> None:
+    # STIX 2.1 3.6: a revoked object has no later version, so one that is not revoked is
+    # older: an old bundle imported again (or a feed replaying history) leaves it revoked.
+    store = IntelStore(database, clock)
+    pattern = "[ipv4-addr:value = '192.0.2.9']"
+    revoked = _indicator(pattern, 1, modified="2025-07-01T00:00:00.000Z", revoked=True)
+    older = _indicator(pattern, 1, confidence=90)
+    assert _counts(store.apply("feed", parse_bundle(_bundle(revoked)))) == (0, 0, 0, 1, 0)
+    assert _counts(store.apply("feed", parse_bundle(_bundle(older)))) == (0, 0, 0, 1, 0)
+    assert store.lookup("ipv4", "192.0.2.9") == []
+    assert _rows(store, "feed")["ip:192.0.2.9"]["revoked"] is True
+    # Another object (another id) saying the same value is a new word on it.
+    other = _indicator(pattern, 2, confidence=90)
+    assert _counts(store.apply("feed", parse_bundle(_bundle(other)))) == (0, 1, 0, 0, 0)
+    assert len(store.lookup("ipv4", "192.0.2.9")) == 1
 
 
 def test_issubset_ranges_match_the_addresses_inside(database: Database, clock: ManualClock) -> None:

@@ -101,6 +101,20 @@ def test_lookups_match_ranges_subdomains_and_normalized_urls(
     assert len(store.lookup("md5", "0" * 32, include_expired=True)) == 1
 
 
+def test_an_internationalized_domain_is_the_name_dns_resolves(
+    database: Database, clock: ManualClock
+) -> None:
+    # IDNA 2008 (UTS #46, non-transitional), as registries and browsers have it: straße is
+    # xn--strae-oqa, and strasse.example is somebody else's domain (IDNA 2003 folded ß to ss).
+    assert indicator_key(IndicatorType.DOMAIN, "Straße.example")[0] == "dn:xn--strae-oqa.example"
+    assert indicator_key(IndicatorType.DOMAIN, "bücher.example")[0] == "dn:xn--bcher-kva.example"
+    store = IntelStore(database, clock)
+    store.apply("feed-a", Parsed(records=[IndicatorRecord(IndicatorType.DOMAIN, "straße.example")]))
+    assert len(store.lookup("domain", "xn--strae-oqa.example")) == 1
+    assert len(store.lookup("domain", "straße.example")) == 1
+    assert store.lookup("domain", "strasse.example") == []
+
+
 def test_a_failed_import_leaves_the_store_unchanged(database: Database, clock: ManualClock) -> None:
     store = IntelStore(database, clock)
     store.apply("feed-a", _records(clock))

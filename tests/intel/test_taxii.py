@@ -293,3 +293,13 @@ def test_a_loopback_server_is_refused_unless_allowed(
     assert outcome.error is not None
     assert "is blocked" in outcome.error
     assert "QUELL_OUTBOUND_ALLOW" in outcome.error
+
+
+def test_a_restart_instant_at_the_start_of_time_is_unreadable_not_a_crash() -> None:
+    """A server's ``X-TAXII-Date-Added-Last`` of the first instant there is has no instant
+    before it: the pull restarts from its own start instead of raising OverflowError."""
+    from quell.intel.taxii import _before
+
+    assert _before("2026-01-01T00:00:00Z") == "2025-12-31T23:59:59.999999Z"
+    assert _before("0001-01-01T00:00:00Z") is None
+    assert _before("0001-01-01T00:30:00+01:00") is None

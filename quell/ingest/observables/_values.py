@@ -13,6 +13,8 @@ import re
 from functools import lru_cache
 from typing import Final
 
+import idna
+
 from quell.ingest.model import Observable, ObservableType
 from quell.ingest.observables._ip import ip_info
 from quell.ingest.observables._psl import registered_domain, tlds
@@ -108,11 +110,26 @@ def _canonical_host(host: str) -> str | None:
     if not name or len(name) > 253:
         return None
     if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
+        converted = _to_ascii(name)
+        if converted is None:
             return None
+        name = converted
     return name if _HOSTNAME.fullmatch(name) else None
+
+
+def _to_ascii(name: str) -> str | None:
+    """An internationalized name in its ``xn--`` form as DNS and browsers have it: IDNA 2008
+    with the UTS #46 mapping, non-transitional (``straße.example`` is ``xn--strae-oqa.example``,
+    not ``strasse.example``, another domain). A name IDNA 2008 refuses (an emoji, say) takes
+    IDNA 2003, Python's codec, as before."""
+    try:
+        return idna.encode(name, uts46=True, transitional=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        pass
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
 
 
 def has_known_tld(host: str) -> bool:
