@@ -303,7 +303,8 @@ class ContainmentService:
                 )
             )
 
-    def _failed(self, item: Containment, error: dict[str, Any]) -> None:
+    def _failed(self, item: Containment, error: dict[str, Any], *, retry: bool = True) -> None:
+        """Mark a revert failed; tried again after a backoff unless only a person can do it."""
         attempts = item.attempts + 1
         backoff = min(MAX_BACKOFF, timedelta(seconds=30 * 2 ** min(attempts - 1, 10)))
         with self.db.write() as conn:
@@ -313,7 +314,7 @@ class ContainmentService:
                 .values(
                     status=ContainmentStatus.FAILED.value,
                     attempts=attempts,
-                    next_attempt_at=self.clock.now() + backoff,
+                    next_attempt_at=self.clock.now() + backoff if retry else None,
                     claimed_until=None,
                     last_error=error,
                 )
@@ -327,27 +328,52 @@ class ContainmentService:
             raise Conflict(f"containment {item.id} was already reverted by {item.reverted_by}")
         if not await asyncio.to_thread(self._claim, item.id):
             raise Conflict(f"containment {item.id} is being reverted right now")
+        by_hand = self._only_by_hand(runner, item)
+        if by_hand is not None:
+            # Never tried (nothing to call, or nowhere safe to call it), nor retried by the
+            # expiry loop: it stays failed, with what to do by hand, until a person acts.
+            await asyncio.to_thread(self._failed, item, by_hand, retry=False)
+        else:
+            await self._call_revert(runner, item, by)
+        after = await asyncio.to_thread(self.get, item.id)
+        await asyncio.to_thread(
+            self.audit.record,
+            by,
+            "containment.revert",
+            item.id,
+            {
+                "action": item.revert_action,
+                "of": item.action,
+                "status": after.status.value,
+                "error": after.last_error,
+            },
+        )
+        return after
+
+    @staticmethod
+    def _only_by_hand(runner: ActionRunner, item: Containment) -> dict[str, Any] | None:
+        """Why a revert cannot be called at all (a person must undo it at the peer), or None."""
         if item.revert_input is None:
-            error = {
+            return {
                 "code": "no_revert_input",
                 "message": f"cannot derive {item.revert_action}'s input from the call: "
                 "revert it at the peer by hand",
             }
-            await asyncio.to_thread(self._failed, item, error)
-            return await asyncio.to_thread(self.get, item.id)
         revert = runner.registry.actions.get(item.revert_action)
         if item.instance is None and revert is not None and revert.connector.needs_instance:
             # Made before the connector needed an instance, on the unconfigured one: this
             # host's own. An instance added since is another peer, where the same input (a
             # rule number) names something else.
-            error = {
+            return {
                 "code": "no_instance",
                 "message": f"{item.action} ran unconfigured, on the host that ran it; "
                 f"{item.revert_action} now runs only on a configured instance, which may be "
                 f"another peer: revert it on that host by hand ({item.revert_input})",
             }
-            await asyncio.to_thread(self._failed, item, error)
-            return await asyncio.to_thread(self.get, item.id)
+        return None
+
+    async def _call_revert(self, runner: ActionRunner, item: Containment, by: str) -> None:
+        assert item.revert_input is not None  # checked by _only_by_hand
         try:
             await runner.run_once(
                 item.revert_action,
@@ -368,20 +394,6 @@ class ContainmentService:
         else:
             log.info("containment_reverted", containment=item.id, by=by)
             await asyncio.to_thread(self._finish, item, by, None)
-        after = await asyncio.to_thread(self.get, item.id)
-        await asyncio.to_thread(
-            self.audit.record,
-            by,
-            "containment.revert",
-            item.id,
-            {
-                "action": item.revert_action,
-                "of": item.action,
-                "status": after.status.value,
-                "error": after.last_error,
-            },
-        )
-        return after
 
     async def revert_due(self, runner: ActionRunner) -> int:
         """Revert what has expired (and retry failed reverts that are due); how many tried."""

@@ -185,3 +185,40 @@ def test_an_unconfigured_nftables_containment_is_not_reverted_on_another_firewal
     assert item.last_error is not None
     assert item.last_error["code"] == "no_instance"  # not an attempt on edge-fw's nft
     assert "by hand" in item.last_error["message"]
+
+
+def test_a_containment_only_a_person_can_undo_is_audited_and_not_retried(
+    runtime: Runtime, service: ContainmentService, clock: ManualClock
+) -> None:
+    """With no revert input to call, the revert fails saying to undo it by hand: that outcome
+    is in the audit trail like every other, and the expiry loop does not try it again and
+    again (it used to, every hour, failing the same way)."""
+    with runtime.db.write() as conn:
+        conn.execute(
+            containments.insert().values(
+                id="cnt_manual", action="test.contain", instance=None,
+                target={"target": "ws-9"}, output={}, revert_action="test.release",
+                revert_input=None, created_by="cli:root", created_at=clock.now(),
+                expires_at=clock.now() + timedelta(minutes=1), status="active", attempts=0,
+            )
+        )  # fmt: skip
+    clock.advance(timedelta(minutes=2))
+
+    async def expire() -> int:
+        runner = runtime.action_runner("engine")
+        try:
+            return await service.revert_due(runner)
+        finally:
+            await runner.aclose()
+
+    assert asyncio.run(expire()) == 1
+    item = service.get("cnt_manual")
+    assert item.status is ContainmentStatus.FAILED
+    assert item.last_error is not None
+    assert item.last_error["code"] == "no_revert_input"
+    (audited,) = runtime.audit.list_all(action="containment.revert")
+    assert (audited.actor, audited.subject) == ("expiry", "cnt_manual")
+    assert audited.detail["status"] == "failed"
+    clock.advance(timedelta(days=1))
+    assert service.due() == []
+    assert asyncio.run(expire()) == 0
