@@ -34,6 +34,7 @@ from quell.store.database import Database
 from quell.store.schema import sources
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # the largest settings.max_record_bytes
 
 
 class SourceKind(StrEnum):
@@ -55,7 +56,7 @@ class SourceSettings(BaseModel):
     correlation_window: str = Field(default="1h", description="Alerts this close group.")
     correlate_on: list[str] = Field(default_factory=lambda: list(DEFAULT_KEYS))
     fingerprint: list[str] = Field(default_factory=lambda: list(DEFAULT_FINGERPRINT))
-    max_record_bytes: int = Field(default=65_536, ge=256, le=16 * 1024 * 1024)
+    max_record_bytes: int = Field(default=65_536, ge=256, le=MAX_RECORD_BYTES)
     signature_window: str = Field(default="5m", description="HTTP: allowed timestamp skew.")
     connection: dict[str, Any] = Field(
         default_factory=dict, description="The kind's own settings: listener, mailbox, index."
@@ -166,6 +167,10 @@ def _with_format_defaults(format_name: str, settings: dict[str, Any] | None) -> 
         # Plain syslog has no rule id: without the title, every message of one program on one
         # host would count as a repeat of the first.
         values["fingerprint"] = [*DEFAULT_FINGERPRINT, "title"]
+    if format_name == "email" and "max_record_bytes" not in values:
+        # A record is a whole message, attachments included: the 64 KiB meant for one log
+        # line would dead-letter nearly every report that attaches the original or a file.
+        values["max_record_bytes"] = MAX_RECORD_BYTES
     return values
 
 
@@ -288,7 +293,10 @@ class SourceService:
             values["parser_options"] = parser_options
         if settings is not None:
             merged = parse_settings({**current.settings.model_dump(), **settings})
-            _check_connection(current.kind, merged, None)
+            # The sealed secret completes the connection (an API key, a password): without
+            # it, a source that authenticates could never have its settings changed.
+            secret = self.secret(name) if current.has_secret else None
+            _check_connection(current.kind, merged, secret)
             values["settings"] = merged.model_dump()
         if enabled is not None:
             values["enabled"] = enabled

@@ -123,9 +123,23 @@ def build_tls_context(cert: Path, key: Path, client_ca: Path | None = None) -> s
     """A server TLS context (TLS 1.2 or newer) from PEM files; ConfigurationError if unusable."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    asked: list[bool] = []
+
+    def no_passphrase() -> bytes:
+        # Without a callback OpenSSL asks for an encrypted key's passphrase on the terminal,
+        # which blocks the whole server (this runs on its event loop) until someone types.
+        asked.append(True)
+        return b""
+
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=no_passphrase)
     except (OSError, ssl.SSLError) as exc:
+        if asked:
+            raise ConfigurationError(
+                f"the TLS key {str(key)!r} is encrypted with a passphrase; give a key without "
+                "one (readable only by the user Quell runs as)",
+                field="tls_key",
+            ) from None
         raise ConfigurationError(
             f"cannot load the TLS certificate {str(cert)!r} and key: {exc}", field="tls_cert"
         ) from None

@@ -9,8 +9,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
+import os
+import pty
+import select
 import socket
 import ssl
+import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -484,6 +489,59 @@ def test_tls_context_and_certificate_errors(tmp_path: Path) -> None:
         await listener.stop()
 
     run(main)
+
+
+def test_an_encrypted_tls_key_is_a_clear_error_and_never_a_passphrase_prompt(
+    tmp_path: Path,
+) -> None:
+    """OpenSSL prompts on the terminal for an encrypted key's passphrase unless told not to;
+    in ``quell serve`` that would block the event loop (the API, every source) for good."""
+    cert, plain_key = _self_signed(tmp_path)
+    key = serialization.load_pem_private_key(plain_key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"canary-passphrase"),
+        )
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        build_tls_context(cert, encrypted)
+    assert caught.value.details["field"] == "tls_key"
+    assert "passphrase" in caught.value.message
+
+    # The same from a process with a terminal, as an operator starting quell serve has.
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from quell.ingest.syslog import build_tls_context\n"
+        f"try:\n    build_tls_context(Path({str(cert)!r}), Path({str(encrypted)!r}))\n"
+        "except Exception as exc:\n    print('refused:', type(exc).__name__)\n"
+    )
+    pid, terminal = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execv(sys.executable, [sys.executable, "-c", script])  # noqa: S606 - no shell
+    output = b""
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:  # until the child has exited (EOF or EIO)
+            ready, _, _ = select.select([terminal], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(terminal, 1024)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                output += chunk
+    finally:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(terminal)
+    assert b"pass phrase" not in output.lower()
+    assert b"refused: ConfigurationError" in output
 
 
 # -- backpressure and shutdown ------------------------------------------------------------------

@@ -387,7 +387,7 @@ _SD_ESCAPE = re.compile(r'\\(["\\\]])')
 _BSD_TIME = re.compile(
     r"(?P<monthname>[A-Za-z]{3}) +(?P<day>[0-9]{1,2}) (?:(?P<year>[0-9]{4}) )?"
     r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?:\.(?P<frac>[0-9]{1,9}))?"
-    r"(?= |$)"
+    r"(?P<colon>:)?(?= |$)"  # Cisco ASA and IOS end the time with a colon: "… 22:21:02: %ASA-…"
 )
 _ISO_TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"

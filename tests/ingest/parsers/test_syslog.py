@@ -281,6 +281,23 @@ def test_rfc3164_variants(parser: SyslogParser) -> None:
     assert fraction.time.microsecond == 250000
 
 
+def test_cisco_times_that_end_with_a_colon(parser: SyslogParser) -> None:
+    """Cisco ASA (without a device id) and IOS end the timestamp with a colon; the message is
+    dated by it, not dead-lettered as having no time."""
+    asa = parse(
+        parser,
+        "<166>Mar 05 2025 22:21:02: %ASA-6-302013: Built inbound TCP connection 401 for "
+        "outside:203.0.113.9/4413 (203.0.113.9/4413) to dmz:10.0.0.25/25 (10.0.0.25/25)",
+    )
+    assert asa.time == datetime(2025, 3, 5, 22, 21, 2, tzinfo=UTC)
+    assert asa.extra["time_source"] == "syslog"
+    assert asa.product == "%ASA-6-302013"
+    assert asa.title.startswith("%ASA-6-302013: Built inbound TCP connection 401")
+    ios = parse(parser, "<189>Dec 30 23:59:58.123: %SYS-5-CONFIG_I: Configured from console")
+    assert ios.time == datetime(2025, 12, 30, 23, 59, 58, 123000, tzinfo=UTC)
+    assert ios.product == "%SYS-5-CONFIG_I"
+
+
 def test_the_timezone_option_places_rfc3164_times() -> None:
     parser = SyslogParser({"timezone": "Europe/Berlin"}, clock=ManualClock(RECEIPT))
     alert = parse(parser, "<13>Jul  1 12:00:00 h app: hi")
