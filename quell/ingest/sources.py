@@ -31,7 +31,7 @@ from quell.ingest.intake import IntakeResult
 from quell.ingest.parsers import build_parser
 from quell.sdk.secret import SecretValue
 from quell.store.database import Database
-from quell.store.schema import sources
+from quell.store.schema import ingest_checkpoints, sources
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # the largest settings.max_record_bytes
@@ -159,6 +159,29 @@ def parse_settings(values: dict[str, Any] | None) -> SourceSettings:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
         raise InvalidInput(f"settings.{where}: {error['msg']}", field=f"settings.{where}") from None
+
+
+def merge_settings(current: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` over ``current``, as a JSON merge patch two levels deep: a setting given
+    replaces its value, and so does each key given inside ``connection`` (the rest of the
+    connection stays: changing a listener's UDP port keeps its TCP one). ``null`` removes a
+    setting (its default applies again) or a connection key. Deeper values (an Elasticsearch
+    ``query``) are replaced whole, never merged into."""
+    merged = dict(current)
+    for key, value in given.items():
+        if value is None:
+            merged.pop(key, None)
+        elif key == "connection" and isinstance(value, dict):
+            connection = dict(merged.get("connection") or {})
+            for inner, setting in value.items():
+                if setting is None:
+                    connection.pop(inner, None)
+                else:
+                    connection[inner] = setting
+            merged["connection"] = connection
+        else:
+            merged[key] = value
+    return merged
 
 
 def _with_format_defaults(format_name: str, settings: dict[str, Any] | None) -> dict[str, Any]:
@@ -292,7 +315,8 @@ class SourceService:
             build_parser(current.format, parser_options)
             values["parser_options"] = parser_options
         if settings is not None:
-            merged = parse_settings({**current.settings.model_dump(), **settings})
+            given = merge_settings(current.settings.model_dump(), settings)
+            merged = parse_settings(_with_format_defaults(current.format, given))
             # The sealed secret completes the connection (an API key, a password): without
             # it, a source that authenticates could never have its settings changed.
             secret = self.secret(name) if current.has_secret else None
@@ -305,10 +329,28 @@ class SourceService:
         return self.get(name)
 
     def remove(self, name: str) -> None:
-        """Delete a source's configuration (its alerts stay)."""
+        """Delete a source's configuration and where it had got to (its alerts stay): a source
+        added again under the name starts afresh, from its own ``lookback``, not from the old
+        one's checkpoint."""
         with self.db.write() as conn:
-            if not conn.execute(delete(sources).where(sources.c.name == name)).rowcount:
+            kind = conn.execute(
+                delete(sources).where(sources.c.name == name).returning(sources.c.kind)
+            ).scalar_one_or_none()
+            if kind is None:
                 raise NotFound(f"no source named {name!r}", field="source", value=name)
+            # Keys are "<kind>:<name>" or "<kind>:<name>:<detail>" (an IMAP folder).
+            prefix = f"{kind}:{name}"
+            stale = [
+                key
+                for key in conn.execute(
+                    select(ingest_checkpoints.c.key).where(
+                        ingest_checkpoints.c.key.startswith(prefix, autoescape=True)
+                    )
+                ).scalars()
+                if key == prefix or key.startswith(prefix + ":")
+            ]
+            if stale:
+                conn.execute(delete(ingest_checkpoints).where(ingest_checkpoints.c.key.in_(stale)))
 
     def set_secret(self, name: str, secret: SecretValue | None) -> None:
         """Replace (or clear) a source's secret."""
