@@ -49,6 +49,22 @@ def may_grant(runtime: Runtime, principal: Principal, role: str) -> None:
         )
 
 
+def may_manage(runtime: Runtime, principal: Principal, name: str) -> None:
+    """A caller changes (role, password, e-mail, enabled) only a user whose role grants nothing
+    beyond the caller's own: setting an admin's password is otherwise a way to be the admin."""
+    from quell.errors import PermissionDenied
+
+    user = runtime.users.get(name)
+    held = runtime.roles.permissions(user.role) or frozenset()
+    beyond = sorted(p.value for p in held - principal.permissions)
+    if beyond:
+        raise PermissionDenied(
+            f"user {name!r} holds what you do not ({', '.join(beyond)}); only someone who "
+            "holds it too can change them",
+            permission=beyond[0],
+        )
+
+
 async def audited(
     runtime: Runtime, principal: Principal, action: str, subject: str | None,
     detail: dict[str, Any] | None = None,

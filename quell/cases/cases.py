@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, text, update
@@ -296,7 +296,7 @@ class CaseService:
         now = self.clock.now()
         note = Note(new_id("not"), incident_id, by, text, now)
         with self.db.write() as conn:
-            _locked(conn, incident_id)
+            _not_merged(_locked(conn, incident_id), "add notes")
             conn.execute(incident_notes.insert().values(**note.as_dict()))
             self._event(conn, incident_id, "note_added", by, {"note_id": note.id}, now)
             conn.execute(
@@ -332,6 +332,8 @@ class CaseService:
         text = title.strip()
         if not 1 <= len(text) <= 512:
             raise InvalidInput("a task title is 1 to 512 characters", field="title")
+        if due_at is not None and due_at.tzinfo is None:  # a time without a zone is UTC
+            due_at = due_at.replace(tzinfo=UTC)
         now = self.clock.now()
         task = Task(
             new_id("tsk"), incident_id, text, (description or None), TaskStatus.OPEN,
@@ -339,7 +341,7 @@ class CaseService:
             None, run_id, step_key,
         )  # fmt: skip
         with self.db.write() as conn:
-            _locked(conn, incident_id)
+            _not_merged(_locked(conn, incident_id), "add tasks")
             conn.execute(incident_tasks.insert().values(**task.as_dict()))
             self._event(
                 conn, incident_id, "task_added", by, {"task_id": task.id, "title": text}, now
@@ -612,6 +614,14 @@ def _locked(conn: Connection, incident_id: str) -> Any:
     if row is None:
         raise NotFound(f"no incident {incident_id!r}", field="id")
     return row
+
+
+def _not_merged(row: Any, what: str) -> None:
+    """Conflict for an incident merged into another: its case goes on there."""
+    if row.merged_into:
+        raise Conflict(
+            f"incident {row.id} was merged into {row.merged_into}; {what} there", field="id"
+        )
 
 
 def _recount(

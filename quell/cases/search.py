@@ -98,13 +98,17 @@ class IncidentSearch:
             self._partial = 0 if full else self._partial + 1
         return done
 
-    def search(self, query: str, *, limit: int = 50) -> list[tuple[Incident, float]]:
-        """Incidents whose text has every word of ``query``, best first, with their rank."""
+    def search(
+        self, query: str, *, limit: int = 50, offset: int = 0
+    ) -> list[tuple[Incident, float]]:
+        """Incidents whose text has every word of ``query``, best first, with their rank;
+        ``offset`` skips that many of them (the next page)."""
         terms = words(query)
         if not terms:
             raise InvalidInput("a search needs at least one word", field="q")
         self.refresh()
         limit = max(1, min(limit, 500))
+        offset = max(0, offset)
         with self.db.read() as conn:
             if self.db.backend is Backend.POSTGRESQL:
                 rows = conn.execute(
@@ -112,9 +116,9 @@ class IncidentSearch:
                         "SELECT d.incident_id, ts_rank(d.body_tsv, q) AS rank "
                         "FROM incident_documents d, plainto_tsquery('simple', :q) q "
                         "WHERE d.body_tsv @@ q "
-                        "ORDER BY rank DESC, d.incident_id LIMIT :limit"
+                        "ORDER BY rank DESC, d.incident_id LIMIT :limit OFFSET :offset"
                     ),
-                    {"q": " ".join(terms), "limit": limit},
+                    {"q": " ".join(terms), "limit": limit, "offset": offset},
                 ).all()
                 ranked = [(row[0], float(row[1])) for row in rows]
             else:
@@ -122,9 +126,10 @@ class IncidentSearch:
                 rows = conn.execute(
                     text(
                         "SELECT incident_id, bm25(incident_fts) AS rank FROM incident_fts "
-                        "WHERE incident_fts MATCH :q ORDER BY rank LIMIT :limit"
+                        "WHERE incident_fts MATCH :q ORDER BY rank, incident_id "
+                        "LIMIT :limit OFFSET :offset"
                     ),
-                    {"q": match, "limit": limit},
+                    {"q": match, "limit": limit, "offset": offset},
                 ).all()
                 ranked = [(row[0], -float(row[1])) for row in rows]  # bm25: lower is better
         found = IncidentService(self.db).get_many([incident_id for incident_id, _ in ranked])

@@ -186,7 +186,12 @@ class RoleBook:
             held += conn.execute(
                 select(func.count())
                 .select_from(api_tokens)
-                .where(api_tokens.c.role == found.name, api_tokens.c.revoked_at.is_(None))
+                .where(
+                    api_tokens.c.role == found.name,
+                    api_tokens.c.revoked_at.is_(None),
+                    # A user's token acts with the user's role, whatever it was made with.
+                    api_tokens.c.user_id.is_(None),
+                )
             ).scalar_one()
             if held:
                 raise Conflict(

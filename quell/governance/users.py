@@ -43,7 +43,7 @@ from quell.governance.tokens import Principal, generate_token, hash_token, is_we
 from quell.ids import new_id
 from quell.sdk.secret import SecretValue
 from quell.store.database import Database
-from quell.store.schema import login_failures, user_sessions, users
+from quell.store.schema import api_tokens, login_failures, user_sessions, users
 
 if TYPE_CHECKING:
     from quell.governance.audit import AuditLog
@@ -205,6 +205,20 @@ class UserService:
         user_id = new_id("usr")
         try:
             with self.db.write() as conn:
+                clash = conn.execute(
+                    select(api_tokens.c.id).where(
+                        api_tokens.c.name == name,
+                        api_tokens.c.user_id.is_(None),
+                        api_tokens.c.revoked_at.is_(None),
+                    )
+                ).first()
+                if clash is not None:  # the token acts under its name: it would act as the user
+                    raise Conflict(
+                        f"{name!r} is the name of a service token; revoke it or choose another "
+                        "name",
+                        field="name",
+                        value=name,
+                    )
                 conn.execute(
                     insert(users).values(
                         id=user_id,

@@ -102,3 +102,88 @@ def test_incidents_are_searched_with_q(
     assert found["rank"] > 0
     assert auditor.get("/api/incidents", params={"q": "nothing-like-it"}).json() == []
     assert auditor.get("/api/incidents", params={"q": "..."}).status_code == 422
+
+
+def test_a_task_due_without_a_time_zone_is_due_in_utc_not_a_500(
+    live_server: LiveServer,
+    runtime: Runtime,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
+) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    alert = {"title": "beacon", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9"}
+    runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+    (incident,) = runtime.incidents.list_all()
+    analyst = closing(live_server.client(role_tokens[Role.ANALYST]))
+    path = f"/api/incidents/{incident.id}/tasks"
+    naive = analyst.post(path, json={"title": "Reimage", "due_at": "2026-12-01T10:00:00"})
+    assert naive.status_code == 201, naive.text
+    zoned = analyst.post(path, json={"title": "Rotate", "due_at": "2026-12-01T10:00:00+05:00"})
+    assert zoned.status_code == 201, zoned.text
+    due = {t["title"]: t["due_at"] for t in analyst.get(path).json()}
+    assert due == {"Reimage": "2026-12-01T10:00:00Z", "Rotate": "2026-12-01T05:00:00Z"}
+
+
+def test_a_merged_incident_takes_no_notes_or_tasks_and_unknown_ones_are_404(
+    live_server: LiveServer,
+    runtime: Runtime,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
+) -> None:
+    """Like changes and evidence, notes and tasks go to the incident it was merged into: on
+    the merged one nobody would see them (its case is closed as a duplicate)."""
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    for title, src in (("beacon", "203.0.113.9"), ("scan", "198.51.100.4")):
+        alert = {"title": title, "ts": "2026-11-28T08:00:00Z", "src": src}
+        runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+    ids = {i.title: i.id for i in runtime.incidents.list_all()}
+    analyst = closing(live_server.client(role_tokens[Role.ANALYST]))
+    merged = analyst.post(f"/api/incidents/{ids['scan']}/merge", json={"into": ids["beacon"]})
+    assert merged.status_code == 200, merged.text
+    note = analyst.post(f"/api/incidents/{ids['scan']}/notes", json={"body": "same actor"})
+    assert note.status_code == 409, note.text
+    assert ids["beacon"] in note.json()["detail"]
+    task = analyst.post(f"/api/incidents/{ids['scan']}/tasks", json={"title": "Block it"})
+    assert task.status_code == 409, task.text
+    assert runtime.cases.notes(ids["scan"]) == []
+    assert runtime.cases.tasks(ids["scan"]) == []
+    unknown = "/api/incidents/inc_00000000000000000000000000"
+    for path in (f"{unknown}/notes", f"{unknown}/tasks", f"{unknown}/evidence"):
+        assert analyst.get(path).status_code == 404, path
+
+
+def test_search_results_page_with_offset_and_huge_offsets_are_refused(
+    live_server: LiveServer,
+    runtime: Runtime,
+    role_tokens: dict[Role, str],
+    closing: Callable[[httpx.Client], httpx.Client],
+) -> None:
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    for n in range(3):
+        alert = {"title": "ransom note", "ts": "2026-11-28T08:00:00Z", "src": f"203.0.113.{n}"}
+        runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+    auditor = closing(live_server.client(role_tokens[Role.AUDITOR]))
+
+    def page(offset: int) -> list[str]:
+        params = {"q": "ransom", "limit": 1, "offset": offset}
+        response = auditor.get("/api/incidents", params=params)
+        assert response.status_code == 200, response.text
+        return [found["id"] for found in response.json()]
+
+    pages = [page(0), page(1), page(2), page(3)]
+    assert [len(p) for p in pages] == [1, 1, 1, 0]
+    assert len({p[0] for p in pages[:3]}) == 3  # each page a different incident
+    assert sorted(p[0] for p in pages[:3]) == sorted(i.id for i in runtime.incidents.list_all())
+    # An offset past any database's integer was a 500; it is a 422 naming the parameter.
+    for params in ({"offset": 2**63}, {"q": "ransom", "offset": 2**63}):
+        refused = auditor.get("/api/incidents", params=params)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["field"] == "query.offset"
+    for path in ("/api/approvals", "/api/alerts", "/api/runs", "/api/playbooks"):
+        refused = auditor.get(path, params={"offset": 2**63})
+        assert refused.status_code == 422, (path, refused.text)
+    for path in ("/api/alerts", "/api/ingest/errors"):
+        for limit in (2**63, 0):
+            refused = auditor.get(path, params={"limit": limit})
+            assert refused.status_code == 422, (path, limit, refused.text)
+            assert refused.json()["field"] == "query.limit"

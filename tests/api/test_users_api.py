@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from quell.clock import ManualClock
-from quell.governance.permissions import Role
+from quell.governance.permissions import Permission, Role
 from quell.runtime import Runtime
 from quell.sdk.secret import SecretValue
 from tests.fixtures.servers import LiveServer
@@ -260,3 +260,60 @@ def test_users_change_their_own_password_with_a_session_or_their_token(
         assert "no password to change" in none.json()["detail"]
     changes = runtime.audit.list_all(action="user.change_password")
     assert [event.action for event in changes].count("user.change_password") == 2
+
+
+def test_managing_users_is_no_way_to_take_over_someone_who_holds_more(
+    live_server: LiveServer, runtime: Runtime
+) -> None:
+    """A helpdesk role with users:manage (and nothing else) may not set an admin's password
+    (and sign in as them), disable them, re-role them or change their e-mail; it still
+    manages users who hold no more than it does."""
+    runtime.roles.define("helpdesk", ["users:manage", "system:read"], by="test")
+    runtime.users.add("root", "admin", password=SecretValue(PASSWORD), by="test")
+    runtime.users.add("hd", "helpdesk", password=SecretValue(PASSWORD), by="test")
+    runtime.users.add("newbie", "helpdesk", by="test")
+    with live_server.client() as anonymous:
+        token = anonymous.post("/api/login", json={"name": "hd", "password": PASSWORD}).json()
+    taken_over = "hijacked-password-123"
+    with live_server.client(token["token"]) as helpdesk:
+        for response in (
+            helpdesk.put("/api/users/root/password", json={"password": taken_over}),
+            helpdesk.patch("/api/users/root", json={"disabled": True}),
+            helpdesk.patch("/api/users/root", json={"role": "helpdesk"}),
+            helpdesk.patch("/api/users/root", json={"email": "hd@evil.example"}),
+        ):
+            assert response.status_code == 403, response.text
+            assert response.json()["code"] == "forbidden"
+        # Nor by changing a role they hold that grants more than the caller's.
+        runtime.roles.define("responder", ["users:manage", "runs:control"], by="test")
+        demoted = helpdesk.put("/api/roles/responder", json={"permissions": ["system:read"]})
+        assert demoted.status_code == 403, demoted.text
+        assert demoted.json()["permission"] == "runs:control"
+        # One who holds no more than the caller is theirs to manage.
+        assert helpdesk.put("/api/users/newbie/password", json={"password": taken_over}).is_success
+        assert helpdesk.patch("/api/users/newbie", json={"disabled": True}).is_success
+    root = runtime.users.get("root")
+    assert (root.status, root.role, root.email) == ("active", "admin", None)
+    assert runtime.roles.permissions("responder") == {
+        Permission.USERS_MANAGE,
+        Permission.RUNS_CONTROL,
+    }
+    with live_server.client() as anonymous:
+        refused = anonymous.post("/api/login", json={"name": "root", "password": taken_over})
+        assert refused.status_code == 401
+        assert anonymous.post("/api/login", json={"name": "root", "password": PASSWORD}).is_success
+
+
+def test_a_refused_role_change_changes_nothing_else(
+    live_server: LiveServer, role_tokens: dict[Role, str], runtime: Runtime
+) -> None:
+    runtime.users.add("bob", "analyst", by="test")
+    with live_server.client(role_tokens[Role.ADMIN]) as admin:
+        refused = admin.patch("/api/users/bob", json={"role": "overlord", "display_name": "B"})
+        assert refused.status_code == 422
+        refused = admin.patch("/api/users/bob", json={"email": "nope", "display_name": "B"})
+        assert refused.status_code == 422
+    assert (runtime.users.get("bob").display_name, runtime.users.get("bob").role) == (
+        None,
+        "analyst",
+    )

@@ -49,6 +49,21 @@ def test_a_custom_role_grants_exactly_its_permissions(runtime: Runtime) -> None:
     assert update.detail["after"]["permissions"] == ["alerts:read"]
 
 
+def test_a_users_token_does_not_hold_the_role_the_user_had_when_it_was_made(
+    runtime: Runtime,
+) -> None:
+    """A user's token acts with the user's current role: after the user moves to another
+    role, nothing holds the old one, and it can be removed."""
+    runtime.roles.define("tokener", ["tokens:manage", "system:read"], by="root")
+    runtime.users.add("eve", "tokener", by="root")
+    runtime.tokens.create("eve-cli", "", user="eve")
+    with pytest.raises(Conflict, match="held by 1"):
+        runtime.roles.remove("tokener", by="root")
+    runtime.users.set_role("eve", "analyst", by="root")
+    runtime.roles.remove("tokener", by="root")
+    assert "tokener" not in runtime.roles.names()
+
+
 def test_bad_roles_are_refused_with_the_reason(runtime: Runtime) -> None:
     book = runtime.roles
     with pytest.raises(Conflict, match="built-in role"):

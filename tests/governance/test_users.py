@@ -230,6 +230,18 @@ def test_service_tokens_keep_their_own_role(runtime: Runtime) -> None:
     assert principal.user is None
 
 
+def test_a_user_cannot_take_the_name_of_a_service_token(runtime: Runtime) -> None:
+    """A service token acts under its name; a user of that name made afterwards would be
+    someone whose audit trail, notes and four-eyes votes the token shares (the other order was
+    refused already)."""
+    _, token = runtime.tokens.create("zed", "approver")
+    with pytest.raises(Conflict, match="name of a service token"):
+        runtime.users.add("zed", "auditor", password=PASSWORD, by="test")
+    assert runtime.tokens.authenticate(token.reveal()).user is None
+    runtime.tokens.revoke("zed")  # once revoked, the name is free
+    assert runtime.users.add("zed", "auditor", by="test").name == "zed"
+
+
 def test_logins_are_audited_without_the_password(runtime: Runtime, clock: ManualClock) -> None:
     _add(runtime)
     with pytest.raises(AuthenticationRequired):

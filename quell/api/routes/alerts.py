@@ -33,8 +33,8 @@ async def list_alerts(
     _: CanReadAlerts,
     source: str | None = None,
     incident: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[dict[str, Any]]:
     """Alerts, newest received first."""
     found = await run_in_threadpool(
@@ -62,14 +62,14 @@ async def list_incidents(
     status: str | None = None,
     q: Annotated[str | None, Query(max_length=500, description="Words to search for.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[dict[str, Any]]:
     """Incidents, most recently active first; ``status=open`` for the open ones. With ``q``,
     the incidents whose text (title, notes, tasks, tags, alerts, observables …) has every
     word, best match first, each with its ``rank``."""
     if q is not None:
         found = await run_in_threadpool(
-            lambda: runtime.incident_search.search(q, limit=min(limit, 500))
+            lambda: runtime.incident_search.search(q, limit=min(limit, 500), offset=offset)
         )
         return [{**incident.as_dict(), "rank": rank} for incident, rank in found]
     listed = await run_in_threadpool(

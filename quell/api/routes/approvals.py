@@ -42,7 +42,7 @@ RuleName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", descripti
 LinkToken = Annotated[str, Path(max_length=256, description="The link's signed token.")]
 WaitId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="The wait's id.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many.")]
-Offset = Annotated[int, Query(ge=0, description="Skip this many (paging).")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000, description="Skip this many (paging).")]
 TASK_KINDS = ("task", "reconcile")
 
 

@@ -107,6 +107,7 @@ async def change_incident(
 @router.get("/incidents/{incident_id}/notes", summary="An incident's notes")
 async def list_notes(incident_id: IncidentId, runtime: RuntimeDep, _: CanRead) -> list[Any]:
     """Notes, oldest first."""
+    await run_in_threadpool(runtime.incidents.get, incident_id)  # 404 for an unknown one
     return [n.as_dict() for n in await run_in_threadpool(runtime.cases.notes, incident_id)]
 
 
@@ -128,6 +129,7 @@ async def add_note(
 @router.get("/incidents/{incident_id}/tasks", summary="An incident's tasks")
 async def list_tasks(incident_id: IncidentId, runtime: RuntimeDep, _: CanRead) -> list[Any]:
     """Tasks, oldest first, open and ended."""
+    await run_in_threadpool(runtime.incidents.get, incident_id)  # 404 for an unknown one
     return [t.as_dict() for t in await run_in_threadpool(runtime.cases.tasks, incident_id)]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -176,7 +176,7 @@ async def list_errors(
     _: CanReadAlerts,
     source: str | None = None,
     status: DeadLetterStatus | None = DeadLetterStatus.PENDING,
-    limit: int = 100,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """Records that could not become alerts, with the reason (and the raw bytes)."""
     letters = await run_in_threadpool(

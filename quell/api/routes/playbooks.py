@@ -30,7 +30,7 @@ CanPublishPlaybooks = Annotated[Principal, Depends(Authorize(Permission.PLAYBOOK
 CanExecuteRuns = Annotated[Principal, Depends(Authorize(Permission.RUNS_EXECUTE))]
 PlaybookId = Annotated[str, Path(pattern=PLAYBOOK_ID, description="The playbook's `id`.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many.")]
-Offset = Annotated[int, Query(ge=0, description="Skip this many (paging).")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000, description="Skip this many (paging).")]
 FileName = Annotated[
     str | None,
     Query(

@@ -23,7 +23,7 @@ CanReadRuns = Annotated[Principal, Depends(Authorize(Permission.RUNS_READ))]
 CanControlRuns = Annotated[Principal, Depends(Authorize(Permission.RUNS_CONTROL))]
 RunId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="The run's id.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many.")]
-Offset = Annotated[int, Query(ge=0, description="Skip this many (paging).")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000, description="Skip this many (paging).")]
 
 
 @router.get("", summary="List runs")

@@ -85,13 +85,16 @@ async def put_role(
     caller's own permissions. Audited with before and after."""
     from quell.governance.roles import parse_permissions
 
-    beyond = sorted(p.value for p in parse_permissions(body.permissions) - principal.permissions)
-    if beyond:
-        raise PermissionDenied(
-            f"role {name!r} would grant what you do not hold ({', '.join(beyond)})",
-            permission=beyond[0],
-        )
     book = request.app.state.runtime.roles
+    # Nor does it change a role that grants more than the caller holds (its holders do).
+    held = await run_in_threadpool(book.permissions, name) or frozenset()
+    for granted, verb in ((held, "grants"), (parse_permissions(body.permissions), "would grant")):
+        beyond = sorted(p.value for p in granted - principal.permissions)
+        if beyond:
+            raise PermissionDenied(
+                f"role {name!r} {verb} what you do not hold ({', '.join(beyond)})",
+                permission=beyond[0],
+            )
     role = await run_in_threadpool(
         lambda: book.define(name, body.permissions, description=body.description, by=principal.name)
     )

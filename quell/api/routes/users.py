@@ -194,14 +194,17 @@ async def patch_user(
     users = runtime.users
 
     def apply() -> User:
+        services.may_manage(runtime, principal, name)
         user = users.get(name)
+        new_role = body.role if body.role is not None and body.role != user.role else None
+        if new_role is not None:  # refused before anything else changes
+            services.may_grant(runtime, principal, new_role)
+        if body.email is not None and (body.email or None) != user.email:  # may be refused
+            user = users.set_email(name, body.email, by=principal.name)
         if body.display_name is not None and body.display_name != user.display_name:
             user = users.set_display_name(name, body.display_name, by=principal.name)
-        if body.email is not None and (body.email or None) != user.email:
-            user = users.set_email(name, body.email, by=principal.name)
-        if body.role is not None and body.role != user.role:
-            services.may_grant(runtime, principal, body.role)
-            user = users.set_role(name, body.role, by=principal.name)
+        if new_role is not None:
+            user = users.set_role(name, new_role, by=principal.name)
         if body.disabled is True and user.disabled_at is None:
             user = users.disable(name, by=principal.name)
         elif body.disabled is False and user.disabled_at is not None:
@@ -215,8 +218,12 @@ async def patch_user(
 async def set_password(
     name: UserName, body: PasswordIn, runtime: RuntimeDep, principal: CanManageUsers
 ) -> UserOut:
-    """Set a new password (admin only for now); the user's sessions are revoked."""
-    user = await run_in_threadpool(
-        lambda: runtime.users.set_password(name, body.password, by=principal.name)
-    )
+    """Set a new password (admin only for now); the user's sessions are revoked. Refused for
+    a user whose role grants what the caller's does not."""
+
+    def apply() -> User:
+        services.may_manage(runtime, principal, name)
+        return runtime.users.set_password(name, body.password, by=principal.name)
+
+    user = await run_in_threadpool(apply)
     return UserOut.of(user)
