@@ -161,6 +161,21 @@ def _incident(row: Any) -> Incident:
     )
 
 
+def statuses_of(status: str | None) -> tuple[IncidentStatus, ...]:
+    """The statuses a ``status`` filter asks for: all for None, the open ones for ``open``;
+    InvalidInput for one there is not."""
+    if status is None:
+        return tuple(IncidentStatus)
+    if status == "open":
+        return tuple(IncidentStatus(value) for value in OPEN_STATUSES)
+    try:
+        return (IncidentStatus(status),)
+    except ValueError:
+        raise InvalidInput(
+            f"status must be open or one of: {', '.join(IncidentStatus)}", field="status"
+        ) from None
+
+
 class IncidentService:
     """Read incidents, their keys and their timeline."""
 
@@ -171,17 +186,7 @@ class IncidentService:
         self, *, status: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[Incident]:
         """Incidents, most recently active first; ``status`` may be ``open``."""
-        if status is None:
-            statuses = tuple(IncidentStatus)
-        elif status == "open":
-            statuses = tuple(IncidentStatus(value) for value in OPEN_STATUSES)
-        else:
-            try:
-                statuses = (IncidentStatus(status),)
-            except ValueError:
-                raise InvalidInput(
-                    f"status must be open or one of: {', '.join(IncidentStatus)}", field="status"
-                ) from None
+        statuses = statuses_of(status)
         limit, offset = min(max(limit, 1), 1000), max(offset, 0)
         # Each status's incidents are read in order from the (status, last_seen) index, as
         # many as the page may need, and merged: asked of several statuses at once, the

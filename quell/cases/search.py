@@ -26,9 +26,9 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, select, text
+from sqlalchemy import Connection, Select, bindparam, func, select, text
 
-from quell.cases.incidents import Incident, IncidentService
+from quell.cases.incidents import Incident, IncidentService, statuses_of
 from quell.errors import InvalidInput
 from quell.ingest.alerts import document_observables
 from quell.store.database import Backend, Database
@@ -57,6 +57,32 @@ def words(query: str) -> list[str]:
     """The words of a query (at most 20, each at most 100 characters)."""
     found = [w.strip(".:/-") for w in _WORD.findall(query)]
     return [w[:100] for w in found if w][:20]
+
+
+# The searches, on each backend, of every incident or of those in some statuses.
+_PG_SEARCH = text(
+    "SELECT d.incident_id, ts_rank(d.body_tsv, q) AS rank "
+    "FROM incident_documents d, plainto_tsquery('simple', :q) q "
+    "WHERE d.body_tsv @@ q "
+    "ORDER BY rank DESC, d.incident_id LIMIT :limit OFFSET :offset"
+)
+_PG_SEARCH_STATUS = text(
+    "SELECT d.incident_id, ts_rank(d.body_tsv, q) AS rank "
+    "FROM incident_documents d JOIN incidents i ON i.id = d.incident_id "
+    "CROSS JOIN plainto_tsquery('simple', :q) q "
+    "WHERE d.body_tsv @@ q AND i.status IN :statuses "
+    "ORDER BY rank DESC, d.incident_id LIMIT :limit OFFSET :offset"
+).bindparams(bindparam("statuses", expanding=True))
+_FTS_SEARCH = text(
+    "SELECT incident_id, bm25(incident_fts) AS rank FROM incident_fts "
+    "WHERE incident_fts MATCH :q ORDER BY rank, incident_id LIMIT :limit OFFSET :offset"
+)
+_FTS_SEARCH_STATUS = text(
+    "SELECT incident_fts.incident_id, bm25(incident_fts) AS rank FROM incident_fts "
+    "JOIN incidents ON incidents.id = incident_fts.incident_id "
+    "WHERE incident_fts MATCH :q AND incidents.status IN :statuses "
+    "ORDER BY rank, incident_fts.incident_id LIMIT :limit OFFSET :offset"
+).bindparams(bindparam("statuses", expanding=True))
 
 
 class IncidentSearch:
@@ -99,38 +125,31 @@ class IncidentSearch:
         return done
 
     def search(
-        self, query: str, *, limit: int = 50, offset: int = 0
+        self, query: str, *, limit: int = 50, offset: int = 0, status: str | None = None
     ) -> list[tuple[Incident, float]]:
         """Incidents whose text has every word of ``query``, best first, with their rank;
-        ``offset`` skips that many of them (the next page)."""
+        ``offset`` skips that many of them (the next page); ``status`` as for a listing
+        (``open``, or one status)."""
         terms = words(query)
         if not terms:
             raise InvalidInput("a search needs at least one word", field="q")
+        wanted = None if status is None else [s.value for s in statuses_of(status)]
         self.refresh()
         limit = max(1, min(limit, 500))
         offset = max(0, offset)
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if wanted is not None:
+            params["statuses"] = wanted
         with self.db.read() as conn:
             if self.db.backend is Backend.POSTGRESQL:
-                rows = conn.execute(
-                    text(
-                        "SELECT d.incident_id, ts_rank(d.body_tsv, q) AS rank "
-                        "FROM incident_documents d, plainto_tsquery('simple', :q) q "
-                        "WHERE d.body_tsv @@ q "
-                        "ORDER BY rank DESC, d.incident_id LIMIT :limit OFFSET :offset"
-                    ),
-                    {"q": " ".join(terms), "limit": limit, "offset": offset},
-                ).all()
+                params["q"] = " ".join(terms)
+                statement = _PG_SEARCH if wanted is None else _PG_SEARCH_STATUS
+                rows = conn.execute(statement, params).all()
                 ranked = [(row[0], float(row[1])) for row in rows]
             else:
-                match = " AND ".join('"' + term.replace('"', '""') + '"' for term in terms)
-                rows = conn.execute(
-                    text(
-                        "SELECT incident_id, bm25(incident_fts) AS rank FROM incident_fts "
-                        "WHERE incident_fts MATCH :q ORDER BY rank, incident_id "
-                        "LIMIT :limit OFFSET :offset"
-                    ),
-                    {"q": match, "limit": limit, "offset": offset},
-                ).all()
+                params["q"] = " AND ".join('"' + term.replace('"', '""') + '"' for term in terms)
+                statement = _FTS_SEARCH if wanted is None else _FTS_SEARCH_STATUS
+                rows = conn.execute(statement, params).all()
                 ranked = [(row[0], -float(row[1])) for row in rows]  # bm25: lower is better
         found = IncidentService(self.db).get_many([incident_id for incident_id, _ in ranked])
         return [(found[i], rank) for i, rank in ranked if i in found]

@@ -63,6 +63,27 @@ def test_incidents_are_found_by_their_text(runtime: Runtime, clock: ManualClock)
     assert runtime.incident_search.refresh() == 0  # nothing left to index
 
 
+def test_a_search_keeps_to_the_status_asked(runtime: Runtime, clock: ManualClock) -> None:
+    """``status`` went unheeded beside ``q``: closed incidents came back among the open ones."""
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    live = _ingest(runtime, "Beacon to a new domain", "203.0.113.9", "C2", "alice")
+    done = _ingest(runtime, "Beacon to an old domain", "198.51.100.4", "C2", "bob")
+    clock.advance(timedelta(seconds=1))
+    runtime.cases.update(done, by="alice", status="closed", resolution="false_positive")
+
+    def ids(status: str | None, offset: int = 0) -> list[str]:
+        found = runtime.incident_search.search("beacon", status=status, offset=offset)
+        return sorted(incident.id for incident, _rank in found)
+
+    assert ids(None) == sorted([live, done])
+    assert ids("open") == [live]
+    assert ids("closed") == [done]
+    assert ids("contained") == []
+    assert ids("open", offset=1) == []
+    with pytest.raises(InvalidInput, match="status must be open or one of"):
+        runtime.incident_search.search("beacon", status="shelved")
+
+
 def test_documents_are_read_outside_the_write_transaction(runtime: Runtime) -> None:
     """Indexing reads what goes into the documents (incidents, alerts, their observables) in a
     read transaction, and holds the write lock (on SQLite, ingest's too) only to store them.

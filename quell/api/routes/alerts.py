@@ -66,10 +66,12 @@ async def list_incidents(
 ) -> list[dict[str, Any]]:
     """Incidents, most recently active first; ``status=open`` for the open ones. With ``q``,
     the incidents whose text (title, notes, tasks, tags, alerts, observables …) has every
-    word, best match first, each with its ``rank``."""
+    word, best match first, each with its ``rank`` (and of the ``status`` asked, if any)."""
     if q is not None:
         found = await run_in_threadpool(
-            lambda: runtime.incident_search.search(q, limit=min(limit, 500), offset=offset)
+            lambda: runtime.incident_search.search(
+                q, limit=min(limit, 500), offset=offset, status=status
+            )
         )
         return [{**incident.as_dict(), "rank": rank} for incident, rank in found]
     listed = await run_in_threadpool(
