@@ -231,18 +231,23 @@ class CaseService:
                 change("tags", list(row.tags or []), check_tags(tags))
             if techniques is not None:
                 change("techniques", list(row.techniques or []), check_techniques(techniques))
-            if not changes:
-                return {}
-            conn.execute(
-                update(incidents)
-                .where(incidents.c.id == incident_id)
-                .values(**values, updated_at=now)
-            )
             detail: dict[str, Any] = {"changes": _plain(changes)}
             if comment:
                 detail["comment"] = comment[:2000]
-            self._event(conn, incident_id, "updated", by, detail, now)
-            self._announce(conn, incident_id, {"changes": _plain(changes)}, now)
+            if changes:
+                conn.execute(
+                    update(incidents)
+                    .where(incidents.c.id == incident_id)
+                    .values(**values, updated_at=now)
+                )
+                self._event(conn, incident_id, "updated", by, detail, now)
+                self._announce(conn, incident_id, {"changes": _plain(changes)}, now)
+        if not changes:
+            if comment and comment.strip():
+                # Nothing to change (it already is so, or only a comment was sent): the
+                # comment is not dropped, it goes on the timeline as a note.
+                self.add_note(incident_id, comment, by=by)
+            return {}
         self._audit(by, "incident.update", incident_id, detail)
         return changes
 

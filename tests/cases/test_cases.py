@@ -403,3 +403,18 @@ def test_the_incident_list_is_most_recently_active_first_and_read_by_status_in_o
             else:
                 assert any("ix_incidents_status_last_seen" in step for step in plan), plan
                 assert not any("Seq Scan on incidents" in step for step in plan), plan
+
+
+def test_a_comment_with_nothing_to_change_is_kept_as_a_note(
+    runtime: Runtime, incident_id: str
+) -> None:
+    """A comment went with the change it explained: sent with nothing to change (the incident
+    already so, or only the comment), it was answered 200 and dropped."""
+    runtime.cases.update(incident_id, by="alice", priority=2)
+    assert runtime.cases.update(incident_id, by="bob", priority=2, comment="P2: VIP host") == {}
+    assert runtime.cases.update(incident_id, by="carol", comment="  ") == {}  # no text: nothing
+    assert runtime.cases.update(incident_id, by="carol", comment="watching it") == {}
+    assert [(n.author, n.body) for n in runtime.cases.notes(incident_id)] == [
+        ("bob", "P2: VIP host"),
+        ("carol", "watching it"),
+    ]
