@@ -275,8 +275,14 @@ class UserService:
 
     def set_display_name(self, name: str, display_name: str | None, *, by: str) -> User:
         """Change how a user is shown."""
+        before = self.get(name)
         self._update(name, display_name=display_name)
-        self.audit.record(by, "user.set_display_name", f"user:{name}", {})
+        self.audit.record(
+            by,
+            "user.set_display_name",
+            f"user:{name}",
+            {"before": before.display_name, "after": display_name},
+        )
         return self.get(name)
 
     def set_email(self, name: str, email: str | None, *, by: str) -> User:

@@ -332,3 +332,12 @@ def test_wrong_current_passwords_count_as_failed_logins(
     clock.advance(timedelta(minutes=15, seconds=1))
     runtime.users.change_password("alice", PASSWORD, new, client="10.2.2.2")
     assert runtime.users.count_failures() == 0
+
+
+def test_a_display_name_change_is_audited_with_before_and_after(runtime: Runtime) -> None:
+    _add(runtime)
+    runtime.users.set_display_name("alice", "Alice Example", by="admin")
+    runtime.users.set_display_name("alice", None, by="admin")
+    events = runtime.audit.list_all(action="user.set_display_name")
+    details = sorted((e.detail["before"] or "", e.detail["after"] or "") for e in events)
+    assert details == [("", "Alice Example"), ("Alice Example", "")]
