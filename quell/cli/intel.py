@@ -111,6 +111,7 @@ def import_command(
         f"{report.source}: {report.added} added, {report.updated} updated, "
         f"{report.unchanged} unchanged, {report.expired} expired, "
         f"{report.unsupported} unsupported"
+        + (f", {report.withdrawn} withdrawn" if report.withdrawn else "")
     )
     counts = report.as_dict(items=0)
     counts.pop("unsupported_items")

@@ -242,6 +242,7 @@ class FeedPull:
             "expired": report.expired,
             "unsupported": report.unsupported,
             "sightings": report.sightings,
+            "withdrawn": report.withdrawn,
             "pages": self.pages,
             "not_modified": self.not_modified,
             "more": self.more,

@@ -467,23 +467,39 @@ class _EventReader:
                 where=where,
                 type=misp_type,
             )
-        if _true(attribute.get("deleted")):
-            return
+        deleted = _true(attribute.get("deleted"))
         raw = attribute.get("value")
         if isinstance(raw, int | float) and not isinstance(raw, bool):
             raw = str(raw)
         if not isinstance(raw, str):
+            if deleted:
+                return
             raise IntelError(f"{where} ({misp_type}) has no value", where=where)
         values = misp_values(misp_type, raw)
         if values is None:
-            self.parsed.unsupported.append(Unsupported(where, not_matched(misp_type), raw[:200]))
-            return
-        if not _true(attribute.get("to_ids", True)):
-            self.parsed.unsupported.append(
-                Unsupported(
-                    where, "to_ids is false: MISP marks it context, not a detection", raw[:200]
+            if not deleted:
+                self.parsed.unsupported.append(
+                    Unsupported(where, not_matched(misp_type), raw[:200])
                 )
-            )
+            return
+        detection = _true(attribute.get("to_ids", True))
+        if deleted or not detection:
+            # What this attribute made earlier (when it was a detection) stops matching: an
+            # analyst clears a false positive in MISP by unticking to_ids, or deleting it.
+            owner = object_uuid if object_uuid is not None else uuid
+            if owner and _UUID.fullmatch(owner):
+                self.parsed.withdrawn.extend(
+                    IndicatorRecord(
+                        type=kind, value=value, stix_ids=(f"indicator--{owner.lower()}",)
+                    )
+                    for kind, value in values
+                )
+            if not deleted:
+                self.parsed.unsupported.append(
+                    Unsupported(
+                        where, "to_ids is false: MISP marks it context, not a detection", raw[:200]
+                    )
+                )
             return
         level = _read_tags(attribute, where)
         first_seen = self._time(attribute.get("first_seen"), where, "first_seen")

@@ -170,11 +170,16 @@ class Parsed:
     unsupported: list[Unsupported] = field(default_factory=list)
     sightings: list[tuple[str, datetime, str | None]] = field(default_factory=list)
     """Sightings reported by the input, as (key, seen_at, where seen)."""
+    withdrawn: list[IndicatorRecord] = field(default_factory=list)
+    """Values the input's own items no longer assert as detections (a MISP attribute deleted,
+    or set ``to_ids: false``): each stops the stored indicator that item made, if it is still
+    that item's (its first STIX id), and nothing else."""
 
     def extend(self, other: Parsed) -> None:
         self.records.extend(other.records)
         self.unsupported.extend(other.unsupported)
         self.sightings.extend(other.sightings)
+        self.withdrawn.extend(other.withdrawn)
 
 
 @dataclass(slots=True)
@@ -189,6 +194,7 @@ class ImportReport:
     unsupported: int = 0
     unsupported_items: list[Unsupported] = field(default_factory=list)
     sightings: int = 0
+    withdrawn: int = 0  # stored indicators stopped because their item no longer asserts them
 
     def as_dict(self, *, items: int = 50) -> dict[str, Any]:
         return {
@@ -199,6 +205,7 @@ class ImportReport:
             "expired": self.expired,
             "unsupported": self.unsupported,
             "sightings": self.sightings,
+            "withdrawn": self.withdrawn,
             "unsupported_items": [u.as_dict() for u in self.unsupported_items[:items]],
         }
 

@@ -136,6 +136,10 @@ class Allowed:
         }
 
 
+# The digest of an indicator its own item withdrew (never a real one: those are hex).
+WITHDRAWN = "withdrawn-by-its-item".ljust(32, "-")
+
+
 def digest_of(record: IndicatorRecord, key: str) -> str:
     """A hash of the fields an import writes, to tell an unchanged indicator from a new one."""
     content = (
@@ -217,11 +221,20 @@ class IntelStore:
             wanted[key] = (record, type_, match, value)
         report.unsupported_items.extend(parsed.unsupported)
         report.unsupported = len(report.unsupported_items)
+        withdrawn: dict[str, str] = {}  # key -> the STIX id of the item that no longer says it
+        for record in parsed.withdrawn:
+            try:
+                key = keyed(record)[0]
+            except IntelError:
+                continue
+            if key not in wanted and record.stix_ids:  # another item of the input still says it
+                withdrawn[key] = record.stix_ids[0]
         to_time = self._insert.convert
         stamp = to_time("created_at", now)
         with self.db.write() as conn:
             rev = next_revision(conn)
-            existing = self._existing(conn, source, wanted)
+            existing = self._existing(conn, source, [*wanted, *withdrawn])
+            report.withdrawn = self._withdraw(conn, withdrawn, existing, now, rev)
             inserts: list[tuple[Any, ...]] = []
             updates: list[tuple[Any, ...]] = []
             for key, (record, type_, match, value) in wanted.items():
@@ -266,7 +279,7 @@ class IntelStore:
                 )
                 if known is None:
                     row_id = indicator_id_of(source, key)
-                    existing[key] = (row_id, digest, None)
+                    existing[key] = (row_id, digest, None, None)
                     inserts.append(
                         (row_id, source, key, str(type_), str(match), value, *content, 0, stamp,
                          stamp, rev)
@@ -283,11 +296,39 @@ class IntelStore:
                 also(conn, report)
         return report
 
+    def _withdraw(
+        self,
+        conn: Connection,
+        withdrawn: dict[str, str],
+        existing: dict[str, tuple[str, str, str | None, str | None]],
+        now: datetime,
+        rev: int,
+    ) -> int:
+        """Stop the stored indicators whose own item withdrew them: they expire now (kept, as
+        expired ones are), and one asserted again later is updated back to live. A value that
+        another item made (another event's attribute) is left as it is."""
+        rows = []
+        for key, stix_id in withdrawn.items():
+            known = existing.get(key)
+            if known is None or known[2] is not None or known[3] != stix_id:
+                continue  # not stored, revoked already, or another item's
+            if known[1] == WITHDRAWN:
+                continue  # withdrawn by an earlier import
+            rows.append(known[0])
+            existing[key] = (known[0], WITHDRAWN, None, stix_id)
+        for start in range(0, len(rows), _CHUNK):
+            conn.execute(
+                update(indicators)
+                .where(indicators.c.id.in_(rows[start : start + _CHUNK]))
+                .values(valid_until=now, digest=WITHDRAWN, updated_at=now, rev=rev)
+            )
+        return len(rows)
+
     def _existing(
-        self, conn: Connection, source: str, wanted: dict[str, Any]
-    ) -> dict[str, tuple[str, str, str | None]]:
-        """(id, digest, the STIX id of a revoked one) of the source's stored indicators among
-        ``wanted``'s keys."""
+        self, conn: Connection, source: str, wanted: Iterable[str]
+    ) -> dict[str, tuple[str, str, str | None, str | None]]:
+        """(id, digest, the STIX id of a revoked one, its first STIX id) of the source's stored
+        indicators among the ``wanted`` keys."""
         query = select(
             indicators.c.key,
             indicators.c.id,
@@ -297,15 +338,15 @@ class IntelStore:
         ).where(indicators.c.source == source)
         if conn.execute(query.limit(1)).first() is None:
             return {}  # a new source: nothing to compare with
-        found: dict[str, tuple[str, str, str | None]] = {}
+        found: dict[str, tuple[str, str, str | None, str | None]] = {}
         keys = list(wanted)
         for start in range(0, len(keys), _CHUNK):
             chunk = keys[start : start + _CHUNK]
             for key, row_id, digest, revoked, ids in conn.execute(
                 query.where(indicators.c.key.in_(chunk))
             ):
-                revoked_id = ids[0] if revoked and ids and isinstance(ids[0], str) else None
-                found[key] = (row_id, digest, revoked_id)
+                first = ids[0] if ids and isinstance(ids[0], str) else None
+                found[key] = (row_id, digest, first if revoked else None, first)
         return found
 
     def _source_sightings(
@@ -313,7 +354,7 @@ class IntelStore:
         conn: Connection,
         source: str,
         parsed: Parsed,
-        rows: dict[str, tuple[str, str, str | None]],
+        rows: dict[str, tuple[str, str, str | None, str | None]],
     ) -> int:
         """Keep the sightings the input reported; the same sighting imported again is one."""
         fresh: dict[str, tuple[Any, ...]] = {}

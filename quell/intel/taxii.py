@@ -422,6 +422,7 @@ def add_report(total: ImportReport, page: ImportReport) -> None:
     total.expired += page.expired
     total.unsupported += page.unsupported
     total.sightings += page.sightings
+    total.withdrawn += page.withdrawn
     room = _ITEMS_KEPT - len(total.unsupported_items)
     if room > 0:
         total.unsupported_items.extend(page.unsupported_items[:room])

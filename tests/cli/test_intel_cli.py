@@ -16,7 +16,16 @@ import pytest
 from tests.cli.conftest import Invoke
 from tests.fixtures.requirements import corpus_path
 
-COUNT_KEYS = {"source", "added", "updated", "unchanged", "expired", "unsupported", "sightings"}
+COUNT_KEYS = {
+    "source",
+    "added",
+    "updated",
+    "unchanged",
+    "expired",
+    "unsupported",
+    "sightings",
+    "withdrawn",
+}
 
 
 @pytest.fixture

@@ -428,3 +428,40 @@ def test_malformed_feeds_are_refused(tmp_path: Path) -> None:
     (tmp_path / f"{SIGHTING_EVENT}.json").write_text(json.dumps(_event()))
     with pytest.raises(IntelError, match=f"holds event 11111111-.*, not {SIGHTING_EVENT}"):
         parse_feed_dir(tmp_path)
+
+
+def test_an_attribute_unticked_or_deleted_stops_what_it_made_and_nothing_else(
+    database: Database, clock: ManualClock
+) -> None:
+    """Unticking to_ids (or deleting the attribute) is how an analyst clears a false positive
+    in MISP: the indicator it made stops matching at the next pull (it used to stay live, the
+    attribute merely skipped). The same value made by another event's attribute stays."""
+    store = IntelStore(database, clock)
+    fp = "aaaaaaaa-0000-4000-8000-000000000001"
+    gone = "aaaaaaaa-0000-4000-8000-000000000002"
+    other = _event(
+        _attribute("ip-dst", "203.0.113.50", uuid="bbbbbbbb-0000-4000-8000-00000000000b")
+    )
+    other["Event"]["uuid"] = "22222222-2222-4333-8444-555555555555"
+
+    def pull(**changes: Any) -> Any:
+        event = _event(
+            _attribute("domain", "benign.example", uuid=fp, **changes.get("fp", {})),
+            _attribute("ip-dst", "198.51.100.77", uuid=gone, **changes.get("gone", {})),
+            _attribute("ip-dst", "203.0.113.50", uuid="cccccccc-0000-4000-8000-00000000000c",
+                       **changes.get("shared", {})),
+        )  # fmt: skip
+        return store.apply("misp", parse_event(event))
+
+    assert pull().added == 3
+    store.apply("misp", parse_event(other))  # another event says 203.0.113.50 too: it owns it now
+    report = pull(fp={"to_ids": False}, gone={"deleted": True}, shared={"to_ids": False})
+    assert report.withdrawn == 2
+    assert store.lookup("domain", "benign.example") == []
+    assert store.lookup("ipv4", "198.51.100.77") == []
+    assert len(store.lookup("ipv4", "203.0.113.50")) == 1  # the other event's attribute holds
+    assert pull(fp={"to_ids": False}, gone={"deleted": True}).withdrawn == 0  # once
+    again = pull()  # ticked again, undeleted: live again
+    assert again.updated >= 2
+    assert len(store.lookup("domain", "benign.example")) == 1
+    assert len(store.lookup("ipv4", "198.51.100.77")) == 1
