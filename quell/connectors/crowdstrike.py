@@ -424,7 +424,7 @@ class Crowdstrike(Connector):
     )
     async def create_ioc(self, ctx: ActionContext, params: IocIn) -> IocOut:
         """Add a custom indicator (hash, domain or address) with a detect/prevent action."""
-        body = {"indicators": [params.indicator()], "comment": f"quell {ctx.idempotency_key}"}
+        body = {"indicators": [params.indicator()], "comment": f"quell {ctx.step_idempotency_key}"}
         if ctx.dry_run:
             return IocOut(type=params.type, value=params.value, simulated=True, would_send=body)
         reply = await self._api(

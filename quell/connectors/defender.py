@@ -268,7 +268,7 @@ class Defender(Connector):
     async def _machine_action(
         self, ctx: ActionContext, params: MachineIn, verb: str, kind: str, body: dict[str, Any]
     ) -> MachineActionOut:
-        body = {**body, "Comment": f"{body['Comment']} [quell:{ctx.idempotency_key}]"}
+        body = {**body, "Comment": f"{body['Comment']} [quell:{ctx.step_idempotency_key}]"}
         if ctx.dry_run:  # resolving a name would need a token, which is a POST
             target = params.machine_id or f"<id of {params.machine_name}>"
             return MachineActionOut(
@@ -415,7 +415,7 @@ class Defender(Connector):
     async def scan_requested(self, ctx: ActionContext, params: ScanIn) -> Reconciliation:
         """Whether a scan carrying this step's idempotency key was requested."""
         machine_id, actions = await self._actions_of(ctx, params)
-        tag = f"[quell:{ctx.idempotency_key}]"
+        tag = f"[quell:{ctx.step_idempotency_key}]"
         for item in actions:
             if item.type == "RunAntiVirusScan" and tag in (item.requestor_comment or ""):
                 output = MachineActionOut(

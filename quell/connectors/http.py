@@ -122,7 +122,7 @@ class Http(Connector):
     ) -> Response:
         headers = dict(params.headers)
         if method != "GET":
-            headers.setdefault("Idempotency-Key", ctx.idempotency_key)
+            headers.setdefault("Idempotency-Key", ctx.step_idempotency_key)  # the same on a retry
         authorization = _authorization(ctx)
         if authorization is not None:
             headers[authorization[0]] = authorization[1]

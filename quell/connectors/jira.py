@@ -391,6 +391,11 @@ class Jira(Connector):
         if params.priority:
             fields["priority"] = {"name": params.priority}
         fields.update(params.fields)
+        # Labels given under ``fields`` join the others: the key label must stay, or a
+        # retried attempt (and reconcile) could not find the issue and would open another.
+        extra = params.fields.get("labels")
+        extra = [str(item) for item in extra] if isinstance(extra, list) else []
+        fields["labels"] = sorted({*params.labels, *extra, label})
         return {"fields": fields}
 
     @action(
@@ -402,7 +407,7 @@ class Jira(Connector):
     )
     async def create_issue(self, ctx: ActionContext, params: CreateIssueIn) -> IssueOut:
         """Create an issue, or return the one an earlier attempt of this step created."""
-        label = LABEL_PREFIX + key_hash(ctx.idempotency_key)
+        label = LABEL_PREFIX + key_hash(ctx.step_idempotency_key)
         payload = self.create_payload(params, label)
         if ctx.dry_run:
             return IssueOut(key="", id="", simulated=True, payload=payload)
@@ -424,7 +429,7 @@ class Jira(Connector):
 
     async def find_issue(self, ctx: ActionContext, params: CreateIssueIn) -> Reconciliation:
         """Reconcile ``create_issue``: is there an issue with this step's key label?"""
-        label = LABEL_PREFIX + key_hash(ctx.idempotency_key)
+        label = LABEL_PREFIX + key_hash(ctx.step_idempotency_key)
         found = await self._find(ctx, label)
         if found is None:
             return Reconciliation(Landed.NOT_LANDED, detail=f"no issue has label {label}")
@@ -483,7 +488,7 @@ class Jira(Connector):
         """Add a comment, or return the one an earlier attempt of this step added."""
         if ctx.dry_run:
             return CommentOut(key=params.key, comment_id="", simulated=True)
-        mark = key_hash(ctx.idempotency_key)
+        mark = key_hash(ctx.step_idempotency_key)
         existing = await self._comment_with(ctx, params.key, mark)
         if existing is not None:
             return CommentOut(key=params.key, comment_id=existing)
@@ -533,7 +538,7 @@ class Jira(Connector):
 
     async def find_comment(self, ctx: ActionContext, params: CommentIn) -> Reconciliation:
         """Reconcile ``add_comment``: does the issue have a comment with this step's key?"""
-        found = await self._comment_with(ctx, params.key, key_hash(ctx.idempotency_key))
+        found = await self._comment_with(ctx, params.key, key_hash(ctx.step_idempotency_key))
         if found is None:
             return Reconciliation(Landed.NOT_LANDED, detail=f"no such comment on {params.key}")
         output = CommentOut(key=params.key, comment_id=found).model_dump(mode="json")

@@ -817,7 +817,7 @@ class Mail(Connector):
         return False
 
     def _message_id(self, ctx: ActionContext) -> str:
-        digest = hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:32]
+        digest = hashlib.sha256(ctx.step_idempotency_key.encode()).hexdigest()[:32]
         domain = (self.settings.from_address or "@quell.invalid").rpartition("@")[2]
         return f"<quell.{digest}@{domain}>"
 

@@ -344,7 +344,7 @@ class _NftFailed(PermanentError):
 
 
 def _tag(ctx: ActionContext) -> str:
-    return hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:16]
+    return hashlib.sha256(ctx.step_idempotency_key.encode()).hexdigest()[:16]
 
 
 def _trim(stderr: bytes) -> str:

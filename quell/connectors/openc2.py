@@ -156,7 +156,7 @@ def _request_id(ctx: ActionContext, command: dict[str, Any]) -> str:
     command_id = command.get("command_id")
     if isinstance(command_id, str) and _REQUEST_ID.match(command_id):
         return command_id
-    return str(uuid.uuid5(_REQUEST_NAMESPACE, ctx.idempotency_key))
+    return str(uuid.uuid5(_REQUEST_NAMESPACE, ctx.step_idempotency_key))
 
 
 class Openc2(Connector):

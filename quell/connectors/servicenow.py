@@ -350,7 +350,7 @@ class ServiceNow(Connector):
     )
     async def create_incident(self, ctx: ActionContext, params: IncidentIn) -> IncidentOut:
         """Open an incident, or return the one an earlier attempt of this step opened."""
-        correlation = correlation_id(ctx.idempotency_key)
+        correlation = correlation_id(ctx.step_idempotency_key)
         payload = self.create_payload(params, correlation)
         if ctx.dry_run:
             return IncidentOut(sys_id="", number="", simulated=True, payload=payload)
@@ -374,7 +374,7 @@ class ServiceNow(Connector):
 
     async def find_incident(self, ctx: ActionContext, params: IncidentIn) -> Reconciliation:
         """Reconcile ``create_incident``: is there an incident with this step's correlation?"""
-        correlation = correlation_id(ctx.idempotency_key)
+        correlation = correlation_id(ctx.step_idempotency_key)
         found = await self._find(ctx, correlation)
         if found is None:
             return Reconciliation(

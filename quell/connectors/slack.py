@@ -5,8 +5,9 @@
   ``conversations.list`` (cursor pagination with ``response_metadata.next_cursor``, at most
   ``max_pages`` pages). The message carries Slack message metadata (``event_type``
   ``quell_step``, the step's key hash), so the ``find_message`` reconcile hook can find it in
-  ``conversations.history``, and a retried attempt (``attempt > 1``) looks there first instead
-  of posting twice.
+  ``conversations.history`` (a reply in a thread in ``conversations.replies``, as the history
+  lists no replies), and a retried attempt (``attempt > 1``) looks there first instead of
+  posting twice.
 - ``resolve_channel``: a channel's id from its name.
 - ``health``: ``auth.test``.
 
@@ -254,18 +255,20 @@ class Slack(Connector):
             body["thread_ts"] = params.thread_ts
         return body
 
-    async def _posted(self, ctx: ActionContext, channel: str, mark: str) -> str | None:
-        """The ts of a recent message in ``channel`` carrying ``mark``."""
-        answer = await self._call(
-            ctx,
-            "conversations.history",
-            what=f"channel {channel}",
-            params={
-                "channel": channel,
-                "limit": str(self.settings.history_depth),
-                "include_all_metadata": "true",
-            },
-        )
+    async def _posted(
+        self, ctx: ActionContext, channel: str, mark: str, thread_ts: str | None = None
+    ) -> str | None:
+        """The ts of a recent message in ``channel`` (or in its thread ``thread_ts``: the
+        channel's history lists no replies in threads) carrying ``mark``."""
+        params = {
+            "channel": channel,
+            "limit": str(self.settings.history_depth),
+            "include_all_metadata": "true",
+        }
+        api_method = "conversations.history"
+        if thread_ts is not None:
+            api_method, params["ts"] = "conversations.replies", thread_ts
+        answer = await self._call(ctx, api_method, what=f"channel {channel}", params=params)
         for message in answer.get("messages") or []:
             if not isinstance(message, Mapping):
                 continue
@@ -290,7 +293,7 @@ class Slack(Connector):
     async def post_message(self, ctx: ActionContext, params: MessageIn) -> MessageOut:
         """Post ``text`` (and blocks) to the channel; a retried attempt first looks for the
         message its earlier attempt posted. A dry run resolves the channel and posts nothing."""
-        mark = key_hash(ctx.idempotency_key)
+        mark = key_hash(ctx.step_idempotency_key)
         if ctx.dry_run:
             channel = await self._resolve(ctx, params.channel)
             return MessageOut(
@@ -300,7 +303,7 @@ class Slack(Connector):
             )
         channel = await self._resolve(ctx, params.channel)
         if ctx.attempt > 1:
-            found = await self._posted(ctx, channel, mark)
+            found = await self._posted(ctx, channel, mark, params.thread_ts)
             if found is not None:
                 ctx.log.info("slack_message_exists", channel=channel, ts=found)
                 return MessageOut(channel=channel, ts=found)
@@ -319,7 +322,9 @@ class Slack(Connector):
     async def find_message(self, ctx: ActionContext, params: MessageIn) -> Reconciliation:
         """Reconcile ``post_message``: is a recent message of the channel this step's?"""
         channel = await self._resolve(ctx, params.channel)
-        found = await self._posted(ctx, channel, key_hash(ctx.idempotency_key))
+        found = await self._posted(
+            ctx, channel, key_hash(ctx.step_idempotency_key), params.thread_ts
+        )
         if found is None:
             return Reconciliation(
                 Landed.NOT_LANDED, detail=f"no recent message in {channel} carries this step"

@@ -336,7 +336,7 @@ class TheHive(Connector):
     async def create_alert(self, ctx: ActionContext, params: AlertIn) -> CreatedOut:
         """Create an alert with its observables; when TheHive says one with this step's
         sourceRef exists, return that one."""
-        source_ref = SOURCE_REF_PREFIX + key_hash(ctx.idempotency_key)
+        source_ref = SOURCE_REF_PREFIX + key_hash(ctx.step_idempotency_key)
         payload = self.alert_payload(params, source_ref)
         if ctx.dry_run:
             return CreatedOut(id="", source_ref=source_ref, simulated=True, payload=payload)
@@ -356,7 +356,7 @@ class TheHive(Connector):
 
     async def find_alert(self, ctx: ActionContext, params: AlertIn) -> Reconciliation:
         """Reconcile ``create_alert``: is there an alert with this step's sourceRef?"""
-        source_ref = SOURCE_REF_PREFIX + key_hash(ctx.idempotency_key)
+        source_ref = SOURCE_REF_PREFIX + key_hash(ctx.step_idempotency_key)
         found = await self._find_alert(ctx, params.type, params.source, source_ref)
         if found is None:
             return Reconciliation(Landed.NOT_LANDED, detail=f"no alert has sourceRef {source_ref}")
@@ -414,7 +414,7 @@ class TheHive(Connector):
     )
     async def create_case(self, ctx: ActionContext, params: CaseIn) -> CreatedOut:
         """Open a case, or return the one an earlier attempt of this step opened."""
-        tag = CASE_TAG_PREFIX + key_hash(ctx.idempotency_key)
+        tag = CASE_TAG_PREFIX + key_hash(ctx.step_idempotency_key)
         payload = params.model_dump(exclude_none=True)
         payload["tags"] = [*params.tags, tag]
         if ctx.dry_run:
@@ -433,7 +433,7 @@ class TheHive(Connector):
 
     async def find_case(self, ctx: ActionContext, params: CaseIn) -> Reconciliation:
         """Reconcile ``create_case``: is there a case tagged with this step's key?"""
-        tag = CASE_TAG_PREFIX + key_hash(ctx.idempotency_key)
+        tag = CASE_TAG_PREFIX + key_hash(ctx.step_idempotency_key)
         found = await self._find_case(ctx, tag)
         if found is None:
             return Reconciliation(Landed.NOT_LANDED, detail=f"no case is tagged {tag}")

@@ -711,7 +711,10 @@ class Execution:
         text = f"{self.run.id}:{key}:{attempt}"
         if len(text) <= 150:
             return text
-        return f"{self.run.id}:{hashlib.sha256(text.encode()).hexdigest()[:40]}:{attempt}"
+        # The step's part is hashed without the attempt: every attempt's key is that part and
+        # its number, so a connector can tell what an earlier attempt of the step made.
+        step = hashlib.sha256(f"{self.run.id}:{key}".encode()).hexdigest()[:40]
+        return f"{self.run.id}:{step}:{attempt}"
 
     async def action(self, step: Step, key: str, frame: Frame) -> Any:
         record = self.records.get(key)

@@ -17,9 +17,12 @@ from quell.sdk.secret import SecretValue
 class ActionContext:
     """The call's identity and tools: idempotency key, dry-run flag, secrets, HTTP, a logger.
 
-    ``idempotency_key`` is the same for every attempt of one step of one run (and recorded
-    before the first call), so a peer that accepts such a key can refuse a repeat itself, and
-    a ``reconcile`` hook can ask the peer whether the key landed.
+    ``idempotency_key`` names this attempt of one step of one run (``run:step:attempt``), and
+    is recorded before the call, so that a ``reconcile`` hook can ask the peer whether the
+    attempt a crash cut off landed. :attr:`step_idempotency_key` is the same for every attempt
+    of the step: what a write tags its work with (a label, a correlation id, an
+    ``Idempotency-Key`` header), so that a retry, or reconcile, finds what any earlier attempt
+    of the step made, and a peer that accepts such a key can refuse a repeat itself.
     """
 
     run_id: str
@@ -32,6 +35,13 @@ class ActionContext:
     logger: Any = None  # bound on first use of ``log`` (most calls never log)
     log_context: Mapping[str, Any] = field(default_factory=dict)
     instance: str = ""  # the configured instance the call runs against ("" when unconfigured)
+
+    @property
+    def step_idempotency_key(self) -> str:
+        """The step's key, the same for every attempt of it (``idempotency_key`` without its
+        ``:attempt``)."""
+        key, suffix = self.idempotency_key, f":{self.attempt}"
+        return key[: -len(suffix)] if self.attempt > 0 and key.endswith(suffix) else key
 
     @property
     def log(self) -> Any:

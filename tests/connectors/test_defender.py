@@ -206,11 +206,12 @@ def _ctx(
     secret: str = CLIENT_SECRET,
     dry_run: bool = False,
     key: str = "run_1:isolate:1",
+    attempt: int = 1,
 ) -> ActionContext:
     return ActionContext(
         run_id="run_1",
         step_id="isolate",
-        attempt=1,
+        attempt=attempt,
         idempotency_key=key,
         dry_run=dry_run,
         secrets={"client_id": SecretValue(CLIENT_ID), "client_secret": SecretValue(secret)},
@@ -301,9 +302,11 @@ def test_a_scan_is_requested_and_found_again_by_its_key() -> None:
         assert (await mde_c.scan_requested(ctx, scan)).state is Landed.NOT_LANDED
         out = await mde_c.run_av_scan(ctx, scan)
         assert out.type == "RunAntiVirusScan"
-        assert "[quell:run_9:scan:1]" in mde.actions[-1]["requestorComment"]
+        assert "[quell:run_9:scan]" in mde.actions[-1]["requestorComment"]
         assert (await mde_c.scan_requested(ctx, scan)).state is Landed.LANDED
-        other = _ctx(session, key="run_9:scan:2")
+        retried = _ctx(session, key="run_9:scan:2", attempt=2)  # a later attempt of the step
+        assert (await mde_c.scan_requested(retried, scan)).state is Landed.LANDED
+        other = _ctx(session, key="run_9:rescan:1")  # another step
         assert (await mde_c.scan_requested(other, scan)).state is Landed.NOT_LANDED
 
     _run(body)

@@ -393,6 +393,26 @@ def test_create_is_idempotent_and_reconciles() -> None:
     asyncio.run(scenario())
 
 
+def test_labels_given_in_fields_keep_the_key_label() -> None:
+    # Jira's create body takes any field under "fields", labels too: a playbook that sets
+    # them there must not drop the label a retried attempt (and reconcile) finds it by.
+    async def scenario() -> None:
+        async with serve() as (fake, base), client(base) as (jira, ctx):
+            params = CreateIssueIn.model_validate({**ISSUE, "fields": {"labels": ["phishing"]}})
+            first = await jira.create_issue(ctx(), params)
+            labels = fake.issues[first.key]["fields"]["labels"]
+            assert "phishing" in labels
+            assert "soc" in labels
+            assert any(label.startswith("quell-") for label in labels)
+            landed = await jira.find_issue(ctx(), params)
+            assert landed.state is Landed.LANDED
+            retried = await jira.create_issue(ctx(), params)
+            assert (retried.key, retried.created) == (first.key, False)
+            assert len(fake.issues) == 1
+
+    asyncio.run(scenario())
+
+
 def test_comments_are_idempotent_across_pages() -> None:
     async def scenario() -> None:
         async with serve() as (fake, base), client(base, page_size=2) as (jira, ctx):

@@ -111,8 +111,25 @@ class FakeSlack:
             return web.json_response({"ok": False, "error": "channel_not_found"})
         limit = int(request.query.get("limit", "100"))
         metadata = request.query.get("include_all_metadata") == "true"
-        newest = list(reversed(self.messages[channel]))[:limit]
+        # As Slack: a channel's history holds its parent messages, not the replies in
+        # threads (those are read with conversations.replies).
+        parents = [m for m in self.messages[channel] if "thread_ts" not in m]
+        newest = list(reversed(parents))[:limit]
         shown = [{k: v for k, v in m.items() if metadata or k != "metadata"} for m in newest]
+        return web.json_response({"ok": True, "messages": shown, "has_more": False})
+
+    async def replies(self, request: web.Request) -> web.Response:
+        channel = request.query.get("channel", "")
+        if channel not in self.channels:
+            return web.json_response({"ok": False, "error": "channel_not_found"})
+        ts = request.query.get("ts", "")
+        thread = [m for m in self.messages[channel] if ts in (m["ts"], m.get("thread_ts"))]
+        if not thread:
+            return web.json_response({"ok": False, "error": "thread_not_found"})
+        limit = int(request.query.get("limit", "1000"))
+        metadata = request.query.get("include_all_metadata") == "true"
+        oldest_first = thread[:limit]  # the parent first, then its replies
+        shown = [{k: v for k, v in m.items() if metadata or k != "metadata"} for m in oldest_first]
         return web.json_response({"ok": True, "messages": shown, "has_more": False})
 
     def app(self) -> web.Application:
@@ -121,6 +138,7 @@ class FakeSlack:
         app.router.add_get("/api/conversations.list", self.conversations_list)
         app.router.add_post("/api/chat.postMessage", self.post_message)
         app.router.add_get("/api/conversations.history", self.history)
+        app.router.add_get("/api/conversations.replies", self.replies)
         return app
 
     def writes(self) -> list[tuple[str, str]]:
@@ -215,6 +233,30 @@ def test_a_retry_finds_the_posted_message_and_reconciles() -> None:
             assert len(fake.messages[soc]) == 2
             marks = [m["metadata"]["event_payload"]["key"] for m in fake.messages[soc]]
             assert marks == [key_hash("run_1:step_1"), key_hash("run_2:step_1")]
+
+    asyncio.run(scenario())
+
+
+def test_a_reply_in_a_thread_is_found_again() -> None:
+    # conversations.history lists no replies in threads: a retried attempt and the reconcile
+    # hook must read the thread, or a reply that landed is posted a second time.
+    async def scenario() -> None:
+        async with serve() as (fake, base), client(base) as (slack, ctx):
+            soc = fake.channel_id("soc-alerts")
+            parent = await slack.post_message(
+                ctx("run_0:step_0"), MessageIn(channel=soc, text="Alert")
+            )
+            params = MessageIn(channel="#soc-alerts", text="Contained.", thread_ts=parent.ts)
+            assert (await slack.find_message(ctx(), params)).state is Landed.NOT_LANDED
+            first = await slack.post_message(ctx(), params)
+            assert first.created
+            landed = await slack.find_message(ctx(), params)
+            assert landed.state is Landed.LANDED
+            assert landed.output is not None
+            assert landed.output["ts"] == first.ts
+            retried = await slack.post_message(ctx(attempt=2), params)
+            assert (retried.ts, retried.created) == (first.ts, False)
+            assert len(fake.messages[soc]) == 2
 
     asyncio.run(scenario())
 
