@@ -1329,7 +1329,7 @@ class Execution:
         if record is not None and record.status.terminal:
             return
         now = self.now()
-        if record is None:
+        if record is None or record.status is StepStatus.SUPERSEDED:  # a retry waits anew
             due = until if until is not None else now + timedelta(seconds=seconds or 0)
             if due - now <= timedelta(seconds=IN_PROCESS_WAIT):
                 await asyncio.sleep(max(0.0, (due - now).total_seconds()))
@@ -1501,10 +1501,10 @@ class Execution:
 
     async def child(self, step: Step, key: str, frame: Frame) -> Any:
         record = self.records.get(key)
-        if record is not None:
+        if record is not None and record.status is not StepStatus.SUPERSEDED:
             if record.status.terminal:
                 return self.replayed(step, frame, record)
-            raise Suspended()
+            raise Suspended()  # its child runs (a retry supersedes a step that started none)
         try:
             # A run calls published versions only (a draft runs only in a dry run).
             cacao = step.extensions.get("cacao")
@@ -1520,10 +1520,12 @@ class Execution:
             await self.record(key, step, StepStatus.FAILED, error=error)
             raise self.failed(step, frame, key, error) from None
         child_id = new_id("run")
+        attempt = self.next_attempt(key)
         _row_id, values = self._row(
-            key, step, self.next_attempt(key), StepStatus.WAITING_CHILD,
+            key, step, attempt, StepStatus.WAITING_CHILD,
             inputs=inputs, output={"run_id": child_id}, finished=False,
         )  # fmt: skip
+        dedupe = f"child:{self.run.id}:{key}" + (f"#{attempt}" if attempt > 1 else "")
         child_row = self.engine.run_row(
             child_id,
             version.id,
@@ -1535,7 +1537,7 @@ class Execution:
             parent_run_id=self.run.id,
             parent_key=key,
             root_run_id=self.run.root_run_id,
-            dedupe_key=f"child:{self.run.id}:{key}",
+            dedupe_key=dedupe,
         )
         await self.journal.write_all(
             [

@@ -280,34 +280,94 @@ class RunService:
             row = self._row(conn, run_id)
             if row.status not in (RunStatus.FAILED.value, RunStatus.CANCELED.value):
                 raise Conflict(f"run {run_id} is {row.status}; only a failed run is retried")
+            self._retry(conn, row, now)
+            notify_ready(conn)
+        self._changed()
+        return self.get(run_id, with_steps=False)
+
+    def _retry(self, conn: Connection, row: Any, now: datetime) -> None:
+        run_id = row.id
+        self._rejoin_children(conn, run_id, now)
+        # A playbook's timeout bounds each try: a retry has the whole of it again (its old
+        # deadline has passed when the run timed out, and would end the retry at once).
+        deadline = row.deadline
+        if deadline is not None and row.created_at is not None:
+            deadline = now + (deadline - row.created_at)
+        conn.execute(
+            update(run_steps)
+            .where(
+                run_steps.c.run_id == run_id,
+                run_steps.c.status.in_(
+                    [
+                        StepStatus.FAILED.value,
+                        StepStatus.TIMED_OUT.value,
+                        StepStatus.CANCELED.value,
+                    ]
+                ),
+            )
+            .values(status=StepStatus.SUPERSEDED.value, due_at=None)
+        )
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(
+                status=RunStatus.READY.value,
+                error=None,
+                finished_at=None,
+                control=None,
+                updated_at=now,
+                deadline=deadline,
+            )
+        )
+
+    def _rejoin_children(self, conn: Connection, run_id: str, now: datetime) -> None:
+        """A sub-playbook step that failed or was cancelled waits for its child run again,
+        and a failed or cancelled child is retried in place (its finished steps, containments
+        among them, stay done): a new child would repeat them, and a step superseded without
+        one left the run waiting for nothing."""
+        children = conn.execute(
+            select(runs).where(runs.c.parent_run_id == run_id, runs.c.parent_key.is_not(None))
+        ).all()
+        for child in children:
+            step = conn.execute(
+                select(run_steps.c.attempt, run_steps.c.status, run_steps.c.output)
+                .where(run_steps.c.run_id == run_id, run_steps.c.key == child.parent_key)
+                .order_by(run_steps.c.attempt.desc())
+                .limit(1)
+            ).first()
+            ended = (StepStatus.FAILED.value, StepStatus.TIMED_OUT.value, StepStatus.CANCELED.value)
+            if step is None or step.status not in ended:
+                continue
+            if not isinstance(step.output, dict) or step.output.get("run_id") != child.id:
+                continue
+            status = RunStatus(child.status)
+            values: dict[str, Any]
+            if status is RunStatus.SUCCEEDED:  # it ended after its parent: take what it gave
+                values = {
+                    "status": StepStatus.SUCCEEDED.value,
+                    "output": {"run_id": child.id, "status": child.status,
+                               "variables": child.variables},
+                    "error": None,
+                    "finished_at": now,
+                }  # fmt: skip
+            else:
+                if status.finished:
+                    self._retry(conn, child, now)
+                values = {
+                    "status": StepStatus.WAITING_CHILD.value,
+                    "output": {"run_id": child.id},
+                    "error": None,
+                    "finished_at": None,
+                }
             conn.execute(
                 update(run_steps)
                 .where(
                     run_steps.c.run_id == run_id,
-                    run_steps.c.status.in_(
-                        [
-                            StepStatus.FAILED.value,
-                            StepStatus.TIMED_OUT.value,
-                            StepStatus.CANCELED.value,
-                        ]
-                    ),
+                    run_steps.c.key == child.parent_key,
+                    run_steps.c.attempt == step.attempt,
                 )
-                .values(status=StepStatus.SUPERSEDED.value, due_at=None)
+                .values(**values)
             )
-            conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id)
-                .values(
-                    status=RunStatus.READY.value,
-                    error=None,
-                    finished_at=None,
-                    control=None,
-                    updated_at=now,
-                )
-            )
-            notify_ready(conn)
-        self._changed()
-        return self.get(run_id, with_steps=False)
 
     @staticmethod
     def _row(conn: Connection, run_id: str) -> Any:

@@ -12,7 +12,7 @@ from quell.engine.execution import callback_token
 from quell.engine.states import RunStatus
 from quell.errors import Conflict, NotFound, PermissionDenied
 from quell.runtime import Runtime
-from tests.engine.harness import Harness, bare_engine, register, statuses
+from tests.engine.harness import Harness, bare_engine, eventually, register, statuses
 from tests.engine.peer import Peer
 
 APPROVAL = """
@@ -665,5 +665,145 @@ def test_the_link_a_peer_holds_still_works_after_a_retry(
         assert [(s.attempt, s.status) for s in done.steps if s.key == "hook"] == [
             (1, "superseded"), (2, "succeeded")
         ]  # fmt: skip
+
+    asyncio.run(scenario())
+
+
+def test_retrying_a_run_that_timed_out_gives_it_its_timeout_again(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """A retry used to keep the run's old deadline, long past: the retried run ended at once
+    with run_timeout again, without asking anyone, so a timed-out run could never be retried."""
+    text = """
+id: bounded-retry
+name: Bounded, retried
+timeout: 3m
+steps:
+  - {id: ask, wait: approval, approvers: [approver]}
+  - {id: after, action: core.log, with: {message: after}}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(text)
+            assert (await harness.settle(run_id)).status == "waiting"
+            clock.advance(timedelta(minutes=3, seconds=1))
+            timed_out = await harness.settle(run_id, until=("failed",))
+            assert timed_out.error["code"] == "run_timeout"
+            harness.runs.retry(run_id)
+            again = await harness.settle(run_id)
+            assert again.status == "waiting", again.error
+            (wait,) = harness.waits.list_all(kind="approval")
+            harness.waits.approve(wait.id, "alice", "approver", "in time now")
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+
+    asyncio.run(scenario())
+
+
+KID = """
+id: kid
+name: Contain, then ask
+version: 1
+inputs: {ip: {type: string, required: true}}
+steps:
+  - {id: block, action: test.contain, with: {target: "{{ ip }}"}}
+  - {id: ask, wait: approval, approvers: [approver]}
+"""
+PARENT = """
+id: parent
+name: Call the kid
+steps:
+  - {id: call, playbook: kid, version: 1, with: {ip: 203.0.113.8}}
+  - {id: after, action: core.log, with: {message: after}}
+"""
+
+
+@pytest.mark.parametrize("how", ["rejected", "canceled"])
+def test_retrying_a_run_whose_sub_playbook_failed_retries_the_child(
+    runtime: Runtime, how: str
+) -> None:
+    """A retried parent used to supersede its sub-playbook step and then wait for it forever:
+    no child started again and nothing was left to decide. The child is retried in place, so
+    what it had done (a containment) is not done twice."""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            harness.add(KID)
+            run_id = await harness.start(PARENT)
+            await eventually(
+                lambda: len(harness.waits.list_all(kind="approval")) == 1, "the child to ask"
+            )
+            (first,) = harness.waits.list_all(kind="approval")
+            if how == "rejected":
+                harness.waits.reject(first.id, "alice", "approver", "not yet")
+            else:
+                harness.runs.cancel(run_id)
+            ended = await harness.settle(run_id, until=("failed", "canceled"))
+            assert ended.status == ("failed" if how == "rejected" else "canceled")
+            harness.runs.retry(run_id)
+            await eventually(
+                lambda: len(harness.waits.list_all(kind="approval")) == 1, "the child to ask again"
+            )
+            (second,) = harness.waits.list_all(kind="approval")
+            assert second.run_id == first.run_id  # the same child, retried
+            harness.waits.approve(second.id, "alice", "approver", "now")
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert list(Peer.applied.values()) == ["203.0.113.8"]  # contained once
+
+    asyncio.run(scenario())
+
+
+def test_retrying_a_sub_playbook_step_that_started_no_child_starts_one(
+    runtime: Runtime,
+) -> None:
+    """A sub-playbook step that failed before it started a child (the version was missing)
+    starts one when the run is retried, rather than waiting for nothing."""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(PARENT)
+            failed = await harness.settle(run_id, until=("failed",))
+            assert failed.error["code"] == "sub_playbook"
+            harness.add(KID)
+            harness.runs.retry(run_id)
+            await eventually(
+                lambda: len(harness.waits.list_all(kind="approval")) == 1, "the child to ask"
+            )
+            (wait,) = harness.waits.list_all(kind="approval")
+            harness.waits.approve(wait.id, "alice", "approver", "go")
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+
+    asyncio.run(scenario())
+
+
+def test_retrying_a_run_cancelled_in_its_timer_waits_the_timer_again(
+    runtime: Runtime, clock: ManualClock
+) -> None:
+    """A retry used to supersede the cancelled timer and clear its due time, and the replay
+    then took the timer as done: the step after it (lifting a block, say) ran at once."""
+    text = """
+id: wait-then-act
+name: Wait, then act
+steps:
+  - {id: pause, wait: timer, duration: 1h}
+  - {id: after, action: core.log, with: {message: after}}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(text)
+            assert (await harness.settle(run_id)).status == "waiting"
+            harness.runs.cancel(run_id)
+            await harness.settle(run_id, until=("canceled",))
+            harness.runs.retry(run_id)
+            again = await harness.settle(run_id, until=("waiting", "succeeded", "failed"))
+            assert again.status == "waiting"
+            assert "after" not in statuses(again)
+            clock.advance(timedelta(hours=1, seconds=1))
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
 
     asyncio.run(scenario())
