@@ -418,6 +418,8 @@ class Engine:
                 control = held.get(run_id, "lost")
                 if control is not None and control != "lost":
                     execution.control = control
+                elif control is None and execution.control == "pause":
+                    execution.control = None  # the pause was withdrawn (resumed) in time
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
         from quell.engine.waits import WaitService

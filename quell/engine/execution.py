@@ -1580,12 +1580,27 @@ class Execution:
                 close_canceled(conn, run_id, now)
 
         if not outcome.status.finished or self.run.parent_run_id is None:
-            release = self._op(OpKind.RELEASE_RUN, params)
-            await self.journal.write_all(
-                [self._op(OpKind.WORK, close), release] if closing else [release]
-            )
-            if outcome.status is RunStatus.WAITING:
-                self.engine.wake()  # a decision that came meanwhile made it ready again
+            paused = outcome.status is RunStatus.PAUSED
+            values: list[Any] = list(params) if paused else []  # the work below may change it
+            release = self._op(OpKind.RELEASE_RUN, values if paused else params)
+            ops = [self._op(OpKind.WORK, close), release] if closing else [release]
+
+            def unless_withdrawn(conn: Connection) -> None:
+                # Work runs before the batch's releases, in its transaction. A resume that came
+                # while the run stopped withdrew the pause (cleared its control): the release
+                # makes it ready instead, rather than leave it paused after "resumed".
+                control = conn.execute(
+                    select(runs.c.control).where(runs.c.id == run_id)
+                ).scalar_one_or_none()
+                if control is None:
+                    values[0], values[4] = _TEXT[RunStatus.READY], None  # status, wake_at
+                    notify_ready(conn)
+
+            if paused:
+                ops.insert(0, self._op(OpKind.WORK, unless_withdrawn))
+            await self.journal.write_all(ops)
+            if outcome.status is RunStatus.WAITING or paused:
+                self.engine.wake()  # a decision (or a resume) that came meanwhile: ready again
             return
         parent_id, parent_key = self.run.parent_run_id, self.run.parent_key
         succeeded = outcome.status is RunStatus.SUCCEEDED

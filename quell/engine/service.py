@@ -258,10 +258,15 @@ class RunService:
         return self.get(run_id, with_steps=False)
 
     def resume(self, run_id: str) -> RunView:
-        """Resume a paused run."""
+        """Resume a paused run, or withdraw a pause a running one has not reached yet."""
         now = self.clock.now()
         with self.db.write() as conn:
             row = self._row(conn, run_id)
+            if row.status == RunStatus.RUNNING.value and row.control == "pause":
+                # Asked to pause and not stopped yet: it goes on. If it stops before it
+                # hears, its release finds the pause withdrawn and makes it ready again.
+                conn.execute(update(runs).where(runs.c.id == run_id).values(control=None))
+                return self.get(run_id, with_steps=False)
             if row.status != RunStatus.PAUSED.value:
                 raise Conflict(f"run {run_id} is {row.status}, not paused")
             conn.execute(

@@ -390,6 +390,25 @@ def test_pause_and_resume(runtime: Runtime) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("heard", [0.0, 0.3])  # resumed before, or after, the worker heard
+def test_a_resume_right_after_a_pause_withdraws_it(runtime: Runtime, heard: float) -> None:
+    """A running run asked to pause had not stopped yet: resume answered "running, not
+    paused", and the run paused moments later anyway, to be resumed again by hand."""
+
+    async def scenario() -> None:
+        async with Harness(runtime, lease=0.6) as harness:
+            run_id = await harness.start(SLOW)
+            await asyncio.sleep(0.1)
+            harness.runs.pause(run_id)
+            await asyncio.sleep(heard)
+            harness.runs.resume(run_id)  # not refused
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded"
+        assert statuses(done) == {"one": "succeeded", "two": "succeeded", "three": "succeeded"}
+
+    asyncio.run(scenario())
+
+
 def test_retrying_a_failed_run_reruns_only_its_failed_step(runtime: Runtime) -> None:
     text = """
 id: second-chance
