@@ -153,7 +153,7 @@ class Http(Connector):
         except OutboundBlocked as exc:
             raise PermanentError(str(exc), code="outbound_blocked") from None
         except TimeoutError:
-            raise TransientError(f"{method} {host}: timed out") from None
+            raise TransientError(f"{method} {host}: timed out", code="timeout") from None
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, OutboundBlocked) else None
             if cause is not None:

@@ -212,7 +212,7 @@ class Notify(Connector):
         except OutboundBlocked as exc:
             raise PermanentError(str(exc), code="outbound_blocked") from None
         except TimeoutError:
-            raise TransientError(f"{product} webhook: timed out") from None
+            raise TransientError(f"{product} webhook: timed out", code="timeout") from None
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             cause = exc.__cause__
             if isinstance(cause, OutboundBlocked):

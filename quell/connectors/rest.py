@@ -211,7 +211,7 @@ async def request(
     except OutboundBlocked as exc:
         raise PermanentError(str(exc), code="outbound_blocked") from None
     except TimeoutError:
-        raise TransientError(timed_out.format(where=where)) from None
+        raise TransientError(timed_out.format(where=where), code="timeout") from None
     except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
         if isinstance(exc.__cause__, OutboundBlocked):
             raise PermanentError(str(exc.__cause__), code="outbound_blocked") from None

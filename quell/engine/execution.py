@@ -749,6 +749,19 @@ class Execution:
             await self.record(key, step, StepStatus.FAILED, error=error, attempt=attempt + 1)
             raise self.failed(step, frame, key, error) from None
         while True:
+            previous = self.records.get(key)
+            if (
+                previous is not None
+                and previous.status is StepStatus.TIMED_OUT
+                and not definition.is_read
+                and definition.meta.reconcile is not None
+            ):
+                # The last attempt was cut off without an answer: it may have landed. As after
+                # a crash, the peer is asked before any new attempt (landed: done; unknown: a
+                # person decides); only a write that did not land is tried again.
+                landed = await self.reconcile(step, key, frame, previous)
+                if landed is not None:
+                    return landed
             attempt += 1
             try:
                 if approved is not None:

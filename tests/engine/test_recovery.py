@@ -120,6 +120,52 @@ def test_a_write_nobody_can_reconcile_waits_for_a_person(
     asyncio.run(scenario())
 
 
+TIMED_WRITE = """
+id: timed-write
+name: A write that times out
+steps:
+  - id: isolate
+    action: test.{action}
+    with: {target: ws-1, hold_after: true}
+    timeout: 200ms
+    retry: {attempts: 3, backoff: 50ms}
+"""
+
+
+def test_a_write_cut_off_by_its_timeout_is_reconciled_before_any_retry(
+    runtime: Runtime,
+) -> None:
+    """The peer applied it, then the answer never came: the retry used to call again (the
+    peer applied it three times). Now the peer is asked first, as after a crash."""
+
+    async def scenario() -> None:
+        Peer.release = asyncio.Event()  # never set: every call hangs after it applied
+        async with Harness(runtime) as harness:
+            done = await harness.run(TIMED_WRITE.replace("{action}", "contain"))
+        assert done.status == "succeeded", done.error
+        assert Peer.calls["contain:ws-1"] == 1
+        attempts = [(s.attempt, s.status) for s in done.steps if s.key == "isolate"]
+        assert attempts == [(1, "succeeded")]
+        (step,) = [s for s in done.steps if s.key == "isolate"]
+        assert step.output is not None
+        assert step.output["reconciled"] is True
+
+    asyncio.run(scenario())
+
+
+def test_a_timed_out_write_without_a_reconcile_hook_is_retried_as_its_step_says(
+    runtime: Runtime,
+) -> None:
+    async def scenario() -> None:
+        Peer.release = asyncio.Event()
+        async with Harness(runtime) as harness:
+            done = await harness.run(TIMED_WRITE.replace("{action}", "blind"))
+        assert done.status == "failed"
+        assert [s.status for s in done.steps if s.key == "isolate"] == ["timed_out"] * 3
+
+    asyncio.run(scenario())
+
+
 def test_a_worker_that_lost_its_lease_cannot_write(runtime: Runtime, clock: ManualClock) -> None:
     text = """
 id: fenced
