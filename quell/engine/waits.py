@@ -444,6 +444,8 @@ class WaitService:
         now = self.clock.now()
         with self.db.write() as conn:
             row = self._pending(conn, wait_id, ("task", "reconcile"))
+            if row.expires_at is not None and row.expires_at <= now:
+                raise Conflict(f"{wait_id} expired; it ends as its step says")  # the tick does
             decision: dict[str, Any] = {
                 "by": actor, "comment": comment, "data": data or {}, "at": now,
             }  # fmt: skip

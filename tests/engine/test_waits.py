@@ -147,6 +147,28 @@ def test_a_task_and_a_callback_resume_the_run(runtime: Runtime) -> None:
     asyncio.run(scenario())
 
 
+def test_a_task_past_its_expiry_cannot_be_completed(runtime: Runtime, clock: ManualClock) -> None:
+    """Until the engine's tick settled it, an expired task still took a completion (approvals
+    and callbacks refused theirs): it ends as its step says, not as whoever came late says."""
+    text = TASK_AND_EVENT.replace(
+        "prompt: Reimage the laptop", "prompt: Reimage\n    expires_in: 1h"
+    )
+
+    async def scenario() -> str:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(text)
+            assert (await harness.settle(run_id)).status == "waiting"
+        return run_id  # the engine is stopped: no tick settles the task meanwhile
+
+    asyncio.run(scenario())
+    waits = Harness(runtime).waits
+    (task,) = waits.list_all(kind="task")
+    clock.advance(timedelta(hours=1, seconds=1))
+    with pytest.raises(Conflict, match="expired"):
+        waits.complete(task.id, "bob", "done late", {})
+    assert waits.get(task.id).status == "pending"  # for the tick to end as declared
+
+
 def test_callback_url_names_only_event_steps(runtime: Runtime) -> None:
     text = TASK_AND_EVENT.replace("callback_url('hook')", "callback_url('reimage')")
 
