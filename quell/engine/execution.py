@@ -308,10 +308,16 @@ class Execution:
             if known is None or record.attempt >= known.attempt:
                 self.records[row.key] = record
         self.variables: dict[str, Any] = {}
+        self.missing: str | None = None  # a required input the run was started without
         for name, variable in playbook.variables.items():
             if variable.external:  # an input given as null is not given: its default holds
                 given = run.inputs.get(name)
-                self.variables[name] = variable.value if given is None else given
+                if given is None:
+                    self.variables[name] = variable.value
+                    if variable.required and variable.value is None and self.missing is None:
+                        self.missing = name
+                else:
+                    self.variables[name] = given
             else:
                 self.variables[name] = variable.value
         self.control: str | None = None  # "cancel" or "pause", set by the worker
@@ -512,6 +518,17 @@ class Execution:
 
     async def execute(self) -> Outcome:
         """Run until the end or a suspension."""
+        if self.missing is not None:
+            # Started by a trigger (or a parent) that does not give it: each step would see
+            # null where the playbook promised a value. It fails here, saying which.
+            given = ", ".join(sorted(self.run.inputs)) or "nothing"
+            error = {
+                "code": "missing_input",
+                "message": f"the playbook needs the input {self.missing!r}; its run was given "
+                f"{given}",
+                "retryable": False,
+            }
+            return Outcome(RunStatus.FAILED, self.variables, error)
         frame = self.root = Frame("", {})
         try:
             await self.branch(self.playbook.start, frame)

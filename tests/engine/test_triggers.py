@@ -7,13 +7,16 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import func, select
 
 from quell.clock import ManualClock
 from quell.engine.triggers import Dispatcher
+from quell.playbooks.compiler import PlaybookInvalid, parse_playbook
 from quell.runtime import Runtime
 from quell.store.schema import outbox, runs
 from tests.engine.harness import ENDED, Harness, eventually
+from tests.engine.peer import Peer
 
 MAPPING = {"fields": {"title": "title", "time": "ts", "severity": "sev", "src.ip": "src"}}
 ON_ALERT = """
@@ -135,5 +138,58 @@ steps:
         assert first.trigger == "schedule"
         assert first.trigger_ref == "2026-01-01T01:00:00+00:00"
         assert latest.trigger_ref == "2026-01-01T02:00:00+00:00"
+
+    asyncio.run(scenario())
+
+
+def test_a_trigger_that_cannot_give_a_required_input_is_refused_naming_it() -> None:
+    """The trigger gives ``alert``: every run it started reached its steps with null where the
+    playbook promised an address (an approval asked to block ``null``)."""
+    needs = """
+id: needs-input
+name: Needs an address
+trigger: {on: alert.created}
+inputs: {ipv4_net: {type: string, required: true}}
+steps:
+  - {id: block, action: test.contain, with: {target: "{{ ipv4_net }}"}}
+"""
+    with pytest.raises(PlaybookInvalid) as caught:
+        parse_playbook(needs, "needs.yaml")
+    assert "needs.yaml:5:10: input 'ipv4_net' is required, but the alert.created trigger" in str(
+        caught.value
+    )
+
+
+def test_a_run_started_without_a_required_input_fails_saying_which(runtime: Runtime) -> None:
+    """A parent whose expression for the input came out null started the child anyway."""
+    child = """
+id: enrich
+name: Enrich
+inputs: {ip: {type: string, required: true}}
+steps:
+  - {id: block, action: test.contain, with: {target: "{{ ip }}"}}
+"""
+    parent = """
+id: parent
+name: Parent
+vars: {found: null}
+steps:
+  - {id: call, playbook: enrich, with: {ip: "{{ found }}"}}
+"""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            harness.add(child)
+            run_id = await harness.start(parent)
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+            call = next(s for s in done.steps if s.key == "call")
+            shown = harness.runs.get(call.output["run_id"])
+        assert done.status == "failed"
+        assert shown.status == "failed"
+        assert shown.error is not None
+        assert shown.error["code"] == "missing_input"
+        assert "the playbook needs the input 'ip'" in shown.error["message"]
+        assert not shown.steps
+        assert Peer.calls == {}
 
     asyncio.run(scenario())

@@ -175,7 +175,7 @@ YAML = """
 id: contain-host
 name: Contain a host
 inputs:
-  host: {type: string, required: true}
+  host: {type: string}
 vars: {verdict: unknown, tries: 0}
 trigger: {on: alert.created, if: "alert.severity_id >= 4"}
 steps:
