@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from quell.clock import ManualClock
 from quell.governance.permissions import Role
@@ -31,6 +33,19 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("QUELL_") and name not in _TEST_ENV:
             monkeypatch.delenv(name)
     monkeypatch.setenv("QUELL_DATA_DIR", str(tmp_path / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that runs the CLI in-process (click's CliRunner) configures logging to the
+    runner's own stream; later tests' logs went there, out of sight. Each test leaves logging
+    as it found it."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers, root.level = handlers, level
 
 
 @pytest.fixture

@@ -64,8 +64,10 @@ class Response(ActionOutput):
 
 @functools.lru_cache(maxsize=64)
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
-    """The request's timeout (immutable, so one per value serves every request)."""
-    return aiohttp.ClientTimeout(total=seconds)
+    """The request's timeout (immutable, so one per value serves every request). The connect
+    has its own, shorter share: a connect that timed out sent nothing (retried as usual), told
+    apart from a request sent and left unanswered (which may have landed)."""
+    return aiohttp.ClientTimeout(total=seconds, connect=min(10.0, seconds * 0.8))
 
 
 _SUCCESS = range(200, 300)  # what a request expects unless it says otherwise
@@ -152,7 +154,9 @@ class Http(Connector):
                 retry_after = response.headers.get("Retry-After")
         except OutboundBlocked as exc:
             raise PermanentError(str(exc), code="outbound_blocked") from None
-        except TimeoutError:
+        except aiohttp.ConnectionTimeoutError:  # nothing was sent: an ordinary retry
+            raise TransientError(f"{method} {host}: could not connect in time") from None
+        except TimeoutError:  # sent, and no answer came: it may have landed
             raise TransientError(f"{method} {host}: timed out", code="timeout") from None
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, OutboundBlocked) else None

@@ -36,7 +36,7 @@ from quell.sdk.http import OutboundBlocked
 
 Format = Literal["slack", "teams", "mattermost"]
 Severity = Literal["info", "low", "medium", "high", "critical"]
-_TIMEOUT = aiohttp.ClientTimeout(total=15)
+_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=10)  # a connect that timed out sent nothing
 _ICONS = {"info": "🔵", "low": "🟢", "medium": "🟡", "high": "🟠", "critical": "🔴"}
 
 
@@ -211,7 +211,9 @@ class Notify(Connector):
                 retry_after = response.headers.get("Retry-After")
         except OutboundBlocked as exc:
             raise PermanentError(str(exc), code="outbound_blocked") from None
-        except TimeoutError:
+        except aiohttp.ConnectionTimeoutError:  # nothing was sent: an ordinary retry
+            raise TransientError(f"{product} webhook: could not connect in time") from None
+        except TimeoutError:  # sent, and no answer came
             raise TransientError(f"{product} webhook: timed out", code="timeout") from None
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             cause = exc.__cause__

@@ -210,7 +210,9 @@ async def request(
             status, reply_headers = response.status, response.headers
     except OutboundBlocked as exc:
         raise PermanentError(str(exc), code="outbound_blocked") from None
-    except TimeoutError:
+    except aiohttp.ConnectionTimeoutError:  # nothing was sent: an ordinary retry
+        raise TransientError(f"{where}: could not connect in time") from None
+    except TimeoutError:  # sent, and no answer came: it may have landed (reconciled first)
         raise TransientError(timed_out.format(where=where), code="timeout") from None
     except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
         if isinstance(exc.__cause__, OutboundBlocked):
@@ -264,7 +266,8 @@ class Site:
 
 @functools.lru_cache(maxsize=64)
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=seconds)
+    # The connect's own share: one that timed out sent nothing (see request()).
+    return aiohttp.ClientTimeout(total=seconds, connect=min(10.0, seconds * 0.8))
 
 
 # -- statuses to errors ---------------------------------------------------------------------------

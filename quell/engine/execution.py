@@ -518,9 +518,10 @@ class Execution:
 
     async def execute(self) -> Outcome:
         """Run until the end or a suspension."""
-        if self.missing is not None:
+        if self.missing is not None and not self.records:
             # Started by a trigger (or a parent) that does not give it: each step would see
-            # null where the playbook promised a value. It fails here, saying which.
+            # null where the playbook promised a value. It fails here, saying which (before
+            # its first step: a run that got further, begun before this check, goes on).
             given = ", ".join(sorted(self.run.inputs)) or "nothing"
             error = {
                 "code": "missing_input",
@@ -769,7 +770,14 @@ class Execution:
             previous = self.records.get(key)
             if (
                 previous is not None
-                and previous.status is StepStatus.TIMED_OUT
+                and (
+                    previous.status is StepStatus.TIMED_OUT
+                    # a timed-out attempt that `run retry` superseded keeps its error
+                    or (
+                        previous.status is StepStatus.SUPERSEDED
+                        and (previous.error or {}).get("code") == "timeout"
+                    )
+                )
                 and not definition.is_read
                 and definition.meta.reconcile is not None
             ):
@@ -1610,24 +1618,9 @@ class Execution:
                 close_canceled(conn, run_id, now)
 
         if not outcome.status.finished or self.run.parent_run_id is None:
-            paused = outcome.status is RunStatus.PAUSED
-            values: list[Any] = list(params) if paused else []  # the work below may change it
-            release = self._op(OpKind.RELEASE_RUN, values if paused else params)
+            paused = outcome.status is RunStatus.PAUSED  # released ready if resumed meanwhile
+            release = self._op(OpKind.RELEASE_RUN, params)
             ops = [self._op(OpKind.WORK, close), release] if closing else [release]
-
-            def unless_withdrawn(conn: Connection) -> None:
-                # Work runs before the batch's releases, in its transaction. A resume that came
-                # while the run stopped withdrew the pause (cleared its control): the release
-                # makes it ready instead, rather than leave it paused after "resumed".
-                control = conn.execute(
-                    select(runs.c.control).where(runs.c.id == run_id)
-                ).scalar_one_or_none()
-                if control is None:
-                    values[0], values[4] = _TEXT[RunStatus.READY], None  # status, wake_at
-                    notify_ready(conn)
-
-            if paused:
-                ops.insert(0, self._op(OpKind.WORK, unless_withdrawn))
             await self.journal.write_all(ops)
             if outcome.status is RunStatus.WAITING or paused:
                 self.engine.wake()  # a decision (or a resume) that came meanwhile: ready again

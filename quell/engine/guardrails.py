@@ -240,19 +240,24 @@ def _protected_hit(protected: Iterable[str], inputs: Any) -> str | None:
     names = set()
     for entry in protected:
         try:
-            networks.append((entry, host_network(ipaddress.ip_network(entry, strict=False))))
+            network = ipaddress.ip_network(entry, strict=False)
         except ValueError:
             names.add(entry.lower().rstrip("."))
+            continue
+        networks.append((entry, network, host_network(network)))
     for text in _strings(inputs):
         candidate = text.strip()
         try:  # ::ffff:10.0.0.5 is the host 10.0.0.5, whatever a protected 10.0.0.0/24 says
-            value = host_network(ipaddress.ip_network(candidate, strict=False))
+            value = ipaddress.ip_network(candidate, strict=False)
         except ValueError:
             if candidate.lower().rstrip(".") in names:
                 return candidate
             continue
-        for entry, network in networks:
-            if value.version == network.version and value.overlaps(network):
+        mapped = host_network(value)
+        for entry, network, host in networks:  # as written, and as the hosts they are
+            if (value.version == network.version and value.overlaps(network)) or (
+                mapped.version == host.version and mapped.overlaps(host)
+            ):
                 return entry
     return None
 

@@ -73,6 +73,7 @@ RUN_RELEASE = (
 
 
 _WAITING = RunStatus.WAITING.value
+_PAUSED = RunStatus.PAUSED.value
 
 
 class LeaseLost(QuellError):
@@ -135,6 +136,7 @@ class JournalWriter(BatchWriter[Op]):
         self.update_step = _step_update(db)
         self.release_run = bulk_update(db, runs, RUN_RELEASE, key="id")
         self.release_waiting = _release_waiting(db)
+        self.release_paused = _release_paused(db)
         self.insert_audit = bulk_insert(db, audit_outbox, AUDIT_COLUMNS)
         # The fence reads current epochs with one statement per batch size, rendered once.
         self._fence_sql: dict[int, str] = {}
@@ -301,6 +303,7 @@ class JournalWriter(BatchWriter[Op]):
         step_updates: list[Any] = []
         releases: list[Any] = []
         waiting: list[Any] = []
+        paused: list[Any] = []
         audits: list[Any] = []
         # One pass sorts the batch by kind (OpKind's order), each kind in the order queued.
         for index, op in enumerate(batch):
@@ -319,6 +322,8 @@ class JournalWriter(BatchWriter[Op]):
                 works.append(index)
             elif op.values[0] == _WAITING:
                 waiting.append(op.values)
+            elif op.values[0] == _PAUSED:
+                paused.append(op.values)
             else:
                 releases.append(op.values)
         self.insert_run.run_cursor(cursor, run_rows)  # before work that may refer to them
@@ -329,6 +334,7 @@ class JournalWriter(BatchWriter[Op]):
         self.update_step.run_cursor(cursor, step_updates)
         self.release_run.run_cursor(cursor, releases)
         self.release_waiting.run_cursor(cursor, waiting)
+        self.release_paused.run_cursor(cursor, paused)
         if len(audits) > 1:
             audits = [pack_outbox(audits)]
         self.insert_audit.run_cursor(cursor, audits)
@@ -438,6 +444,30 @@ def _release_waiting(db: Database) -> BulkStatement:
         (decided, literal_column(f"'{RunStatus.READY.value}'")), else_=bindparam("set_status")
     )
     values["wake_at"] = case((decided, null()), else_=wake_at)
+    statement = sql_update(runs).values(values).where(runs.c.id == bindparam("where_id"))
+    params = [(f"set_{name}", name) for name in RUN_RELEASE] + [("where_id", "id")]
+    return BulkStatement(db, runs, params, statement)
+
+
+def _release_paused(db: Database) -> BulkStatement:
+    """A release to ``paused`` that turns into ``ready`` when the pause is no longer asked.
+
+    The run stopped for a pause it heard while it ran; by the time it is released, a resume
+    may have withdrawn the pause (cleared ``control``): it is released ready and goes on, as
+    the resume said. A cancel asked meanwhile (``control`` is ``cancel``) is released ready
+    too: the next claim carries it and the run stops, rather than sit paused until a resume
+    that would erase the cancel. One statement: nothing can come between the look and the
+    write.
+    """
+    goes_on = or_(runs.c.control.is_(None), runs.c.control == literal_column("'cancel'"))
+    wake_at: Any = bindparam("set_wake_at")
+    if db.backend is Backend.POSTGRESQL:  # a CASE of NULL and a bare parameter has no type
+        wake_at = cast(wake_at, runs.c.wake_at.type)
+    values: dict[str, Any] = {name: bindparam(f"set_{name}") for name in RUN_RELEASE}
+    values["status"] = case(
+        (goes_on, literal_column(f"'{RunStatus.READY.value}'")), else_=bindparam("set_status")
+    )
+    values["wake_at"] = case((goes_on, null()), else_=wake_at)
     statement = sql_update(runs).values(values).where(runs.c.id == bindparam("where_id"))
     params = [(f"set_{name}", name) for name in RUN_RELEASE] + [("where_id", "id")]
     return BulkStatement(db, runs, params, statement)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, literal_column, select, update
@@ -20,8 +20,9 @@ from quell.engine.states import RunStatus, StepStatus
 from quell.engine.store import run_status_is
 from quell.engine.waits import close_canceled
 from quell.errors import Conflict, InvalidInput, NotFound
+from quell.playbooks.ir import Playbook
 from quell.store.database import Database
-from quell.store.schema import run_steps, runs
+from quell.store.schema import playbook_versions, run_steps, runs
 
 
 @dataclass(frozen=True)
@@ -294,10 +295,18 @@ class RunService:
         run_id = row.id
         self._rejoin_children(conn, run_id, now)
         # A playbook's timeout bounds each try: a retry has the whole of it again (its old
-        # deadline has passed when the run timed out, and would end the retry at once).
+        # deadline has passed when the run timed out, and would end the retry at once). The
+        # timeout is the pinned version's own: the time since the run began is not part of it.
         deadline = row.deadline
-        if deadline is not None and row.created_at is not None:
-            deadline = now + (deadline - row.created_at)
+        if deadline is not None:
+            ir = conn.execute(
+                select(playbook_versions.c.ir).where(
+                    playbook_versions.c.id == row.playbook_version_id
+                )
+            ).scalar()
+            timeout = Playbook.from_json(ir).timeout if ir is not None else None
+            if timeout:
+                deadline = now + timedelta(seconds=timeout)
         conn.execute(
             update(run_steps)
             .where(
@@ -331,9 +340,18 @@ class RunService:
         among them, stay done): a new child would repeat them, and a step superseded without
         one left the run waiting for nothing."""
         children = conn.execute(
-            select(runs).where(runs.c.parent_run_id == run_id, runs.c.parent_key.is_not(None))
+            select(runs)
+            .where(runs.c.parent_run_id == run_id, runs.c.parent_key.is_not(None))
+            .with_for_update()  # a child's own release waits (PostgreSQL): no end slips by
         ).all()
         for child in children:
+            if child.status == RunStatus.RUNNING.value and child.control == "cancel":
+                # Cancelled with its parent and not stopped yet: it would end cancelled into
+                # the step the retry waits on. It is retried once it has stopped.
+                raise Conflict(
+                    f"run {run_id}'s sub-playbook run {child.id} is still stopping after the "
+                    "cancel; retry once it has"
+                )
             step = conn.execute(
                 select(run_steps.c.attempt, run_steps.c.status, run_steps.c.output)
                 .where(run_steps.c.run_id == run_id, run_steps.c.key == child.parent_key)

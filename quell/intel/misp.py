@@ -21,8 +21,12 @@ How an attribute becomes indicators (event-level attributes and those of every `
 - **to_ids.** An attribute with ``to_ids`` false is context, not a detection (MISP itself leaves
   it out of its IDS exports): it is counted unsupported with the reason "to_ids is false", so
   it never raises a verdict. A missing ``to_ids`` counts as true (MISP's default for every type
-  imported here).
-- **Deleted** attributes and objects (``"deleted": true``) are skipped and not counted.
+  imported here). The indicator such an attribute made earlier, when it was a detection, is
+  withdrawn (:attr:`Parsed.withdrawn`): it stops matching, unless another item has said the
+  value since (the store keeps the last item's id).
+- **Deleted** attributes (``"deleted": true``) are not counted, and withdraw what they made
+  earlier the same way. A deleted object is skipped whole (its attributes withdraw nothing);
+  a feed that leaves deleted attributes out of its export withdraws nothing either.
 - **Tags** of the event and of the attribute (``Tag``, or ``EventTag``/``AttributeTag`` as
   MISP's database shape has them) become the record's tags, TLP tags excepted: a TLP
   tag (``tlp:red``, ``tlp:amber+strict``, ``tlp:white`` …) sets the record's TLP instead. An

@@ -246,14 +246,14 @@ class _Checker:
                 continue
             gives = TRIGGER_NAMES.get(trigger.on, frozenset())
             for name, variable in self.playbook.variables.items():
-                if variable.external and variable.required and variable.value is None:
-                    if name not in gives:  # every run it starts would fail, missing it
-                        given = ", ".join(sorted(gives)) or "nothing"
-                        self.problem(
-                            ("inputs", name),
-                            f"input {name!r} is required, but the {trigger.on} trigger gives "
-                            f"only {given}: give it a default, or make it optional",
-                        )
+                required = variable.external and variable.required and variable.value is None
+                if required and name not in gives:  # every run it starts would fail without it
+                    given = ", ".join(sorted(gives)) or "nothing"
+                    self.problem(
+                        ("inputs", name),
+                        f"input {name!r} is required, but the {trigger.on} trigger gives "
+                        f"only {given}: give it a default, or make it optional",
+                    )
 
 
 def _templated(value: Any) -> bool:

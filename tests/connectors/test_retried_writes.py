@@ -11,8 +11,11 @@ the retry opens a second ticket, posts a second message, or lets the peer apply 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from types import SimpleNamespace
 
+import pytest
 from aiohttp import web
 
 from quell.connectors.http import Http, RequestIn
@@ -21,7 +24,7 @@ from quell.connectors.servicenow import IncidentIn
 from quell.connectors.slack import MessageIn
 from quell.connectors.thehive import AlertIn, CaseIn
 from quell.engine.execution import Execution
-from quell.sdk import ActionContext, Landed
+from quell.sdk import ActionContext, Landed, TransientError
 from quell.sdk.http import OutboundPolicy, guard
 from tests.connectors import test_jira, test_servicenow, test_slack, test_thehive
 from tests.fixtures.webapp import serving
@@ -146,3 +149,48 @@ def test_the_step_key_is_the_same_for_every_attempt_and_only_for_that_step() -> 
     assert (
         other != attempt_of(ActionContext("r", "isolate", 1, ""), "isolate", 1).step_idempotency_key
     )
+
+
+def test_http_a_request_unanswered_may_have_landed_and_one_never_connected_did_not() -> None:
+    """A timeout after the request went out is ``timeout`` (the engine asks the peer before a
+    retry); a connect that timed out sent nothing, and is an ordinary ``transient`` failure."""
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.json_response({"ok": True})
+
+    async def scenario() -> tuple[str, str]:
+        app = web.Application()
+        app.router.add_post("/deny", slow)
+        session = guard(OutboundPolicy.parse(["127.0.0.1"]))
+        # A listener that never accepts, its backlog filled: the next connect waits for a
+        # place in the queue that never comes (Linux drops the SYN), on loopback.
+        full = socket.socket()
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        ctx = ActionContext(run_id=RUN, step_id="block", attempt=1, idempotency_key="r:b:1",
+                            http=session)  # fmt: skip
+        codes = []
+        try:
+            async with serving(app) as base:
+                for url in (f"{base}/deny", f"http://127.0.0.1:{port}/deny"):
+                    params = RequestIn.model_validate({"url": url, "json": {}, "timeout": 1})
+                    with pytest.raises(TransientError) as caught:
+                        await Http().request(ctx, params)
+                    codes.append(caught.value.code)
+        finally:
+            await session.close()
+            for filler in fillers:
+                filler.close()
+            full.close()
+        return codes[0], codes[1]
+
+    assert asyncio.run(scenario()) == ("timeout", "transient")

@@ -97,3 +97,40 @@ def test_without_a_race_a_waiting_run_is_cancelled_or_paused_directly(
             )
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("then", "ends"), [("resume", "waiting"), ("cancel", "canceled")])
+def test_a_run_stopping_for_a_pause_takes_what_was_asked_after_it(
+    runtime: Runtime, then: str, ends: str
+) -> None:
+    """A worker heard a pause and stops; before it releases the run paused, a resume withdraws
+    the pause (or a cancel comes). The run used to sit paused anyway (and a resume then erased
+    the cancel); it is released ready, so that it goes on (or stops, cancelled)."""
+
+    async def scenario() -> None:
+        async with Harness(runtime) as harness:
+            run_id = await harness.start(APPROVAL)
+            assert (await harness.settle(run_id)).status == "waiting"
+            with runtime.db.write() as conn:
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run_id)
+                    .values(status="running", owner="other-worker", control="pause",
+                            lease_epoch=runs.c.lease_epoch + 1)
+                )  # fmt: skip
+                epoch = conn.execute(select(runs.c.lease_epoch).where(runs.c.id == run_id)).scalar()
+            getattr(harness.runs, then)(run_id)  # a resume of a running run is not refused
+            params = release_params(
+                run_id, status="paused", variables={}, error=None, finished_at=None,
+                wake_at=None, updated_at=runtime.clock.now(),
+            )  # fmt: skip
+            await harness.engine.journal.write(Op(OpKind.RELEASE_RUN, run_id, epoch, params))
+            harness.engine.wake()
+            done = await harness.settle(run_id, until=(ends,))
+            assert done.status == ends
+            if then == "resume":  # the withdrawn pause is gone, not waiting for a next time
+                with runtime.db.read() as conn:
+                    row = conn.execute(select(runs.c.control).where(runs.c.id == run_id))
+                    assert row.scalar() is None
+
+    asyncio.run(scenario())

@@ -212,3 +212,14 @@ def test_the_policy_is_checked_when_it_is_set(guards: GuardrailService) -> None:
     assert shown["kill_switch"] == {"on": False}
     guards.remove_limit(by="a", action="x.y")
     assert guards.policy().empty
+
+
+def test_a_protected_network_matches_an_address_as_written_and_as_the_host_it_maps() -> None:
+    from quell.engine.guardrails import _protected_hit
+
+    assert _protected_hit(["10.0.0.0/24"], {"host": "::ffff:10.0.0.5"}) == "10.0.0.0/24"
+    assert _protected_hit(["::ffff:10.0.0.0/120"], {"host": "10.0.0.5"}) == "::ffff:10.0.0.0/120"
+    # an IPv6 network that covers the mapped range protects a mapped address written as such
+    assert _protected_hit(["::/0"], {"host": "::ffff:192.0.2.1"}) == "::/0"
+    assert _protected_hit(["::ffff:0:0/96"], {"target": ["::ffff:192.0.2.1"]}) == "::ffff:0:0/96"
+    assert _protected_hit(["10.0.0.0/24", "::/0"], {"host": "192.0.2.1"}) is None

@@ -153,6 +153,25 @@ def test_a_write_cut_off_by_its_timeout_is_reconciled_before_any_retry(
     asyncio.run(scenario())
 
 
+def test_a_run_retried_after_its_write_timed_out_asks_the_peer_first(runtime: Runtime) -> None:
+    """``quell run retry`` supersedes the failed attempt: the write was made again, unasked."""
+    text = TIMED_WRITE.replace("{action}", "contain").replace(
+        "    retry: {attempts: 3, backoff: 50ms}\n", ""
+    )
+
+    async def scenario() -> None:
+        Peer.release = asyncio.Event()
+        async with Harness(runtime) as harness:
+            failed = await harness.run(text)
+            assert failed.status == "failed"
+            harness.runs.retry(failed.id)
+            done = await harness.settle(failed.id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert Peer.calls["contain:ws-1"] == 1
+
+    asyncio.run(scenario())
+
+
 def test_a_timed_out_write_without_a_reconcile_hook_is_retried_as_its_step_says(
     runtime: Runtime,
 ) -> None:

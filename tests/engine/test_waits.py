@@ -6,12 +6,14 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from quell.clock import ManualClock
 from quell.engine.execution import callback_token
 from quell.engine.states import RunStatus
 from quell.errors import Conflict, NotFound, PermissionDenied
 from quell.runtime import Runtime
+from quell.store.schema import runs
 from tests.engine.harness import Harness, bare_engine, eventually, register, statuses
 from tests.engine.peer import Peer
 
@@ -728,13 +730,19 @@ steps:
         async with Harness(runtime) as harness:
             run_id = await harness.start(text)
             assert (await harness.settle(run_id)).status == "waiting"
-            clock.advance(timedelta(minutes=3, seconds=1))
-            timed_out = await harness.settle(run_id, until=("failed",))
-            assert timed_out.error["code"] == "run_timeout"
-            harness.runs.retry(run_id)
-            again = await harness.settle(run_id)
-            assert again.status == "waiting", again.error
-            (wait,) = harness.waits.list_all(kind="approval")
+            for _ in range(2):  # each retry has 3 minutes from its start, not more
+                clock.advance(timedelta(minutes=3, seconds=1))
+                timed_out = await harness.settle(run_id, until=("failed",))
+                assert timed_out.error["code"] == "run_timeout"
+                harness.runs.retry(run_id)
+                with runtime.db.read() as conn:
+                    deadline = conn.execute(
+                        select(runs.c.deadline).where(runs.c.id == run_id)
+                    ).scalar_one()
+                assert deadline == clock.now() + timedelta(minutes=3)
+                again = await harness.settle(run_id)
+                assert again.status == "waiting", again.error
+            (wait,) = harness.waits.list_all(kind="approval", status="pending")
             harness.waits.approve(wait.id, "alice", "approver", "in time now")
             done = await harness.settle(run_id, until=("succeeded", "failed"))
         assert done.status == "succeeded", done.error
@@ -792,6 +800,55 @@ def test_retrying_a_run_whose_sub_playbook_failed_retries_the_child(
             done = await harness.settle(run_id, until=("succeeded", "failed"))
         assert done.status == "succeeded", done.error
         assert list(Peer.applied.values()) == ["203.0.113.8"]  # contained once
+
+    asyncio.run(scenario())
+
+
+def test_a_parent_is_not_retried_while_its_cancelled_child_is_still_stopping(
+    runtime: Runtime,
+) -> None:
+    """Retried at once, the parent waited for a child that then ended cancelled into its step,
+    failing the retry (or, on PostgreSQL, leaving the parent waiting for an ended child)."""
+    slow_kid = KID.replace(
+        "  - {id: block,",
+        "  - {id: slow, action: test.read, with: {value: 1, seconds: 0.6}}\n  - {id: block,",
+    )
+
+    async def scenario() -> None:
+        async with Harness(runtime, lease=0.6) as harness:
+            harness.add(slow_kid)
+            run_id = await harness.start(PARENT)
+            await eventually(
+                lambda: (
+                    {
+                        (r.parent_run_id == run_id, r.status)
+                        for r in harness.runs.list_all()
+                        if r.id == run_id or r.parent_run_id == run_id
+                    }
+                    == {(False, "waiting"), (True, "running")}
+                ),
+                "the parent to wait on its running child",
+            )
+            harness.runs.cancel(run_id)
+            with pytest.raises(Conflict, match="still stopping"):
+                harness.runs.retry(run_id)
+            await eventually(
+                lambda: all(
+                    r.status == "canceled"
+                    for r in harness.runs.list_all()
+                    if r.parent_run_id == run_id
+                ),
+                "the child to stop",
+            )
+            harness.runs.retry(run_id)
+            await eventually(
+                lambda: len(harness.waits.list_all(kind="approval")) == 1, "the child to ask"
+            )
+            (wait,) = harness.waits.list_all(kind="approval")
+            harness.waits.approve(wait.id, "alice", "approver", "go")
+            done = await harness.settle(run_id, until=("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert list(Peer.applied.values()) == ["203.0.113.8"]
 
     asyncio.run(scenario())
 
