@@ -435,18 +435,7 @@ def _release_waiting(db: Database) -> BulkStatement:
     running): released waiting, it would wait for its decision before anyone acted on the ask;
     ready, the next claim carries the control and the run stops at its first step.
     """
-    decided = or_(runs.c.wake_at.is_not(None), runs.c.control.is_not(None))
-    wake_at: Any = bindparam("set_wake_at")
-    if db.backend is Backend.POSTGRESQL:  # a CASE of NULL and a bare parameter has no type
-        wake_at = cast(wake_at, runs.c.wake_at.type)
-    values: dict[str, Any] = {name: bindparam(f"set_{name}") for name in RUN_RELEASE}
-    values["status"] = case(
-        (decided, literal_column(f"'{RunStatus.READY.value}'")), else_=bindparam("set_status")
-    )
-    values["wake_at"] = case((decided, null()), else_=wake_at)
-    statement = sql_update(runs).values(values).where(runs.c.id == bindparam("where_id"))
-    params = [(f"set_{name}", name) for name in RUN_RELEASE] + [("where_id", "id")]
-    return BulkStatement(db, runs, params, statement)
+    return _ready_when(db, or_(runs.c.wake_at.is_not(None), runs.c.control.is_not(None)))
 
 
 def _release_paused(db: Database) -> BulkStatement:
@@ -459,15 +448,21 @@ def _release_paused(db: Database) -> BulkStatement:
     that would erase the cancel. One statement: nothing can come between the look and the
     write.
     """
-    goes_on = or_(runs.c.control.is_(None), runs.c.control == literal_column("'cancel'"))
+    cancel: Any = literal_column("'cancel'")
+    return _ready_when(db, or_(runs.c.control.is_(None), runs.c.control == cancel))
+
+
+def _ready_when(db: Database, condition: Any) -> BulkStatement:
+    """A release (RUN_RELEASE) that writes ``ready``, and no wake time, where ``condition``
+    holds of the run's row, and the release's own status and wake time elsewhere."""
     wake_at: Any = bindparam("set_wake_at")
     if db.backend is Backend.POSTGRESQL:  # a CASE of NULL and a bare parameter has no type
         wake_at = cast(wake_at, runs.c.wake_at.type)
     values: dict[str, Any] = {name: bindparam(f"set_{name}") for name in RUN_RELEASE}
     values["status"] = case(
-        (goes_on, literal_column(f"'{RunStatus.READY.value}'")), else_=bindparam("set_status")
+        (condition, literal_column(f"'{RunStatus.READY.value}'")), else_=bindparam("set_status")
     )
-    values["wake_at"] = case((goes_on, null()), else_=wake_at)
+    values["wake_at"] = case((condition, null()), else_=wake_at)
     statement = sql_update(runs).values(values).where(runs.c.id == bindparam("where_id"))
     params = [(f"set_{name}", name) for name in RUN_RELEASE] + [("where_id", "id")]
     return BulkStatement(db, runs, params, statement)

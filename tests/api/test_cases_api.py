@@ -14,19 +14,25 @@ from tests.fixtures.servers import LiveServer
 MAPPING = {"fields": {"title": "title", "time": "ts", "src.ip": "src", "rule_name": "title"}}
 
 
+def _incidents(runtime: Runtime, *alerts: tuple[str, str]) -> dict[str, str]:
+    """An ``edr`` source and one alert per (title, source address): incident id by title."""
+    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
+    for title, src in alerts:
+        alert = {"title": title, "ts": "2026-11-28T08:00:00Z", "src": src}
+        runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+    return {incident.title: incident.id for incident in runtime.incidents.list_all()}
+
+
 def test_an_analyst_works_the_case_and_an_auditor_only_reads(
     live_server: LiveServer,
     runtime: Runtime,
     role_tokens: dict[Role, str],
     closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
-    alert = {"title": "beacon", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9"}
-    runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
-    (incident,) = runtime.incidents.list_all()
+    incident_id = _incidents(runtime, ("beacon", "203.0.113.9"))["beacon"]
     analyst = closing(live_server.client(role_tokens[Role.ANALYST]))
     auditor = closing(live_server.client(role_tokens[Role.AUDITOR]))
-    path = f"/api/incidents/{incident.id}"
+    path = f"/api/incidents/{incident_id}"
 
     assert auditor.patch(path, json={"status": "triage"}).status_code == 403
     changed = analyst.patch(path, json={"status": "triage", "assignee": "test-analyst"})
@@ -67,11 +73,7 @@ def test_merge_and_split_over_http(
     role_tokens: dict[Role, str],
     closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
-    for title, src in (("beacon", "203.0.113.9"), ("scan", "198.51.100.4")):
-        alert = {"title": title, "ts": "2026-11-28T08:00:00Z", "src": src}
-        runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
-    ids = {i.title: i.id for i in runtime.incidents.list_all()}
+    ids = _incidents(runtime, ("beacon", "203.0.113.9"), ("scan", "198.51.100.4"))
     analyst = closing(live_server.client(role_tokens[Role.ANALYST]))
     approver = closing(live_server.client(role_tokens[Role.APPROVER]))
     body = {"into": ids["beacon"], "comment": "one actor"}
@@ -93,9 +95,7 @@ def test_incidents_are_searched_with_q(
     role_tokens: dict[Role, str],
     closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
-    alert = {"title": "Ransom note dropped", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9"}
-    runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+    _incidents(runtime, ("Ransom note dropped", "203.0.113.9"))
     auditor = closing(live_server.client(role_tokens[Role.AUDITOR]))
     (found,) = auditor.get("/api/incidents", params={"q": "ransom"}).json()
     assert found["title"] == "Ransom note dropped"
@@ -110,12 +110,9 @@ def test_a_task_due_without_a_time_zone_is_due_in_utc_not_a_500(
     role_tokens: dict[Role, str],
     closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
-    alert = {"title": "beacon", "ts": "2026-11-28T08:00:00Z", "src": "203.0.113.9"}
-    runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
-    (incident,) = runtime.incidents.list_all()
+    incident_id = _incidents(runtime, ("beacon", "203.0.113.9"))["beacon"]
     analyst = closing(live_server.client(role_tokens[Role.ANALYST]))
-    path = f"/api/incidents/{incident.id}/tasks"
+    path = f"/api/incidents/{incident_id}/tasks"
     naive = analyst.post(path, json={"title": "Reimage", "due_at": "2026-12-01T10:00:00"})
     assert naive.status_code == 201, naive.text
     zoned = analyst.post(path, json={"title": "Rotate", "due_at": "2026-12-01T10:00:00+05:00"})
@@ -132,11 +129,7 @@ def test_a_merged_incident_takes_no_notes_or_tasks_and_unknown_ones_are_404(
 ) -> None:
     """Like changes and evidence, notes and tasks go to the incident it was merged into: on
     the merged one nobody would see them (its case is closed as a duplicate)."""
-    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
-    for title, src in (("beacon", "203.0.113.9"), ("scan", "198.51.100.4")):
-        alert = {"title": title, "ts": "2026-11-28T08:00:00Z", "src": src}
-        runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
-    ids = {i.title: i.id for i in runtime.incidents.list_all()}
+    ids = _incidents(runtime, ("beacon", "203.0.113.9"), ("scan", "198.51.100.4"))
     analyst = closing(live_server.client(role_tokens[Role.ANALYST]))
     merged = analyst.post(f"/api/incidents/{ids['scan']}/merge", json={"into": ids["beacon"]})
     assert merged.status_code == 200, merged.text
@@ -158,10 +151,7 @@ def test_search_results_page_with_offset_and_huge_offsets_are_refused(
     role_tokens: dict[Role, str],
     closing: Callable[[httpx.Client], httpx.Client],
 ) -> None:
-    runtime.sources.create("edr", "http", "json", parser_options=MAPPING)
-    for n in range(3):
-        alert = {"title": "ransom note", "ts": "2026-11-28T08:00:00Z", "src": f"203.0.113.{n}"}
-        runtime.pipeline.ingest("edr", [orjson.dumps(alert)])
+    _incidents(runtime, *(("ransom note", f"203.0.113.{n}") for n in range(3)))
     auditor = closing(live_server.client(role_tokens[Role.AUDITOR]))
 
     def page(offset: int) -> list[str]:
