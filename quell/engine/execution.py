@@ -89,6 +89,17 @@ EXCEPTION_GRACE = 300.0
 _RETRIED = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT})
 
 
+def idempotency_key(run_id: str, key: str, attempt: int) -> str:
+    """An attempt's idempotency key: ``run:step:attempt``, the step part hashed when long. The
+    step's part never depends on the attempt, so a connector can tell what an earlier attempt
+    of the step made (``ActionContext.step_idempotency_key``)."""
+    text = f"{run_id}:{key}:{attempt}"
+    if len(text) <= 150:
+        return text
+    step = hashlib.sha256(f"{run_id}:{key}".encode()).hexdigest()[:40]
+    return f"{run_id}:{step}:{attempt}"
+
+
 class StepFailed(Exception):
     """A step failed; ``error`` is what the journal recorded."""
 
@@ -726,13 +737,7 @@ class Execution:
             )
 
     def idempotency_key(self, key: str, attempt: int) -> str:
-        text = f"{self.run.id}:{key}:{attempt}"
-        if len(text) <= 150:
-            return text
-        # The step's part is hashed without the attempt: every attempt's key is that part and
-        # its number, so a connector can tell what an earlier attempt of the step made.
-        step = hashlib.sha256(f"{self.run.id}:{key}".encode()).hexdigest()[:40]
-        return f"{self.run.id}:{step}:{attempt}"
+        return idempotency_key(self.run.id, key, attempt)
 
     async def action(self, step: Step, key: str, frame: Frame) -> Any:
         record = self.records.get(key)

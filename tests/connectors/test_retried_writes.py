@@ -1,7 +1,8 @@
 """A write retried by the engine finds what its earlier attempt made, whatever the connector.
 
 The engine gives each attempt of a step its own idempotency key (``run:step:attempt``, see
-``Execution.idempotency_key``), so that reconcile asks about the very attempt a crash cut off.
+``quell.engine.execution.idempotency_key``), so that reconcile asks about the very attempt a
+crash cut off.
 A write that failed in a way that may have landed (a timeout, a 502 after the peer acted) is
 retried as a new attempt: the ticketing and chat connectors must look for what *the step* made
 (not only this attempt), and ``http.request`` must send the step's ``Idempotency-Key`` again, or
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -23,7 +23,7 @@ from quell.connectors.jira import CreateIssueIn
 from quell.connectors.servicenow import IncidentIn
 from quell.connectors.slack import MessageIn
 from quell.connectors.thehive import AlertIn, CaseIn
-from quell.engine.execution import Execution
+from quell.engine.execution import idempotency_key
 from quell.sdk import ActionContext, Landed, TransientError
 from quell.sdk.http import OutboundPolicy, guard
 from tests.connectors import test_jira, test_servicenow, test_slack, test_thehive
@@ -34,7 +34,7 @@ RUN = "run_01hz0000000000000000000000"
 
 def engine_key(step: str, attempt: int) -> str:
     """The idempotency key the engine gives this attempt of this step."""
-    return Execution.idempotency_key(SimpleNamespace(run=SimpleNamespace(id=RUN)), step, attempt)  # type: ignore[arg-type]
+    return idempotency_key(RUN, step, attempt)
 
 
 def attempt_of(ctx: ActionContext, step: str, attempt: int) -> ActionContext:
