@@ -22,26 +22,35 @@ steps:
 """
 
 
-async def _held_and_asked(harness: Harness, runtime: Runtime, ask: str) -> str:
+async def _held_and_asked(
+    harness: Harness,
+    runtime: Runtime,
+    ask: str,
+    *,
+    heard: str | None = None,
+    released: str = "waiting",
+) -> str:
     """A run waiting for its approval, then the race replayed: a worker holds it again
-    (running, under a new lease), ``ask`` (cancel or pause) arrives and, seeing it running,
-    only sets ``control``; then the worker releases it to waiting, as a run that just opened
-    its wait does."""
+    (running, under a new lease, having heard ``heard`` if given), ``ask`` (cancel, pause or
+    resume) arrives and, seeing it running, only sets ``control``; then the worker releases it
+    ``released``: to waiting, as a run that just opened its wait does, or to paused, as one
+    that stopped for the pause it heard."""
     run_id = await harness.start(APPROVAL)
     assert (await harness.settle(run_id)).status == "waiting"
     with runtime.db.write() as conn:
         conn.execute(
             update(runs)
             .where(runs.c.id == run_id)
-            .values(status="running", owner="other-worker", lease_epoch=runs.c.lease_epoch + 1)
-        )
+            .values(status="running", owner="other-worker", control=heard,
+                    lease_epoch=runs.c.lease_epoch + 1)
+        )  # fmt: skip
         epoch = conn.execute(select(runs.c.lease_epoch).where(runs.c.id == run_id)).scalar()
-    getattr(harness.runs, ask)(run_id)
+    getattr(harness.runs, ask)(run_id)  # a resume of a running run is not refused either
     with runtime.db.read() as conn:
         row = conn.execute(select(runs.c.status, runs.c.control).where(runs.c.id == run_id)).one()
-    assert (row.status, row.control) == ("running", ask)
+    assert (row.status, row.control) == ("running", None if ask == "resume" else ask)
     params = release_params(
-        run_id, status="waiting", variables={}, error=None, finished_at=None, wake_at=None,
+        run_id, status=released, variables={}, error=None, finished_at=None, wake_at=None,
         updated_at=runtime.clock.now(),
     )  # fmt: skip
     await harness.engine.journal.write(Op(OpKind.RELEASE_RUN, run_id, epoch, params))
@@ -109,22 +118,7 @@ def test_a_run_stopping_for_a_pause_takes_what_was_asked_after_it(
 
     async def scenario() -> None:
         async with Harness(runtime) as harness:
-            run_id = await harness.start(APPROVAL)
-            assert (await harness.settle(run_id)).status == "waiting"
-            with runtime.db.write() as conn:
-                conn.execute(
-                    update(runs)
-                    .where(runs.c.id == run_id)
-                    .values(status="running", owner="other-worker", control="pause",
-                            lease_epoch=runs.c.lease_epoch + 1)
-                )  # fmt: skip
-                epoch = conn.execute(select(runs.c.lease_epoch).where(runs.c.id == run_id)).scalar()
-            getattr(harness.runs, then)(run_id)  # a resume of a running run is not refused
-            params = release_params(
-                run_id, status="paused", variables={}, error=None, finished_at=None,
-                wake_at=None, updated_at=runtime.clock.now(),
-            )  # fmt: skip
-            await harness.engine.journal.write(Op(OpKind.RELEASE_RUN, run_id, epoch, params))
+            run_id = await _held_and_asked(harness, runtime, then, heard="pause", released="paused")
             harness.engine.wake()
             done = await harness.settle(run_id, until=(ends,))
             assert done.status == ends
